@@ -1,0 +1,188 @@
+"""Command line: parse, validate, call. Bad input → one line on stderr and exit code 2.
+
+``edgeprune --target x86-cpu model.pt ...`` (no sub-command) means ``edgeprune prune ...``.
+``--debug`` anywhere shows the traceback instead of the one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from edgeprune import __version__
+from edgeprune.errors import UserError
+
+COMMANDS = ("prune", "demo", "train", "targets")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.5,0.5,0.5, got {text!r}") from None
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="fashion-mnist", help="fashion-mnist | imagefolder:PATH (train/ and val/ inside) | digits (default: fashion-mnist)")
+    g.add_argument("--input-shape", help="CxHxW the model takes, e.g. 3x32x32 (default: the dataset's own shape); grey is replicated to 3 channels")
+    g.add_argument("--pad", action="store_true", help="zero-pad to --input-shape instead of resizing")
+    g.add_argument("--mean", type=_floats, help="per-channel mean subtracted after scaling to [0,1], e.g. 0.5 or 0.485,0.456,0.406")
+    g.add_argument("--std", type=_floats, help="per-channel std divided after --mean")
+    g.add_argument("--holdout", type=int, default=5000, help="images held out of TRAIN to score candidates (default 5000)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="FILE saved with torch.save(model) (loading runs code from it), torchvision:NAME, or package.module:factory")
+    p.add_argument("--num-classes", type=int, help="classes for torchvision:NAME / factory models (default: the dataset's)")
+    p.add_argument("--weights", help="state_dict FILE for torchvision:NAME / factory models (loaded with weights_only=True)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeprune", description="Prune PyTorch CNNs for latency measured on the target device.")
+    parser.add_argument("--version", action="version", version=f"edgeprune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("prune", help="search, prune, fine-tune and export a model for a target (the default command)")
+    _add_model_args(p)
+    p.add_argument("--target", default="x86-cpu", help="target profile name or YAML path (see `edgeprune targets`; default x86-cpu)")
+    _add_data_args(p)
+    b = p.add_mutually_exclusive_group()
+    b.add_argument("--budget-ms", type=float, help="latency budget: median ms on the target")
+    b.add_argument("--speedup", type=float, help="budget = measured baseline median / X")
+    p.add_argument("--population", type=int, default=16, help="GA population (default 16)")
+    p.add_argument("--generations", type=int, default=8, help="GA generations (default 8)")
+    p.add_argument("--finetune-epochs", type=float, default=1.0, help="fine-tune epochs of the picked model, may be fractional (default 1)")
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tune peak learning rate, cosine schedule (default 0.01)")
+    p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of distillation from the original model (default 0.5; 0 = plain labels)")
+    p.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature (default 4)")
+    p.add_argument("--out", default="edgeprune-out", help="output folder (replaced only when the run succeeds; default edgeprune-out)")
+    p.add_argument("--seed", type=int, default=0, help="seed for data split, GA and fine-tuning (default 0)")
+    _add_cache_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    d = sub.add_parser("demo", help="train mobilenet_v2 on Fashion-MNIST (once), prune it to 2x faster on x86-cpu, export")
+    d.add_argument("--out", default="edgeprune-demo", help="output folder (default edgeprune-demo)")
+    d.add_argument("--seed", type=int, default=0)
+    _add_cache_args(d)
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    t = sub.add_parser("train", help="train a model on a dataset and save its state_dict (for trying edgeprune without your own model)")
+    _add_model_args(t)
+    _add_data_args(t)
+    t.add_argument("--epochs", type=float, default=1.0, help="epochs (default 1)")
+    t.add_argument("--lr", type=float, default=0.05, help="peak learning rate, cosine schedule (default 0.05)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="state_dict file to write (use it with --weights)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    sub.add_parser("targets", help="list the target profiles")
+    return parser
+
+
+def _add_cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", help="latency cache SQLite file (default: in the user cache folder)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the latency cache file")
+
+
+def _normalise_argv(argv: list[str]) -> tuple[list[str], bool]:
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if argv and first not in COMMANDS and not {"-h", "--help", "--version"} & set(argv):
+        argv = ["prune", *argv]
+    return argv, debug
+
+
+def _cmd_prune(args) -> int:
+    from edgeprune.pipeline import PruneConfig, run_prune
+
+    report = run_prune(
+        PruneConfig(
+            model=args.model,
+            target=args.target,
+            data=args.data,
+            input_shape=args.input_shape,
+            pad=args.pad,
+            mean=args.mean,
+            std=args.std,
+            num_classes=args.num_classes,
+            weights=args.weights,
+            budget_ms=args.budget_ms,
+            speedup=args.speedup,
+            population=args.population,
+            generations=args.generations,
+            finetune_epochs=args.finetune_epochs,
+            lr=args.lr,
+            kd_alpha=args.kd_alpha,
+            kd_temperature=args.kd_temperature,
+            holdout=args.holdout,
+            out=args.out,
+            seed=args.seed,
+            cache=args.cache,
+            no_cache=args.no_cache,
+            progress=not args.no_progress,
+        )
+    )
+    return 0 if report["budget_met"] else 1
+
+
+def _cmd_demo(args) -> int:
+    from edgeprune.demo import run_demo
+
+    report = run_demo(out=args.out, seed=args.seed, cache=args.cache, no_cache=args.no_cache, progress=not args.no_progress)
+    return 0 if report["budget_met"] else 1
+
+
+def _cmd_train(args) -> int:
+    from edgeprune.demo import train_and_save
+
+    train_and_save(
+        args.model,
+        data=args.data,
+        input_shape=args.input_shape,
+        pad=args.pad,
+        mean=args.mean,
+        std=args.std,
+        holdout=args.holdout,
+        num_classes=args.num_classes,
+        weights=args.weights,
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+def _cmd_targets(args) -> int:
+    from edgeprune.targets import list_profiles
+
+    for profile in list_profiles():
+        print(f"{profile.name:<20} step {profile.channel_step:<3} {profile.description}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv, debug = _normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handler = {"prune": _cmd_prune, "demo": _cmd_demo, "train": _cmd_train, "targets": _cmd_targets}[args.command]
+    try:
+        return handler(args)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"edgeprune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgeprune: interrupted; no output folder was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

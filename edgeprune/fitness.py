@@ -1,0 +1,110 @@
+"""Fitness of a candidate: an accuracy proxy and the latency measured on the target.
+
+Accuracy proxy (EagleEye): a freshly pruned network's BatchNorm statistics belong to the unpruned
+network, which makes raw accuracy of candidates almost meaningless. Re-estimating the statistics on a
+few hundred training images (train-mode forward, no gradient) and scoring on a held-out split of
+TRAIN ranks candidates the way fine-tuning will. The test split is never looked at here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from edgeprune.data import DataBundle, Split
+from edgeprune.profiling.onnx_bytes import export_onnx_bytes
+from edgeprune.profiling.profiler import Profiler
+from edgeprune.profiling.stats import LatencyStats
+from edgeprune.space import ChannelSpace, macs_and_params
+from edgeprune.training import evaluate
+
+
+def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
+    """Adaptive-BN: replace running statistics by a cumulative average over ``batches``."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average: every batch counts equally
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    return model.eval()
+
+
+@dataclass
+class Candidate:
+    """One evaluated architecture. ``latency`` is always a measurement, never a prediction."""
+
+    widths: tuple[int, ...]
+    accuracy: float
+    latency: LatencyStats
+    macs: int
+    params: int
+    from_cache: bool = False
+    seconds: float = 0.0
+
+    def summary(self, space: ChannelSpace) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "latency_ms": self.latency.median_ms,
+            "macs": self.macs,
+            "params": self.params,
+            "widths": {g.name: int(w) for g, w in zip(space.groups, self.widths)},
+        }
+
+
+@dataclass
+class Evaluator:
+    """Scores width vectors; a width vector is evaluated once per run, whatever the search asks."""
+
+    space: ChannelSpace
+    data: DataBundle
+    profiler: Profiler
+    opset: int
+    calib_images: int = 512
+    calib_batch: int = 128
+    seed: int = 0
+    results: dict[tuple[int, ...], Candidate] = field(default_factory=dict)
+    evaluations: int = 0
+
+    def __post_init__(self):
+        calib: Split = self.data.train.subset(min(self.calib_images, len(self.data.train)), seed=self.seed)
+        self._calib = [x for x, _ in calib.batches(self.calib_batch)]
+
+    def latency(self, widths: tuple[int, ...], fresh: bool = False) -> LatencyStats:
+        """Measured latency of an architecture (the cache answers repeats unless ``fresh``)."""
+        stats, _ = self._measure(widths, None, fresh)
+        return stats
+
+    def _measure(self, widths, model, fresh=False):
+        def onnx():
+            nonlocal model
+            model = model if model is not None else self.space.shrink(self.space.plan(widths))
+            return export_onnx_bytes(model, self.space.input_shape, self.opset)
+
+        return self.profiler.latency(self.space.arch_key(widths), self.space.input_shape, onnx, fresh=fresh)
+
+    def evaluate(self, widths) -> Candidate:
+        widths = tuple(int(w) for w in widths)
+        if widths in self.results:
+            return self.results[widths]
+        start = time.perf_counter()
+        model = self.space.shrink(self.space.plan(widths))
+        # Latency first, on an idle CPU: nothing else of ours runs while the profiler times.
+        stats, cached = self._measure(widths, model)
+        recalibrate_bn(model, self._calib)
+        accuracy = evaluate(model, self.data.holdout)
+        macs, params = macs_and_params(model, self.space.input_shape)
+        cand = Candidate(widths, accuracy, stats, macs, params, cached, time.perf_counter() - start)
+        self.results[widths] = cand
+        self.evaluations += 1
+        return cand

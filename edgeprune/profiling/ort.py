@@ -1,0 +1,119 @@
+"""ONNX Runtime backend: measures an in-memory ONNX graph on this host, the way the target runs it.
+
+Protocol (DESIGN.md "Measurement protocol"): a fresh session per measurement so no state leaks
+between candidates; threads, execution mode and graph optimisation exactly as the profile says;
+one fixed seeded input; warm-up; timed runs until both a run count and a time floor are reached
+(or a run cap); re-measure when the coefficient of variation says the machine was busy.
+"""
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+from edgeprune.errors import UserError
+from edgeprune.profiling.fingerprint import host_fingerprint
+from edgeprune.profiling.stats import LatencyStats, summarize
+from edgeprune.targets import MeasureSpec, Profile
+
+# Two measurements running at once on the same cores would time each other, not the model.
+_MEASURE_LOCK = threading.Lock()
+
+_EXECUTION_MODES = {
+    "sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
+    "parallel": ort.ExecutionMode.ORT_PARALLEL,
+}
+_GRAPH_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_LOAD_ERRORS = (
+    ort_errors.Fail,
+    ort_errors.InvalidArgument,
+    ort_errors.InvalidGraph,
+    ort_errors.InvalidProtobuf,
+    ort_errors.NotImplemented,
+)
+
+
+class OrtBackend:
+    """Times ONNX graphs with ONNX Runtime under one target profile."""
+
+    def __init__(self, profile: Profile):
+        # ORT falls back to the CPU provider with only a log line when the requested one is
+        # missing: the numbers would silently be for the wrong device, so refuse up front.
+        available = ort.get_available_providers()
+        if profile.provider not in available:
+            raise UserError(
+                f"target '{profile.name}' needs the ONNX Runtime provider {profile.provider}, "
+                f"which this onnxruntime build lacks (it has: {', '.join(available)}); install the "
+                "onnxruntime package that ships it or choose another target"
+            )
+        self.profile = profile
+        self._fingerprint: dict[str, Any] | None = None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The device fingerprint for this host + profile (computed once; reads /proc)."""
+        if self._fingerprint is None:
+            self._fingerprint = host_fingerprint(self.profile)
+        return dict(self._fingerprint)
+
+    def measure(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> LatencyStats:
+        """Latency of one inference of ``onnx_bytes`` on a float32 input of ``input_shape``.
+
+        The result has ``noisy=True`` when even the least noisy of the repeats is above the
+        profile's CV threshold; callers report it but must not cache it.
+        """
+        spec = self.profile.measure
+        # A fixed input: data-dependent kernels (none expected in CNNs, but cheap to rule out)
+        # then see the same values for every candidate.
+        x = np.random.default_rng(0).standard_normal(input_shape, dtype=np.float32)
+        with _MEASURE_LOCK:  # session creation runs graph optimisation: keep it off timed cores
+            session = self._session(onnx_bytes)
+            feed = {session.get_inputs()[0].name: x}
+            for _ in range(spec.warmup_runs):
+                session.run(None, feed)
+            best = summarize(_timed_runs(session, feed, spec))
+            for _ in range(spec.repeats_if_noisy):
+                if best.cv <= spec.cv_threshold:
+                    break
+                again = summarize(_timed_runs(session, feed, spec))
+                if again.cv < best.cv:
+                    best = again
+        best.noisy = best.cv > spec.cv_threshold
+        return best
+
+    def _session(self, onnx_bytes: bytes) -> ort.InferenceSession:
+        p = self.profile
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = p.intra_op_threads
+        options.inter_op_num_threads = p.inter_op_threads
+        options.execution_mode = _EXECUTION_MODES[p.execution_mode]
+        options.graph_optimization_level = _GRAPH_OPTIMIZATION[p.graph_optimization]
+        # Thread spinning stays at ORT's default: that is how the model runs when deployed.
+        options.log_severity_level = 3  # errors only: optimiser notes would flood a search's log
+        try:
+            return ort.InferenceSession(onnx_bytes, options, providers=[p.provider])
+        except _LOAD_ERRORS as e:
+            raise ValueError(f"onnx_bytes is not a model ONNX Runtime can load: {e}") from e
+
+
+def _timed_runs(
+    session: ort.InferenceSession, feed: dict[str, np.ndarray], spec: MeasureSpec
+) -> list[float]:
+    """Per-run wall times (s): at least ``min_runs`` and ``max_seconds``, at most ``max_runs``."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < spec.max_runs:
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        t1 = time.perf_counter()
+        times.append(t1 - t0)
+        if len(times) >= spec.min_runs and t1 - start >= spec.max_seconds:
+            break
+    return times

@@ -1,0 +1,73 @@
+"""The one door to latency: memory, then the SQLite cache, then a real measurement.
+
+The search asks for the latency of the same widths again and again (elitism, converged
+populations, resumed runs); a measurement costs seconds, a lookup microseconds. ONNX export is
+also deferred (``onnx_fn``) so a cache hit never pays for it.
+"""
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from edgeprune.errors import UserError
+from edgeprune.profiling.cache import LatencyCache, default_cache_path
+from edgeprune.profiling.fingerprint import fingerprint_hash
+from edgeprune.profiling.ort import OrtBackend
+from edgeprune.profiling.stats import LatencyStats
+from edgeprune.targets import Profile
+
+_BACKENDS = {"onnxruntime": OrtBackend}
+
+
+class Profiler:
+    """Latency of architectures on one target, measured at most once per (arch, input shape)."""
+
+    def __init__(self, profile: Profile, cache_path: Path | None = None, use_cache: bool = True):
+        if profile.backend not in _BACKENDS:
+            raise UserError(
+                f"target '{profile.name}' ({profile.source}) uses backend '{profile.backend}', "
+                f"which edgeprune cannot run; set backend to one of: {', '.join(_BACKENDS)}"
+            )
+        self.profile = profile
+        self.backend = _BACKENDS[profile.backend](profile)
+        self.fingerprint = self.backend.fingerprint()
+        self.fingerprint_hash = fingerprint_hash(self.fingerprint)
+        self._cache = LatencyCache(cache_path or default_cache_path()) if use_cache else None
+        self._memory: dict[tuple[str, tuple[int, ...]], LatencyStats] = {}
+        self.measurements = 0
+        self.cache_hits = 0
+
+    def latency(
+        self,
+        arch_key: str,
+        input_shape: Sequence[int],
+        onnx_fn: Callable[[], bytes],
+        fresh: bool = False,
+    ) -> tuple[LatencyStats, bool]:
+        """``(stats, from_cache)`` for the architecture ``arch_key``.
+
+        ``fresh=True`` ignores both caches and measures: the final model's reported number must
+        be an independent measurement, not the one the search happened to select it by.
+        Noisy results are returned (so the caller can report them) but never stored, so the next
+        request measures again.
+        """
+        shape = tuple(int(d) for d in input_shape)
+        if not fresh:
+            stats = self._memory.get((arch_key, shape))
+            if stats is None and self._cache is not None:
+                stats = self._cache.get(self.fingerprint_hash, arch_key, shape)
+                if stats is not None:
+                    self._memory[(arch_key, shape)] = stats
+            if stats is not None:
+                self.cache_hits += 1
+                return stats, True
+        stats = self.backend.measure(onnx_fn(), shape)
+        self.measurements += 1
+        if not stats.noisy:
+            self._memory.setdefault((arch_key, shape), stats)
+            if self._cache is not None:
+                self._cache.put(self.fingerprint_hash, arch_key, shape, stats)
+        return stats, False
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()

@@ -1,0 +1,1 @@
+"""Search over channel plans: genome encodings and the genetic algorithm."""

@@ -1,0 +1,101 @@
+"""NSGA-II over channel widths: maximise accuracy, minimise measured latency, latency <= budget.
+
+pymoo supplies the algorithm (constraint domination, crowding, elitism, duplicate elimination);
+this module only runs it in ask-and-tell form so that each generation shows progress and every
+genome goes through :class:`edgeprune.fitness.Evaluator`, which measures each architecture once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.core.evaluator import Evaluator as PymooEvaluator
+from pymoo.core.problem import Problem
+from pymoo.operators.crossover.sbx import SBX
+from pymoo.operators.mutation.pm import PM
+from pymoo.operators.repair.rounding import RoundingRepair
+from pymoo.problems.static import StaticProblem
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+from edgeprune.fitness import Candidate, Evaluator
+from edgeprune.progress import progress_bar
+from edgeprune.search.encoding import WidthEncoding
+
+
+@dataclass
+class SearchResult:
+    candidates: list[Candidate]
+    pareto: list[Candidate]
+    history: list[dict] = field(default_factory=list)
+    generations: int = 0
+    wall_s: float = 0.0
+
+
+def pareto_front(candidates: list[Candidate], budget_ms: float | None = None) -> list[Candidate]:
+    """Non-dominated (accuracy up, latency down) candidates within the budget, fastest first."""
+    pool = [c for c in candidates if budget_ms is None or c.latency.median_ms <= budget_ms]
+    if not pool:
+        return []
+    objectives = np.array([[-c.accuracy, c.latency.median_ms] for c in pool])
+    front = NonDominatedSorting().do(objectives, only_non_dominated_front=True)
+    return sorted((pool[i] for i in front), key=lambda c: c.latency.median_ms)
+
+
+def best_feasible(candidates: list[Candidate], budget_ms: float) -> Candidate | None:
+    feasible = [c for c in candidates if c.latency.median_ms <= budget_ms]
+    return max(feasible, key=lambda c: (c.accuracy, -c.latency.median_ms), default=None)
+
+
+def run_nsga2(
+    evaluator: Evaluator,
+    budget_ms: float,
+    population: int,
+    generations: int,
+    seed: int,
+    show_progress: bool = True,
+) -> SearchResult:
+    encoding = WidthEncoding(evaluator.space)
+    problem = Problem(n_var=encoding.n_var, n_obj=2, n_ieq_constr=1, xl=0, xu=encoding.upper, vtype=int)
+    rng = np.random.default_rng(seed)
+    algorithm = NSGA2(
+        pop_size=population,
+        sampling=encoding.initial(population, rng),
+        crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
+        mutation=PM(eta=20, vtype=float, repair=RoundingRepair()),
+        eliminate_duplicates=True,
+    )
+    algorithm.setup(problem, termination=("n_gen", generations), seed=seed, verbose=False)
+    start = time.perf_counter()
+    history = []
+    with progress_bar(show_progress) as bar:
+        task = bar.add_task("search", total=generations, status="")
+        for gen in range(generations):
+            pop = algorithm.ask()
+            cands = [evaluator.evaluate(encoding.decode(x)) for x in pop.get("X")]
+            F = np.array([[-c.accuracy, c.latency.median_ms] for c in cands])
+            G = np.array([[c.latency.median_ms - budget_ms] for c in cands])
+            PymooEvaluator().eval(StaticProblem(problem, F=F, G=G), pop)
+            algorithm.tell(infills=pop)
+            best = best_feasible(list(evaluator.results.values()), budget_ms)
+            entry = {
+                "generation": gen + 1,
+                "evaluations": evaluator.evaluations,
+                "best_accuracy": best.accuracy if best else None,
+                "best_latency_ms": best.latency.median_ms if best else None,
+            }
+            history.append(entry)
+            status = (
+                f"best feasible acc {best.accuracy:.4f} @ {best.latency.median_ms:.4f} ms" if best else "no feasible yet"
+            )
+            bar.update(task, advance=1, status=f"gen {gen + 1}/{generations} · {evaluator.evaluations} evals · {status}")
+    candidates = list(evaluator.results.values())
+    return SearchResult(
+        candidates=candidates,
+        pareto=pareto_front(candidates, budget_ms),
+        history=history,
+        generations=generations,
+        wall_s=time.perf_counter() - start,
+    )

@@ -1,0 +1,1 @@
+"""Deployable artifacts (installed as ``edgeprune.exporters``)."""

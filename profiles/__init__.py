@@ -1,0 +1,1 @@
+"""Target profiles shipped as package data (one YAML file per target)."""

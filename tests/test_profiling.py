@@ -1,0 +1,328 @@
+"""Latency measurement: stats, fingerprint, the ORT protocol, the SQLite cache and the Profiler."""
+
+import dataclasses
+import math
+import multiprocessing
+import sqlite3
+import threading
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from edgeprune.errors import UserError
+from edgeprune.profiling import ort as ort_backend
+from edgeprune.profiling.cache import LatencyCache, default_cache_path
+from edgeprune.profiling.fingerprint import fingerprint_hash, host_fingerprint
+from edgeprune.profiling.onnx_bytes import export_onnx_bytes
+from edgeprune.profiling.ort import OrtBackend
+from edgeprune.profiling.profiler import Profiler
+from edgeprune.profiling.stats import LatencyStats, summarize
+from edgeprune.targets import MeasureSpec, load_profile
+
+SHAPE = (1, 3, 16, 16)
+
+
+def _tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    )
+
+
+def _profile(**measure):
+    """x86-cpu with a measurement short enough for tests; never noisy unless asked."""
+    spec = dict(warmup_runs=2, min_runs=10, max_runs=50, max_seconds=0.02, cv_threshold=100.0,
+                repeats_if_noisy=0)
+    return dataclasses.replace(load_profile("x86-cpu"), measure=MeasureSpec(**{**spec, **measure}))
+
+
+def _stats(median=1.0, noisy=False) -> LatencyStats:
+    return LatencyStats(n=10, median_ms=median, p90_ms=1.2, p99_ms=1.3, mean_ms=1.05, std_ms=0.1,
+                        cv=0.1, noisy=noisy)
+
+
+@pytest.fixture(scope="module")
+def onnx_bytes() -> bytes:
+    return export_onnx_bytes(_tiny_net(), SHAPE, opset=17)
+
+
+# --- stats -------------------------------------------------------------------------------------
+
+def test_summarize_known_numbers():
+    s = summarize([i / 1000 for i in range(1, 101)])  # 1 ms .. 100 ms
+    assert s.n == 100
+    assert s.median_ms == pytest.approx(50.5)
+    assert s.p90_ms == pytest.approx(90.1)
+    assert s.p99_ms == pytest.approx(99.01)
+    assert s.mean_ms == pytest.approx(50.5)
+    assert s.std_ms == pytest.approx(math.sqrt((100**2 - 1) / 12))
+    assert s.cv == pytest.approx(s.std_ms / s.mean_ms)
+    assert s.noisy is False
+
+
+def test_stats_dict_roundtrip():
+    s = _stats(noisy=True)
+    d = s.to_dict()
+    assert set(d) == {"n", "median", "p90", "p99", "mean", "std", "cv", "noisy"}
+    assert LatencyStats.from_dict(d) == s
+
+
+def test_summarize_needs_runs():
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+# --- fingerprint -------------------------------------------------------------------------------
+
+def test_fingerprint_has_device_and_runtime():
+    fp = host_fingerprint(load_profile("x86-cpu"))
+    assert fp["profile"] == "x86-cpu" and fp["cpu"] and fp["cpu_count"] >= 1
+    assert fp["runtime"] == "onnxruntime" and fp["runtime_version"] == ort.__version__
+    assert (fp["intra_op_threads"], fp["inter_op_threads"]) == (1, 1)
+
+
+def test_fingerprint_hash_is_order_independent_and_sensitive():
+    fp = host_fingerprint(load_profile("x86-cpu"))
+    h = fingerprint_hash(fp)
+    assert len(h) == 16 and h == fingerprint_hash(dict(reversed(list(fp.items()))))
+    assert h != fingerprint_hash({**fp, "intra_op_threads": 2})
+
+
+# --- ONNX export -------------------------------------------------------------------------------
+
+def test_export_matches_torch_and_keeps_training_flags():
+    net = _tiny_net()
+    net.train()
+    net[1].eval()  # a deliberately frozen BatchNorm must stay frozen
+    data = export_onnx_bytes(net, SHAPE, opset=17)
+    assert net.training and net[0].training and not net[1].training
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    x = np.random.default_rng(1).standard_normal(SHAPE, dtype=np.float32)
+    net.eval()
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(session.run(None, {"input": x})[0], expected, rtol=1e-4, atol=1e-5)
+
+
+# --- ORT backend -------------------------------------------------------------------------------
+
+def test_ort_measures_a_real_conv_net(onnx_bytes):
+    s = OrtBackend(_profile(cv_threshold=0.15, repeats_if_noisy=1)).measure(onnx_bytes, SHAPE)
+    assert 10 <= s.n <= 50
+    assert 0 < s.median_ms <= s.p90_ms <= s.p99_ms < 1000
+    assert s.mean_ms > 0 and s.std_ms >= 0 and s.cv == pytest.approx(s.std_ms / s.mean_ms)
+
+
+def test_ort_repeats_noisy_measurements_and_flags_them(onnx_bytes, monkeypatch):
+    phases = []
+    real = ort_backend._timed_runs
+    monkeypatch.setattr(ort_backend, "_timed_runs", lambda *a: phases.append(1) or real(*a))
+    s = OrtBackend(_profile(cv_threshold=1e-12, repeats_if_noisy=2)).measure(onnx_bytes, SHAPE)
+    assert len(phases) == 3 and s.noisy
+
+
+def test_ort_measurements_never_overlap(onnx_bytes, monkeypatch):
+    intervals = []
+    real = ort_backend._timed_runs
+
+    def timed(*args):
+        start = time.perf_counter()
+        times = real(*args)
+        intervals.append((start, time.perf_counter()))
+        return times
+
+    monkeypatch.setattr(ort_backend, "_timed_runs", timed)
+    backend = OrtBackend(_profile())
+    threads = [threading.Thread(target=backend.measure, args=(onnx_bytes, SHAPE)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    intervals.sort()
+    assert len(intervals) == 3
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(intervals, intervals[1:]))
+
+
+def test_ort_rejects_invalid_onnx_bytes():
+    with pytest.raises(ValueError, match="not a model ONNX Runtime can load"):
+        OrtBackend(_profile()).measure(b"definitely not onnx", SHAPE)
+
+
+def test_ort_refuses_missing_provider():
+    profile = dataclasses.replace(_profile(), provider="NoSuchExecutionProvider")
+    with pytest.raises(UserError, match="NoSuchExecutionProvider"):
+        OrtBackend(profile)
+
+
+def test_ort_fingerprint_is_cached_copy():
+    backend = OrtBackend(_profile())
+    fp = backend.fingerprint()
+    fp["cpu"] = "changed"
+    assert backend.fingerprint()["cpu"] != "changed"
+
+
+# --- cache -------------------------------------------------------------------------------------
+
+def test_cache_roundtrip_and_key_parts(tmp_path):
+    cache = LatencyCache(tmp_path / "deep" / "er" / "c.sqlite")  # missing parents are created
+    cache.put("fp1", "w=16,32", SHAPE, _stats(1.5))
+    got = cache.get("fp1", "w=16,32", list(SHAPE))
+    assert got == _stats(1.5)
+    assert cache.get("fp2", "w=16,32", SHAPE) is None
+    assert cache.get("fp1", "w=16,48", SHAPE) is None
+    assert cache.get("fp1", "w=16,32", (2, 3, 16, 16)) is None
+    cache.put("fp1", "w=16,32", SHAPE, _stats(9.9))  # first measurement wins
+    assert cache.get("fp1", "w=16,32", SHAPE).median_ms == 1.5
+    assert cache.count() == 1
+    cache.close()
+    reopened = LatencyCache(tmp_path / "deep" / "er" / "c.sqlite")
+    assert reopened.get("fp1", "w=16,32", SHAPE) == _stats(1.5)
+    reopened.close()
+
+
+def test_cache_refuses_noisy(tmp_path):
+    cache = LatencyCache(tmp_path / "c.sqlite")
+    with pytest.raises(ValueError, match="noisy"):
+        cache.put("fp", "arch", SHAPE, _stats(noisy=True))
+    assert cache.count() == 0
+    cache.close()
+
+
+def test_cache_schema_version_mismatch(tmp_path):
+    path = tmp_path / "c.sqlite"
+    LatencyCache(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
+    db.close()
+    with pytest.raises(UserError, match="schema version 0.*new --cache path or delete"):
+        LatencyCache(path)
+
+
+@pytest.mark.parametrize("content", ["text", "other-db"])
+def test_cache_rejects_foreign_files(tmp_path, content):
+    path = tmp_path / "c.sqlite"
+    if content == "text":
+        path.write_text("not a database at all, but long enough to have a header" * 4)
+    else:
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE customers (id INTEGER)")
+        db.close()
+    with pytest.raises(UserError, match="not an edgeprune SQLite cache"):
+        LatencyCache(path)
+
+
+def test_cache_rejects_directory(tmp_path):
+    with pytest.raises(UserError, match="is a directory"):
+        LatencyCache(tmp_path)
+
+
+def test_default_cache_path_env_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEPRUNE_CACHE_DIR", str(tmp_path))
+    assert default_cache_path() == tmp_path / "latency.sqlite"
+    monkeypatch.delenv("EDGEPRUNE_CACHE_DIR")
+    assert default_cache_path().name == "latency.sqlite"
+
+
+def _put_same_key(path, barrier, median):
+    barrier.wait()
+    cache = LatencyCache(path)
+    cache.put("fp", "arch", SHAPE, _stats(median))
+    cache.close()
+
+
+def test_cache_concurrent_writers_same_key(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    path = tmp_path / "c.sqlite"  # fresh: the two processes also race to create the schema
+    procs = [ctx.Process(target=_put_same_key, args=(path, barrier, m)) for m in (1.0, 2.0)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    cache = LatencyCache(path)
+    assert cache.count() == 1 and cache.get("fp", "arch", SHAPE).median_ms in (1.0, 2.0)
+    cache.close()
+
+
+# --- profiler ----------------------------------------------------------------------------------
+
+class _Exports:
+    """Counts how often the Profiler asked for ONNX bytes (it must not on a cache hit)."""
+
+    def __init__(self, data: bytes):
+        self.data, self.calls = data, 0
+
+    def __call__(self) -> bytes:
+        self.calls += 1
+        return self.data
+
+
+def test_profiler_measures_each_arch_once(tmp_path, onnx_bytes):
+    export = _Exports(onnx_bytes)
+    prof = Profiler(_profile(), cache_path=tmp_path / "c.sqlite")
+    first, hit1 = prof.latency("a", SHAPE, export)
+    again, hit2 = prof.latency("a", SHAPE, export)
+    _, hit3 = prof.latency("b", SHAPE, export)
+    assert (hit1, hit2, hit3) == (False, True, False)
+    assert again == first
+    assert (prof.measurements, prof.cache_hits, export.calls) == (2, 1, 2)
+    prof.close()
+
+    # A later run on the same host reads SQLite: no measurement, no export.
+    later = Profiler(_profile(), cache_path=tmp_path / "c.sqlite")
+    assert later.fingerprint_hash == prof.fingerprint_hash
+    stats, hit = later.latency("a", SHAPE, export)
+    assert hit and stats == first
+    assert (later.measurements, later.cache_hits, export.calls) == (0, 1, 2)
+    later.close()
+
+
+def test_profiler_fresh_always_measures(tmp_path, onnx_bytes):
+    prof = Profiler(_profile(), cache_path=tmp_path / "c.sqlite")
+    prof.latency("a", SHAPE, lambda: onnx_bytes)
+    for _ in range(2):
+        _, hit = prof.latency("a", SHAPE, lambda: onnx_bytes, fresh=True)
+        assert not hit
+    assert (prof.measurements, prof.cache_hits) == (3, 0)
+    prof.close()
+
+
+def test_profiler_without_cache_still_dedups_in_memory(tmp_path, onnx_bytes, monkeypatch):
+    monkeypatch.setenv("EDGEPRUNE_CACHE_DIR", str(tmp_path))
+    prof = Profiler(_profile(), use_cache=False)
+    prof.latency("a", SHAPE, lambda: onnx_bytes)
+    _, hit = prof.latency("a", SHAPE, lambda: onnx_bytes)
+    assert hit and prof.measurements == 1
+    assert not (tmp_path / "latency.sqlite").exists()
+    prof.close()
+
+
+def test_profiler_never_stores_noisy(tmp_path, monkeypatch):
+    prof = Profiler(_profile(), cache_path=tmp_path / "c.sqlite")
+    monkeypatch.setattr(prof.backend, "measure", lambda data, shape: _stats(noisy=True))
+    for _ in range(2):
+        stats, hit = prof.latency("a", SHAPE, lambda: b"")
+        assert stats.noisy and not hit
+    assert prof.measurements == 2
+    prof.close()
+    cache = LatencyCache(tmp_path / "c.sqlite")
+    assert cache.count() == 0
+    cache.close()
+
+
+def test_profiler_unknown_backend(tmp_path):
+    profile = dataclasses.replace(_profile(), backend="tensorflow-lite")
+    with pytest.raises(UserError, match="backend 'tensorflow-lite'.*one of: onnxruntime"):
+        Profiler(profile, cache_path=tmp_path / "c.sqlite")

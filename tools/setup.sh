@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One-command set-up: the Fashion-MNIST data package (Debian) and edgeprune with its Python deps.
+# Safe to re-run. Needs root (or sudo) for apt-get; skips apt when the data files are already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+data_dir=/usr/share/datasets/fashion-mnist
+if [ ! -f "$data_dir/train-images-idx3-ubyte.gz" ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq dataset-fashion-mnist
+  else
+    echo "setup: no apt-get here; put the four Fashion-MNIST IDX files in a folder and set EDGEPRUNE_DATA to it" >&2
+  fi
+fi
+
+python3 -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+echo "setup: done ($(python3 -c 'import edgeprune; print("edgeprune", edgeprune.__version__)'))"

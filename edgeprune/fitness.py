@@ -70,6 +70,7 @@ class Evaluator:
     data: DataBundle
     profiler: Profiler
     opset: int
+    batch: int = 1
     calib_images: int = 512
     calib_batch: int = 128
     seed: int = 0
@@ -79,6 +80,7 @@ class Evaluator:
     def __post_init__(self):
         calib: Split = self.data.train.subset(min(self.calib_images, len(self.data.train)), seed=self.seed)
         self._calib = [x for x, _ in calib.batches(self.calib_batch)]
+        self.shape = (self.batch, *self.space.input_shape)  # what the target runs: batch included
 
     def latency(self, widths: tuple[int, ...], fresh: bool = False) -> LatencyStats:
         """Measured latency of an architecture (the cache answers repeats unless ``fresh``)."""
@@ -89,9 +91,9 @@ class Evaluator:
         def onnx():
             nonlocal model
             model = model if model is not None else self.space.shrink(self.space.plan(widths))
-            return export_onnx_bytes(model, self.space.input_shape, self.opset)
+            return export_onnx_bytes(model, self.shape, self.opset)
 
-        return self.profiler.latency(self.space.arch_key(widths), self.space.input_shape, onnx, fresh=fresh)
+        return self.profiler.latency(self.space.arch_key(widths), self.shape, onnx, fresh=fresh)
 
     def evaluate(self, widths) -> Candidate:
         widths = tuple(int(w) for w in widths)

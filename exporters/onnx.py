@@ -15,9 +15,9 @@ from torch import nn
 from edgeprune.profiling.onnx_bytes import export_onnx_bytes
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], opset: int, metadata: dict[str, str]) -> bytes:
-    """Serialised, checked ONNX (fixed batch 1) with ``metadata`` in ``metadata_props``."""
-    proto = onnx.load_from_string(export_onnx_bytes(model, input_shape, opset))
+def export_onnx(model: nn.Module, shape: tuple[int, ...], opset: int, metadata: dict[str, str]) -> bytes:
+    """Serialised, checked ONNX for the fixed input ``shape`` (batch included), ``metadata`` in ``metadata_props``."""
+    proto = onnx.load_from_string(export_onnx_bytes(model, shape, opset))
     onnx.checker.check_model(proto, full_check=True)
     for key, value in sorted(metadata.items()):
         entry = proto.metadata_props.add()

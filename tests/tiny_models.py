@@ -32,3 +32,31 @@ def tiny_cnn(num_classes: int = 10) -> TinyCNN:
 def not_a_model():
     """Factory that returns the wrong type."""
     return "hello"
+
+
+class TinyResNet(nn.Module):
+    """Stem, one residual block and a strided conv: coupled channels, widths above one 16-step."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.block = nn.Sequential(
+            nn.Conv2d(32, 48, 3, padding=1, bias=False),
+            nn.BatchNorm2d(48),
+            nn.ReLU(),
+            nn.Conv2d(48, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+        )
+        self.down = nn.Sequential(nn.Conv2d(32, 64, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = nn.functional.relu(x + self.block(x))
+        return self.head(self.pool(self.down(x)).flatten(1))
+
+
+def tiny_resnet(num_classes: int = 10) -> TinyResNet:
+    """Factory used by the ``tiny_models:tiny_resnet`` spec (prunable on a 16-channel grid)."""
+    return TinyResNet(num_classes=num_classes)

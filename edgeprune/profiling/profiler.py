@@ -11,11 +11,11 @@ from pathlib import Path
 from edgeprune.errors import UserError
 from edgeprune.profiling.cache import LatencyCache, default_cache_path
 from edgeprune.profiling.fingerprint import fingerprint_hash
-from edgeprune.profiling.ort import OrtBackend
+from edgeprune.profiling.isolated import IsolatedOrtBackend
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.targets import Profile
 
-_BACKENDS = {"onnxruntime": OrtBackend}
+_BACKENDS = {"onnxruntime": IsolatedOrtBackend}
 
 
 class Profiler:
@@ -69,5 +69,6 @@ class Profiler:
         return stats, False
 
     def close(self) -> None:
+        self.backend.close()
         if self._cache is not None:
             self._cache.close()

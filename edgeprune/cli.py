@@ -12,7 +12,7 @@ import sys
 from edgeprune import __version__
 from edgeprune.errors import UserError
 
-COMMANDS = ("prune", "demo", "train", "targets")
+COMMANDS = ("prune", "demo", "train", "profile", "targets")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", required=True, help="state_dict file to write (use it with --weights)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    pr = sub.add_parser("profile", help="measure an ONNX model's latency on a target (fresh measurement)")
+    pr.add_argument("onnx", help="ONNX file with a fixed input shape")
+    pr.add_argument("--target", default="x86-cpu", help="target profile name or YAML path (default x86-cpu)")
+    pr.add_argument("--repeats", type=int, default=1, help="independent measurements (fresh sessions); the median of medians is shown (default 1)")
+    pr.add_argument("--json", action="store_true", help="print the stats as JSON")
 
     sub.add_parser("targets", help="list the target profiles")
     return parser
@@ -156,6 +162,43 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_profile(args) -> int:
+    import json
+    import statistics
+
+    from edgeprune.profiling.isolated import IsolatedOrtBackend
+    from edgeprune.profiling.onnx_file import load_onnx
+    from edgeprune.targets import load_profile
+
+    if args.repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {args.repeats}")
+    profile = load_profile(args.target)
+    blob, shape = load_onnx(args.onnx)
+    backend = IsolatedOrtBackend(profile)
+    try:
+        runs = [backend.measure(blob, shape).to_dict() for _ in range(args.repeats)]
+    except ValueError as exc:
+        raise UserError(f"{args.onnx} does not run in onnxruntime ({exc}); export it again") from None
+    finally:
+        backend.close()
+    result = {
+        "model": args.onnx,
+        "target": profile.name,
+        "input_shape": list(shape),
+        "fingerprint": backend.fingerprint(),
+        "median_ms": statistics.median(r["median"] for r in runs),
+        "runs": runs,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for r in runs:
+            print(f"{args.onnx} on {profile.name}: median {r['median']:.4f} ms  p90 {r['p90']:.4f}  p99 {r['p99']:.4f}  cv {r['cv']:.3f}  n {r['n']}")
+        if args.repeats > 1:
+            print(f"median of {args.repeats} medians: {result['median_ms']:.4f} ms")
+    return 0
+
+
 def _cmd_targets(args) -> int:
     from edgeprune.targets import list_profiles
 
@@ -171,7 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"prune": _cmd_prune, "demo": _cmd_demo, "train": _cmd_train, "targets": _cmd_targets}[args.command]
+    handler = {
+        "prune": _cmd_prune,
+        "demo": _cmd_demo,
+        "train": _cmd_train,
+        "profile": _cmd_profile,
+        "targets": _cmd_targets,
+    }[args.command]
     try:
         return handler(args)
     except UserError as exc:

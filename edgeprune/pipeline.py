@@ -8,6 +8,7 @@ failed or interrupted run never leaves a half-written output folder.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -82,6 +83,9 @@ def _validate(cfg: PruneConfig) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file; pass --out with a folder path")
+    if out.is_dir() and any(out.iterdir()) and not (out / "report.json").exists():
+        # The folder is replaced as a whole at the end: never do that to a folder we did not write.
+        raise UserError(f"output folder {out} holds files that are not an edgeprune output; pass a new or empty --out")
 
 
 def _pick(evaluator: Evaluator, candidates: list[Candidate], search_budget_ms: float, budget_ms: float) -> Candidate:
@@ -201,7 +205,7 @@ def run_prune(cfg: PruneConfig) -> dict:
         "input_name": "input",
         "input_shape": "x".join(map(str, (profile.batch, *input_shape))),
         "layout": "NCHW",
-        "preprocess": str(data.preprocess.to_dict()),
+        "preprocess": json.dumps(data.preprocess.to_dict(), sort_keys=True),
         "class_names": ",".join(data.class_names),
         "opset": str(profile.opset),
         "precision": profile.precision,

@@ -78,6 +78,14 @@ def test_a_file_that_is_not_a_model(tmp_path, capsys):
     assert "notes.pt" in line
 
 
+def test_an_unrelated_output_folder_is_never_replaced(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.tex").write_text("precious")
+    code = main([*TINY, "--budget-ms", "1", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c.sqlite")])
+    assert code == 2 and "not an edgeprune output" in capsys.readouterr().err
+    assert (tmp_path / "out" / "thesis.tex").read_text() == "precious"
+
+
 def test_targets_lists_the_shipped_profiles(capsys):
     assert main(["targets"]) == 0
     assert "x86-cpu" in capsys.readouterr().out
@@ -87,3 +95,20 @@ def test_no_subcommand_means_prune(tmp_path, capsys):
     # the prune parser (not the top-level one) must see these flags: a prune-only error proves it
     line = _run_bad(["--target", "x86-cpu", "missing.pt", "--speedup", "2"], tmp_path, capsys)
     assert "missing.pt" in line
+
+
+def test_profile_measures_an_onnx_file_and_rejects_a_bad_one(tmp_path, capsys):
+    from tiny_models import TinyResNet
+
+    from edgeprune.profiling.onnx_bytes import export_onnx_bytes
+
+    path = tmp_path / "tiny.onnx"
+    path.write_bytes(export_onnx_bytes(TinyResNet().eval(), (1, 1, 8, 8), 17))
+    assert main(["profile", str(path), "--target", PROFILE, "--repeats", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["input_shape"] == [1, 1, 8, 8] and len(result["runs"]) == 2
+    assert 0 < result["median_ms"] < 100 and result["runs"][0]["n"] >= 20
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    assert main(["profile", str(bad), "--target", PROFILE]) == 2
+    assert "not a valid ONNX model" in capsys.readouterr().err

@@ -16,5 +16,7 @@ if [ ! -f "$data_dir/train-images-idx3-ubyte.gz" ]; then
   fi
 fi
 
-python3 -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# PIP_FIND_LINKS is emptied so that a local CPU-only torch wheel without a matching torchvision
+# is never picked over PyPI's build.
+PIP_FIND_LINKS= python3 -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 echo "setup: done ($(python3 -c 'import edgeprune; print("edgeprune", edgeprune.__version__)'))"

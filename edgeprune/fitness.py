@@ -82,6 +82,11 @@ class Evaluator:
         self._calib = [x for x, _ in calib.batches(self.calib_batch)]
         self.shape = (self.batch, *self.space.input_shape)  # what the target runs: batch included
 
+    def set_reference(self, widths: tuple[int, ...]) -> LatencyStats:
+        """Time all later candidates next to this architecture (see Profiler.set_reference)."""
+        model = self.space.shrink(self.space.plan(widths))
+        return self.profiler.set_reference(self.space.arch_key(widths), self.shape, export_onnx_bytes(model, self.shape, self.opset))
+
     def latency(self, widths: tuple[int, ...], fresh: bool = False) -> LatencyStats:
         """Measured latency of an architecture (the cache answers repeats unless ``fresh``)."""
         stats, _ = self._measure(widths, None, fresh)

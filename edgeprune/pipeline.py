@@ -149,7 +149,7 @@ def run_prune(cfg: PruneConfig) -> dict:
     t = time.perf_counter()
     console.print(f"[bold]{cfg.model}[/bold] on [bold]{profile.name}[/bold]: {len(space.groups)} prunable groups; measuring baseline")
     full = space.widths_from_indices(space.full_indices())
-    baseline_latency = evaluator.latency(full, fresh=True)
+    baseline_latency = evaluator.set_reference(full)
     budget_ms = cfg.budget_ms if cfg.budget_ms is not None else baseline_latency.median_ms / cfg.speedup
     smallest = evaluator.evaluate(space.widths_from_indices(space.min_indices()))
     if smallest.latency.median_ms > budget_ms:

@@ -22,12 +22,15 @@ class IsolatedOrtBackend:
         self._fingerprint = host_fingerprint(profile)
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
+        self._reference: tuple[bytes, tuple[int, ...]] | None = None
+        self._reference_sent = False
 
     def fingerprint(self) -> dict[str, Any]:
         return dict(self._fingerprint)
 
     def _child(self) -> subprocess.Popen:
         if self._proc is None or self._proc.poll() is not None:
+            self._reference_sent = False
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "edgeprune.profiling.worker", self.profile.source],
                 stdin=subprocess.PIPE,
@@ -35,24 +38,49 @@ class IsolatedOrtBackend:
             )
         return self._proc
 
-    def measure(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> LatencyStats:
+    def _request(self, header: dict, blob: bytes) -> dict:
         with self._lock:
             proc = self._child()
-            try:
-                write_frame(proc.stdin, json.dumps({"shape": list(input_shape)}).encode())
-                write_frame(proc.stdin, onnx_bytes)
-                reply = read_frame(proc.stdout)
-            except (BrokenPipeError, EOFError):
-                reply = None
-            if reply is None:
-                self.close()
-                raise RuntimeError(f"the measurement process for {self.profile.name} died (exit {proc.poll()})")
+            if self._reference is not None and header.get("op") != "reference" and not self._reference_sent:
+                self._reference_sent = True  # a restarted child needs the reference again
+                self._request_locked(proc, {"op": "reference", "shape": list(self._reference[1])}, self._reference[0])
+            return self._request_locked(proc, header, blob)
+
+    def _request_locked(self, proc: subprocess.Popen, header: dict, blob: bytes) -> dict:
+        try:
+            write_frame(proc.stdin, json.dumps(header).encode())
+            write_frame(proc.stdin, blob)
+            reply = read_frame(proc.stdout)
+        except (BrokenPipeError, EOFError):
+            reply = None
+        if reply is None:
+            self._stop()
+            raise RuntimeError(f"the measurement process for {self.profile.name} died (exit {proc.poll()})")
         result = json.loads(reply)
         if not result["ok"]:
             raise ValueError(result["error"])
-        return LatencyStats.from_dict(result["stats"])
+        return result
+
+    def measure(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> LatencyStats:
+        return LatencyStats.from_dict(self._request({"shape": list(input_shape)}, onnx_bytes)["stats"])
+
+    def set_reference(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> None:
+        """The model that :meth:`measure_pair` times alongside every candidate."""
+        self._reference = (onnx_bytes, tuple(input_shape))
+        self._reference_sent = False
+
+    def measure_pair(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> tuple[LatencyStats, LatencyStats]:
+        """(candidate, reference) timed in alternating blocks in the same process."""
+        if self._reference is None:
+            raise ValueError("set_reference() must be called before measure_pair()")
+        result = self._request({"shape": list(input_shape), "with_reference": True}, onnx_bytes)
+        return LatencyStats.from_dict(result["stats"]), LatencyStats.from_dict(result["reference"])
 
     def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+    def _stop(self) -> None:
         if self._proc is not None:
             try:
                 self._proc.stdin.close()

@@ -6,6 +6,7 @@ one fixed seeded input; warm-up; timed runs until both a run count and a time fl
 (or a run cap); re-measure when the coefficient of variation says the machine was busy.
 """
 
+import dataclasses
 import threading
 import time
 from typing import Any
@@ -18,6 +19,9 @@ from edgeprune.errors import UserError
 from edgeprune.profiling.fingerprint import host_fingerprint
 from edgeprune.profiling.stats import LatencyStats, summarize
 from edgeprune.targets import MeasureSpec, Profile
+
+# Interleaved blocks per model in measure_pair.
+_BLOCKS = 4
 
 # Two measurements running at once on the same cores would time each other, not the model.
 _MEASURE_LOCK = threading.Lock()
@@ -87,6 +91,33 @@ class OrtBackend:
                     best = again
         best.noisy = best.cv > spec.cv_threshold
         return best
+
+    def measure_pair(
+        self, onnx_bytes: bytes, input_shape: tuple[int, ...], ref_bytes: bytes, ref_shape: tuple[int, ...]
+    ) -> tuple[LatencyStats, LatencyStats]:
+        """Candidate and reference timed in alternating blocks, so both see the same CPU state.
+
+        On shared or virtual CPUs the speed of the whole machine drifts by tens of percent from
+        minute to minute; the ratio of two models timed in interleaved blocks does not.
+        """
+        spec = self.profile.measure
+        block = dataclasses.replace(spec, min_runs=max(1, spec.min_runs // _BLOCKS), max_seconds=spec.max_seconds / _BLOCKS, max_runs=max(1, spec.max_runs // _BLOCKS))
+        rng = np.random.default_rng(0)
+        with _MEASURE_LOCK:
+            runs = []
+            for blob, shape in ((onnx_bytes, input_shape), (ref_bytes, ref_shape)):
+                session = self._session(blob)
+                feed = {session.get_inputs()[0].name: rng.standard_normal(shape, dtype=np.float32)}
+                for _ in range(spec.warmup_runs):
+                    session.run(None, feed)
+                runs.append((session, feed, []))
+            for _ in range(_BLOCKS):
+                for session, feed, times in runs:
+                    times.extend(_timed_runs(session, feed, block))
+        cand, ref = (summarize(times) for _, _, times in runs)
+        for stats in (cand, ref):
+            stats.noisy = stats.cv > spec.cv_threshold
+        return cand, ref
 
     def _session(self, onnx_bytes: bytes) -> ort.InferenceSession:
         p = self.profile

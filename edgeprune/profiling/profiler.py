@@ -35,6 +35,23 @@ class Profiler:
         self._memory: dict[tuple[str, tuple[int, ...]], LatencyStats] = {}
         self.measurements = 0
         self.cache_hits = 0
+        self.anchor: LatencyStats | None = None
+
+    def set_reference(self, arch_key: str, input_shape: Sequence[int], onnx_bytes: bytes) -> LatencyStats:
+        """Time every later candidate next to this model and report it in this model's units.
+
+        The CPU's speed drifts (measured: 1.4x between minutes on a shared VM), but the ratio of
+        two models timed in alternating blocks does not. Each later measurement is therefore
+        ``candidate / reference (timed together) x anchor``, where the anchor is the reference's
+        own latency: the cached one if this fingerprint has it, so that every number in the
+        cache stays in one consistent unit across runs. Returns the anchor.
+        """
+        shape = tuple(int(d) for d in input_shape)
+        self.anchor = None
+        anchor, _ = self.latency(arch_key, shape, lambda: onnx_bytes)
+        self.backend.set_reference(onnx_bytes, shape)
+        self.anchor = anchor
+        return anchor
 
     def latency(
         self,
@@ -60,7 +77,12 @@ class Profiler:
             if stats is not None:
                 self.cache_hits += 1
                 return stats, True
-        stats = self.backend.measure(onnx_fn(), shape)
+        if self.anchor is None:
+            stats = self.backend.measure(onnx_fn(), shape)
+        else:
+            raw, ref = self.backend.measure_pair(onnx_fn(), shape)
+            stats = raw.scaled(self.anchor.median_ms / ref.median_ms)
+            stats.noisy = raw.noisy or ref.noisy
         self.measurements += 1
         if not stats.noisy:
             self._memory.setdefault((arch_key, shape), stats)

@@ -37,6 +37,19 @@ class LatencyStats:
             "noisy": self.noisy,
         }
 
+    def scaled(self, factor: float) -> "LatencyStats":
+        """The same distribution with every time multiplied by ``factor`` (CV unchanged)."""
+        return LatencyStats(
+            n=self.n,
+            median_ms=self.median_ms * factor,
+            p90_ms=self.p90_ms * factor,
+            p99_ms=self.p99_ms * factor,
+            mean_ms=self.mean_ms * factor,
+            std_ms=self.std_ms * factor,
+            cv=self.cv,
+            noisy=self.noisy,
+        )
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LatencyStats":
         return cls(

@@ -7,7 +7,9 @@ with torch either, so every local measurement runs in this process. The parent b
 child times, so no evaluation of ours competes with the timed runs for the cores.
 
 Wire format on stdin/stdout (both directions): 8-byte big-endian length + JSON header, and for
-requests 8-byte length + ONNX bytes. Nothing is ever unpickled.
+requests 8-byte length + ONNX bytes. Requests: ``{"shape"}`` times a model; ``{"op": "reference",
+"shape"}`` stores a reference model; ``{"shape", "with_reference": true}`` times a model and the
+reference in alternating blocks. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -45,15 +47,25 @@ def serve(profile_source: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
     from edgeprune.targets import load_profile
 
     backend = OrtBackend(load_profile(profile_source))
+    reference: tuple[bytes, tuple[int, ...]] | None = None
     while True:
         header = read_frame(stdin)
         if header is None:
             return
-        blob = read_frame(stdin)
+        blob = read_frame(stdin) or b""
         try:
-            shape = tuple(int(d) for d in json.loads(header)["shape"])
-            stats = backend.measure(blob or b"", shape)
-            reply = {"ok": True, "stats": stats.to_dict()}
+            request = json.loads(header)
+            shape = tuple(int(d) for d in request["shape"])
+            if request.get("op") == "reference":
+                reference = (blob, shape)
+                reply = {"ok": True}
+            elif request.get("with_reference"):
+                if reference is None:
+                    raise ValueError("no reference model was sent before a paired measurement")
+                stats, ref = backend.measure_pair(blob, shape, *reference)
+                reply = {"ok": True, "stats": stats.to_dict(), "reference": ref.to_dict()}
+            else:
+                reply = {"ok": True, "stats": backend.measure(blob, shape).to_dict()}
         except Exception as exc:  # reported to the parent, which raises it there
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         write_frame(stdout, json.dumps(reply).encode())

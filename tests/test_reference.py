@@ -1,0 +1,44 @@
+"""Reference-interleaved timing: candidates are reported in the unpruned model's units."""
+
+from pathlib import Path
+
+from tiny_models import TinyResNet
+
+from edgeprune.profiling.onnx_bytes import export_onnx_bytes
+from edgeprune.profiling.profiler import Profiler
+from edgeprune.targets import load_profile
+
+PROFILE = Path(__file__).parent / "fixtures" / "fast-cpu.yaml"
+SHAPE = (1, 1, 8, 8)
+
+
+def test_candidates_are_scaled_to_the_anchor_and_survive_a_worker_restart(tmp_path):
+    profiler = Profiler(load_profile(str(PROFILE)), cache_path=tmp_path / "c.sqlite")
+    ref = export_onnx_bytes(TinyResNet().eval(), SHAPE, 17)
+    anchor = profiler.set_reference("ref", SHAPE, ref)
+    assert profiler.anchor is anchor and profiler.measurements == 1
+    # The reference timed against itself: the ratio is ~1, so it comes back near the anchor.
+    again, cached = profiler.latency("ref", SHAPE, lambda: ref, fresh=True)
+    assert not cached and 0.6 * anchor.median_ms < again.median_ms < 1.6 * anchor.median_ms
+    # A killed measurement process is restarted and is sent the reference again.
+    profiler.backend._proc.kill()
+    profiler.backend._proc.wait()
+    try:
+        profiler.latency("ref-2", SHAPE, lambda: ref)
+    except RuntimeError:
+        pass  # the request that met the dead process reports it ...
+    stats, _ = profiler.latency("ref-2", SHAPE, lambda: ref)  # ... and the next one works
+    assert stats.median_ms > 0
+    profiler.close()
+
+
+def test_the_anchor_comes_from_the_cache_so_runs_share_one_unit(tmp_path):
+    cache = tmp_path / "c.sqlite"
+    ref = export_onnx_bytes(TinyResNet().eval(), SHAPE, 17)
+    first = Profiler(load_profile(str(PROFILE)), cache_path=cache)
+    anchor = first.set_reference("ref", SHAPE, ref)
+    first.close()
+    second = Profiler(load_profile(str(PROFILE)), cache_path=cache)
+    assert second.set_reference("ref", SHAPE, ref).median_ms == anchor.median_ms
+    assert second.measurements == 0
+    second.close()

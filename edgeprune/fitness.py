@@ -84,20 +84,20 @@ class Evaluator:
 
     def set_reference(self, widths: tuple[int, ...]) -> LatencyStats:
         """Time all later candidates next to this architecture (see Profiler.set_reference)."""
-        model = self.space.shrink(self.space.plan(widths))
-        return self.profiler.set_reference(self.space.arch_key(widths), self.shape, export_onnx_bytes(model, self.shape, self.opset))
+        return self.profiler.set_reference(self.space.arch_key(widths), self.shape, self._onnx(widths))
 
     def latency(self, widths: tuple[int, ...], fresh: bool = False) -> LatencyStats:
         """Measured latency of an architecture (the cache answers repeats unless ``fresh``)."""
         stats, _ = self._measure(widths, None, fresh)
         return stats
 
-    def _measure(self, widths, model, fresh=False):
-        def onnx():
-            nonlocal model
-            model = model if model is not None else self.space.shrink(self.space.plan(widths))
-            return export_onnx_bytes(model, self.shape, self.opset)
+    def _onnx(self, widths, model=None) -> bytes:
+        """ONNX of the architecture (shrunk from the original unless ``model`` is given)."""
+        model = model if model is not None else self.space.shrink(self.space.plan(widths))
+        return export_onnx_bytes(model, self.shape, self.opset)
 
+    def _measure(self, widths, model, fresh=False):
+        onnx = lambda: self._onnx(widths, model)  # noqa: E731 - deferred: a cache hit never exports
         return self.profiler.latency(self.space.arch_key(widths), self.shape, onnx, fresh=fresh)
 
     def evaluate(self, widths) -> Candidate:

@@ -41,7 +41,7 @@ class IsolatedOrtBackend:
     def _request(self, header: dict, blob: bytes) -> dict:
         with self._lock:
             proc = self._child()
-            if self._reference is not None and header.get("op") != "reference" and not self._reference_sent:
+            if self._reference is not None and not self._reference_sent:
                 self._reference_sent = True  # a restarted child needs the reference again
                 self._request_locked(proc, {"op": "reference", "shape": list(self._reference[1])}, self._reference[0])
             return self._request_locked(proc, header, blob)

@@ -74,14 +74,8 @@ class OrtBackend:
         profile's CV threshold; callers report it but must not cache it.
         """
         spec = self.profile.measure
-        # A fixed input: data-dependent kernels (none expected in CNNs, but cheap to rule out)
-        # then see the same values for every candidate.
-        x = np.random.default_rng(0).standard_normal(input_shape, dtype=np.float32)
         with _MEASURE_LOCK:  # session creation runs graph optimisation: keep it off timed cores
-            session = self._session(onnx_bytes)
-            feed = {session.get_inputs()[0].name: x}
-            for _ in range(spec.warmup_runs):
-                session.run(None, feed)
+            session, feed = self._warm_session(onnx_bytes, input_shape)
             best = summarize(_timed_runs(session, feed, spec))
             for _ in range(spec.repeats_if_noisy):
                 if best.cv <= spec.cv_threshold:
@@ -102,15 +96,8 @@ class OrtBackend:
         """
         spec = self.profile.measure
         block = dataclasses.replace(spec, min_runs=max(1, spec.min_runs // _BLOCKS), max_seconds=spec.max_seconds / _BLOCKS, max_runs=max(1, spec.max_runs // _BLOCKS))
-        rng = np.random.default_rng(0)
         with _MEASURE_LOCK:
-            runs = []
-            for blob, shape in ((onnx_bytes, input_shape), (ref_bytes, ref_shape)):
-                session = self._session(blob)
-                feed = {session.get_inputs()[0].name: rng.standard_normal(shape, dtype=np.float32)}
-                for _ in range(spec.warmup_runs):
-                    session.run(None, feed)
-                runs.append((session, feed, []))
+            runs = [(*self._warm_session(onnx_bytes, input_shape), []), (*self._warm_session(ref_bytes, ref_shape), [])]
             for _ in range(_BLOCKS):
                 for session, feed, times in runs:
                     times.extend(_timed_runs(session, feed, block))
@@ -118,6 +105,19 @@ class OrtBackend:
         for stats in (cand, ref):
             stats.noisy = stats.cv > spec.cv_threshold
         return cand, ref
+
+    def _warm_session(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> tuple[ort.InferenceSession, dict]:
+        """A new session and its feed, after the profile's warm-up runs.
+
+        The input is fixed (seed 0): data-dependent kernels (none expected in CNNs, but cheap
+        to rule out) then see the same values for every candidate.
+        """
+        session = self._session(onnx_bytes)
+        x = np.random.default_rng(0).standard_normal(input_shape, dtype=np.float32)
+        feed = {session.get_inputs()[0].name: x}
+        for _ in range(self.profile.measure.warmup_runs):
+            session.run(None, feed)
+        return session, feed
 
     def _session(self, onnx_bytes: bytes) -> ort.InferenceSession:
         p = self.profile

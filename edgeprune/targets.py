@@ -59,6 +59,12 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Profile":
+        """Inverse of :meth:`to_dict`: how a profile (with any in-memory overrides) reaches a
+        measurement process exactly as the parent holds it."""
+        return cls(**{**data, "measure": MeasureSpec(**data["measure"])})
+
 
 def load_profile(name_or_path: str) -> Profile:
     """Load a shipped target by name (``x86-cpu``) or a user's profile by path (``my.yaml``)."""

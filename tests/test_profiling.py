@@ -326,3 +326,15 @@ def test_profiler_unknown_backend(tmp_path):
     profile = dataclasses.replace(_profile(), backend="tensorflow-lite")
     with pytest.raises(UserError, match="backend 'tensorflow-lite'.*one of: onnxruntime"):
         Profiler(profile, cache_path=tmp_path / "c.sqlite")
+
+
+def test_isolated_worker_uses_the_parents_profile_not_the_file(onnx_bytes):
+    # The child used to reload the profile from its YAML file and silently drop in-memory
+    # overrides (CI measured with the shipped cv_threshold instead of the test's).
+    from edgeprune.profiling.isolated import IsolatedOrtBackend
+
+    backend = IsolatedOrtBackend(_profile(min_runs=7, max_runs=7, max_seconds=10.0))
+    try:
+        assert backend.measure(onnx_bytes, SHAPE).n == 7
+    finally:
+        backend.close()

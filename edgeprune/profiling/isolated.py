@@ -32,7 +32,7 @@ class IsolatedOrtBackend:
         if self._proc is None or self._proc.poll() is not None:
             self._reference_sent = False
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "edgeprune.profiling.worker", self.profile.source],
+                [sys.executable, "-m", "edgeprune.profiling.worker", json.dumps(self.profile.to_dict())],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
             )

@@ -42,11 +42,13 @@ def read_frame(stream: BinaryIO) -> bytes | None:
     return body
 
 
-def serve(profile_source: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
+def serve(profile_json: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
+    """Serve requests until stdin closes. ``profile_json`` is the parent's whole profile (not a
+    file name), so overrides made in memory apply here too."""
     from edgeprune.profiling.ort import OrtBackend
-    from edgeprune.targets import load_profile
+    from edgeprune.targets import Profile
 
-    backend = OrtBackend(load_profile(profile_source))
+    backend = OrtBackend(Profile.from_dict(json.loads(profile_json)))
     reference: tuple[bytes, tuple[int, ...]] | None = None
     while True:
         header = read_frame(stdin)

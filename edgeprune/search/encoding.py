@@ -7,6 +7,9 @@ target's step grid), so every genome decodes to a network the target runs on fas
 from __future__ import annotations
 
 import numpy as np
+from pymoo.operators.crossover.sbx import SBX
+from pymoo.operators.mutation.pm import PM
+from pymoo.operators.repair.rounding import RoundingRepair
 
 from edgeprune.space import ChannelSpace
 
@@ -18,9 +21,18 @@ class WidthEncoding:
         self.space = space
         self.upper = np.array([len(g.options) - 1 for g in space.groups], dtype=int)
 
+    name = "width"
+
     @property
     def n_var(self) -> int:
         return len(self.upper)
+
+    def crossover(self):
+        """Simulated binary crossover on the width indices, rounded back to the grid."""
+        return SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair())
+
+    def mutation(self):
+        return PM(eta=20, vtype=float, repair=RoundingRepair())
 
     def decode(self, genome) -> tuple[int, ...]:
         return self.space.widths_from_indices(np.clip(np.rint(genome).astype(int), 0, self.upper))

@@ -14,9 +14,6 @@ import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
 from pymoo.core.evaluator import Evaluator as PymooEvaluator
 from pymoo.core.problem import Problem
-from pymoo.operators.crossover.sbx import SBX
-from pymoo.operators.mutation.pm import PM
-from pymoo.operators.repair.rounding import RoundingRepair
 from pymoo.problems.static import StaticProblem
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
@@ -63,8 +60,8 @@ def run_nsga2(
     algorithm = NSGA2(
         pop_size=population,
         sampling=encoding.initial(population, rng),
-        crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
-        mutation=PM(eta=20, vtype=float, repair=RoundingRepair()),
+        crossover=encoding.crossover(),
+        mutation=encoding.mutation(),
         eliminate_duplicates=True,
     )
     algorithm.setup(problem, termination=("n_gen", generations), seed=seed, verbose=False)

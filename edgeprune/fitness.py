@@ -18,7 +18,7 @@ from edgeprune.data import DataBundle, Split
 from edgeprune.profiling.onnx_bytes import export_onnx_bytes
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.stats import LatencyStats
-from edgeprune.space import ChannelSpace, macs_and_params
+from edgeprune.space import ChannelSpace, Choice, macs_and_params
 from edgeprune.training import evaluate
 
 
@@ -42,15 +42,19 @@ def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
 
 @dataclass
 class Candidate:
-    """One evaluated architecture. ``latency`` is always a measurement, never a prediction."""
+    """One evaluated network. ``latency`` is always a measurement, never a prediction."""
 
-    widths: tuple[int, ...]
+    choice: Choice
     accuracy: float
     latency: LatencyStats
     macs: int
     params: int
     from_cache: bool = False
     seconds: float = 0.0
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(len(k) for k in self.choice)
 
     def summary(self, space: ChannelSpace) -> dict:
         return {
@@ -64,7 +68,11 @@ class Candidate:
 
 @dataclass
 class Evaluator:
-    """Scores width vectors; a width vector is evaluated once per run, whatever the search asks."""
+    """Scores channel choices; each is evaluated once per run, whatever the search asks.
+
+    Latency belongs to the architecture (the widths) and is cached by it across runs; accuracy
+    belongs to the exact channels kept.
+    """
 
     space: ChannelSpace
     data: DataBundle
@@ -74,7 +82,7 @@ class Evaluator:
     calib_images: int = 512
     calib_batch: int = 128
     seed: int = 0
-    results: dict[tuple[int, ...], Candidate] = field(default_factory=dict)
+    results: dict[Choice, Candidate] = field(default_factory=dict)
     evaluations: int = 0
 
     def __post_init__(self):
@@ -100,18 +108,23 @@ class Evaluator:
         onnx = lambda: self._onnx(widths, model)  # noqa: E731 - deferred: a cache hit never exports
         return self.profiler.latency(self.space.arch_key(widths), self.shape, onnx, fresh=fresh)
 
-    def evaluate(self, widths) -> Candidate:
-        widths = tuple(int(w) for w in widths)
-        if widths in self.results:
-            return self.results[widths]
+    def evaluate_widths(self, widths) -> Candidate:
+        """Evaluate the most important ``widths`` channels of every group."""
+        return self.evaluate(self.space.choice(widths))
+
+    def evaluate(self, choice: Choice) -> Candidate:
+        choice = tuple(tuple(int(i) for i in idxs) for idxs in choice)
+        if choice in self.results:
+            return self.results[choice]
         start = time.perf_counter()
-        model = self.space.shrink(self.space.plan(widths))
+        widths = tuple(len(k) for k in choice)
+        model = self.space.shrink(self.space.plan_of(choice))
         # Latency first, on an idle CPU: nothing else of ours runs while the profiler times.
         stats, cached = self._measure(widths, model)
         recalibrate_bn(model, self._calib)
         accuracy = evaluate(model, self.data.holdout)
         macs, params = macs_and_params(model, self.space.input_shape)
-        cand = Candidate(widths, accuracy, stats, macs, params, cached, time.perf_counter() - start)
-        self.results[widths] = cand
+        cand = Candidate(choice, accuracy, stats, macs, params, cached, time.perf_counter() - start)
+        self.results[choice] = cand
         self.evaluations += 1
         return cand

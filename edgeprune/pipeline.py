@@ -151,14 +151,14 @@ def run_prune(cfg: PruneConfig) -> dict:
     full = space.widths_from_indices(space.full_indices())
     baseline_latency = evaluator.set_reference(full)
     budget_ms = cfg.budget_ms if cfg.budget_ms is not None else baseline_latency.median_ms / cfg.speedup
-    smallest = evaluator.evaluate(space.widths_from_indices(space.min_indices()))
+    smallest = evaluator.evaluate_widths(space.widths_from_indices(space.min_indices()))
     if smallest.latency.median_ms > budget_ms:
         raise UserError(
             f"budget {budget_ms:.4g} ms is below what the smallest allowed network reaches on {profile.name} "
             f"({smallest.latency.median_ms:.4g} ms; unpruned {baseline_latency.median_ms:.4g} ms); "
             f"raise --budget-ms to at least {smallest.latency.median_ms * 1.05:.4g} or lower --speedup"
         )
-    baseline = evaluator.evaluate(full)
+    baseline = evaluator.evaluate_widths(full)
     console.print(
         f"baseline {baseline_latency.median_ms:.4f} ms (p90 {baseline_latency.p90_ms:.4f}), "
         f"held-out accuracy {baseline.accuracy:.2%}; budget {budget_ms:.4f} ms"
@@ -171,7 +171,7 @@ def run_prune(cfg: PruneConfig) -> dict:
 
     t = time.perf_counter()
     picked = _pick(evaluator, result.candidates, budget_ms * (1 - SEARCH_MARGIN), budget_ms)
-    plan = space.plan(picked.widths)
+    plan = space.plan_of(picked.choice)
     pruned = space.shrink(plan)
     console.print(
         f"picked {picked.latency.median_ms:.4f} ms, held-out {picked.accuracy:.2%}; "

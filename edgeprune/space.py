@@ -19,6 +19,11 @@ from torch import nn
 
 PLAN_FORMAT_VERSION = 1
 
+# Kept channel indices per group (ascending), in ChannelSpace.groups order: what a genome decodes
+# to. Two choices with the same widths are the same architecture (same latency) but different
+# networks (different accuracy).
+Choice = tuple[tuple[int, ...], ...]
+
 
 @dataclass(frozen=True)
 class Group:
@@ -148,8 +153,15 @@ class ChannelSpace:
         """Every group at ``keep_ratio`` of its width, snapped to the grid."""
         return [g.nearest_option(keep_ratio * g.full) for g in self.groups]
 
+    def choice(self, widths) -> Choice:
+        """The ``widths`` most important channels of every group (what the width encoding keeps)."""
+        return tuple(tuple(g.kept(int(w))) for g, w in zip(self.groups, widths))
+
     def plan(self, widths) -> ChannelPlan:
-        kept = {g.name: g.kept(int(w)) for g, w in zip(self.groups, widths)}
+        return self.plan_of(self.choice(widths))
+
+    def plan_of(self, choice: Choice) -> ChannelPlan:
+        kept = {g.name: [int(i) for i in idxs] for g, idxs in zip(self.groups, choice)}
         return ChannelPlan(kept=kept, model_spec=self.model_spec, input_shape=self.input_shape)
 
     def arch_key(self, widths) -> str:

@@ -11,7 +11,7 @@ from pymoo.operators.crossover.sbx import SBX
 from pymoo.operators.mutation.pm import PM
 from pymoo.operators.repair.rounding import RoundingRepair
 
-from edgeprune.space import ChannelSpace
+from edgeprune.space import ChannelSpace, Choice
 
 
 class WidthEncoding:
@@ -34,8 +34,9 @@ class WidthEncoding:
     def mutation(self):
         return PM(eta=20, vtype=float, repair=RoundingRepair())
 
-    def decode(self, genome) -> tuple[int, ...]:
-        return self.space.widths_from_indices(np.clip(np.rint(genome).astype(int), 0, self.upper))
+    def decode(self, genome) -> Choice:
+        widths = self.space.widths_from_indices(np.clip(np.rint(genome).astype(int), 0, self.upper))
+        return self.space.choice(widths)
 
     def initial(self, size: int, rng: np.random.Generator) -> np.ndarray:
         """The unpruned model, uniform-ratio models, then jittered uniform models.

@@ -84,6 +84,8 @@ class Evaluator:
     seed: int = 0
     results: dict[Choice, Candidate] = field(default_factory=dict)
     evaluations: int = 0
+    journal: "SearchJournal | None" = None  # noqa: F821 - edgeprune.search.checkpoint
+    restored: int = 0
 
     def __post_init__(self):
         calib: Split = self.data.train.subset(min(self.calib_images, len(self.data.train)), seed=self.seed)
@@ -108,6 +110,12 @@ class Evaluator:
         onnx = lambda: self._onnx(widths, model)  # noqa: E731 - deferred: a cache hit never exports
         return self.profiler.latency(self.space.arch_key(widths), self.shape, onnx, fresh=fresh)
 
+    def restore(self, candidates: list[Candidate]) -> None:
+        """Answer these choices from a checkpoint instead of evaluating them again."""
+        for cand in candidates:
+            self.results.setdefault(cand.choice, cand)
+        self.restored = len(self.results)
+
     def evaluate_widths(self, widths) -> Candidate:
         """Evaluate the most important ``widths`` channels of every group."""
         return self.evaluate(self.space.choice(widths))
@@ -127,4 +135,6 @@ class Evaluator:
         cand = Candidate(choice, accuracy, stats, macs, params, cached, time.perf_counter() - start)
         self.results[choice] = cand
         self.evaluations += 1
+        if self.journal is not None:
+            self.journal.record(cand)
         return cand

@@ -14,11 +14,13 @@ import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
 from pymoo.core.evaluator import Evaluator as PymooEvaluator
 from pymoo.core.problem import Problem
+from pymoo.indicators.hv import HV
 from pymoo.problems.static import StaticProblem
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from edgeprune.fitness import Candidate, Evaluator
 from edgeprune.progress import progress_bar
+from edgeprune.search.checkpoint import SearchJournal
 from edgeprune.search.encoding import WidthEncoding
 
 
@@ -46,6 +48,21 @@ def best_feasible(candidates: list[Candidate], budget_ms: float) -> Candidate | 
     return max(feasible, key=lambda c: (c.accuracy, -c.latency.median_ms), default=None)
 
 
+def hypervolume(candidates: list[Candidate], reference_ms: float) -> float:
+    """Area dominated by the candidates in (error, latency / reference) space, ref point (1, 1.1).
+
+    Normalising latency by the unpruned model's makes the number comparable across runs and
+    targets; 1.1 leaves the unpruned model itself a sliver of area.
+    """
+    if not candidates:
+        return 0.0
+    points = np.array([[1.0 - c.accuracy, c.latency.median_ms / reference_ms] for c in candidates])
+    points = points[(points[:, 0] < 1.0) & (points[:, 1] < 1.1)]
+    if not len(points):
+        return 0.0
+    return float(HV(ref_point=np.array([1.0, 1.1]))(points))
+
+
 def run_nsga2(
     evaluator: Evaluator,
     budget_ms: float,
@@ -53,8 +70,16 @@ def run_nsga2(
     generations: int,
     seed: int,
     show_progress: bool = True,
+    encoding=None,
+    journal: SearchJournal | None = None,
+    reference_ms: float | None = None,
 ) -> SearchResult:
-    encoding = WidthEncoding(evaluator.space)
+    """Search ``generations`` generations; with a ``journal``, record each one (see checkpoint.py).
+
+    ``reference_ms`` (the unpruned model's latency) normalises the hypervolume; without it the
+    slowest candidate seen is used.
+    """
+    encoding = encoding or WidthEncoding(evaluator.space)
     problem = Problem(n_var=encoding.n_var, n_obj=2, n_ieq_constr=1, xl=0, xu=encoding.upper, vtype=int)
     rng = np.random.default_rng(seed)
     algorithm = NSGA2(
@@ -76,18 +101,26 @@ def run_nsga2(
             G = np.array([[c.latency.median_ms - budget_ms] for c in cands])
             PymooEvaluator().eval(StaticProblem(problem, F=F, G=G), pop)
             algorithm.tell(infills=pop)
-            best = best_feasible(list(evaluator.results.values()), budget_ms)
+            seen = list(evaluator.results.values())
+            best = best_feasible(seen, budget_ms)
+            front = pareto_front(seen)
+            ref = reference_ms or max(c.latency.median_ms for c in seen)
             entry = {
                 "generation": gen + 1,
-                "evaluations": evaluator.evaluations,
+                "evaluations": len(seen),
                 "best_accuracy": best.accuracy if best else None,
                 "best_latency_ms": best.latency.median_ms if best else None,
+                "hypervolume": hypervolume(front, ref),
+                "pareto": [{"accuracy": c.accuracy, "latency_ms": c.latency.median_ms, "macs": c.macs} for c in front],
+                "wall_s": time.perf_counter() - start,
             }
             history.append(entry)
+            if journal is not None:
+                journal.record_generation(entry)
             status = (
                 f"best feasible acc {best.accuracy:.4f} @ {best.latency.median_ms:.4f} ms" if best else "no feasible yet"
             )
-            bar.update(task, advance=1, status=f"gen {gen + 1}/{generations} · {evaluator.evaluations} evals · {status}")
+            bar.update(task, advance=1, status=f"gen {gen + 1}/{generations} · {len(seen)} evals · {status}")
     candidates = list(evaluator.results.values())
     return SearchResult(
         candidates=candidates,

@@ -14,12 +14,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from typing import TYPE_CHECKING
+
 from edgeprune.data import DataBundle, Split
 from edgeprune.profiling.onnx_bytes import export_onnx_bytes
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.space import ChannelSpace, Choice, macs_and_params
 from edgeprune.training import evaluate
+
+if TYPE_CHECKING:  # the journal module imports this one
+    from edgeprune.search.checkpoint import SearchJournal
 
 
 def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
@@ -84,7 +89,7 @@ class Evaluator:
     seed: int = 0
     results: dict[Choice, Candidate] = field(default_factory=dict)
     evaluations: int = 0
-    journal: "SearchJournal | None" = None  # noqa: F821 - edgeprune.search.checkpoint
+    journal: SearchJournal | None = None
     restored: int = 0
 
     def __post_init__(self):
@@ -92,9 +97,9 @@ class Evaluator:
         self._calib = [x for x, _ in calib.batches(self.calib_batch)]
         self.shape = (self.batch, *self.space.input_shape)  # what the target runs: batch included
 
-    def set_reference(self, widths: tuple[int, ...]) -> LatencyStats:
+    def set_reference(self, widths: tuple[int, ...], anchor: LatencyStats | None = None) -> LatencyStats:
         """Time all later candidates next to this architecture (see Profiler.set_reference)."""
-        return self.profiler.set_reference(self.space.arch_key(widths), self.shape, self._onnx(widths))
+        return self.profiler.set_reference(self.space.arch_key(widths), self.shape, self._onnx(widths), anchor=anchor)
 
     def latency(self, widths: tuple[int, ...], fresh: bool = False) -> LatencyStats:
         """Measured latency of an architecture (the cache answers repeats unless ``fresh``)."""
@@ -113,8 +118,9 @@ class Evaluator:
     def restore(self, candidates: list[Candidate]) -> None:
         """Answer these choices from a checkpoint instead of evaluating them again."""
         for cand in candidates:
-            self.results.setdefault(cand.choice, cand)
-        self.restored = len(self.results)
+            if cand.choice not in self.results:
+                self.results[cand.choice] = cand
+                self.restored += 1
 
     def evaluate_widths(self, widths) -> Candidate:
         """Evaluate the most important ``widths`` channels of every group."""

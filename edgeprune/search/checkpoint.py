@@ -109,3 +109,78 @@ class SearchJournal:
 
     def generations(self) -> list[dict]:
         return _read_lines(self.generations_path)
+
+
+class RunCheckpoint:
+    """``OUT.checkpoint/``: what a killed ``prune`` needs to continue (``--resume OUT``).
+
+    ``run.json`` holds the run's settings and the numbers fixed before the search (budget,
+    baseline anchor), so a resumed run searches against exactly the same targets; each round has a
+    :class:`SearchJournal` and, once finished, its plan, summary and fine-tuned weights.
+    """
+
+    def __init__(self, out: Path):
+        out = Path(out)
+        self.folder = out.parent / f"{out.name}.checkpoint"
+
+    @property
+    def run_path(self) -> Path:
+        return self.folder / "run.json"
+
+    def exists(self) -> bool:
+        return self.run_path.is_file()
+
+    def start(self, run: dict) -> None:
+        """Begin a fresh checkpoint (an older one for the same output is discarded)."""
+        self.clear()
+        self.folder.mkdir(parents=True)
+        _write_json_atomic(self.run_path, {"format_version": CHECKPOINT_FORMAT_VERSION, **run})
+
+    def read_run(self) -> dict:
+        if not self.exists():
+            raise UserError(
+                f"no checkpoint to resume at {self.folder}; pass the --out folder of a run that was interrupted"
+            )
+        try:
+            run = json.loads(self.run_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise UserError(f"checkpoint {self.run_path} is corrupt; delete {self.folder} and start again") from None
+        if run.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+            raise UserError(
+                f"checkpoint {self.folder} was written by another edgeprune version; delete it and start again"
+            )
+        return run
+
+    def update_run(self, **fields) -> None:
+        _write_json_atomic(self.run_path, {**self.read_run(), **fields})
+
+    def round_folder(self, number: int) -> Path:
+        return self.folder / f"round-{number}"
+
+    def save_round(self, number: int, summary: dict, plan: dict, state_dict) -> None:
+        import torch
+
+        folder = self.round_folder(number)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(state_dict, folder / "state_dict.pt")
+        _write_json_atomic(folder / "plan.json", plan)
+        _write_json_atomic(folder / "done.json", summary)  # written last: marks the round complete
+
+    def finished_round(self, number: int) -> tuple[dict, dict, Path] | None:
+        """``(summary, plan, state_dict_path)`` of a completed round, else None."""
+        folder = self.round_folder(number)
+        if not (folder / "done.json").is_file():
+            return None
+        read = lambda name: json.loads((folder / name).read_text(encoding="utf-8"))  # noqa: E731
+        return read("done.json"), read("plan.json"), folder / "state_dict.pt"
+
+    def clear(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)

@@ -96,6 +96,10 @@ def run_nsga2(
         task = bar.add_task("search", total=generations, status="")
         for gen in range(generations):
             pop = algorithm.ask()
+            if pop is None or len(pop) == 0:
+                # Every reachable genome was already evaluated (small spaces, late rounds).
+                bar.update(task, completed=generations, status=f"space exhausted after {gen} generations")
+                break
             cands = [evaluator.evaluate(encoding.decode(x)) for x in pop.get("X")]
             F = np.array([[-c.accuracy, c.latency.median_ms] for c in cands])
             G = np.array([[c.latency.median_ms - budget_ms] for c in cands])
@@ -126,6 +130,6 @@ def run_nsga2(
         candidates=candidates,
         pareto=pareto_front(candidates, budget_ms),
         history=history,
-        generations=generations,
+        generations=len(history),
         wall_s=time.perf_counter() - start,
     )

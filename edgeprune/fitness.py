@@ -96,6 +96,7 @@ class Evaluator:
         calib: Split = self.data.train.subset(min(self.calib_images, len(self.data.train)), seed=self.seed)
         self._calib = [x for x, _ in calib.batches(self.calib_batch)]
         self.shape = (self.batch, *self.space.input_shape)  # what the target runs: batch included
+        self._scores: dict[Choice, tuple[float, int]] = {}
 
     def set_reference(self, widths: tuple[int, ...], anchor: LatencyStats | None = None) -> LatencyStats:
         """Time all later candidates next to this architecture (see Profiler.set_reference)."""
@@ -121,6 +122,18 @@ class Evaluator:
             if cand.choice not in self.results:
                 self.results[cand.choice] = cand
                 self.restored += 1
+
+    def score(self, choice: Choice) -> tuple[float, int]:
+        """``(accuracy, MACs)`` without a latency measurement, for searches that rank partial
+        changes by accuracy and measure only the networks they combine (co-evolution)."""
+        choice = tuple(tuple(int(i) for i in idxs) for idxs in choice)
+        if choice in self.results:
+            return self.results[choice].accuracy, self.results[choice].macs
+        if choice not in self._scores:
+            model = self.space.shrink(self.space.plan_of(choice))
+            recalibrate_bn(model, self._calib)
+            self._scores[choice] = (evaluate(model, self.data.holdout), macs_and_params(model, self.space.input_shape)[0])
+        return self._scores[choice]
 
     def evaluate_widths(self, widths) -> Candidate:
         """Evaluate the most important ``widths`` channels of every group."""

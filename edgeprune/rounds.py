@@ -22,6 +22,7 @@ from torch import nn
 from edgeprune.fitness import Candidate, Evaluator
 from edgeprune.progress import console
 from edgeprune.search.checkpoint import RunCheckpoint, SearchJournal
+from edgeprune.search.coevolution import run_coevolution
 from edgeprune.search.nsga import SearchResult, run_nsga2
 from edgeprune.space import ChannelPlan, ChannelSpace, apply_plan
 from edgeprune.training import evaluate, train
@@ -124,17 +125,17 @@ def run_rounds(
             console.print(f"round {number}/{len(budgets)}: budget {budget:.4f} ms")
         t = time.perf_counter()
         search_budget = budget * (1 - margin)
-        result = run_nsga2(
-            evaluator,
-            search_budget,
-            cfg.population,
-            cfg.generations,
-            cfg.seed,
-            cfg.progress,
-            encoding=make_encoding(space),
-            journal=journal,
-            reference_ms=first.profiler.anchor.median_ms if first.profiler.anchor else None,
-        )
+        reference_ms = first.profiler.anchor.median_ms if first.profiler.anchor else None
+        if cfg.strategy == "coevolution":
+            result = run_coevolution(
+                evaluator, search_budget, cfg.population, cfg.generations, cfg.seed, cfg.progress,
+                journal=journal, reference_ms=reference_ms,
+            )
+        else:
+            result = run_nsga2(
+                evaluator, search_budget, cfg.population, cfg.generations, cfg.seed, cfg.progress,
+                encoding=make_encoding(space), journal=journal, reference_ms=reference_ms,
+            )
         search_s = time.perf_counter() - t
 
         if finished is not None:  # the last round finished before the kill: same pick, same weights

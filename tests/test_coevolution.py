@@ -1,0 +1,61 @@
+"""Co-evolution (CCSRP Algorithm 1 adapted to a latency budget)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeprune.data import load_data
+from edgeprune.fitness import Evaluator
+from edgeprune.profiling.profiler import Profiler
+from edgeprune.search.coevolution import bounded_bit_flip, run_coevolution, snap
+from edgeprune.space import ChannelSpace
+from edgeprune.targets import load_profile
+from tiny_models import TinyResNet
+
+PROFILE = str(Path(__file__).parent / "fixtures" / "fast-cpu.yaml")
+
+
+@pytest.mark.parametrize("rate", [0.05, 0.5, 1.0])
+def test_bit_flip_never_removes_more_than_the_ratio_bound(rate):
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        bits = bounded_bit_flip(np.ones(64, dtype=bool), rate, 0.1, rng)
+        assert (~bits).sum() <= 6
+    assert (~bounded_bit_flip(np.ones(64, dtype=bool), 1.0, 0.1, rng)).sum() == 6
+
+
+def test_snap_lands_on_the_grid_and_prefers_important_channels():
+    torch.manual_seed(0)
+    space = ChannelSpace(TinyResNet().eval(), (1, 8, 8), step=16)
+    group = next(g for g in space.groups if g.full == 32)
+    live = np.arange(32)
+    rng = np.random.default_rng(0)
+    bits = np.zeros(32, dtype=bool)
+    bits[list(group.order[-20:])] = True  # 20 kept: 16 (75 %) or 32 (25 %)
+    kept = [snap(group, live, bits, rng) for _ in range(400)]
+    assert {len(k) for k in kept} == {16, 32}
+    assert 0.65 < sum(len(k) == 16 for k in kept) / 400 < 0.85  # unbiased: E[width] = 20
+    # down: the 16 most important of the kept; up: the kept plus the most important removed
+    assert {k for k in kept if len(k) == 16} == {tuple(sorted(group.order[-20:][:16]))}
+    assert {k for k in kept if len(k) == 32} == {tuple(range(32))}
+    bits[:] = False
+    bits[list(group.order[:16])] = True  # on the grid: kept as is
+    assert snap(group, live, bits, rng) == tuple(sorted(group.order[:16]))
+
+
+def test_coevolution_reaches_the_budget_with_measured_candidates(tmp_path):
+    torch.manual_seed(0)
+    data = load_data("digits", holdout=300, seed=0)
+    space = ChannelSpace(TinyResNet().eval(), (1, 8, 8), step=16)
+    profiler = Profiler(load_profile(PROFILE), cache_path=tmp_path / "c.sqlite")
+    evaluator = Evaluator(space, data, profiler, opset=17)
+    full = evaluator.evaluate_widths(space.widths_from_indices(space.full_indices()))
+    smallest = evaluator.evaluate_widths(space.widths_from_indices(space.min_indices()))
+    budget = (full.latency.median_ms + smallest.latency.median_ms) / 2
+    result = run_coevolution(evaluator, budget, population=3, generations=1, seed=0, show_progress=False, tolerance=1.0)
+    profiler.close()
+    assert result.history and result.pareto
+    assert all(c.latency.median_ms <= budget for c in result.pareto)
+    assert all(c.choice in evaluator.results for c in result.candidates)  # every candidate was measured

@@ -1,0 +1,158 @@
+"""edgeprune against uniform magnitude pruning at the same measured latency (issue 4's benchmark).
+
+For each model (torchvision, 10 classes, 3x32x32, trained on Fashion-MNIST once and cached) and
+each budget (a fraction of the unpruned model's measured median latency on the target):
+
+* edgeprune: the full ``prune`` job (search, pick, KD fine-tune, export) — search time excludes
+  the fine-tune;
+* uniform: Torch-Pruning's MagnitudePruner (L1, round_to = the target's step, classifier kept)
+  at the *smallest* ratio whose measured latency meets the budget (ratios scanned upwards in
+  0.05 steps), then the same fine-tune (epochs, LR, distillation).
+
+Both exported ONNX files are then timed again with the same protocol (each interleaved with the
+unpruned model, fresh sessions) and both are scored on the test split *in onnxruntime*.
+
+    python tools/bench_vs_uniform.py                        # both models, budgets 0.7 and 0.5
+    python tools/bench_vs_uniform.py --models mobilenet_v2 --budgets 0.5 --finetune-epochs 1
+
+Run it on an otherwise idle machine: it measures latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch_pruning as tp
+
+from edgeprune.data import load_data
+from edgeprune.demo import train_and_save
+from edgeprune.exporters.onnx import export_onnx
+from edgeprune.models import load_model
+from edgeprune.pipeline import PruneConfig, run_prune
+from edgeprune.profiling.cache import default_cache_path
+from edgeprune.profiling.onnx_bytes import export_onnx_bytes
+from edgeprune.profiling.profiler import Profiler
+from edgeprune.space import ChannelSpace, macs_and_params, output_layer
+from edgeprune.targets import load_profile
+from edgeprune.training import train
+
+SHAPE = (3, 32, 32)
+
+
+def trained_weights(name: str, epochs: float, seed: int) -> Path:
+    path = default_cache_path().parent / "bench" / f"{name}-fashion-mnist-3x32x32-e{epochs:g}-s{seed}.pt"
+    if not path.exists():
+        train_and_save(f"torchvision:{name}", data="fashion-mnist", input_shape="3x32x32", out=path, epochs=epochs, seed=seed, num_classes=10)
+    return path
+
+
+def onnx_accuracy(onnx_bytes: bytes, split) -> float:
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    correct = total = 0
+    for x, y in split.batches(1):  # the exported graph has a fixed batch of 1
+        pred = session.run(None, {name: x.numpy().astype(np.float32)})[0].argmax(1)
+        correct += int((pred == y.numpy()).sum())
+        total += len(y)
+    return correct / total
+
+
+def blob_digest(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def uniform_prune(model, ratio: float, step: int):
+    pruned = copy.deepcopy(model).eval()
+    example = torch.zeros(1, *SHAPE)
+    pruner = tp.pruner.MagnitudePruner(
+        pruned, example, importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=ratio, round_to=step, ignored_layers=[output_layer(pruned, example)],
+    )
+    pruner.step()
+    return pruned.eval()
+
+
+def run_uniform(model, profiler: Profiler, budget_ms: float, step: int, opset: int):
+    """Smallest ratio (least pruning) whose measured latency meets the budget."""
+    for ratio in np.arange(0.05, 0.96, 0.05):
+        candidate = uniform_prune(model, float(ratio), step)
+        blob = export_onnx_bytes(candidate, (1, *SHAPE), opset)
+        stats, _ = profiler.latency(f"bench-uniform-{ratio:.2f}-{blob_digest(blob)}", (1, *SHAPE), lambda: blob, fresh=True)
+        if stats.median_ms <= budget_ms:
+            return candidate, float(ratio)
+    raise RuntimeError("no uniform ratio meets the budget")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="mobilenet_v2,resnet18")
+    ap.add_argument("--budgets", default="0.7,0.5", help="fractions of the unpruned median latency")
+    ap.add_argument("--target", default="x86-cpu")
+    ap.add_argument("--train-epochs", type=float, default=1.0)
+    ap.add_argument("--finetune-epochs", type=float, default=1.0)
+    ap.add_argument("--population", type=int, default=16)
+    ap.add_argument("--generations", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="also write the rows to this JSON file")
+    args = ap.parse_args(argv)
+    profile = load_profile(args.target)
+    data = load_data("fashion-mnist", input_shape=SHAPE, seed=args.seed)
+    rows = []
+    for name in args.models.split(","):
+        weights = trained_weights(name, args.train_epochs, args.seed)
+        model, _ = load_model(f"torchvision:{name}", num_classes=10, weights=str(weights))
+        full_bytes = export_onnx_bytes(model, (1, *SHAPE), profile.opset)
+        for fraction in (float(b) for b in args.budgets.split(",")):
+            with tempfile.TemporaryDirectory() as tmp:
+                report = run_prune(PruneConfig(
+                    model=f"torchvision:{name}", weights=str(weights), num_classes=10, data="fashion-mnist",
+                    input_shape="3x32x32", target=args.target, speedup=1 / fraction, population=args.population,
+                    generations=args.generations, finetune_epochs=args.finetune_epochs, out=f"{tmp}/out", seed=args.seed,
+                ))
+                ours_bytes = Path(f"{tmp}/out/model.onnx").read_bytes()
+            budget = report["budget_ms"]
+            profiler = Profiler(profile)
+            # The unpruned model's cache key as the prune job computed it: same anchor, same units.
+            space = ChannelSpace(model, SHAPE, profile.channel_step)
+            profiler.set_reference(space.arch_key(space.widths_from_indices(space.full_indices())), (1, *SHAPE), full_bytes)
+            t = time.perf_counter()
+            uniform, ratio = run_uniform(model, profiler, budget * 0.97, profile.channel_step, profile.opset)
+            uniform_search_s = time.perf_counter() - t
+            train(uniform, data.train, args.finetune_epochs, lr=0.01, seed=args.seed, teacher=model, kd_alpha=0.5, kd_temperature=4.0, description="fine-tune uniform")
+            uniform_bytes = export_onnx(uniform.eval(), (1, *SHAPE), profile.opset, {})
+            # The same protocol for both final models: fresh, interleaved with the unpruned model.
+            lat = {}
+            for method, blob in (("edgeprune", ours_bytes), ("uniform", uniform_bytes)):
+                key = f"bench-{method}-{blob_digest(blob)}"
+                lat[method] = np.median([profiler.latency(key, (1, *SHAPE), lambda b=blob: b, fresh=True)[0].median_ms for _ in range(3)])
+            profiler.close()
+            for method, blob, macs, search_s, note in (
+                ("edgeprune", ours_bytes, report["pruned"]["macs"], report["phases"]["search_s"], ""),
+                ("uniform", uniform_bytes, macs_and_params(uniform, SHAPE)[0], uniform_search_s, f"ratio {ratio:.2f}"),
+            ):
+                rows.append({
+                    "model": name, "budget": f"{fraction:g}x = {budget:.4f} ms", "method": method,
+                    "latency_ms": float(lat[method]), "meets": bool(lat[method] <= budget),
+                    "accuracy": onnx_accuracy(blob, data.test), "macs": int(macs), "search_s": search_s, "note": note,
+                })
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print(f"\n{'model':<14}{'budget':<22}{'method':<11}{'latency ms':>11}{'meets':>7}{'test acc':>10}{'MMACs':>9}{'search s':>10}  note")
+    for r in rows:
+        print(f"{r['model']:<14}{r['budget']:<22}{r['method']:<11}{r['latency_ms']:>11.4f}{str(r['meets']):>7}{r['accuracy']:>10.2%}{r['macs'] / 1e6:>9.2f}{r['search_s']:>10.0f}  {r['note']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

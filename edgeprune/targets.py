@@ -8,9 +8,11 @@ numbers in the report would belong to a different setup than the one the user as
 import dataclasses
 import importlib.resources
 import os
+import types
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
 import yaml
 
@@ -18,11 +20,16 @@ from edgeprune.errors import UserError
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
 # Numbers must be >= 0; below these minimums the measurement loop or the search is meaningless.
-_MINIMUM = {"min_runs": 1, "opset": 1, "batch": 1, "channel_step": 1}
+_MINIMUM = {"min_runs": 1, "opset": 1, "batch": 1, "channel_step": 1, "workspace_mb": 1}
 _CHOICES = {
+    "backend": ("onnxruntime", "tensorrt"),
     "execution_mode": ("sequential", "parallel"),
     "graph_optimization": ("disable", "basic", "extended", "all"),
+    "precision": ("fp32", "fp16", "int8"),
 }
+# TensorRT "providers": where the engine runs. Orin modules also carry DLA cores (trtexec
+# --useDLACore); the GPU is the default and what the shipped profiles use.
+_TENSORRT_DEVICES = ("GPU", "DLA0", "DLA1")
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,18 @@ class MeasureSpec:
     max_seconds: float
     cv_threshold: float
     repeats_if_noisy: int
+
+
+@dataclass(frozen=True)
+class TensorRTSpec:
+    """Engine-build settings that change the engine (and so its speed), for ``backend: tensorrt``.
+
+    How long to time is the shared :class:`MeasureSpec`: ``min_runs`` → trtexec ``--iterations``,
+    ``max_seconds`` → ``--duration`` (trtexec, like the ORT loop, runs until both are reached).
+    """
+
+    workspace_mb: int
+    warmup_ms: int
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,12 @@ class Profile:
     channel_step: int
     measure: MeasureSpec
     source: str
+    # Optional keys (absent from a YAML file = these defaults).
+    # ``agent: http://host:port``: measure on that device's `edgeprune agent` (remote backend).
+    agent: str | None = None
+    # File holding the agent's bearer token (needed when the agent is not on loopback).
+    agent_token_file: str | None = None
+    tensorrt: TensorRTSpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -62,8 +87,16 @@ class Profile:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Profile":
         """Inverse of :meth:`to_dict`: how a profile (with any in-memory overrides) reaches a
-        measurement process exactly as the parent holds it."""
-        return cls(**{**data, "measure": MeasureSpec(**data["measure"])})
+        measurement process exactly as the parent holds it. Trusted input only (our own
+        processes); a profile from the network goes through :func:`profile_from_untrusted`."""
+        trt = data.get("tensorrt")
+        return cls(
+            **{
+                **data,
+                "measure": MeasureSpec(**data["measure"]),
+                "tensorrt": TensorRTSpec(**trt) if trt is not None else None,
+            }
+        )
 
 
 def load_profile(name_or_path: str) -> Profile:
@@ -96,6 +129,15 @@ def _shipped_files() -> dict[str, Any]:
     return {f.name[: -len(".yaml")]: f for f in root.iterdir() if f.name.endswith(".yaml")}
 
 
+def profile_from_untrusted(data: Any, source: str) -> Profile:
+    """A profile dict (``Profile.to_dict()`` shape) from outside this process, e.g. the body of a
+    request to the device agent, validated exactly like a YAML file. ``source`` keys are dropped:
+    the sender's file path means nothing here."""
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k != "source"}
+    return _validated(data, source)
+
+
 def _parse(text: str, source: str) -> Profile:
     try:
         data = yaml.safe_load(text)
@@ -106,13 +148,64 @@ def _parse(text: str, source: str) -> Profile:
             f"profile {source} is not valid YAML{where} ({getattr(e, 'problem', None) or e}); "
             "fix the file (compare with the shipped profiles/x86-cpu.yaml)"
         ) from None
+    return _validated(data, source)
+
+
+def _validated(data: Any, source: str) -> Profile:
     profile = _build(Profile, data, "", source, {"source": source})
+    _check_backend(profile, source)
     if profile.measure.max_runs < profile.measure.min_runs:
         raise UserError(
             f"profile {source}: measure.max_runs ({profile.measure.max_runs}) is below "
             f"measure.min_runs ({profile.measure.min_runs}); raise max_runs or lower min_runs"
         )
     return profile
+
+
+def _check_backend(profile: Profile, source: str) -> None:
+    """Rules that tie keys together: what a runtime needs, and what it cannot use."""
+    if profile.agent is not None:
+        _check_agent_url(profile.agent, source)
+    if profile.backend == "tensorrt":
+        if profile.agent is None:
+            raise UserError(
+                f"profile {source}: backend tensorrt needs 'agent: http://HOST:PORT' (TensorRT "
+                "runs on the device, behind `edgeprune agent`); add the agent's URL"
+            )
+        if profile.tensorrt is None:
+            raise UserError(
+                f"profile {source}: backend tensorrt needs a 'tensorrt' section with workspace_mb "
+                "and warmup_ms; add it (compare with the shipped profiles/jetson-orin.yaml)"
+            )
+        if profile.provider not in _TENSORRT_DEVICES:
+            raise UserError(
+                f"profile {source}: 'provider' is {profile.provider!r}, but a tensorrt profile "
+                f"runs on one of: {', '.join(_TENSORRT_DEVICES)}; fix the value"
+            )
+    else:
+        if profile.tensorrt is not None:
+            raise UserError(
+                f"profile {source}: the 'tensorrt' section only applies to backend tensorrt, this "
+                f"profile uses {profile.backend}; remove the section or change the backend"
+            )
+        if profile.precision != "fp32":
+            raise UserError(
+                f"profile {source}: backend onnxruntime runs the exported FP32 graph, but "
+                f"'precision' is {profile.precision!r}; set precision: fp32"
+            )
+
+
+def _check_agent_url(url: str, source: str) -> None:
+    parsed = urllib.parse.urlsplit(url)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or port is None or parsed.path not in ("", "/") or parsed.query:
+        raise UserError(
+            f"profile {source}: 'agent' is {url!r}; write it as http://HOST:PORT "
+            "(e.g. http://127.0.0.1:8765), the address `edgeprune agent` listens on"
+        )
 
 
 def _build(cls: type, data: Any, prefix: str, source: str, given: dict[str, Any]) -> Any:
@@ -134,6 +227,8 @@ def _build(cls: type, data: Any, prefix: str, source: str, given: dict[str, Any]
     values = dict(given)
     for f in expected:
         if f.name not in data:
+            if f.default is not dataclasses.MISSING:
+                continue  # an optional key: the dataclass default applies
             raise UserError(
                 f"profile {source} lacks the key '{prefix}{f.name}'; add it "
                 "(compare with the shipped profiles/x86-cpu.yaml)"
@@ -142,10 +237,14 @@ def _build(cls: type, data: Any, prefix: str, source: str, given: dict[str, Any]
     return cls(**values)
 
 
-def _value(name: str, kind: type, value: Any, prefix: str, source: str) -> Any:
+def _value(name: str, kind: Any, value: Any, prefix: str, source: str) -> Any:
     key = prefix + name
-    if kind is MeasureSpec:
-        return _build(MeasureSpec, value, f"{key}.", source, {})
+    if get_origin(kind) in (Union, types.UnionType):  # ``X | None``: null means "not set"
+        if value is None:
+            return None
+        (kind,) = [k for k in get_args(kind) if k is not type(None)]
+    if kind in (MeasureSpec, TensorRTSpec):
+        return _build(kind, value, f"{key}.", source, {})
     # bool is an int subclass in Python; `threads: yes` is a typo, not the number 1.
     ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
     if not ok or isinstance(value, bool):

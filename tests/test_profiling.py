@@ -338,3 +338,49 @@ def test_isolated_worker_uses_the_parents_profile_not_the_file(onnx_bytes):
         assert backend.measure(onnx_bytes, SHAPE).n == 7
     finally:
         backend.close()
+
+
+# --- per-node times ---------------------------------------------------------------------------
+
+def test_ort_node_times_of_a_real_conv_net(onnx_bytes):
+    times = OrtBackend(_profile()).node_times(onnx_bytes, SHAPE, runs=7)
+    assert times.runs == 7 and times.run_ms > 0
+    conv = next(n for n in times.nodes if "Conv" in n.op_type)  # BN and ReLU are fused into it
+    # ORT's NCHWc layout may pad the 8 output channels to its block size (16 on AVX-512)
+    assert conv.input_shapes[0] == list(SHAPE) and conv.input_shapes[1][1:] == [3, 3, 3]
+    assert conv.input_shapes[1][0] in (8, 16) and conv.output_shapes[0][2:] == [16, 16]
+    assert any(n.op_type == "Gemm" for n in times.nodes)
+    assert all(0 < n.median_ms < times.run_ms for n in times.nodes)
+    assert sum(n.median_ms for n in times.nodes) < 2 * times.run_ms
+
+
+def test_node_trace_counts_only_the_timed_runs():
+    def node(ts, dur):
+        return {"cat": "Node", "name": "/c/Conv_kernel_time", "ts": ts, "dur": dur,
+                "args": {"op_name": "Conv", "input_type_shape": [{"float": [1, 3, 4, 4]}], "output_type_shape": [{"float": [1, 2, 4, 4]}]}}
+
+    events = [
+        {"cat": "Session", "name": "model_run", "ts": 0, "dur": 1000}, node(10, 900),  # warm-up
+        {"cat": "Session", "name": "model_run", "ts": 2000, "dur": 30}, node(2010, 10),
+        {"cat": "Session", "name": "model_run", "ts": 3000, "dur": 40}, node(3010, 20),
+        {"cat": "Session", "name": "model_run", "ts": 4000, "dur": 50}, node(4010, 30),
+    ]
+    times = ort_backend._parse_trace(events, runs=3)
+    assert times.runs == 3 and times.run_ms == pytest.approx(0.04)
+    (only,) = times.nodes
+    assert (only.name, only.op_type, only.median_ms) == ("/c/Conv", "Conv", pytest.approx(0.02))
+    assert only.input_shapes == [[1, 3, 4, 4]] and only.output_shapes == [[1, 2, 4, 4]]
+
+
+def test_isolated_node_times_and_measure_share_the_worker(onnx_bytes):
+    from edgeprune.profiling.isolated import IsolatedOrtBackend
+
+    backend = IsolatedOrtBackend(_profile())
+    try:
+        times = backend.node_times(onnx_bytes, SHAPE, runs=3)
+        assert times.runs == 3 and any("Conv" in n.op_type for n in times.nodes)
+        assert backend.measure(onnx_bytes, SHAPE).median_ms > 0
+        with pytest.raises(ValueError, match="at least one run"):
+            backend.node_times(onnx_bytes, SHAPE, runs=0)
+    finally:
+        backend.close()

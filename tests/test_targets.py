@@ -1,10 +1,12 @@
 """Target profiles: the shipped ones load, and every mistake in a user's profile names its key."""
 
+import dataclasses
+
 import pytest
 import yaml
 
 from edgeprune.errors import UserError
-from edgeprune.targets import MeasureSpec, Profile, list_profiles, load_profile
+from edgeprune.targets import MeasureSpec, Profile, TensorRTSpec, list_profiles, load_profile, profile_from_untrusted
 
 
 def _shipped_dict() -> dict:
@@ -44,7 +46,10 @@ def test_profile_by_path_roundtrips(tmp_path):
 def test_unknown_target_lists_choices():
     with pytest.raises(UserError) as e:
         load_profile("foo")
-    assert str(e.value) == "unknown target 'foo'; choose one of: x86-cpu (run `edgeprune targets`)"
+    assert str(e.value) == (
+        "unknown target 'foo'; choose one of: arm-cpu, jetson-orin, jetson-orin-int8, jetson-orin-nano, x86-cpu "
+        "(run `edgeprune targets`)"
+    )
 
 
 def test_missing_file_is_user_error(tmp_path):
@@ -124,3 +129,70 @@ def test_invalid_yaml_names_the_line(tmp_path):
 def test_non_mapping_yaml(tmp_path):
     with pytest.raises(UserError, match="top level must be a mapping"):
         load_profile(_write(tmp_path, "- just\n- a list\n"))
+
+
+# --- device targets: agent URL, TensorRT section, cross-key rules ---------------------------------
+
+
+def _jetson_dict() -> dict:
+    data = load_profile("jetson-orin").to_dict()
+    del data["source"]
+    return data
+
+
+def test_shipped_device_targets_load():
+    orin, nano, int8, arm = (load_profile(n) for n in ("jetson-orin", "jetson-orin-nano", "jetson-orin-int8", "arm-cpu"))
+    assert (orin.backend, orin.precision, orin.channel_step, orin.provider) == ("tensorrt", "fp16", 8, "GPU")
+    assert (nano.precision, nano.channel_step, nano.tensorrt.workspace_mb) == ("fp16", 8, 1024)
+    assert (int8.precision, int8.channel_step) == ("int8", 16)
+    assert isinstance(orin.tensorrt, TensorRTSpec) and orin.agent == "http://127.0.0.1:8765"
+    assert (arm.backend, arm.intra_op_threads, arm.tensorrt) == ("onnxruntime", 4, None)
+
+
+def test_new_fields_roundtrip_through_dict_and_untrusted():
+    p = dataclasses.replace(load_profile("jetson-orin"), agent_token_file="~/tok")
+    assert Profile.from_dict(p.to_dict()) == p
+    assert profile_from_untrusted(p.to_dict(), "req") == dataclasses.replace(p, source="req")
+    old = load_profile("x86-cpu").to_dict()
+    for key in ("agent", "agent_token_file", "tensorrt"):
+        del old[key]  # a dict from before these keys existed still loads
+    assert Profile.from_dict(old) == load_profile("x86-cpu")
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"agent": None}, "backend tensorrt needs 'agent: http://HOST:PORT'"),
+        ({"tensorrt": None}, "needs a 'tensorrt' section"),
+        ({"agent": "jetson:8765"}, "write it as http://HOST:PORT"),
+        ({"agent": "http://jetson"}, "write it as http://HOST:PORT"),
+        ({"agent": "ftp://jetson:21"}, "write it as http://HOST:PORT"),
+        ({"agent": 8765}, "'agent' must be a string"),
+        ({"provider": "CUDAExecutionProvider"}, "runs on one of: GPU, DLA0, DLA1"),
+        ({"precision": "bf16"}, "choose one of: fp32, fp16, int8"),
+        ({"backend": "tflite"}, "choose one of: onnxruntime, tensorrt"),
+        ({"tensorrt": {"workspace_mb": 1024}}, r"lacks the key 'tensorrt\.warmup_ms'"),
+        ({"tensorrt": {"workspace_mb": "big", "warmup_ms": 1}}, r"'tensorrt\.workspace_mb' must be an integer"),
+        ({"tensorrt": {"workspace_mb": 0, "warmup_ms": 1}}, "below its minimum 1"),
+        ({"tensorrt": {"workspace_mb": 1, "warmup_ms": 1, "fp16": True}}, r"unknown key 'tensorrt\.fp16'"),
+    ],
+)
+def test_tensorrt_profile_errors(tmp_path, change, match):
+    with pytest.raises(UserError, match=match):
+        load_profile(_write(tmp_path, {**_jetson_dict(), **change}))
+
+
+def test_ort_profile_cannot_take_tensorrt_section_or_fp16(tmp_path):
+    with pytest.raises(UserError, match="only applies to backend tensorrt"):
+        load_profile(_write(tmp_path, {**_shipped_dict(), "tensorrt": {"workspace_mb": 1, "warmup_ms": 1}}))
+    with pytest.raises(UserError, match="set precision: fp32"):
+        load_profile(_write(tmp_path, {**_shipped_dict(), "precision": "fp16"}))
+    ok = load_profile(_write(tmp_path, {**_shipped_dict(), "agent": "http://10.0.0.5:8765", "agent_token_file": "tok"}))
+    assert ok.agent == "http://10.0.0.5:8765" and ok.agent_token_file == "tok"
+
+
+def test_untrusted_profile_is_validated_like_a_file():
+    with pytest.raises(UserError, match="unknown key 'threads'"):
+        profile_from_untrusted({**_shipped_dict(), "threads": 2}, "the request")
+    with pytest.raises(UserError, match="top level must be a mapping"):
+        profile_from_untrusted([1, 2], "the request")

@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 from edgeprune.profiling.fingerprint import host_fingerprint
+from edgeprune.profiling.ort import NodeTimes
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.profiling.worker import read_frame, write_frame
 from edgeprune.targets import Profile
@@ -75,6 +76,12 @@ class IsolatedOrtBackend:
             raise ValueError("set_reference() must be called before measure_pair()")
         result = self._request({"shape": list(input_shape), "with_reference": True}, onnx_bytes)
         return LatencyStats.from_dict(result["stats"]), LatencyStats.from_dict(result["reference"])
+
+    def node_times(self, onnx_bytes: bytes, input_shape: tuple[int, ...], runs: int = 50) -> NodeTimes:
+        """Per-node ORT profile (see :meth:`OrtBackend.node_times`), taken in the child as well:
+        node times taken next to torch would be as distorted as whole-model latencies."""
+        result = self._request({"op": "node_times", "shape": list(input_shape), "runs": int(runs)}, onnx_bytes)
+        return NodeTimes.from_dict(result["node_times"])
 
     def close(self) -> None:
         with self._lock:

@@ -7,8 +7,12 @@ one fixed seeded input; warm-up; timed runs until both a run count and a time fl
 """
 
 import dataclasses
+import json
+import os
+import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,6 +47,59 @@ _LOAD_ERRORS = (
     ort_errors.InvalidProtobuf,
     ort_errors.NotImplemented,
 )
+
+
+@dataclass
+class NodeTime:
+    """One node of the *optimised* graph ORT ran (Conv+BN+ReLU and residual adds fused into one).
+
+    The shapes come from ORT's trace, so a node can be matched to the layer it computes without
+    trusting its name (fused nodes are named after their last fused output, e.g. a ReLU's).
+    """
+
+    name: str
+    op_type: str
+    median_ms: float
+    # Mean of the runs at or below the 90th percentile: ORT's trace has 1 us resolution, so for
+    # nodes of a few microseconds the median moves in 0.5 us steps while this does not.
+    mean_ms: float
+    input_shapes: list[list[int]]
+    output_shapes: list[list[int]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "NodeTime":
+        return cls(
+            name=str(d["name"]),
+            op_type=str(d["op_type"]),
+            median_ms=float(d["median_ms"]),
+            mean_ms=float(d["mean_ms"]),
+            input_shapes=[[int(v) for v in s] for s in d["input_shapes"]],
+            output_shapes=[[int(v) for v in s] for s in d["output_shapes"]],
+        )
+
+
+@dataclass
+class NodeTimes:
+    """Per-node times of one model, in execution order, and the whole profiled run they add up to.
+
+    ``run_ms`` (median ``model_run`` with profiling on) is larger than the sum of the nodes by
+    the executor's and the profiler's own per-node overhead; callers that compare nodes with an
+    unprofiled latency should use the nodes' *share* of ``run_ms``, not their absolute times.
+    """
+
+    nodes: list[NodeTime]
+    run_ms: float
+    runs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"nodes": [n.to_dict() for n in self.nodes], "run_ms": self.run_ms, "runs": self.runs}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "NodeTimes":
+        return cls([NodeTime.from_dict(n) for n in d["nodes"]], float(d["run_ms"]), int(d["runs"]))
 
 
 class OrtBackend:
@@ -106,20 +163,48 @@ class OrtBackend:
             stats.noisy = stats.cv > spec.cv_threshold
         return cand, ref
 
-    def _warm_session(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> tuple[ort.InferenceSession, dict]:
+    def node_times(self, onnx_bytes: bytes, input_shape: tuple[int, ...], runs: int = 50) -> NodeTimes:
+        """Median time of every node ORT runs, from its own profiler over ``runs`` timed runs.
+
+        A separate session with profiling on: the trace costs time per node, so these numbers
+        are for *where* the time goes, never for the latency :meth:`measure` reports. Only the
+        nodes inside the timed runs' ``model_run`` windows count (not the warm-up's).
+        """
+        if runs < 1:
+            raise ValueError(f"node_times needs at least one run, got {runs}")
+        with _MEASURE_LOCK, tempfile.TemporaryDirectory(prefix="edgeprune-ort-trace-") as folder:
+            options = self._options()
+            options.enable_profiling = True
+            options.profile_file_prefix = os.path.join(folder, "trace")
+            session, feed = self._warm_session(onnx_bytes, input_shape, options)
+            for _ in range(runs):
+                session.run(None, feed)
+            with open(session.end_profiling(), encoding="utf-8") as f:
+                events = json.load(f)
+        return _parse_trace(events, runs)
+
+    def _warm_session(
+        self, onnx_bytes: bytes, input_shape: tuple[int, ...], options: ort.SessionOptions | None = None
+    ) -> tuple[ort.InferenceSession, dict]:
         """A new session and its feed, after the profile's warm-up runs.
 
         The input is fixed (seed 0): data-dependent kernels (none expected in CNNs, but cheap
         to rule out) then see the same values for every candidate.
         """
-        session = self._session(onnx_bytes)
+        session = self._session(onnx_bytes, options)
         x = np.random.default_rng(0).standard_normal(input_shape, dtype=np.float32)
         feed = {session.get_inputs()[0].name: x}
         for _ in range(self.profile.measure.warmup_runs):
             session.run(None, feed)
         return session, feed
 
-    def _session(self, onnx_bytes: bytes) -> ort.InferenceSession:
+    def _session(self, onnx_bytes: bytes, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(onnx_bytes, options or self._options(), providers=[self.profile.provider])
+        except _LOAD_ERRORS as e:
+            raise ValueError(f"onnx_bytes is not a model ONNX Runtime can load: {e}") from e
+
+    def _options(self) -> ort.SessionOptions:
         p = self.profile
         options = ort.SessionOptions()
         options.intra_op_num_threads = p.intra_op_threads
@@ -128,10 +213,7 @@ class OrtBackend:
         options.graph_optimization_level = _GRAPH_OPTIMIZATION[p.graph_optimization]
         # Thread spinning stays at ORT's default: that is how the model runs when deployed.
         options.log_severity_level = 3  # errors only: optimiser notes would flood a search's log
-        try:
-            return ort.InferenceSession(onnx_bytes, options, providers=[p.provider])
-        except _LOAD_ERRORS as e:
-            raise ValueError(f"onnx_bytes is not a model ONNX Runtime can load: {e}") from e
+        return options
 
 
 def _timed_runs(
@@ -148,3 +230,43 @@ def _timed_runs(
         if len(times) >= spec.min_runs and t1 - start >= spec.max_seconds:
             break
     return times
+
+
+def _parse_trace(events: list[dict[str, Any]], runs: int) -> NodeTimes:
+    """Reduce ORT's Chrome-trace JSON to per-node medians over the last ``runs`` model runs."""
+    model_runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])[-runs:]
+    if not model_runs:
+        raise ValueError("onnxruntime's profile trace has no model_run event")
+    windows = [(e["ts"], e["ts"] + e["dur"]) for e in model_runs]
+    durations: dict[str, list[float]] = {}
+    first: dict[str, dict[str, Any]] = {}
+    for e in sorted(events, key=lambda e: e.get("ts", 0)):
+        name = e.get("name", "")
+        if e.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        if not any(lo <= e["ts"] <= hi for lo, hi in windows):
+            continue
+        node = name.removesuffix("_kernel_time")
+        durations.setdefault(node, []).append(e["dur"] / 1e3)
+        first.setdefault(node, e)
+    nodes = []
+    for node, ms in durations.items():
+        args = first[node].get("args", {})
+        arr = np.asarray(ms)
+        nodes.append(
+            NodeTime(
+                name=node,
+                op_type=args.get("op_name", ""),
+                median_ms=float(np.median(arr)),
+                mean_ms=float(arr[arr <= np.percentile(arr, 90)].mean()),
+                input_shapes=_trace_shapes(args.get("input_type_shape", [])),
+                output_shapes=_trace_shapes(args.get("output_type_shape", [])),
+            )
+        )
+    run_ms = float(np.median([e["dur"] / 1e3 for e in model_runs]))
+    return NodeTimes(nodes, run_ms, len(model_runs))
+
+
+def _trace_shapes(entries: list[dict[str, list[int]]]) -> list[list[int]]:
+    """``[{"float": [1, 3, 32, 32]}, ...]`` -> ``[[1, 3, 32, 32], ...]`` (the element type dropped)."""
+    return [[int(d) for d in next(iter(entry.values()), [])] for entry in entries]

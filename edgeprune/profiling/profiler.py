@@ -12,43 +12,54 @@ from edgeprune.errors import UserError
 from edgeprune.profiling.cache import LatencyCache, default_cache_path
 from edgeprune.profiling.fingerprint import fingerprint_hash
 from edgeprune.profiling.isolated import IsolatedOrtBackend
+from edgeprune.profiling.remote import RemoteBackend
 from edgeprune.profiling.stats import LatencyStats
+from edgeprune.profiling.tensorrt import TensorRTBackend
 from edgeprune.targets import Profile
 
-_BACKENDS = {"onnxruntime": IsolatedOrtBackend}
+# A profile with ``agent:`` is measured on that device (remote), whatever its runtime; the
+# others run here. All share the interface of IsolatedOrtBackend and the SQLite cache below.
+_BACKENDS = {"onnxruntime": IsolatedOrtBackend, "tensorrt": TensorRTBackend, "remote": RemoteBackend}
 
 
 class Profiler:
     """Latency of architectures on one target, measured at most once per (arch, input shape)."""
 
     def __init__(self, profile: Profile, cache_path: Path | None = None, use_cache: bool = True):
-        if profile.backend not in _BACKENDS:
+        kind = "remote" if profile.agent else profile.backend
+        if kind not in _BACKENDS:
             raise UserError(
                 f"target '{profile.name}' ({profile.source}) uses backend '{profile.backend}', "
-                f"which edgeprune cannot run; set backend to one of: {', '.join(_BACKENDS)}"
+                f"which edgeprune cannot run; set backend to one of: onnxruntime, tensorrt"
             )
         self.profile = profile
-        self.backend = _BACKENDS[profile.backend](profile)
+        self.backend = _BACKENDS[kind](profile)
         self.fingerprint = self.backend.fingerprint()
         self.fingerprint_hash = fingerprint_hash(self.fingerprint)
         self._cache = LatencyCache(cache_path or default_cache_path()) if use_cache else None
+        if self._cache is not None:  # so `edgeprune cache stats/export` can say what the rows belong to
+            self._cache.remember_fingerprint(self.fingerprint_hash, self.fingerprint)
         self._memory: dict[tuple[str, tuple[int, ...]], LatencyStats] = {}
         self.measurements = 0
         self.cache_hits = 0
         self.anchor: LatencyStats | None = None
 
-    def set_reference(self, arch_key: str, input_shape: Sequence[int], onnx_bytes: bytes) -> LatencyStats:
+    def set_reference(
+        self, arch_key: str, input_shape: Sequence[int], onnx_bytes: bytes, anchor: LatencyStats | None = None
+    ) -> LatencyStats:
         """Time every later candidate next to this model and report it in this model's units.
 
         The CPU's speed drifts (measured: 1.4x between minutes on a shared VM), but the ratio of
         two models timed in alternating blocks does not. Each later measurement is therefore
         ``candidate / reference (timed together) x anchor``, where the anchor is the reference's
         own latency: the cached one if this fingerprint has it, so that every number in the
-        cache stays in one consistent unit across runs. Returns the anchor.
+        cache stays in one consistent unit across runs; a resumed run passes the ``anchor`` it
+        used before. Returns the anchor.
         """
         shape = tuple(int(d) for d in input_shape)
         self.anchor = None
-        anchor, _ = self.latency(arch_key, shape, lambda: onnx_bytes)
+        if anchor is None:
+            anchor, _ = self.latency(arch_key, shape, lambda: onnx_bytes)
         self.backend.set_reference(onnx_bytes, shape)
         self.anchor = anchor
         return anchor

@@ -9,7 +9,8 @@ child times, so no evaluation of ours competes with the timed runs for the cores
 Wire format on stdin/stdout (both directions): 8-byte big-endian length + JSON header, and for
 requests 8-byte length + ONNX bytes. Requests: ``{"shape"}`` times a model; ``{"op": "reference",
 "shape"}`` stores a reference model; ``{"shape", "with_reference": true}`` times a model and the
-reference in alternating blocks. Nothing is ever unpickled.
+reference in alternating blocks; ``{"op": "node_times", "shape", "runs"}`` returns ORT's per-node
+profile of a model (:meth:`OrtBackend.node_times`). Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def serve(profile_json: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
             if request.get("op") == "reference":
                 reference = (blob, shape)
                 reply = {"ok": True}
+            elif request.get("op") == "node_times":
+                reply = {"ok": True, "node_times": backend.node_times(blob, shape, int(request["runs"])).to_dict()}
             elif request.get("with_reference"):
                 if reference is None:
                     raise ValueError("no reference model was sent before a paired measurement")

@@ -1,0 +1,146 @@
+"""Remote backend: measurements on a device running ``edgeprune agent`` (wire format in
+:mod:`edgeprune.agent`).
+
+Same interface as :class:`~edgeprune.profiling.isolated.IsolatedOrtBackend`, so the Profiler and
+its SQLite cache do not know the difference; the fingerprint is the DEVICE's (its facts fetched
+from the agent, composed with the profile by the same function a local measurement uses), so
+cached numbers are keyed by the machine that produced them, never by the one that asked.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from edgeprune.errors import UserError
+from edgeprune.profiling.fingerprint import compose_fingerprint
+from edgeprune.profiling.stats import LatencyStats
+from edgeprune.targets import Profile
+
+TOKEN_ENV = "EDGEPRUNE_AGENT_TOKEN"
+_FINGERPRINT_TIMEOUT_S = 60.0
+# First measurement of a graph on a Jetson includes the TensorRT engine build (minutes).
+_MEASURE_TIMEOUT_S = 3600.0
+
+
+class RemoteBackend:
+    """Times models on the device at ``profile.agent``."""
+
+    def __init__(self, profile: Profile):
+        if not profile.agent:
+            raise UserError(f"target '{profile.name}' has no 'agent' URL; add 'agent: http://HOST:PORT'")
+        self.profile = profile
+        self.url = profile.agent.rstrip("/")
+        self._token = _token(profile)
+        self._profile_header = base64.urlsafe_b64encode(json.dumps(profile.to_dict()).encode()).decode().rstrip("=")
+        self._fingerprint: dict[str, Any] | None = None
+        self._reference: tuple[bytes, tuple[int, ...]] | None = None
+        self._reference_id: str | None = None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The device's fingerprint under this profile (fetched once per backend)."""
+        if self._fingerprint is None:
+            reply = self._call("GET", "/fingerprint", timeout=_FINGERPRINT_TIMEOUT_S)
+            self._fingerprint = compose_fingerprint(self.profile, reply["device"])
+        return dict(self._fingerprint)
+
+    def measure(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> LatencyStats:
+        reply = self._call("POST", f"/measure?shape={_shape(input_shape)}", onnx_bytes, profile=True)
+        return LatencyStats.from_dict(reply["stats"])
+
+    def set_reference(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> None:
+        """Kept here and uploaded on the first paired measurement (and again if the agent
+        restarted and forgot it)."""
+        self._reference = (onnx_bytes, tuple(input_shape))
+        self._reference_id = None
+
+    def measure_pair(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> tuple[LatencyStats, LatencyStats]:
+        if self._reference is None:
+            raise ValueError("set_reference() must be called before measure_pair()")
+        for attempt in range(2):
+            if self._reference_id is None:
+                blob, shape = self._reference
+                self._reference_id = self._call("POST", f"/reference?shape={_shape(shape)}", blob)["reference"]
+                if self._reference_id != hashlib.sha256(blob).hexdigest():
+                    raise RuntimeError(f"agent {self.url} stored the reference under an unexpected id")
+            path = f"/measure?shape={_shape(input_shape)}&reference={self._reference_id}"
+            try:
+                reply = self._call("POST", path, onnx_bytes, profile=True)
+            except _UnknownReference:
+                self._reference_id = None  # the agent restarted or dropped it: upload again
+                if attempt:
+                    raise RuntimeError(f"agent {self.url} keeps forgetting the reference model") from None
+                continue
+            return LatencyStats.from_dict(reply["stats"]), LatencyStats.from_dict(reply["reference"])
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Nothing is held open between requests."""
+
+    def _call(self, method: str, path: str, body: bytes | None = None, profile: bool = False, timeout: float = _MEASURE_TIMEOUT_S) -> dict[str, Any]:
+        request = urllib.request.Request(self.url + path, data=body, method=method)
+        if body is not None:
+            request.add_header("Content-Type", "application/octet-stream")
+        if profile:
+            request.add_header("X-Edgeprune-Profile", self._profile_header)
+        if self._token:
+            request.add_header("Authorization", f"Bearer {self._token}")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            reason = _reason(exc)
+            if exc.code == 401:
+                raise UserError(
+                    f"agent {self.url} refused the token ({reason}); set 'agent_token_file' in the "
+                    f"profile or ${TOKEN_ENV} to the agent's token"
+                ) from None
+            if exc.code == 409:
+                raise _UnknownReference(reason) from None
+            if exc.code in (400, 413, 415, 422):
+                raise ValueError(f"agent {self.url}: {reason}") from None
+            raise RuntimeError(f"agent {self.url} failed (HTTP {exc.code}): {reason}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            cause = getattr(exc, "reason", exc)
+            raise UserError(
+                f"cannot reach the device agent at {self.url} ({cause}); start `edgeprune agent` on "
+                f"the device (or its SSH tunnel) or fix 'agent' in target '{self.profile.name}'"
+            ) from None
+
+
+class _UnknownReference(Exception):
+    pass
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(str(int(d)) for d in shape)
+
+
+def _reason(exc: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.loads(exc.read())["error"])
+    except Exception:
+        return exc.reason if isinstance(exc.reason, str) else f"HTTP {exc.code}"
+
+
+def _token(profile: Profile) -> str | None:
+    """``$EDGEPRUNE_AGENT_TOKEN``, else the profile's ``agent_token_file``, else none (loopback)."""
+    env = os.environ.get(TOKEN_ENV)
+    if env:
+        return env.strip()
+    if profile.agent_token_file:
+        path = Path(profile.agent_token_file).expanduser()
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UserError(
+                f"cannot read agent_token_file {path} of target '{profile.name}' ({exc.strerror}); "
+                "fix the path or set $EDGEPRUNE_AGENT_TOKEN"
+            ) from None
+    return None

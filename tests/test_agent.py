@@ -1,0 +1,341 @@
+"""The device agent over real HTTP on loopback, and the remote backend that talks to it.
+
+The agent runs in a subprocess with torch BLOCKED from importing (a sys.meta_path hook), which is
+how it must run on a Jetson without PyTorch: if anything on its path imported torch, it would die
+before printing its address and every test here would fail.
+"""
+
+import base64
+import dataclasses
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from edgeprune.agent import make_server
+from edgeprune.errors import UserError
+from edgeprune.profiling.fingerprint import fingerprint_hash, host_fingerprint
+from edgeprune.profiling.isolated import IsolatedOrtBackend
+from edgeprune.profiling.onnx_bytes import export_onnx_bytes
+from edgeprune.profiling.profiler import Profiler
+from edgeprune.profiling.remote import RemoteBackend
+from edgeprune.targets import MeasureSpec, load_profile
+
+SHAPE = (1, 3, 32, 32)
+TOKEN = "test-token-0123456789abcdef"
+
+_BLOCKED_TORCH = textwrap.dedent(
+    """
+    import sys
+
+    class BlockTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked: the agent must run without it")
+            return None
+
+    sys.meta_path.insert(0, BlockTorch())
+    from edgeprune.cli import main
+    code = main(sys.argv[1:])
+    assert "torch" not in sys.modules
+    sys.exit(code)
+    """
+)
+
+
+class AgentProcess:
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _BLOCKED_TORCH, "agent", "--host", "127.0.0.1", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        line = self.proc.stdout.readline()
+        if "listening on http://127.0.0.1:" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"agent did not start: {line!r} {self.proc.stderr.read()[-2000:]}")
+        self.port = int(line.split("http://127.0.0.1:")[1].split()[0])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def agent():
+    a = AgentProcess()
+    yield a
+    a.stop()
+
+
+@pytest.fixture(scope="module")
+def token_agent(tmp_path_factory):
+    token_file = tmp_path_factory.mktemp("token") / "token"
+    token_file.write_text(TOKEN + "\n")
+    a = AgentProcess("--token-file", str(token_file), "--max-upload-mb", "0.5")
+    yield a
+    a.stop()
+
+
+def _model(width: int = 32) -> bytes:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10),
+    )
+    return export_onnx_bytes(net, SHAPE, opset=17)
+
+
+@pytest.fixture(scope="module")
+def onnx_bytes() -> bytes:
+    return _model()
+
+
+def _profile(agent_url=None, **measure):
+    spec = dict(warmup_runs=5, min_runs=20, max_runs=5000, max_seconds=0.15, cv_threshold=100.0, repeats_if_noisy=0)
+    return dataclasses.replace(load_profile("x86-cpu"), agent=agent_url, measure=MeasureSpec(**{**spec, **measure}))
+
+
+def _request(port, method, path, body=None, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def _request_raw(port, method, path, body, headers):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _headers_only(port, method, path, length, headers):
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {length}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def _profile_header(profile) -> str:
+    return base64.urlsafe_b64encode(json.dumps(profile.to_dict()).encode()).decode().rstrip("=")
+
+
+def test_remote_measures_and_fingerprint_is_the_devices(agent, onnx_bytes):
+    profile = _profile(agent.url)
+    backend = RemoteBackend(profile)
+    stats = backend.measure(onnx_bytes, SHAPE)
+    assert stats.n >= 20 and stats.median_ms > 0 and stats.p90_ms >= stats.median_ms
+    # Same machine here: the device's fingerprint equals the local one, so both share cache keys.
+    assert backend.fingerprint() == host_fingerprint(profile)
+
+
+def test_remote_measure_pair_uploads_reference_once_and_again_after_restart(onnx_bytes):
+    a = AgentProcess()
+    try:
+        backend = RemoteBackend(_profile(a.url))
+        small = _model(8)
+        backend.set_reference(onnx_bytes, SHAPE)
+        cand, ref = backend.measure_pair(small, SHAPE)
+        first_id = backend._reference_id
+        assert first_id is not None and cand.n > 0 and ref.n > 0
+        assert cand.median_ms < ref.median_ms  # 8 channels vs 32: clearly cheaper
+    finally:
+        a.stop()
+    b = AgentProcess()  # a fresh agent knows no reference: the client must upload it again
+    try:
+        backend.url = b.url
+        cand, ref = backend.measure_pair(small, SHAPE)
+        assert backend._reference_id == first_id and cand.median_ms < ref.median_ms
+    finally:
+        b.stop()
+
+
+def test_profiler_picks_remote_backend_and_caches(agent, onnx_bytes, tmp_path):
+    profiler = Profiler(_profile(agent.url), cache_path=tmp_path / "c.sqlite")
+    try:
+        assert isinstance(profiler.backend, RemoteBackend)
+        stats, hit = profiler.latency("arch-a", SHAPE, lambda: onnx_bytes)
+        again, hit2 = profiler.latency("arch-a", SHAPE, lambda: pytest.fail("must not export on a hit"))
+        assert (hit, hit2) == (False, True) and again == stats
+    finally:
+        profiler.close()
+    # A local profiler on the same machine hits the same cache entry (device fingerprint).
+    local = Profiler(_profile(None), cache_path=tmp_path / "c.sqlite")
+    try:
+        assert local.fingerprint_hash == fingerprint_hash(host_fingerprint(_profile(None)))
+        assert local.latency("arch-a", SHAPE, lambda: pytest.fail("cached"))[1] is True
+    finally:
+        local.close()
+
+
+def _bad_requests(port, onnx_bytes):
+    """50 malformed, oversized or unauthenticated requests: (method, path, body, headers)."""
+    good = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/octet-stream", "X-Edgeprune-Profile": _profile_header(_profile())}
+    no_auth = {k: v for k, v in good.items() if k != "Authorization"}
+    big = b"\0" * (600 * 1024)
+    bad_profile = dict(_profile().to_dict(), intra_op_thread=2)
+    wrong_type = dict(_profile().to_dict(), intra_op_threads="two")
+    trt_no_agent = dict(load_profile("jetson-orin").to_dict(), agent=None)
+    cases = [
+        ("GET", "/fingerprint", None, {}),
+        ("GET", "/fingerprint", None, {"Authorization": "Bearer wrong"}),
+        ("GET", "/fingerprint", None, {"Authorization": TOKEN}),
+        ("GET", "/fingerprint", None, {"Authorization": f"Basic {TOKEN}"}),
+        ("GET", "/fingerprint", None, {"Authorization": f"Bearer {TOKEN}x"}),
+        ("GET", "/fingerprint", None, {"Authorization": "Bearer "}),
+        ("POST", "/measure?shape=1x3x32x32", onnx_bytes, no_auth),
+        ("POST", "/measure?shape=1x3x32x32", onnx_bytes, {**good, "Authorization": "Bearer nope"}),
+        ("POST", "/reference?shape=1x3x32x32", onnx_bytes, no_auth),
+        ("POST", "/measure?shape=1x3x32x32", big, no_auth),
+        ("GET", "/", None, good),
+        ("GET", "/admin", None, good),
+        ("GET", "/../etc/passwd", None, good),
+        ("DELETE", "/measure", None, good),
+        ("PUT", "/measure", onnx_bytes, good),
+        ("GET", "/measure", None, good),
+        ("POST", "/fingerprint", b"x", good),
+        ("POST", "/measure?shape=1x3x32x32", big, good),
+        ("POST", "/reference?shape=1x3x32x32", big, good),
+        ("POST", "/measure?shape=1x3x32x32", b"", good),
+        ("POST", "/measure?shape=1x3x32x32", b"not an onnx model", good),
+        ("POST", "/measure?shape=1x3x32x32", b"\x08\x07" + os.urandom(2000), good),
+        ("POST", "/measure?shape=1x3x32x32", onnx_bytes[: len(onnx_bytes) // 2], good),
+        ("POST", "/measure?shape=1x3x32x32", b"\x80\x04\x95" + b"pickle" * 10, good),
+        ("POST", "/measure?shape=1x3x16x16", onnx_bytes, good),
+        ("POST", "/measure?shape=axb", onnx_bytes, good),
+        ("POST", "/measure?shape=-1x3x32x32", onnx_bytes, good),
+        ("POST", "/measure?shape=0x3x32x32", onnx_bytes, good),
+        ("POST", "/measure?shape=" + "1x" * 20 + "1", onnx_bytes, good),
+        ("POST", "/measure?shape=1x3x32x32&bogus=1", onnx_bytes, good),
+        ("POST", "/measure?shape", onnx_bytes, good),
+        ("POST", "/measure?shape=1x3x32x32&reference=zz", onnx_bytes, good),
+        ("POST", "/measure?shape=1x3x32x32&reference=" + "a" * 64, onnx_bytes, good),
+        ("POST", "/measure?shape=1x3x32x32", onnx_bytes, {**good, "X-Edgeprune-Profile": ""}),
+        ("POST", "/measure?shape=1x3x32x32", onnx_bytes, {k: v for k, v in good.items() if k != "X-Edgeprune-Profile"}),
+        ("POST", "/measure?shape=1x3x32x32", onnx_bytes, {**good, "X-Edgeprune-Profile": "!!!not-base64!!!"}),
+        ("POST", "/measure?shape=1x3x32x32", onnx_bytes, {**good, "X-Edgeprune-Profile": base64.urlsafe_b64encode(b"[1, 2]").decode()}),
+        ("POST", "/measure?shape=1x3x32x32", onnx_bytes, {**good, "X-Edgeprune-Profile": base64.urlsafe_b64encode(b"{not json").decode()}),
+        ("POST", "/measure?shape=1x3x32x32", onnx_bytes, {**good, "X-Edgeprune-Profile": base64.urlsafe_b64encode(json.dumps(bad_profile).encode()).decode()}),
+        ("POST", "/measure?shape=1x3x32x32", onnx_bytes, {**good, "X-Edgeprune-Profile": base64.urlsafe_b64encode(json.dumps(wrong_type).encode()).decode()}),
+        ("POST", "/measure?shape=1x3x32x32", onnx_bytes, {**good, "X-Edgeprune-Profile": base64.urlsafe_b64encode(json.dumps(trt_no_agent).encode()).decode()}),
+        ("POST", "/measure?shape=1x3x32x32", onnx_bytes, {**good, "Content-Type": "application/json"}),
+        ("POST", "/measure?shape=1x3x32x32", onnx_bytes, {**good, "Content-Type": "multipart/form-data"}),
+        ("POST", "/measure?shape=1x3x32x32", None, good),
+        ("POST", "/reference?shape=1x3x32x32", b"garbage", good),
+        ("POST", "/reference?shape=9x9", onnx_bytes, good),
+        ("POST", "/reference", b"", good),
+        ("GET", "/fingerprint?x=" + "a" * 5000, None, {}),
+        ("POST", "/measure?shape=1x3x32x32", onnx_bytes, {**good, "Authorization": "Bearer " + "A" * 4000}),
+        ("PATCH", "/measure", None, good),
+    ]
+    return cases
+
+
+def test_fifty_bad_requests_are_refused_with_reasons_then_measuring_still_works(token_agent, onnx_bytes):
+    cases = _bad_requests(token_agent.port, onnx_bytes)
+    assert len(cases) == 50
+    for method, path, body, headers in cases:
+        if body is not None and len(body) > 65536:
+            # Oversized: send only the headers, as an attacker would; the agent must answer
+            # from the headers alone, without waiting for (or reading) the body.
+            status, raw = _headers_only(token_agent.port, method, path, len(body), headers)
+        else:
+            status, raw = _request_raw(token_agent.port, method, path, body, headers)
+        assert 400 <= status < 500, (method, path[:60], status, raw[:200])
+        assert json.loads(raw)["error"], (method, path[:60])
+    # Still alive and still measuring correctly, with the right token.
+    token_profile = _profile(token_agent.url)
+    os.environ["EDGEPRUNE_AGENT_TOKEN"] = TOKEN
+    try:
+        stats = RemoteBackend(token_profile).measure(onnx_bytes, SHAPE)
+    finally:
+        del os.environ["EDGEPRUNE_AGENT_TOKEN"]
+    assert stats.n >= 20 and stats.median_ms > 0
+
+
+def test_specific_refusals_carry_the_right_status(token_agent, onnx_bytes):
+    good = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/octet-stream", "X-Edgeprune-Profile": _profile_header(_profile())}
+    status, body = _request(token_agent.port, "GET", "/fingerprint")
+    assert status == 401 and "bearer token" in body["error"]
+    status, body = _request(token_agent.port, "POST", "/measure?shape=1x3x32x32", b"junk", good)
+    assert status == 400 and "not a valid ONNX" in body["error"]
+    status, body = _request(token_agent.port, "POST", "/measure?shape=1x3x32x32", b"\0" * (1 << 20), good)
+    assert status == 413 and "--max-upload-mb" in body["error"]
+    status, body = _request(token_agent.port, "GET", "/fingerprint", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200 and body["device"]["cpu"]
+
+
+def test_wrong_token_is_a_user_error(token_agent):
+    with pytest.raises(UserError, match="refused the token"):
+        RemoteBackend(_profile(token_agent.url)).fingerprint()
+
+
+def test_unreachable_agent_is_a_user_error():
+    with pytest.raises(UserError, match="cannot reach the device agent"):
+        RemoteBackend(_profile("http://127.0.0.1:9")).fingerprint()
+
+
+def test_refuses_non_loopback_without_token():
+    with pytest.raises(UserError, match="--token-file"):
+        make_server("0.0.0.0", 0, None, 1)
+    server = make_server("127.0.0.1", 0, None, 1)  # loopback without a token is fine
+    server.server_close()
+
+
+def test_agent_cli_refuses_short_token(tmp_path):
+    bad = tmp_path / "t"
+    bad.write_text("short")
+    done = subprocess.run([sys.executable, "-m", "edgeprune", "agent", "--port", "0", "--token-file", str(bad)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "at least 16 characters" in done.stderr
+
+
+def test_agent_module_imports_no_torch():
+    code = "import sys, edgeprune.cli, edgeprune.agent, edgeprune.profiling.ort, edgeprune.profiling.tensorrt; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_remote_and_local_agree_within_5_percent(agent, onnx_bytes):
+    """Median of interleaved measurements: the agent's in-process ORT vs the local worker."""
+    local = IsolatedOrtBackend(_profile(None, max_seconds=0.2))
+    remote = RemoteBackend(_profile(agent.url, max_seconds=0.2))
+    try:
+        local.measure(onnx_bytes, SHAPE)  # start the worker before timing
+        l_runs, r_runs = [], []
+        for _ in range(5):
+            l_runs.append(local.measure(onnx_bytes, SHAPE).median_ms)
+            r_runs.append(remote.measure(onnx_bytes, SHAPE).median_ms)
+    finally:
+        local.close()
+    l_med, r_med = statistics.median(l_runs), statistics.median(r_runs)
+    print(f"local {l_med:.4f} ms  remote {r_med:.4f} ms  ratio {r_med / l_med:.3f}  local {l_runs} remote {r_runs}")
+    assert abs(r_med / l_med - 1) < 0.05

@@ -23,8 +23,9 @@ from edgeprune.profiling.stats import LatencyStats
 from edgeprune.space import ChannelSpace, Choice, macs_and_params
 from edgeprune.training import evaluate
 
-if TYPE_CHECKING:  # the journal module imports this one
+if TYPE_CHECKING:  # these modules import this one
     from edgeprune.search.checkpoint import SearchJournal
+    from edgeprune.search.screening import Screen
 
 
 def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
@@ -47,7 +48,7 @@ def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
 
 @dataclass
 class Candidate:
-    """One evaluated network. ``latency`` is always a measurement, never a prediction."""
+    """One evaluated network. ``latency`` is a measurement unless ``predicted`` (see below)."""
 
     choice: Choice
     accuracy: float
@@ -56,6 +57,9 @@ class Candidate:
     params: int
     from_cache: bool = False
     seconds: float = 0.0
+    # Not measured: the screen predicted it far over the latency limit. Such candidates steer the
+    # GA (as infeasible) but are never a Pareto point, a pick or a reported number.
+    predicted: bool = False
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -91,12 +95,14 @@ class Evaluator:
     evaluations: int = 0
     journal: SearchJournal | None = None
     restored: int = 0
+    screen: Screen | None = None
 
     def __post_init__(self):
         calib: Split = self.data.train.subset(min(self.calib_images, len(self.data.train)), seed=self.seed)
         self._calib = [x for x, _ in calib.batches(self.calib_batch)]
         self.shape = (self.batch, *self.space.input_shape)  # what the target runs: batch included
         self._scores: dict[Choice, tuple[float, int]] = {}
+        self._restored: dict[Choice, Candidate] = {}
 
     def set_reference(self, widths: tuple[int, ...], anchor: LatencyStats | None = None) -> LatencyStats:
         """Time all later candidates next to this architecture (see Profiler.set_reference)."""
@@ -117,10 +123,13 @@ class Evaluator:
         return self.profiler.latency(self.space.arch_key(widths), self.shape, onnx, fresh=fresh)
 
     def restore(self, candidates: list[Candidate]) -> None:
-        """Answer these choices from a checkpoint instead of evaluating them again."""
+        """Answer these choices from a checkpoint instead of evaluating them again.
+
+        They are handed out as the replayed search asks for them, in the original order, so
+        that the screen learns from them exactly as it did before the interruption."""
         for cand in candidates:
-            if cand.choice not in self.results:
-                self.results[cand.choice] = cand
+            if cand.choice not in self.results and cand.choice not in self._restored:
+                self._restored[cand.choice] = cand
                 self.restored += 1
 
     def score(self, choice: Choice) -> tuple[float, int]:
@@ -146,13 +155,36 @@ class Evaluator:
         start = time.perf_counter()
         widths = tuple(len(k) for k in choice)
         model = self.space.shrink(self.space.plan_of(choice))
+        key = self.space.arch_key(widths)
+        nodes = lambda: self.profiler.node_times(key, self.shape, lambda: self._onnx(widths, model))  # noqa: E731
+
+        restored = self._restored.pop(choice, None)
+        if restored is not None:
+            if self.screen is not None and restored.predicted:
+                self.screen.replay_skip()
+            elif self.screen is not None:
+                self.screen.learn(model, restored.latency.median_ms, nodes)
+            self.results[choice] = restored
+            return restored
+
+        if self.screen is not None and self.profiler.peek(key, self.shape) is None:
+            predicted = self.screen.skip(model)
+            if predicted is not None:
+                macs, params = macs_and_params(model, self.space.input_shape)
+                stats = LatencyStats(0, predicted, predicted, predicted, predicted, 0.0, 0.0)
+                return self._keep(Candidate(choice, 0.0, stats, macs, params, False, time.perf_counter() - start, True))
+
         # Latency first, on an idle CPU: nothing else of ours runs while the profiler times.
         stats, cached = self._measure(widths, model)
+        if self.screen is not None:
+            self.screen.learn(model, stats.median_ms, nodes)
         recalibrate_bn(model, self._calib)
         accuracy = evaluate(model, self.data.holdout)
         macs, params = macs_and_params(model, self.space.input_shape)
-        cand = Candidate(choice, accuracy, stats, macs, params, cached, time.perf_counter() - start)
-        self.results[choice] = cand
+        return self._keep(Candidate(choice, accuracy, stats, macs, params, cached, time.perf_counter() - start))
+
+    def _keep(self, cand: Candidate) -> Candidate:
+        self.results[cand.choice] = cand
         self.evaluations += 1
         if self.journal is not None:
             self.journal.record(cand)

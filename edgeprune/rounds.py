@@ -24,6 +24,8 @@ from edgeprune.progress import console
 from edgeprune.search.checkpoint import RunCheckpoint, SearchJournal
 from edgeprune.search.coevolution import run_coevolution
 from edgeprune.search.nsga import SearchResult, run_nsga2
+from edgeprune.search.screening import Screen
+from edgeprune.profiling.surrogate import LatencySurrogate
 from edgeprune.space import ChannelPlan, ChannelSpace, apply_plan
 from edgeprune.training import evaluate, train
 
@@ -73,7 +75,7 @@ def pick(evaluator: Evaluator, candidates: list[Candidate], search_budget_ms: fl
     measurement sneaking a candidate under the budget.
     """
     feasible = sorted(
-        (c for c in candidates if c.latency.median_ms <= search_budget_ms),
+        (c for c in candidates if not c.predicted and c.latency.median_ms <= search_budget_ms),
         key=lambda c: (-c.accuracy, c.latency.median_ms),
     )
     for cand in feasible[:_PICK_TRIES]:
@@ -83,7 +85,7 @@ def pick(evaluator: Evaluator, candidates: list[Candidate], search_budget_ms: fl
         console.print(
             f"  re-measure of a candidate: {fresh.median_ms:.4f} ms > budget {budget_ms:.4f} ms; trying the next one"
         )
-    return min(candidates, key=lambda c: c.latency.median_ms)
+    return min((c for c in candidates if not c.predicted), key=lambda c: c.latency.median_ms)
 
 
 def run_rounds(
@@ -117,6 +119,7 @@ def run_rounds(
             rounds.append(Round(number, budget, space, evaluator, None, None, model, plan, summary))
             continue
 
+        search_budget = budget * (1 - margin)
         journal = SearchJournal(checkpoint.round_folder(number), space)
         evaluator.journal = journal
         evaluator.restore(journal.candidates())
@@ -124,8 +127,9 @@ def run_rounds(
         if len(budgets) > 1:
             console.print(f"round {number}/{len(budgets)}: budget {budget:.4f} ms")
         t = time.perf_counter()
-        search_budget = budget * (1 - margin)
         reference_ms = first.profiler.anchor.median_ms if first.profiler.anchor else None
+        if cfg.screen and cfg.strategy == "nsga2" and first.profiler.has_node_times:
+            evaluator.screen = Screen(LatencySurrogate(evaluator.shape), limit_ms=search_budget)
         if cfg.strategy == "coevolution":
             result = run_coevolution(
                 evaluator, search_budget, cfg.population, cfg.generations, cfg.seed, cfg.progress,
@@ -186,6 +190,7 @@ def run_rounds(
             "params": picked.params,
             "group_widths_round": list(picked.widths),
             "evaluations": len(evaluator.results),
+            "screen": evaluator.screen.to_dict() if evaluator.screen else None,
             "search_s": search_s,
             "finetune_s": time.perf_counter() - t,
             "finetune": finetune,

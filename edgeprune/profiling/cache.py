@@ -46,6 +46,15 @@ _SCHEMA = (
     PRIMARY KEY (fingerprint, arch, input_shape)
     )""",
     "CREATE TABLE IF NOT EXISTS fingerprints (hash TEXT PRIMARY KEY, fingerprint TEXT NOT NULL)",
+    # ORT per-node profiles (JSON of NodeTimes) that trained the search's latency surrogate:
+    # cached like latencies so two runs on one cache screen candidates identically.
+    """CREATE TABLE IF NOT EXISTS node_times (
+    fingerprint TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    input_shape TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    PRIMARY KEY (fingerprint, arch, input_shape)
+    )""",
 )
 _STAT_COLUMNS = ("n", "median", "p90", "p99", "mean", "std", "cv")
 ROW_KEYS = ("fingerprint", "arch", "input_shape", *_STAT_COLUMNS, "created")
@@ -180,6 +189,20 @@ class LatencyCache:
                 stats.cv,
                 time.time(),
             ),
+        )
+
+    def get_node_times(self, fp_hash: str, arch_key: str, input_shape: Sequence[int]) -> dict | None:
+        row = self._db.execute(
+            "SELECT profile FROM node_times WHERE fingerprint = ? AND arch = ? AND input_shape = ?",
+            (fp_hash, arch_key, _shape_key(input_shape)),
+        ).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def put_node_times(self, fp_hash: str, arch_key: str, input_shape: Sequence[int], profile: dict) -> None:
+        """First wins, as for latencies."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO node_times (fingerprint, arch, input_shape, profile) VALUES (?, ?, ?, ?)",
+            (fp_hash, arch_key, _shape_key(input_shape), json.dumps(profile, sort_keys=True)),
         )
 
     def count(self) -> int:

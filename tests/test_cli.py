@@ -23,7 +23,9 @@ def test_end_to_end_prune_writes_a_deployable_folder(tmp_path):
     cmd = [sys.executable, "-m", "edgeprune", *TINY, "--budget-ms", "5", *FAST, "--out", str(out), "--cache", str(tmp_path / "c.sqlite")]
     run = subprocess.run(cmd, cwd=TESTS, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(TESTS)})
     assert run.returncode == 0, run.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "pareto.png", "plan.json", "report.json", "state_dict.pt"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "MODEL_CARD.md", "manifest.json", "model.onnx", "pareto.png", "plan.json", "report.json", "state_dict.pt"
+    ]
     report = json.loads((out / "report.json").read_text())
     for key in ("target", "fingerprint", "budget_ms", "budget_met", "baseline", "pruned", "pareto", "search", "artifacts", "preprocess"):
         assert key in report

@@ -1,0 +1,215 @@
+"""``edgeprune export OUT_DIR``: re-export an edgeprune output folder (other opset, dynamic batch, INT8).
+
+The folder already holds everything needed and nothing that must be trusted: the model is rebuilt
+from ``plan.json`` + ``state_dict.pt`` (no pickles), the data and preprocessing from report.json's
+``data``/``preprocess`` (the same seeded splits as the prune run, so calibration stays on TRAIN and
+accuracy on TEST), and the target from the profile the run recorded. New files are written next to
+the old ones under temporary names and renamed into place only when all of them are complete.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgeprune.errors import UserError
+from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES
+from edgeprune.progress import console
+from edgeprune.targets import Profile, load_profile
+
+if TYPE_CHECKING:  # the CLI imports this module to build its parser; torch loads only on use
+    from edgeprune.data import DataBundle
+
+# 13: per-channel QuantizeLinear/DequantizeLinear (INT8 QDQ) and TensorRT's oldest supported opset;
+# 20: the newest opset torch's TorchScript exporter writes.
+MIN_OPSET, MAX_OPSET = 13, 20
+
+
+@dataclass
+class ExportConfig:
+    out_dir: str
+    int8: bool = False
+    max_int8_drop: float | None = None
+    dynamic_batch: bool = False
+    opset: int | None = None
+    target: str | None = None
+    calibration_samples: int | None = None
+    cache: str | None = None
+    no_cache: bool = False
+    progress: bool = True
+
+
+def read_report(folder: Path) -> dict:
+    """report.json of an edgeprune output folder, with the keys an export needs."""
+    if not folder.is_dir():
+        raise UserError(f"output folder {folder} not found; pass a folder written by `edgeprune prune`")
+    path = folder / "report.json"
+    if not path.is_file():
+        raise UserError(f"{folder} has no report.json; pass a folder written by `edgeprune prune`")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); run `edgeprune prune` again to rewrite the folder") from None
+    missing = [k for k in ("data", "preprocess", "target", "input_shape", "artifacts", "pruned") if not isinstance(report, dict) or k not in report]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}; it was not written by this edgeprune, run `edgeprune prune` again")
+    return report
+
+
+def data_from_report(report: dict) -> DataBundle:
+    """The prune run's dataset with the same preprocessing and the same seeded splits.
+
+    The split sizes are compared with the report: a changed dataset (an image folder that gained
+    files) would silently calibrate or score on different images.
+    """
+    from edgeprune.data import load_data
+
+    data, pre = report["data"], report["preprocess"]
+    name = data.get("name")
+    spec = f"imagefolder:{data.get('source', '')}" if name == "imagefolder" else name
+    try:
+        bundle = load_data(
+            spec,
+            input_shape=tuple(pre["input_shape"]),
+            pad=pre.get("resize") == "pad-centre",
+            mean=pre.get("mean"),
+            std=pre.get("std"),
+            holdout=int(data["sizes"]["holdout"]),
+            seed=int(data["seed"]),
+        )
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"report.json's data/preprocess section lacks {exc}; run `edgeprune prune` again") from None
+    if bundle.describe()["sizes"] != data["sizes"]:
+        raise UserError(
+            f"dataset {spec} now has split sizes {bundle.describe()['sizes']} but the prune run had {data['sizes']}; "
+            "restore the data the model was pruned on"
+        )
+    return bundle
+
+
+def _profile(cfg: ExportConfig, report: dict) -> Profile:
+    """``--target``, else the exact profile the prune run recorded, else its target by name."""
+    if cfg.target:
+        return load_profile(cfg.target)
+    if isinstance(report.get("profile"), dict):
+        try:
+            return Profile.from_dict(report["profile"])
+        except (TypeError, KeyError):
+            pass  # written by another edgeprune version: fall back to the target's name
+    return load_profile(report["target"])
+
+
+def _validate(cfg: ExportConfig) -> None:
+    if cfg.max_int8_drop is not None and not cfg.int8:
+        raise UserError("--max-int8-drop only applies with --int8; add --int8 or drop --max-int8-drop")
+    if cfg.max_int8_drop is not None and cfg.max_int8_drop < 0:
+        raise UserError(f"--max-int8-drop is a loss in percentage points and cannot be negative, got {cfg.max_int8_drop}")
+    if cfg.opset is not None and not MIN_OPSET <= cfg.opset <= MAX_OPSET:
+        raise UserError(f"--opset {cfg.opset} is outside what edgeprune exports ({MIN_OPSET} to {MAX_OPSET}); pass e.g. --opset 17")
+    if cfg.calibration_samples is not None and cfg.calibration_samples < 1:
+        raise UserError(f"--calibration-samples must be at least 1, got {cfg.calibration_samples}")
+
+
+def run_export(cfg: ExportConfig) -> dict:
+    """Rebuild, export and measure; returns ``{"report", "manifest", "int8_refused"}``."""
+    from edgeprune.exporters.int8 import require_nncf
+    from edgeprune.exporters.package import ExportOptions, build_package, finalize
+    from edgeprune.profiling.profiler import Profiler
+    from edgeprune.pruned import load_pruned
+    from edgeprune.training import evaluate
+
+    _validate(cfg)
+    folder = Path(cfg.out_dir)
+    report = read_report(folder)
+    profile = _profile(cfg, report)
+    artifacts = report["artifacts"]
+    model = load_pruned(folder / (artifacts.get("plan") or "plan.json"), folder / (artifacts.get("state_dict") or "state_dict.pt"))
+    data = data_from_report(report)
+    if tuple(data.preprocess.input_shape) != tuple(report["input_shape"]):
+        raise UserError(f"report.json's input_shape {report['input_shape']} differs from its preprocess; run `edgeprune prune` again")
+    if cfg.int8:
+        require_nncf()  # fail before the export work when NNCF is missing
+    profiler = Profiler(profile, cache_path=Path(cfg.cache) if cfg.cache else None, use_cache=not cfg.no_cache)
+    try:
+        opts = ExportOptions(
+            opset=cfg.opset or profile.opset,
+            dynamic_batch=cfg.dynamic_batch,
+            int8=cfg.int8,
+            max_int8_drop_pp=cfg.max_int8_drop,
+            calibration_samples=cfg.calibration_samples or DEFAULT_CALIBRATION_SAMPLES,
+            seed=int(report["data"].get("seed", 0)),
+            progress=cfg.progress,
+        )
+        package = build_package(model, data, profiler, _plan_digest(folder, artifacts), opts, evaluate(model, data.test))
+    finally:
+        profiler.close()
+    manifest = finalize(folder, report, package)
+    _print_summary(folder, package)
+    refusal = package.refusal()
+    if refusal:
+        console.print(f"[red]{refusal}[/red]")
+    return {"report": report, "manifest": manifest, "int8_refused": refusal is not None}
+
+
+def _plan_digest(folder: Path, artifacts: dict) -> str:
+    from edgeprune.pruned import read_plan
+
+    return read_plan(folder / (artifacts.get("plan") or "plan.json")).digest()
+
+
+def _print_summary(folder: Path, package) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"edgeprune export · {package.section['target']} · latency in ms")
+    for col in ("file", "precision", "test acc", "median", "p90", "p99", "max |Δ| vs torch"):
+        table.add_column(col, justify="left" if col in ("file", "precision") else "right", no_wrap=col == "file")
+    for v in (package.fp32, package.int8):
+        if v is None:
+            continue
+        table.add_row(
+            v.file or "(refused)",
+            v.precision,
+            f"{v.accuracy:.2%}",
+            f"{v.latency.median_ms:.4f}",
+            f"{v.latency.p90_ms:.4f}",
+            f"{v.latency.p99_ms:.4f}",
+            f"{v.parity['max_abs_error']:.3g}",
+        )
+    console.print(table)
+    console.print(f"files in {folder}/: " + ", ".join(sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))))
+
+
+def add_parser(sub) -> None:
+    """The ``export`` sub-command's arguments (registered by edgeprune.cli)."""
+    e = sub.add_parser("export", help="re-export an edgeprune output folder: ONNX (opset, dynamic batch), INT8, manifest, model card")
+    e.add_argument("out_dir", metavar="OUT_DIR", help="folder written by `edgeprune prune` (plan.json, state_dict.pt, report.json)")
+    e.add_argument("--int8", action="store_true", help="also write model.int8.onnx: NNCF post-training quantization (QDQ), calibrated on the train split")
+    e.add_argument("--max-int8-drop", type=float, metavar="PP", help="refuse the INT8 model (exit 1) when its test accuracy is more than PP percentage points below FP32")
+    e.add_argument("--calibration-samples", type=int, help=f"train images used to calibrate INT8 (default {DEFAULT_CALIBRATION_SAMPLES})")
+    e.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension instead of the target's fixed batch")
+    e.add_argument("--opset", type=int, help=f"ONNX opset ({MIN_OPSET} to {MAX_OPSET}; default the target profile's)")
+    e.add_argument("--target", help="target profile name or YAML path to measure on (default: the prune run's target)")
+    e.add_argument("--cache", help="latency cache SQLite file (default: in the user cache folder)")
+    e.add_argument("--no-cache", action="store_true", help="neither read nor write the latency cache file")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    """CLI entry: 0 exported, 1 the INT8 model was refused by --max-int8-drop (FP32 files are written)."""
+    result = run_export(
+        ExportConfig(
+            out_dir=args.out_dir,
+            int8=args.int8,
+            max_int8_drop=args.max_int8_drop,
+            dynamic_batch=args.dynamic_batch,
+            opset=args.opset,
+            target=args.target,
+            calibration_samples=args.calibration_samples,
+            cache=args.cache,
+            no_cache=args.no_cache,
+            progress=not args.no_progress,
+        )
+    )
+    return 1 if result["int8_refused"] else 0

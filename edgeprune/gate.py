@@ -1,0 +1,393 @@
+"""``edgeprune gate``: fail a CI run when a model is over its latency budget on a target.
+
+Exit codes are the contract with CI: 0 every model within budget, 1 at least one over, 2 the input
+is wrong (a bad budgets file names the line at fault). A number close to the budget is the one a
+noisy measurement can flip, so a result inside the tolerance band is measured again (fresh, not
+from the cache) and judged on the median of all its measurements; results clearly above or below
+the budget are judged at once. Nothing here imports torch: a CI runner only needs onnxruntime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from edgeprune.errors import UserError
+from edgeprune.exporters.files import atomic_write
+from edgeprune.exporters.measure import PERCENTILES, graph_key, percentile_ms
+from edgeprune.targets import Profile, load_profile
+
+DEFAULT_TARGET = "x86-cpu"
+DEFAULT_PERCENTILE = 90
+# ±5 % of the budget: about the run-to-run spread of one measurement on a shared CPU.
+DEFAULT_TOLERANCE = 0.05
+# Fresh measurements added to a result inside the tolerance band (the verdict is the median of 3).
+REMEASURES = 2
+_KEYS = ("model", "target", "percentile", "budget_ms", "tolerance")
+
+
+@dataclass
+class Budget:
+    """One model held to one budget on one target; ``where`` locates it for error messages."""
+
+    model: str
+    path: Path
+    target: str
+    percentile: int
+    budget_ms: float
+    tolerance: float
+    where: str
+    target_where: str = ""
+    profile: Profile | None = None
+    onnx_bytes: bytes = b""
+    shape: tuple[int, ...] = ()
+
+
+@dataclass
+class GateResult:
+    budget: Budget
+    measured_ms: float
+    passed: bool
+    source: str  # "cache" or "measured"
+    measurements_ms: list[float] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    fingerprint_hash: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        b = self.budget
+        return {
+            "model": b.model,
+            "path": str(b.path),
+            "target": b.target,
+            "percentile": b.percentile,
+            "budget_ms": b.budget_ms,
+            "tolerance": b.tolerance,
+            "measured_ms": self.measured_ms,
+            "passed": self.passed,
+            "source": self.source,
+            "remeasured": len(self.measurements_ms) > 1,
+            "measurements_ms": self.measurements_ms,
+            "stats": self.stats,
+            "input_shape": list(b.shape),
+            "fingerprint_hash": self.fingerprint_hash,
+            "seconds": self.seconds,
+        }
+
+
+# --- input -------------------------------------------------------------------------------------
+
+
+def _check_percentile(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in PERCENTILES:
+        raise UserError(f"{where}: percentile must be one of {', '.join(map(str, PERCENTILES))}, got {value!r}; fix it")
+    return value
+
+
+def _check_budget(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UserError(f"{where}: budget_ms must be a positive number of milliseconds, got {value!r}; fix it")
+    return float(value)
+
+
+def _check_tolerance(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise UserError(
+            f"{where}: tolerance is a fraction of the budget in [0, 1) (0.05 = ±5 %), got {value!r}; fix it"
+        )
+    return float(value)
+
+
+def single_budget(model: str, budget_ms: float, target: str | None, percentile: int | None, tolerance: float | None) -> Budget:
+    """The budget given on the command line (``MODEL.onnx --budget-ms X``)."""
+    return Budget(
+        model=model,
+        path=Path(model),
+        target=target or DEFAULT_TARGET,
+        percentile=_check_percentile(DEFAULT_PERCENTILE if percentile is None else percentile, "--percentile"),
+        budget_ms=_check_budget(budget_ms, "--budget-ms"),
+        tolerance=_check_tolerance(DEFAULT_TOLERANCE if tolerance is None else tolerance, "--tolerance"),
+        where=f"model {model}",
+        target_where="--target",
+    )
+
+
+def load_budgets(
+    path: str, target: str | None = None, percentile: int | None = None, tolerance: float | None = None
+) -> list[Budget]:
+    """Parse a budgets file: a YAML list of mappings with the keys model and budget_ms, and
+    optionally target, percentile and tolerance (else the command line's or the defaults).
+
+    Errors name the file and the line of the offending entry or value (taken from YAML node marks,
+    so they point at what the user wrote). Relative model and profile paths are resolved from
+    the budgets file's folder, so the gate gives the same answer from any working directory.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"budgets file {path} not found; pass --budgets with a YAML file (see README, `edgeprune gate`)")
+    try:
+        text = file.read_text(encoding="utf-8")
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a UTF-8 text file; pass a YAML budgets file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', None) or exc}); fix the syntax") from None
+
+    def at(node: yaml.Node) -> str:
+        return f"{path} line {node.start_mark.line + 1}"
+
+    if root is None or not isinstance(root, yaml.SequenceNode) or not root.value:
+        where = at(root) if root is not None else path
+        raise UserError(f"{where}: expected a non-empty YAML list of budgets (- model: a.onnx\\n  budget_ms: 2.0); fix the file")
+    constructor = yaml.constructor.SafeConstructor()
+    budgets = []
+    for entry in root.value:
+        if not isinstance(entry, yaml.MappingNode):
+            raise UserError(f"{at(entry)}: each budget must be a mapping with keys {', '.join(_KEYS)}; fix the entry")
+        values: dict[str, tuple[object, str]] = {}
+        for key_node, value_node in entry.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key not in _KEYS:
+                raise UserError(f"{at(key_node)}: unknown key {key!r}; valid keys are {', '.join(_KEYS)}")
+            if key in values:
+                raise UserError(f"{at(key_node)}: key {key!r} appears twice in one entry; keep one")
+            if not isinstance(value_node, yaml.ScalarNode):
+                raise UserError(f"{at(value_node)}: {key} must be a single value, not a list or mapping; fix it")
+            try:
+                values[key] = (constructor.construct_object(value_node, deep=True), at(value_node))
+            except yaml.YAMLError as exc:  # e.g. a !!python/... tag, which safe loading refuses
+                raise UserError(f"{at(value_node)}: {key} cannot be read ({getattr(exc, 'problem', None) or exc}); write a plain value") from None
+        for required in ("model", "budget_ms"):
+            if required not in values:
+                raise UserError(f"{at(entry)}: budget entry lacks {required!r}; add it")
+        model, model_at = values["model"]
+        if not isinstance(model, str) or not model:
+            raise UserError(f"{model_at}: model must be the path of an ONNX file, got {model!r}; fix it")
+        if "target" in values:
+            entry_target, target_at = values["target"]
+            if not isinstance(entry_target, str) or not entry_target:
+                raise UserError(f"{target_at}: target must be a profile name or YAML path, got {entry_target!r}; fix it")
+            looks_like_path = entry_target.endswith((".yaml", ".yml")) or "/" in entry_target or os.sep in entry_target
+            if looks_like_path and not Path(entry_target).is_absolute():
+                entry_target = str(file.parent / entry_target)
+        else:  # the command line's --target: a path there is relative to the working directory
+            entry_target, target_at = target or DEFAULT_TARGET, "--target"
+        budgets.append(
+            Budget(
+                model=model,
+                path=Path(model) if Path(model).is_absolute() else file.parent / model,
+                target=entry_target,
+                percentile=_check_percentile(*values.get("percentile", (DEFAULT_PERCENTILE if percentile is None else percentile, "--percentile"))),
+                budget_ms=_check_budget(*values["budget_ms"]),
+                tolerance=_check_tolerance(*values.get("tolerance", (DEFAULT_TOLERANCE if tolerance is None else tolerance, "--tolerance"))),
+                where=model_at,
+                target_where=target_at,
+            )
+        )
+    return budgets
+
+
+def _read_model(budget: Budget) -> tuple[bytes, tuple[int, ...]]:
+    """The model's bytes and the shape to time it at; a symbolic batch is timed at the target's
+    batch (what ``edgeprune export --dynamic-batch`` writes), any other symbolic dim is an error."""
+    where, path = budget.where, budget.path
+    if not path.is_file():
+        raise UserError(f"{where}: ONNX file {path} not found; fix the model path")
+    import onnx  # lazily: the CLI imports this module to build its parser
+
+    blob = path.read_bytes()
+    try:
+        proto = onnx.load_from_string(blob)
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # protobuf and checker errors come in many types
+        raise UserError(f"{where}: {path} is not a valid ONNX model ({str(exc).splitlines()[0][:160]}); export it again") from None
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise UserError(f"{where}: {path} has {len(inputs)} inputs; the gate times single-input models")
+    dims = [d.dim_value if d.dim_value > 0 else None for d in inputs[0].type.tensor_type.shape.dim]
+    if dims and dims[0] is None:
+        dims[0] = budget.profile.batch
+    if not dims or any(d is None for d in dims):
+        raise UserError(f"{where}: {path} has a symbolic input shape beyond the batch; export it with a fixed shape")
+    return blob, tuple(dims)
+
+
+def prepare(budgets: list[Budget]) -> None:
+    """Load every profile and model before anything is timed: bad input fails in seconds, and
+    never after half of the models were measured."""
+    profiles: dict[str, Profile] = {}
+    for b in budgets:
+        if b.target not in profiles:
+            try:
+                profiles[b.target] = load_profile(b.target)
+            except UserError as exc:
+                raise UserError(f"{b.target_where or b.where}: {exc}") from None
+        b.profile = profiles[b.target]
+        b.onnx_bytes, b.shape = _read_model(b)
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+
+def run_gate(budgets: list[Budget], cache: str | None = None, no_cache: bool = False, progress: bool = True) -> list[GateResult]:
+    """Measure every model on its target and judge it against its budget."""
+    from edgeprune.profiling.profiler import Profiler
+    from edgeprune.progress import progress_bar
+
+    prepare(budgets)
+    profilers: dict[str, Profiler] = {}
+    results = []
+    try:
+        with progress_bar(progress) as bar:
+            task = bar.add_task("latency gate", total=len(budgets), status="")
+            for b in budgets:
+                bar.update(task, status=b.model)
+                if b.target not in profilers:
+                    profilers[b.target] = Profiler(b.profile, cache_path=Path(cache) if cache else None, use_cache=not no_cache)
+                results.append(_judge(profilers[b.target], b))
+                bar.advance(task)
+    except ValueError as exc:  # onnxruntime could not run the model
+        raise UserError(f"{b.where}: {b.path} does not run in onnxruntime ({exc}); export it again") from None
+    finally:
+        for profiler in profilers.values():
+            profiler.close()
+    return results
+
+
+def _judge(profiler, b: Budget) -> GateResult:
+    t0 = time.perf_counter()
+    key = graph_key(b.onnx_bytes)
+    stats, cached = profiler.latency(key, b.shape, lambda: b.onnx_bytes)
+    values = [percentile_ms(stats, b.percentile)]
+    if abs(values[0] - b.budget_ms) <= b.tolerance * b.budget_ms:
+        for _ in range(REMEASURES):
+            fresh, _ = profiler.latency(key, b.shape, lambda: b.onnx_bytes, fresh=True)
+            values.append(percentile_ms(fresh, b.percentile))
+    measured = statistics.median(values)
+    return GateResult(
+        budget=b,
+        measured_ms=measured,
+        passed=measured <= b.budget_ms,
+        source="cache" if cached else "measured",
+        measurements_ms=values,
+        stats=stats.to_dict(),
+        fingerprint_hash=profiler.fingerprint_hash,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+# --- reporting ---------------------------------------------------------------------------------
+
+
+def print_table(results: list[GateResult]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="edgeprune gate")
+    for col in ("model", "target", "pct", "measured ms", "budget ms", "margin", "runs", "source", "verdict"):
+        table.add_column(col, justify="left" if col in ("model", "target", "source", "verdict") else "right")
+    for r in results:
+        b = r.budget
+        table.add_row(
+            b.model,
+            b.profile.name,
+            f"p{b.percentile}",
+            f"{r.measured_ms:.4f}",
+            f"{b.budget_ms:.4f}",
+            f"{100 * (r.measured_ms / b.budget_ms - 1):+.1f} %",
+            str(len(r.measurements_ms)),
+            r.source + (" + re-measured" if len(r.measurements_ms) > 1 else ""),
+            "[green]PASS[/green]" if r.passed else "[red]FAIL[/red]",
+        )
+    console = Console()
+    if not console.is_terminal:  # CI logs: do not squeeze the table into 80 columns
+        console.width = max(console.width, 140)
+    console.print(table)
+    failed = sum(not r.passed for r in results)
+    console.print(f"{len(results) - failed} of {len(results)} within budget" + (f"; {failed} over budget" if failed else ""))
+
+
+def junit_xml(results: list[GateResult]) -> bytes:
+    """One JUnit testcase per model (CI systems show these as test results)."""
+    failures = sum(not r.passed for r in results)
+    total = f"{sum(r.seconds for r in results):.3f}"
+    suites = ET.Element("testsuites", name="edgeprune gate", tests=str(len(results)), failures=str(failures), time=total)
+    suite = ET.SubElement(suites, "testsuite", name="edgeprune-gate", tests=str(len(results)), failures=str(failures), errors="0", skipped="0", time=total)
+    for r in results:
+        b = r.budget
+        case = ET.SubElement(suite, "testcase", classname=f"edgeprune.gate.{b.profile.name}", name=b.model, time=f"{r.seconds:.3f}")
+        summary = f"p{b.percentile} {r.measured_ms:.4f} ms vs budget {b.budget_ms:.4f} ms on {b.profile.name}"
+        if not r.passed:
+            failure = ET.SubElement(case, "failure", message=f"over budget: {summary}", type="LatencyBudgetExceeded")
+            failure.text = json.dumps(r.to_dict(), indent=2)
+        ET.SubElement(case, "system-out").text = f"{summary} ({r.source}, measurements {r.measurements_ms})"
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+def json_report(results: list[GateResult]) -> bytes:
+    payload = {"passed": all(r.passed for r in results), "results": [r.to_dict() for r in results]}
+    return (json.dumps(payload, indent=2) + "\n").encode()
+
+
+def check_output(path: str, flag: str) -> None:
+    """Refuse an unusable report path before anything is measured."""
+    if Path(path).is_dir():
+        raise UserError(f"{flag} {path} is a folder; pass a file path such as {Path(path) / 'gate.out'}")
+
+
+def write_output(path: str, data: bytes) -> None:
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(file, data)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def add_parser(sub) -> None:
+    """The ``gate`` sub-command's arguments (registered by edgeprune.cli)."""
+    g = sub.add_parser("gate", help="CI latency gate: exit 1 when a model is over its latency budget, 2 on bad input")
+    g.add_argument("model", nargs="?", metavar="MODEL.onnx", help="one model to gate (with --budget-ms); or use --budgets")
+    g.add_argument("--budgets", metavar="FILE", help="YAML list of {model, budget_ms, target, percentile, tolerance}; paths relative to the file")
+    g.add_argument("--budget-ms", type=float, help="budget for MODEL.onnx in ms")
+    g.add_argument("--target", help=f"target profile name or YAML path (default {DEFAULT_TARGET}; a default for --budgets entries without one)")
+    g.add_argument("--percentile", type=int, help=f"latency percentile judged: 50, 90 or 99 (default {DEFAULT_PERCENTILE})")
+    g.add_argument("--tolerance", type=float, help=f"band around the budget, as a fraction of it, where a result is measured again (default {DEFAULT_TOLERANCE})")
+    g.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (one testcase per model)")
+    g.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    g.add_argument("--cache", help="latency cache SQLite file (default: in the user cache folder)")
+    g.add_argument("--no-cache", action="store_true", help="neither read nor write the latency cache file: measure every model")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    """CLI entry: 0 all within budget, 1 any over; bad input raises UserError (exit 2)."""
+    if args.budgets and (args.model or args.budget_ms is not None):
+        raise UserError("pass either --budgets FILE or MODEL.onnx --budget-ms X, not both")
+    if args.budgets:
+        budgets = load_budgets(args.budgets, args.target, args.percentile, args.tolerance)
+    elif args.model and args.budget_ms is not None:
+        budgets = [single_budget(args.model, args.budget_ms, args.target, args.percentile, args.tolerance)]
+    else:
+        raise UserError("nothing to gate; pass --budgets FILE, or MODEL.onnx --budget-ms X [--target T] [--percentile 90]")
+    for path, flag in ((args.junit, "--junit"), (args.json, "--json")):
+        if path:
+            check_output(path, flag)
+    results = run_gate(budgets, cache=args.cache, no_cache=args.no_cache, progress=not args.no_progress)
+    print_table(results)
+    if args.junit:
+        write_output(args.junit, junit_xml(results))
+    if args.json:
+        write_output(args.json, json_report(results))
+    return 0 if all(r.passed for r in results) else 1

@@ -1,0 +1,34 @@
+"""Atomic file writes (torch-free: the CI gate uses them for its reports too)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def atomic_write_all(folder: Path, files: dict[str, bytes]) -> None:
+    """Write every file to a temporary name in ``folder`` first, then rename each into place.
+
+    A reader never sees a half-written file, and a failure while writing (disk full) leaves the
+    folder as it was: the renames only start once every byte is on disk.
+    """
+    temps = {}
+    try:
+        for name, data in files.items():
+            tmp = folder / f".{name}.tmp-{os.getpid()}"
+            temps[name] = tmp
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    for name, tmp in temps.items():
+        os.replace(tmp, folder / name)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """One file, written under a temporary name beside it and renamed into place."""
+    atomic_write_all(path.parent, {path.name: data})

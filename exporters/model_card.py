@@ -1,0 +1,117 @@
+"""``MODEL_CARD.md``: the human-readable side of the manifest, rendered from report.json.
+
+Someone deciding whether to ship the model reads this, not JSON: what it is for, what data it
+saw, how accurate it is where (test split, per precision), how fast it is on which device, and
+what the numbers do not say. Everything here is a number measured by the run; nothing is typed in.
+"""
+
+from __future__ import annotations
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2%}"
+
+
+def _ms(x: float | None) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
+def _latency_row(target: str, label: str, file: str, precision: str, lat: dict) -> str:
+    return (
+        f"| {target} | {label} | {file} | {precision} | {_ms(lat['median'])} | "
+        f"{_ms(lat['p90'])} | {_ms(lat['p99'])} | {lat['n']} | {lat['cv']:.3f} |"
+    )
+
+
+def render_model_card(report: dict) -> str:
+    export = report["export"]
+    models = export["models"]
+    fp32, int8 = models["fp32"], models["int8"]
+    data = report.get("data", {})
+    pre = export["input"]["preprocess"]
+    classes = export["output"]["class_names"]
+    spec = (report.get("model") or {}).get("spec", "the original model")
+    shape = export["input"]["shape"]
+    shown_shape = "×".join("N" if d is None else str(d) for d in shape)
+    baseline, pruned = report.get("baseline", {}), report.get("pruned", {})
+
+    lines = [
+        f"# Model card: {spec}, pruned for {report.get('target', export['target'])}",
+        "",
+        f"Produced by edgeprune {report.get('edgeprune_version', '')} · plan `{export['plan_sha256_16']}` · "
+        f"files pinned by sha256 in `manifest.json`.",
+        "",
+        "## Intended use",
+        "",
+        f"Image classification into {len(classes)} classes ({', '.join(classes)}) on the edge target "
+        f"`{export['target']}`, from a single {shown_shape} float32 NCHW tensor named `{export['input']['name']}`; "
+        f"the output `{export['output']['name']}` holds one logit per class (argmax = prediction). "
+        "Inputs must be preprocessed exactly as described under Data. Not validated for images unlike "
+        "the training data, or for decisions where an error harms someone without further validation.",
+        "",
+        "## Data",
+        "",
+        f"- dataset: `{data.get('name', '?')}` from `{data.get('source', '?')}`; sizes {data.get('sizes', {})} "
+        f"(holdout carved from train, seed {data.get('seed', '?')})",
+        f"- preprocessing (firmware must repeat it): uint8 pixels × {pre['scale']}, resize `{pre['resize']}` "
+        f"to {pre['input_shape']}, grey→RGB {pre['grey_to_rgb']}, mean {pre['mean']}, std {pre['std']}, layout {pre['layout']}",
+        "- INT8 calibration: "
+        + (f"{int8['calibration']['samples']} images of the TRAIN split" if int8 else "not quantized"),
+        "",
+        "## Metrics (test split)",
+        "",
+        "| model | runtime | top-1 accuracy |",
+        "|---|---|---|",
+    ]
+    if "accuracy" in baseline:
+        lines.append(f"| unpruned original | torch | {_pct(baseline['accuracy'])} |")
+    lines.append(f"| pruned | torch | {_pct(export['accuracy_torch_test'])} |")
+    lines.append(f"| `{fp32['file']}` ({fp32['precision']}) | onnxruntime | {_pct(fp32['accuracy']['test'])} |")
+    if int8:
+        lines.append(f"| INT8 ({'accepted' if int8['accepted'] else 'REFUSED'}) | onnxruntime | {_pct(int8['accuracy']['test'])} |")
+    lines += [
+        "",
+        f"Parity torch ↔ ONNX Runtime on {fp32['parity_vs_torch']['samples']} test images: max abs error "
+        f"{fp32['parity_vs_torch']['max_abs_error']:.3g}, top-1 agreement {fp32['parity_vs_torch']['top1_agreement']:.2%}"
+        + (
+            f"; INT8: max abs error {int8['parity_vs_torch']['max_abs_error']:.3g}, "
+            f"top-1 agreement {int8['parity_vs_torch']['top1_agreement']:.2%}."
+            if int8
+            else "."
+        ),
+        "",
+        "## Latency per target (ms, measured)",
+        "",
+        "| target | model | file | precision | median | p90 | p99 | runs | CV |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    if "latency_ms" in baseline:
+        lines.append(_latency_row(report["target"], "unpruned original", "–", report.get("fingerprint", {}).get("precision", "–"), baseline["latency_ms"]))
+    lines.append(_latency_row(export["target"], "pruned", fp32["file"], fp32["precision"], fp32["latency_ms"]))
+    if int8:
+        lines.append(_latency_row(export["target"], "pruned, INT8", int8["file"] or "(refused, not written)", "int8", int8["latency_ms"]))
+    if "budget_ms" in report:
+        lines += ["", f"Budget of the prune run: {report['budget_ms']:.4g} ms median on {report['target']} "
+                      f"({'met' if report.get('budget_met') else 'NOT met'}; pruned {_ms(pruned.get('latency_ms', {}).get('median'))} ms)."]
+    gate = export["int8_gate"]
+    lines += [
+        "",
+        "## Caveats",
+        "",
+        f"- Latencies hold for the device fingerprint `{export['fingerprint_hash']}` only (CPU, runtime and version, "
+        "threads, provider, precision, opset; in `manifest.json`); another device, runtime version or thread count "
+        "gives other numbers. Measure on the real target before relying on them.",
+        f"- Timing: ONNX Runtime in a separate process without torch, timed in alternating blocks with "
+        f"{export['latency_timed_against']} and reported in its units, because a shared CPU drifts between minutes; "
+        "compare files with ratios rather than absolute numbers taken at different times.",
+        "- Accuracy is top-1 on the test split only; the held-out numbers the search used are proxies and not reported here.",
+    ]
+    if gate is not None:
+        limit = "no limit set" if gate["max_drop_pp"] is None else f"limit {gate['max_drop_pp']:g} pp"
+        lines.append(
+            f"- INT8 (NNCF post-training quantization, QDQ) lost {gate['drop_pp']:.2f} pp of test accuracy ({limit}); "
+            + ("accepted." if gate["accepted"] else "REFUSED, so no INT8 file is shipped.")
+            + " INT8 speed in ONNX Runtime on a CPU says little about INT8 speed in TensorRT."
+        )
+    lines.append("- No TensorRT engine is part of this export (`engine: null`).")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,272 @@
+"""The export pipeline shared by ``edgeprune prune`` and ``edgeprune export``.
+
+FP32 ONNX (checked, slimmed) → latency measured on the target → metadata written into the file →
+parity with torch and test accuracy in ONNX Runtime → optionally NNCF INT8, measured the same way
+and held to an accuracy gate → report.json's ``export`` section, ``MODEL_CARD.md`` and
+``manifest.json``. Every number that ships is measured on the file that ships.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import edgeprune
+from edgeprune.data import DataBundle, Split
+from edgeprune.exporters.files import atomic_write_all
+from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES, calibration_items, quantize_int8
+from edgeprune.exporters.manifest import MANIFEST, MODEL_CARD, REPORT, build_manifest
+from edgeprune.exporters.measure import graph_key
+from edgeprune.exporters.model_card import render_model_card
+from edgeprune.exporters.onnx import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_accuracy, parity, with_metadata
+from edgeprune.profiling.fingerprint import fingerprint_hash
+from edgeprune.profiling.profiler import Profiler
+from edgeprune.profiling.stats import LatencyStats
+from edgeprune.progress import console, progress_bar
+
+FP32_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+# Test images compared one by one between torch and ONNX Runtime.
+PARITY_SAMPLES = 64
+
+
+@dataclass
+class ExportOptions:
+    opset: int
+    dynamic_batch: bool = False
+    int8: bool = False
+    max_int8_drop_pp: float | None = None
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class Variant:
+    """One model file and what was measured on it."""
+
+    precision: str
+    file: str | None
+    blob: bytes
+    latency: LatencyStats
+    latency_from_cache: bool
+    accuracy: float
+    parity: dict
+
+    def summary(self) -> dict:
+        return {
+            "file": self.file,
+            "precision": self.precision,
+            "latency_cache_key": graph_key(self.blob),
+            "accuracy": {"test": self.accuracy},
+            "latency_ms": self.latency.to_dict(),
+            "latency_from_cache": self.latency_from_cache,
+            "parity_vs_torch": self.parity,
+        }
+
+
+@dataclass
+class Package:
+    """Everything ``build_package`` produced; nothing is on disk yet."""
+
+    fp32: Variant
+    int8: Variant | None
+    int8_accepted: bool
+    section: dict
+
+    def files(self) -> dict[str, bytes]:
+        files = {FP32_FILE: self.fp32.blob}
+        if self.int8 is not None and self.int8_accepted:
+            files[INT8_FILE] = self.int8.blob
+        return files
+
+    def refusal(self) -> str | None:
+        """One line saying why the INT8 model was refused, or None."""
+        gate = self.section["int8_gate"]
+        if gate is None or gate["accepted"]:
+            return None
+        return (
+            f"INT8 model REFUSED: test accuracy {gate['int8_accuracy']:.2%} is {gate['drop_pp']:.2f} pp below "
+            f"FP32 ({gate['fp32_accuracy']:.2%}), more than --max-int8-drop {gate['max_drop_pp']:g} pp; "
+            f"{INT8_FILE} was not written"
+        )
+
+
+def _measure(profiler: Profiler, blob: bytes, shape: tuple[int, ...]) -> tuple[LatencyStats, bool]:
+    """Latency of a finished file on the profiler's target.
+
+    With a reference set (a prune run: the unpruned model; an export: the FP32 file) the file is
+    timed fresh in alternating blocks with it and reported in the reference's units, so FP32 and
+    INT8 are compared without the CPU's drift between minutes. Without one, this file becomes the
+    reference: its number is the cached one when this device already timed this graph (so the
+    gate, the report and the manifest agree), a fresh measurement otherwise.
+    """
+    key = graph_key(blob)
+    if profiler.anchor is not None:
+        return profiler.latency(key, shape, lambda: blob, fresh=True)
+    hits = profiler.cache_hits
+    stats = profiler.set_reference(key, shape, blob)
+    return stats, profiler.cache_hits > hits
+
+
+def _accuracy(blob: bytes, split: Split, label: str, progress: bool) -> float:
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"{label} test accuracy (onnxruntime)", total=len(split), status="")
+        return onnx_accuracy(blob, split, advance=lambda n: bar.advance(task, n))
+
+
+def _metadata(common: dict[str, str], precision: str, latency: LatencyStats) -> dict[str, str]:
+    stats = latency.to_dict()
+    return common | {
+        "precision": precision,
+        "latency_ms": json.dumps({k: stats[k] for k in ("median", "p90", "p99", "mean", "std", "cv", "n")}),
+        "latency_median_ms": f"{latency.median_ms:.6g}",
+        "latency_p90_ms": f"{latency.p90_ms:.6g}",
+        "latency_p99_ms": f"{latency.p99_ms:.6g}",
+    }
+
+
+def build_package(
+    model: nn.Module,
+    data: DataBundle,
+    profiler: Profiler,
+    plan_digest: str,
+    opts: ExportOptions,
+    torch_accuracy: float,
+    reference: str | None = None,
+) -> Package:
+    """Export ``model`` (a pruned nn.Module) for ``profiler``'s target and measure every file.
+
+    ``reference`` names the model the profiler already times candidates against (a prune run's
+    unpruned model); None when it has none, and then the FP32 file becomes the reference.
+    """
+    if (reference is None) != (profiler.anchor is None):
+        raise ValueError("pass reference exactly when the profiler has a reference model set")
+    profile = profiler.profile
+    input_shape = tuple(data.preprocess.input_shape)
+    shape = (profile.batch, *input_shape)
+    fingerprint = profiler.fingerprint
+    pre = data.preprocess.to_dict()
+    shown_batch = BATCH_DIM if opts.dynamic_batch else str(profile.batch)
+    common = {
+        "edgeprune_version": edgeprune.__version__,
+        "target": profile.name,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "input_shape": "x".join([shown_batch, *map(str, input_shape)]),
+        "batch": "dynamic" if opts.dynamic_batch else str(profile.batch),
+        "layout": "NCHW",
+        "mean": json.dumps(pre["mean"]),
+        "std": json.dumps(pre["std"]),
+        "preprocess": json.dumps(pre, sort_keys=True),
+        "class_names": json.dumps(list(data.class_names)),
+        "opset": str(opts.opset),
+        "plan_sha256_16": plan_digest,
+        "fingerprint": json.dumps(fingerprint, sort_keys=True),
+        "fingerprint_sha256_16": fingerprint_hash(fingerprint),
+    }
+    test_inputs = torch.cat([x for x, _ in data.test.batches(PARITY_SAMPLES, limit=PARITY_SAMPLES)])
+
+    console.print(f"exporting ONNX (opset {opts.opset}, batch {common['batch']}) and timing it on {profile.name}")
+    blob = export_onnx(model, shape, opts.opset, dynamic_batch=opts.dynamic_batch)
+    latency, cached = _measure(profiler, blob, shape)
+    blob = with_metadata(blob, _metadata(common, profile.precision, latency))
+    fp32 = Variant(
+        precision=profile.precision,
+        file=FP32_FILE,
+        blob=blob,
+        latency=latency,
+        latency_from_cache=cached,
+        accuracy=_accuracy(blob, data.test, "ONNX FP32", opts.progress),
+        parity=parity(model, blob, test_inputs),
+    )
+
+    int8, accepted, gate, calibration = None, False, None, None
+    if opts.int8:
+        items = calibration_items(data.train, opts.calibration_samples, profile.batch, seed=opts.seed)
+        calibration = {"split": "train", "samples": sum(len(i) for i in items), "method": "nncf.quantize (PTQ, QDQ, fast bias correction)"}
+        console.print(f"quantizing to INT8 with NNCF on {calibration['samples']} train images")
+        q = quantize_int8(fp32.blob, items, INPUT_NAME)
+        q_latency, _ = _measure(profiler, q, shape)
+        q = with_metadata(q, _metadata(common, "int8", q_latency))
+        q_accuracy = _accuracy(q, data.test, "ONNX INT8", opts.progress)
+        drop_pp = 100.0 * (fp32.accuracy - q_accuracy)
+        accepted = opts.max_int8_drop_pp is None or drop_pp <= opts.max_int8_drop_pp
+        int8 = Variant("int8", INT8_FILE if accepted else None, q, q_latency, False, q_accuracy, parity(model, q, test_inputs))
+        gate = {
+            "max_drop_pp": opts.max_int8_drop_pp,
+            "fp32_accuracy": fp32.accuracy,
+            "int8_accuracy": q_accuracy,
+            "drop_pp": drop_pp,
+            "accepted": accepted,
+        }
+
+    models = {"fp32": fp32.summary(), "int8": None, "engine": None}
+    if int8 is not None:
+        models["int8"] = int8.summary() | {
+            "accepted": accepted,
+            "calibration": calibration,
+            "vs_fp32": {
+                "accuracy_drop_pp": gate["drop_pp"],
+                "speedup_median": fp32.latency.median_ms / int8.latency.median_ms,
+                "speedup_p90": fp32.latency.p90_ms / int8.latency.p90_ms,
+            },
+        }
+    section = {
+        "target": profile.name,
+        "profile": profile.to_dict(),
+        "fingerprint": fingerprint,
+        "fingerprint_hash": fingerprint_hash(fingerprint),
+        "latency_timed_against": reference or FP32_FILE,
+        "opset": opts.opset,
+        "dynamic_batch": opts.dynamic_batch,
+        "plan_sha256_16": plan_digest,
+        "input": {
+            "name": INPUT_NAME,
+            "shape": [None if opts.dynamic_batch else profile.batch, *input_shape],
+            "measured_batch": profile.batch,
+            "dtype": "float32",
+            "layout": "NCHW",
+            "preprocess": pre,
+        },
+        "output": {"name": OUTPUT_NAME, "kind": "logits", "class_names": list(data.class_names)},
+        "accuracy_torch_test": torch_accuracy,
+        "models": models,
+        "int8_gate": gate,
+    }
+    return Package(fp32=fp32, int8=int8, int8_accepted=accepted, section=section)
+
+
+def _json_bytes(payload: dict) -> bytes:
+    return (json.dumps(payload, indent=2) + "\n").encode()
+
+
+def finalize(folder: Path, report: dict, package: Package) -> dict:
+    """Write the package's model files, report.json, MODEL_CARD.md and manifest.json into ``folder``.
+
+    ``report`` is updated in place (``export`` section, ``parity``, ``artifacts``) and returned
+    together with the manifest. A stale INT8 file from an earlier export is removed: a file the
+    manifest does not vouch for must not sit next to those it does.
+    """
+    report["export"] = package.section
+    report["parity"] = package.fp32.parity
+    report["artifacts"] |= {
+        "onnx": FP32_FILE,
+        "int8": INT8_FILE if INT8_FILE in package.files() else None,
+        "engine": report["artifacts"].get("engine"),
+        "manifest": MANIFEST,
+        "model_card": MODEL_CARD,
+    }
+    pending = dict(package.files())
+    pending[REPORT] = _json_bytes(report)
+    pending[MODEL_CARD] = render_model_card(report).encode()
+    manifest = build_manifest(report, folder, pending)
+    pending[MANIFEST] = _json_bytes(manifest)
+    atomic_write_all(folder, pending)
+    if report["artifacts"]["int8"] is None:
+        (folder / INT8_FILE).unlink(missing_ok=True)
+    return manifest

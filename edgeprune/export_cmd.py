@@ -36,6 +36,7 @@ class ExportConfig:
     opset: int | None = None
     target: str | None = None
     calibration_samples: int | None = None
+    engine: bool = False
     cache: str | None = None
     no_cache: bool = False
     progress: bool = True
@@ -145,12 +146,37 @@ def run_export(cfg: ExportConfig) -> dict:
         package = build_package(model, data, profiler, _plan_digest(folder, artifacts), opts, evaluate(model, data.test))
     finally:
         profiler.close()
+    if cfg.engine:
+        package.engine, package.section["models"]["engine"] = _build_engine(profile, package.fp32.blob)
     manifest = finalize(folder, report, package)
     _print_summary(folder, package)
     refusal = package.refusal()
     if refusal:
         console.print(f"[red]{refusal}[/red]")
     return {"report": report, "manifest": manifest, "int8_refused": refusal is not None}
+
+
+def _build_engine(profile: Profile, onnx_bytes: bytes) -> tuple[bytes, dict]:
+    """A TensorRT engine of the FP32 ONNX, built with this host's trtexec (run export on the
+    device: an engine is tied to its GPU model and TensorRT version and is never portable)."""
+    import tempfile
+
+    from edgeprune.profiling.tensorrt import build_engine
+
+    if profile.backend != "tensorrt":
+        raise UserError(f"--engine needs a TensorRT target; '{profile.name}' uses {profile.backend} (pass e.g. --target jetson-orin)")
+    if profile.agent:
+        console.print(
+            f"note: {profile.name} measures through the agent at {profile.agent}, but engines are built locally: "
+            "run `edgeprune export --engine` on the device itself"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        onnx_path.write_bytes(onnx_bytes)
+        info = build_engine(onnx_path, Path(tmp) / "model.engine", profile)
+        blob = (Path(tmp) / "model.engine").read_bytes()
+    info = {k: v for k, v in info.items() if k != "engine"}
+    return blob, info | {"file": "model.engine", "portable": False, "note": "runs only on this GPU model with this TensorRT version"}
 
 
 def _plan_digest(folder: Path, artifacts: dict) -> str:
@@ -189,6 +215,7 @@ def add_parser(sub) -> None:
     e.add_argument("--max-int8-drop", type=float, metavar="PP", help="refuse the INT8 model (exit 1) when its test accuracy is more than PP percentage points below FP32")
     e.add_argument("--calibration-samples", type=int, help=f"train images used to calibrate INT8 (default {DEFAULT_CALIBRATION_SAMPLES})")
     e.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension instead of the target's fixed batch")
+    e.add_argument("--engine", action="store_true", help="also build model.engine with this host's TensorRT (trtexec) for a TensorRT --target; run it on the device, engines are not portable")
     e.add_argument("--opset", type=int, help=f"ONNX opset ({MIN_OPSET} to {MAX_OPSET}; default the target profile's)")
     e.add_argument("--target", help="target profile name or YAML path to measure on (default: the prune run's target)")
     e.add_argument("--cache", help="latency cache SQLite file (default: in the user cache folder)")
@@ -207,6 +234,7 @@ def run(args) -> int:
             opset=args.opset,
             target=args.target,
             calibration_samples=args.calibration_samples,
+            engine=args.engine,
             cache=args.cache,
             no_cache=args.no_cache,
             progress=not args.no_progress,

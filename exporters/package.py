@@ -30,6 +30,7 @@ from edgeprune.progress import console, progress_bar
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
+ENGINE_FILE = "model.engine"
 # Test images compared one by one between torch and ONNX Runtime.
 PARITY_SAMPLES = 64
 
@@ -77,11 +78,14 @@ class Package:
     int8: Variant | None
     int8_accepted: bool
     section: dict
+    engine: bytes | None = None  # a TensorRT engine built on this host (export --engine)
 
     def files(self) -> dict[str, bytes]:
         files = {FP32_FILE: self.fp32.blob}
         if self.int8 is not None and self.int8_accepted:
             files[INT8_FILE] = self.int8.blob
+        if self.engine is not None:
+            files[ENGINE_FILE] = self.engine
         return files
 
     def refusal(self) -> str | None:
@@ -257,7 +261,7 @@ def finalize(folder: Path, report: dict, package: Package) -> dict:
     report["artifacts"] |= {
         "onnx": FP32_FILE,
         "int8": INT8_FILE if INT8_FILE in package.files() else None,
-        "engine": report["artifacts"].get("engine"),
+        "engine": ENGINE_FILE if ENGINE_FILE in package.files() else report["artifacts"].get("engine"),
         "manifest": MANIFEST,
         "model_card": MODEL_CARD,
     }

@@ -248,3 +248,13 @@ def test_x86_ort_fingerprint_keeps_its_historic_keys():
         assert set(fp) == {"profile", "cpu", "cpu_count", "machine", "os", "runtime", "runtime_version", "provider",
                            "intra_op_threads", "inter_op_threads", "execution_mode", "precision", "graph_optimization", "opset"}
     assert os.cpu_count() == fp["cpu_count"]
+
+
+def test_export_engine_is_built_from_the_fp32_onnx_and_marked_not_portable(fake_trtexec):
+    from edgeprune.export_cmd import _build_engine
+
+    blob, info = _build_engine(load_profile("jetson-orin"), b"fp32-onnx")
+    assert blob == b"engine:fp32-onnx"
+    assert info["portable"] is False and info["file"] == "model.engine" and info["tensorrt_version"] == "10.3.0"
+    with pytest.raises(UserError, match="needs a TensorRT target"):
+        _build_engine(load_profile("x86-cpu"), b"fp32-onnx")

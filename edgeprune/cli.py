@@ -12,7 +12,7 @@ import sys
 from edgeprune import __version__
 from edgeprune.errors import UserError
 
-COMMANDS = ("prune", "demo", "train", "profile", "targets")
+COMMANDS = ("prune", "demo", "train", "profile", "targets", "cache", "agent", "export", "gate")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -32,8 +32,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--holdout", type=int, default=5000, help="images held out of TRAIN to score candidates (default 5000)")
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="FILE saved with torch.save(model) (loading runs code from it), torchvision:NAME, or package.module:factory")
+def _add_model_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    p.add_argument("model", nargs="?" if optional else None, help="FILE saved with torch.save(model) (loading runs code from it), torchvision:NAME, or package.module:factory")
     p.add_argument("--num-classes", type=int, help="classes for torchvision:NAME / factory models (default: the dataset's)")
     p.add_argument("--weights", help="state_dict FILE for torchvision:NAME / factory models (loaded with weights_only=True)")
 
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("prune", help="search, prune, fine-tune and export a model for a target (the default command)")
-    _add_model_args(p)
+    _add_model_args(p, optional=True)
     p.add_argument("--target", default="x86-cpu", help="target profile name or YAML path (see `edgeprune targets`; default x86-cpu)")
     _add_data_args(p)
     b = p.add_mutually_exclusive_group()
@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--speedup", type=float, help="budget = measured baseline median / X")
     p.add_argument("--population", type=int, default=16, help="GA population (default 16)")
     p.add_argument("--generations", type=int, default=8, help="GA generations (default 8)")
+    p.add_argument("--strategy", choices=("nsga2", "coevolution"), default="nsga2", help="nsga2: multi-objective GA over all groups (default); coevolution: CCSRP-style EA per group, --population = subpopulation d, --generations = G")
+    p.add_argument("--encoding", choices=("width", "mask"), default="width", help="genome: width = kept count per group (default); mask = one bit per channel with CCEP's ratio-bounded bit-flip mutation")
+    p.add_argument("--no-screen", action="store_true", help="measure every candidate; by default the latency surrogate skips candidates it predicts far over the budget once its recent error is ≤ 10%%")
+    p.add_argument("--rounds", type=int, default=1, help="prune → fine-tune → search again from the fine-tuned model, T times; budgets step down geometrically (default 1)")
+    p.add_argument("--resume", metavar="OUT_DIR", help="continue an interrupted run from OUT_DIR.checkpoint (no other options needed)")
     p.add_argument("--finetune-epochs", type=float, default=1.0, help="fine-tune epochs of the picked model, may be fractional (default 1)")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tune peak learning rate, cosine schedule (default 0.01)")
     p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of distillation from the original model (default 0.5; 0 = plain labels)")
@@ -76,13 +81,35 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="state_dict file to write (use it with --weights)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    pr = sub.add_parser("profile", help="measure an ONNX model's latency on a target (fresh measurement)")
-    pr.add_argument("onnx", help="ONNX file with a fixed input shape")
+    pr = sub.add_parser("profile", help="measure an ONNX model's latency on a target (the cache answers repeats)")
+    pr.add_argument("onnx", help="ONNX file with a fixed input shape (with --validate-surrogate: a model spec such as torchvision:mobilenet_v2)")
     pr.add_argument("--target", default="x86-cpu", help="target profile name or YAML path (default x86-cpu)")
     pr.add_argument("--repeats", type=int, default=1, help="independent measurements (fresh sessions); the median of medians is shown (default 1)")
     pr.add_argument("--json", action="store_true", help="print the stats as JSON")
+    _add_cache_args(pr)
+    pr.add_argument("--fresh", action="store_true", help="measure even when the cache has the model (the result is still stored if new)")
+    sv = pr.add_argument_group("surrogate check (--validate-surrogate MODEL)")
+    sv.add_argument("--validate-surrogate", action="store_true", help="fit the latency surrogate on random pruned variants of MODEL and print its error on others")
+    sv.add_argument("--input-shape", help="CxHxW of MODEL, e.g. 3x32x32")
+    sv.add_argument("--num-classes", type=int, help="classes for torchvision:NAME / factory models")
+    sv.add_argument("--fit", type=int, default=40, help="variants measured with per-node times to fit the surrogate (default 40)")
+    sv.add_argument("--validate", type=int, default=60, help="other variants measured to score it (default 60)")
+    sv.add_argument("--seed", type=int, default=0, help="seed of the random widths (default 0)")
 
     sub.add_parser("targets", help="list the target profiles")
+
+    ag = sub.add_parser("agent", help="run ON the device: time ONNX models sent by a search elsewhere (no torch needed)")
+    ag.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other address needs --token-file)")
+    ag.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one, printed at start)")
+    ag.add_argument("--token-file", help="file holding the bearer token clients must send (required off loopback)")
+    ag.add_argument("--max-upload-mb", type=float, default=256, help="largest ONNX model accepted, MiB (default 256)")
+    from edgeprune.cache_cmd import add_parser as add_cache_parser
+
+    add_cache_parser(sub)
+    from edgeprune import export_cmd, gate
+
+    export_cmd.add_parser(sub)
+    gate.add_parser(sub)
     return parser
 
 
@@ -101,8 +128,15 @@ def _normalise_argv(argv: list[str]) -> tuple[list[str], bool]:
 
 
 def _cmd_prune(args) -> int:
-    from edgeprune.pipeline import PruneConfig, run_prune
+    from edgeprune.pipeline import PruneConfig, resume_config, run_prune
 
+    if args.resume:
+        if args.model:
+            raise UserError("--resume takes its settings from the checkpoint; drop the model argument (and other options)")
+        report = run_prune(resume_config(args.resume, progress=not args.no_progress))
+        return 0 if report["budget_met"] else 1
+    if not args.model:
+        raise UserError("no model given; pass a model file, torchvision:NAME or package.module:factory (or --resume OUT_DIR)")
     report = run_prune(
         PruneConfig(
             model=args.model,
@@ -118,6 +152,10 @@ def _cmd_prune(args) -> int:
             speedup=args.speedup,
             population=args.population,
             generations=args.generations,
+            rounds=args.rounds,
+            strategy=args.strategy,
+            screen=not args.no_screen,
+            encoding=args.encoding,
             finetune_epochs=args.finetune_epochs,
             lr=args.lr,
             kd_alpha=args.kd_alpha,
@@ -163,40 +201,15 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_profile(args) -> int:
-    import json
-    import statistics
+    from edgeprune.profile_cmd import run_profile
 
-    from edgeprune.profiling.isolated import IsolatedOrtBackend
-    from edgeprune.profiling.onnx_file import load_onnx
-    from edgeprune.targets import load_profile
+    return run_profile(args)
 
-    if args.repeats < 1:
-        raise UserError(f"--repeats must be at least 1, got {args.repeats}")
-    profile = load_profile(args.target)
-    blob, shape = load_onnx(args.onnx)
-    backend = IsolatedOrtBackend(profile)
-    try:
-        runs = [backend.measure(blob, shape).to_dict() for _ in range(args.repeats)]
-    except ValueError as exc:
-        raise UserError(f"{args.onnx} does not run in onnxruntime ({exc}); export it again") from None
-    finally:
-        backend.close()
-    result = {
-        "model": args.onnx,
-        "target": profile.name,
-        "input_shape": list(shape),
-        "fingerprint": backend.fingerprint(),
-        "median_ms": statistics.median(r["median"] for r in runs),
-        "runs": runs,
-    }
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for r in runs:
-            print(f"{args.onnx} on {profile.name}: median {r['median']:.4f} ms  p90 {r['p90']:.4f}  p99 {r['p99']:.4f}  cv {r['cv']:.3f}  n {r['n']}")
-        if args.repeats > 1:
-            print(f"median of {args.repeats} medians: {result['median_ms']:.4f} ms")
-    return 0
+
+def _cmd_cache(args) -> int:
+    from edgeprune.cache_cmd import run
+
+    return run(args)
 
 
 def _cmd_targets(args) -> int:
@@ -204,6 +217,25 @@ def _cmd_targets(args) -> int:
 
     for profile in list_profiles():
         print(f"{profile.name:<20} step {profile.channel_step:<3} {profile.description}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from edgeprune.export_cmd import run
+
+    return run(args)
+
+
+def _cmd_gate(args) -> int:
+    from edgeprune.gate import run  # torch-free: CI runners need only onnxruntime
+
+    return run(args)
+
+
+def _cmd_agent(args) -> int:
+    from edgeprune.agent import serve  # torch-free: the agent runs on devices without PyTorch
+
+    serve(args.host, args.port, args.token_file, args.max_upload_mb)
     return 0
 
 
@@ -220,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         "train": _cmd_train,
         "profile": _cmd_profile,
         "targets": _cmd_targets,
+        "agent": _cmd_agent,
+        "cache": _cmd_cache,
+        "export": _cmd_export,
+        "gate": _cmd_gate,
     }[args.command]
     try:
         return handler(args)
@@ -229,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgeprune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("edgeprune: interrupted; no output folder was written", file=sys.stderr)
+        print("edgeprune: interrupted; no output folder was written (a prune can continue with --resume OUT_DIR)", file=sys.stderr)
         return 130
 
 

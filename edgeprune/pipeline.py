@@ -8,7 +8,7 @@ failed or interrupted run never leaves a half-written output folder.
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -21,19 +21,20 @@ import torch
 import edgeprune
 from edgeprune.data import load_data
 from edgeprune.errors import UserError
-from edgeprune.exporters.onnx import export_onnx, parity
-from edgeprune.fitness import Candidate, Evaluator
+from edgeprune.exporters.package import ExportOptions, build_package, finalize
+from edgeprune.fitness import Evaluator
 from edgeprune.models import check_input, load_model, parse_shape
 from edgeprune.profiling.profiler import Profiler
+from edgeprune.profiling.stats import LatencyStats
 from edgeprune.progress import console
 from edgeprune.report import plot_pareto, print_summary, write_json
-from edgeprune.search.nsga import run_nsga2
+from edgeprune.rounds import round_budgets, run_rounds
+from edgeprune.search.checkpoint import RunCheckpoint
+from edgeprune.search.encoding import make_encoding
 from edgeprune.space import ChannelSpace, layer_widths, macs_and_params
 from edgeprune.targets import load_profile
-from edgeprune.training import evaluate, train
+from edgeprune.training import evaluate
 
-# How many of the most accurate feasible candidates get a fresh re-measure before one is accepted.
-_PICK_TRIES = 5
 # The search aims this much under the budget, so that the independent re-measure of its pick
 # (run-to-run noise on a shared CPU is a few percent) still lands within the budget.
 SEARCH_MARGIN = 0.03
@@ -65,6 +66,11 @@ class PruneConfig:
     cache: str | None = None
     no_cache: bool = False
     progress: bool = True
+    rounds: int = 1
+    strategy: str = "nsga2"
+    encoding: str = "width"
+    screen: bool = True
+    resume: bool = False
 
 
 def _validate(cfg: PruneConfig) -> None:
@@ -78,6 +84,10 @@ def _validate(cfg: PruneConfig) -> None:
         raise UserError(f"--population must be at least 4, got {cfg.population}")
     if cfg.generations < 1:
         raise UserError(f"--generations must be at least 1, got {cfg.generations}")
+    if cfg.strategy not in ("nsga2", "coevolution"):
+        raise UserError(f"unknown --strategy {cfg.strategy!r}; choose nsga2 or coevolution")
+    if cfg.rounds < 1:
+        raise UserError(f"--rounds must be at least 1, got {cfg.rounds}")
     if cfg.finetune_epochs < 0:
         raise UserError(f"--finetune-epochs cannot be negative, got {cfg.finetune_epochs}")
     out = Path(cfg.out)
@@ -86,26 +96,6 @@ def _validate(cfg: PruneConfig) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / "report.json").exists():
         # The folder is replaced as a whole at the end: never do that to a folder we did not write.
         raise UserError(f"output folder {out} holds files that are not an edgeprune output; pass a new or empty --out")
-
-
-def _pick(evaluator: Evaluator, candidates: list[Candidate], search_budget_ms: float, budget_ms: float) -> Candidate:
-    """The most accurate candidate whose *fresh* re-measurement is still within the budget.
-
-    The search's numbers come from one session each; a fresh session guards against a lucky
-    measurement sneaking a candidate under the budget.
-    """
-    feasible = sorted(
-        (c for c in candidates if c.latency.median_ms <= search_budget_ms),
-        key=lambda c: (-c.accuracy, c.latency.median_ms),
-    )
-    for cand in feasible[:_PICK_TRIES]:
-        fresh = evaluator.latency(cand.widths, fresh=True)
-        if fresh.median_ms <= budget_ms:
-            return cand
-        console.print(
-            f"  re-measure of a candidate: {fresh.median_ms:.4f} ms > budget {budget_ms:.4f} ms; trying the next one"
-        )
-    return min(candidates, key=lambda c: c.latency.median_ms)
 
 
 @contextlib.contextmanager
@@ -125,6 +115,17 @@ def _staging(out: Path):
     tmp.rename(out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def resume_config(out: str, progress: bool = True) -> PruneConfig:
+    """The settings of the interrupted run whose ``--out`` was ``out``."""
+    run = RunCheckpoint(Path(out)).read_run()
+    fields = {f.name for f in dataclasses.fields(PruneConfig)}
+    config = {k: v for k, v in run["config"].items() if k in fields}
+    for key in ("mean", "std"):  # JSON turned the tuples into lists
+        if config.get(key) is not None:
+            config[key] = tuple(config[key])
+    return PruneConfig(**config, resume=True, progress=progress)
 
 
 def run_prune(cfg: PruneConfig) -> dict:
@@ -149,8 +150,15 @@ def run_prune(cfg: PruneConfig) -> dict:
     t = time.perf_counter()
     console.print(f"[bold]{cfg.model}[/bold] on [bold]{profile.name}[/bold]: {len(space.groups)} prunable groups; measuring baseline")
     full = space.widths_from_indices(space.full_indices())
-    baseline_latency = evaluator.set_reference(full)
-    budget_ms = cfg.budget_ms if cfg.budget_ms is not None else baseline_latency.median_ms / cfg.speedup
+    checkpoint = RunCheckpoint(Path(cfg.out))
+    if cfg.resume:
+        # The budget and the latency unit were fixed before the kill: search against the same ones.
+        run = checkpoint.read_run()
+        baseline_latency = evaluator.set_reference(full, anchor=LatencyStats.from_dict(run["anchor"]))
+        budget_ms = run["budget_ms"]
+    else:
+        baseline_latency = evaluator.set_reference(full)
+        budget_ms = cfg.budget_ms if cfg.budget_ms is not None else baseline_latency.median_ms / cfg.speedup
     smallest = evaluator.evaluate_widths(space.widths_from_indices(space.min_indices()))
     if smallest.latency.median_ms > budget_ms:
         raise UserError(
@@ -164,35 +172,25 @@ def run_prune(cfg: PruneConfig) -> dict:
         f"held-out accuracy {baseline.accuracy:.2%}; budget {budget_ms:.4f} ms"
     )
     phases["baseline_s"] = time.perf_counter() - t
+    if not cfg.resume:
+        config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("resume", "progress")}
+        # Absolute paths: --resume may run from another folder.
+        config |= {"out": str(Path(cfg.out).resolve()), "model": spec["spec"], "weights": spec["weights"]}
+        if cfg.cache:
+            config["cache"] = str(Path(cfg.cache).resolve())
+        if cfg.data.startswith("imagefolder:"):
+            config["data"] = "imagefolder:" + str(Path(cfg.data.removeprefix("imagefolder:")).resolve())
+        checkpoint.start({"config": config, "budget_ms": budget_ms, "anchor": baseline_latency.to_dict()})
 
+    budgets = round_budgets(baseline_latency.median_ms, budget_ms, cfg.rounds)
     t = time.perf_counter()
-    result = run_nsga2(evaluator, budget_ms * (1 - SEARCH_MARGIN), cfg.population, cfg.generations, cfg.seed, cfg.progress)
-    phases["search_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    picked = _pick(evaluator, result.candidates, budget_ms * (1 - SEARCH_MARGIN), budget_ms)
-    plan = space.plan_of(picked.choice)
-    pruned = space.shrink(plan)
-    console.print(
-        f"picked {picked.latency.median_ms:.4f} ms, held-out {picked.accuracy:.2%}; "
-        f"fine-tuning {cfg.finetune_epochs:g} epoch(s) with distillation from the original"
-    )
-    finetune = {"epochs": cfg.finetune_epochs, "lr": cfg.lr, "kd_alpha": cfg.kd_alpha, "kd_temperature": cfg.kd_temperature}
-    if cfg.finetune_epochs > 0:
-        finetune |= train(
-            pruned,
-            data.train,
-            cfg.finetune_epochs,
-            lr=cfg.lr,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-            teacher=model,
-            kd_alpha=cfg.kd_alpha,
-            kd_temperature=cfg.kd_temperature,
-            progress=cfg.progress,
-            description="fine-tune",
-        )
-    phases["finetune_s"] = time.perf_counter() - t
+    rounds = run_rounds(cfg, model, evaluator, budgets, SEARCH_MARGIN, checkpoint, lambda sp: make_encoding(cfg.encoding, sp))
+    phases["rounds_s"] = time.perf_counter() - t
+    final = rounds[-1]
+    space, picked, pruned, plan, result = final.space, final.picked, final.model, final.plan, final.result
+    phases["search_s"] = sum(r.summary["search_s"] for r in rounds)
+    phases["finetune_s"] = sum(r.summary["finetune_s"] for r in rounds)
+    finetune = final.summary["finetune"]
 
     t = time.perf_counter()
     baseline_acc = evaluate(model, data.test)
@@ -200,22 +198,19 @@ def run_prune(cfg: PruneConfig) -> dict:
     macs, params = macs_and_params(pruned, input_shape)
     base_macs, base_params = macs_and_params(model, input_shape)
     fingerprint = profiler.fingerprint
-    metadata = {
-        "edgeprune_version": edgeprune.__version__,
-        "input_name": "input",
-        "input_shape": "x".join(map(str, (profile.batch, *input_shape))),
-        "layout": "NCHW",
-        "preprocess": json.dumps(data.preprocess.to_dict(), sort_keys=True),
-        "class_names": ",".join(data.class_names),
-        "opset": str(profile.opset),
-        "precision": profile.precision,
-        "plan_sha256_16": plan.digest(),
-        "target": profile.name,
-    }
-    onnx_bytes = export_onnx(pruned, evaluator.shape, profile.opset, metadata)
-    final_latency, _ = profiler.latency(space.arch_key(picked.widths), evaluator.shape, lambda: onnx_bytes, fresh=True)
-    test_inputs = torch.cat([x for x, _ in data.test.batches(64, limit=64)])
-    parity_stats = parity(pruned, onnx_bytes, test_inputs)
+    # Checked + slimmed ONNX, timed fresh next to the unpruned model, latency and fingerprint in
+    # its metadata, parity and ONNX Runtime accuracy measured; manifest and card written below.
+    package = build_package(
+        pruned,
+        data,
+        profiler,
+        plan.digest(),
+        ExportOptions(opset=profile.opset, seed=cfg.seed, progress=cfg.progress),
+        torch_accuracy=pruned_acc,
+        reference="the unpruned model",
+    )
+    final_latency = package.fp32.latency
+    parity_stats = package.fp32.parity
     phases["export_s"] = time.perf_counter() - t
     phases["total_s"] = time.perf_counter() - t0
 
@@ -223,6 +218,7 @@ def run_prune(cfg: PruneConfig) -> dict:
         "edgeprune_version": edgeprune.__version__,
         "target": profile.name,
         "fingerprint": fingerprint,
+        "profile": profile.to_dict(),
         "budget_ms": budget_ms,
         "budget_met": final_latency.median_ms <= budget_ms,
         "model": spec,
@@ -247,17 +243,28 @@ def run_prune(cfg: PruneConfig) -> dict:
         },
         "pareto": [c.summary(space) for c in result.pareto],
         "search": {
-            "strategy": "nsga2",
-            "encoding": "width",
+            "strategy": cfg.strategy,
+            "encoding": cfg.encoding,
             "population": cfg.population,
             "generations": result.generations,
-            "evaluations": evaluator.evaluations,
+            "rounds": cfg.rounds,
+            # evaluations: distinct networks scored in this process; restored: answered from the
+            # checkpoint of an interrupted run (--resume).
+            "evaluations": sum(r.evaluator.evaluations for r in rounds),
+            "restored": sum(r.evaluator.restored for r in rounds),
             "latency_measurements": profiler.measurements,
+            # candidates the surrogate predicted far over the limit, so neither timed nor scored
+            "surrogate_skips": sum(r.evaluator.screen.skips for r in rounds if r.evaluator.screen),
             "cache_hits": profiler.cache_hits,
-            "wall_s": result.wall_s,
+            "wall_s": phases["search_s"],
             "seed": cfg.seed,
-            "history": result.history,
+            "history": [{"round": r.number, **h} for r in rounds if r.result for h in r.result.history],
         },
+        "rounds": [
+            {k: v for k, v in r.summary.items() if k != "finetune"}
+            | ({"plan": f"rounds/round-{r.number}/plan.json", "state_dict": f"rounds/round-{r.number}/state_dict.pt"} if cfg.rounds > 1 else {})
+            for r in rounds
+        ],
         "finetune": finetune,
         "parity": parity_stats,
         "phases": phases,
@@ -274,19 +281,25 @@ def run_prune(cfg: PruneConfig) -> dict:
 
     out = Path(cfg.out)
     with _staging(out) as tmp:
-        (tmp / "model.onnx").write_bytes(onnx_bytes)
         write_json(tmp / "plan.json", plan.to_dict())
         torch.save(pruned.state_dict(), tmp / "state_dict.pt")
+        if cfg.rounds > 1:  # every round's model, loadable with load_pruned like the final one
+            for r in rounds:
+                folder = tmp / "rounds" / f"round-{r.number}"
+                folder.mkdir(parents=True)
+                write_json(folder / "plan.json", r.plan.to_dict())
+                torch.save(r.model.state_dict(), folder / "state_dict.pt")
         plot_pareto(
             tmp / "pareto.png",
-            result.candidates,
+            [c for c in result.candidates if not c.predicted],
             result.pareto,
             budget_ms,
             baseline,
             picked,
             f"{cfg.model} on {profile.name}",
         )
-        write_json(tmp / "report.json", report)
+        finalize(tmp, report, package)  # model.onnx, report.json, MODEL_CARD.md, manifest.json
+    checkpoint.clear()  # the run is complete: nothing left to resume
     profiler.close()
     print_summary(report, out)
     return report

@@ -8,14 +8,17 @@ original weights, and a JSON-serialisable :class:`ChannelPlan` so a pruned model
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch_pruning.dependency import index_mapping
 
 PLAN_FORMAT_VERSION = 1
 
@@ -102,10 +105,161 @@ def _width_options(full: int, step: int) -> tuple[int, ...]:
     return tuple(grid + [full])
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _kind(node) -> str:
+    return type(node.grad_fn).__name__ if node.grad_fn is not None else ""
+
+
+def _input_size(node) -> tuple[int, ...]:
+    fn = node.grad_fn
+    return tuple(getattr(fn, "_saved_self_sym_sizes", None) or getattr(fn, "_saved_self_sizes", None) or ())
+
+
+_RESHAPES = ("View", "Reshape", "UnsafeView")
+_SHUFFLES = ("Transpose", "Permute")
+
+
+def _is_channel_shuffle(node) -> bool:
+    """A reshape joined to another reshape through a transpose (and copies): a channel shuffle."""
+    if not _kind(node).startswith(_RESHAPES):
+        return False
+    for direction in ("outputs", "inputs"):
+        frontier, shuffled = list(getattr(node, direction)), False
+        for _ in range(3):  # view → transpose → clone (contiguous) → view at most
+            nxt = []
+            for n in frontier:
+                kind = _kind(n)
+                if kind.startswith(_RESHAPES) and shuffled:
+                    return True
+                if kind.startswith(_SHUFFLES) or kind.startswith("Clone"):
+                    shuffled |= kind.startswith(_SHUFFLES)
+                    nxt.extend(getattr(n, direction))
+            frontier = nxt
+    return False
+
+
+@contextlib.contextmanager
+def _tolerant_reshape_mapping(broken: list):
+    """Keep Torch-Pruning away from channel shuffles, remembering where they are.
+
+    Torch-Pruning 1.6.1 maps a reshape's channels by a stride of ``in // out`` channels. On
+    ShuffleNetV2's channel shuffle (view → transpose → view) that divides by zero and aborts the
+    whole graph build, or, on the first view, produces a stride that blows one group up into
+    millions of indices. A shuffle permutes channels, which no stride describes, so the right
+    answer is not a better stride but "the groups through it are not prunable": we leave those
+    nodes unmapped and drop every group that reaches one (see :func:`_unsafe_reason`). The
+    patch is active only inside this context: Torch-Pruning re-runs the mapping on every
+    ``get_pruning_group``, so graph building and group queries must both happen in here.
+    """
+    original = index_mapping.update_reshape_index_mapping
+
+    def tolerant(graph, node):
+        if node in broken:
+            return
+        if _is_channel_shuffle(node):
+            broken.append(node)
+            return
+        deps = [d for n in [node, *node.inputs, *node.outputs] for d in n.dependencies]
+        before = [list(d.index_mapping) for d in deps]
+        try:
+            original(graph, node)
+        except ZeroDivisionError:
+            broken.append(node)
+            return
+        added = [m for d, b in zip(deps, before) for m in d.index_mapping if m not in b]
+        size = _input_size(node)
+        if added and not (len(size) == 4 and all(getattr(m, "_stride", None) == size[2] * size[3] for m in added)):
+            # A stride mapping on anything but an NCHW → (N, C·H·W) flatten: Swin/MaxViT window
+            # partitions and attention head splits, whose channels are not on dim 1. The mapping
+            # would be wrong, and chained it grows the index lists without bound (the "hang").
+            for d, b in zip(deps, before):
+                d.index_mapping[:] = b
+            broken.append(node)
+
+    index_mapping.update_reshape_index_mapping = tolerant
+    try:
+        yield broken
+    finally:
+        index_mapping.update_reshape_index_mapping = original
+
+
+def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's DependencyGraph of ``model``; use it inside ``_tolerant_reshape_mapping``
+    (Torch-Pruning re-runs the reshape mapping on every ``get_pruning_group``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "unwrapped parameters" notices: their coupling is traced anyway
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+
+
+def _all_groups(graph: tp.DependencyGraph, ignored: list[nn.Module]):
+    """``(root, group, error)`` for every Conv/Linear output group, as ``get_all_groups`` finds them.
+
+    Same walk as Torch-Pruning's ``get_all_groups``, but one group whose index mapping fails
+    (``IndexError`` inside a concat mapping on ShuffleNetV2) yields its error instead of
+    ending the iteration for the whole model.
+    """
+    visited: set[nn.Module] = set()
+    ignored = list(ignored) + list(graph.IGNORED_LAYERS_IN_TRACING)
+    for module in list(graph.module2node):
+        if module in ignored or module in visited or not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        pruner = graph.get_pruner_of_module(module)
+        if pruner is None or pruner.get_out_channels(module) is None:
+            continue
+        try:
+            group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(pruner.get_out_channels(module))))
+        except Exception as exc:  # Torch-Pruning's mapping code raises assorted errors on odd graphs
+            visited.add(module)
+            yield module, None, _one_line(exc)
+            continue
+        touches_ignored = False
+        for dep, _ in group:
+            if graph.is_out_channel_pruning_fn(dep.handler):
+                visited.add(dep.target.module)
+                touches_ignored |= dep.target.module in ignored
+        if not touches_ignored:
+            yield module, group, None
+
+
+def _unsafe_reason(group, broken: list) -> str | None:
+    """Why ``group`` is known to be unprunable before any probe, or None.
+
+    The probe runs at one width; these rules catch what fails only at other widths.
+    """
+    for item in group:
+        if item.dep.target in broken or item.dep.source in broken:
+            return (
+                "its channels pass a channel shuffle or a channels-last reshape (window partition, "
+                "attention heads), which Torch-Pruning cannot map"
+            )
+        module = item.dep.target.module
+        if isinstance(module, nn.Conv2d) and 1 < module.groups < module.in_channels:
+            # Torch-Pruning slices channels but keeps ``groups``: a width not divisible by it
+            # crashes, and even a divisible one mixes channels across conv groups.
+            return f"it feeds a grouped convolution (groups={module.groups}), whose groups Torch-Pruning cannot shrink evenly"
+        if isinstance(module, nn.MultiheadAttention):
+            return (
+                "it is the embedding width of nn.MultiheadAttention (heads, the class token and the "
+                "model's stored hidden_dim would all have to shrink with it)"
+            )
+    return None
+
+
 class ChannelSpace:
     """Prunable groups of a model, their widths on the target's step grid, and physical shrink."""
 
-    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], step: int, model_spec: dict | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        input_shape: tuple[int, ...],
+        step: int,
+        model_spec: dict | None = None,
+        probe: bool = True,
+    ):
         self.model = model.eval()
         self.input_shape = tuple(input_shape)
         self.step = step
@@ -114,29 +268,103 @@ class ChannelSpace:
         self.output_layer = output_layer(model, self.example)
         names = {m: n for n, m in model.named_modules()}
         self.output_layer_name = names[self.output_layer]
-        graph = self._graph(model)
+        # Groups Torch-Pruning cannot prune correctly, with the reason: reported, never fatal.
+        self.skipped: list[dict] = []
+        with _tolerant_reshape_mapping([]) as broken:
+            groups = self._candidates(build_graph(model, self.example), broken, names)
+        self.groups: list[Group] = self._working(groups) if probe and groups else groups
+        self.base_signature = hashlib.sha256((repr(model) + str(self.input_shape)).encode()).hexdigest()[:16]
+
+    def _candidates(self, graph: tp.DependencyGraph, broken: list, names: dict) -> list[Group]:
+        """Every group Torch-Pruning traces, minus those known to be unprunable (into ``skipped``)."""
         importance = tp.importance.GroupMagnitudeImportance(p=1)
         groups = []
-        for group in graph.get_all_groups(ignored_layers=[self.output_layer], root_module_types=(nn.Conv2d, nn.Linear)):
-            root = group[0].dep.target.module
+        for root, group, error in _all_groups(graph, [self.output_layer]):
+            name = names.get(root, repr(root))
+            if error is not None:
+                self.skipped.append({"group": name, "reason": f"Torch-Pruning cannot trace its coupling: {error}"})
+                continue
+            reason = _unsafe_reason(group, broken)
+            if reason is not None:
+                self.skipped.append({"group": name, "reason": reason})
+                continue
             full = graph.get_out_channels(root)
-            options = _width_options(full, step)
+            options = _width_options(full, self.step)
             if len(options) < 2:
                 continue  # already at or below one step: nothing to choose
             with torch.no_grad():
                 scores = importance(group)
             if scores is None or len(scores) != full:
+                self.skipped.append({"group": name, "reason": "no per-channel importance (coupled layers disagree on width)"})
                 continue
             order = tuple(int(i) for i in torch.argsort(scores, descending=True, stable=True))
             coupled = tuple(
                 dict.fromkeys(names[item.dep.target.module] for item in group if item.dep.target.module in names)
             )
-            groups.append(Group(names[root], full, options, order, coupled))
-        self.groups: list[Group] = groups
-        self.base_signature = hashlib.sha256((repr(model) + str(self.input_shape)).encode()).hexdigest()[:16]
+            groups.append(Group(name, full, options, order, coupled))
+        return groups
 
-    def _graph(self, model: nn.Module) -> tp.DependencyGraph:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=self.example)
+    # --- probing: a group is in the space only if pruning it gives a model that runs -------------
+
+    def _probe_error(self, groups: list[Group]) -> str | None:
+        """Why pruning ``groups`` to about half width breaks the model, or None when it runs.
+
+        Torch-Pruning can mis-handle layers it has no rule for (attention heads, window
+        partitions, channel shuffles) without complaining at prune time; a forward pass at the
+        real input shape, with the output shape compared, is the check that cannot be fooled.
+        """
+        kept = {g.name: g.kept(g.options[g.nearest_option(0.5 * g.full)]) for g in groups}
+        try:
+            model = copy.deepcopy(self.model)
+            apply_plan(model, ChannelPlan(kept=kept), self.example)
+            with torch.no_grad():
+                out = model.eval()(self.example)
+        except Exception as exc:  # any failure means "not prunable this way"; the text is the reason
+            return _one_line(exc)
+        expected = self._output_shape()
+        if tuple(out.shape) != expected:
+            return f"output shape changes from {expected} to {tuple(out.shape)}"
+        return None
+
+    def _output_shape(self) -> tuple[int, ...]:
+        if not hasattr(self, "_out_shape"):
+            with torch.no_grad():
+                self._out_shape = tuple(self.model(self.example).shape)
+        return self._out_shape
+
+    def _working(self, groups: list[Group]) -> list[Group]:
+        """The groups that can be pruned together; the others go to ``skipped`` with the error.
+
+        One probe of all groups at once is the common case (one forward); only on failure does
+        it bisect, so the cost grows with log(groups) per broken group, not with the group count.
+        """
+        error = self._probe_error(groups)
+        if error is None:
+            return groups
+        good = self._bisect(groups, error)
+        if good and self._probe_error(good) is not None:
+            # Each half works alone but not together: add groups one by one (rare, slow, exact).
+            together: list[Group] = []
+            for g in good:
+                error = self._probe_error(together + [g])
+                if error is None:
+                    together.append(g)
+                else:
+                    self.skipped.append({"group": g.name, "reason": f"pruning it with the others breaks the forward pass: {error}"})
+            good = together
+        return good
+
+    def _bisect(self, groups: list[Group], error: str) -> list[Group]:
+        """The working subset of ``groups``, which fail together with ``error``."""
+        if len(groups) == 1:
+            self.skipped.append({"group": groups[0].name, "reason": f"pruning it breaks the forward pass: {error}"})
+            return []
+        half = len(groups) // 2
+        parts = []
+        for part in (groups[:half], groups[half:]):
+            part_error = self._probe_error(part)
+            parts.extend(part if part_error is None else self._bisect(part, part_error))
+        return parts
 
     # --- genome <-> widths <-> plan -------------------------------------------------------------
 
@@ -186,17 +414,18 @@ class ChannelSpace:
 
 def apply_plan(model: nn.Module, plan: ChannelPlan, example: torch.Tensor) -> nn.Module:
     """Prune ``model`` in place so each group keeps exactly ``plan.kept[group]`` channels."""
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     modules = dict(model.named_modules())
-    for name, kept in plan.kept.items():
-        root = modules[name]
-        full = graph.get_out_channels(root)
-        removed = sorted(set(range(full)) - set(kept))
-        if not removed:
-            continue
-        pruner = graph.get_pruner_of_module(root)
-        group = graph.get_pruning_group(root, pruner.prune_out_channels, idxs=removed)
-        group.prune()
+    with _tolerant_reshape_mapping([]):
+        graph = build_graph(model, example)
+        for name, kept in plan.kept.items():
+            root = modules[name]
+            full = graph.get_out_channels(root)
+            removed = sorted(set(range(full)) - set(kept))
+            if not removed:
+                continue
+            pruner = graph.get_pruner_of_module(root)
+            group = graph.get_pruning_group(root, pruner.prune_out_channels, idxs=removed)
+            group.prune()
     return model
 
 

@@ -24,6 +24,10 @@ def export_onnx_bytes(
     the middle of fine-tuning leaves e.g. deliberately frozen BatchNorm layers as they were.
     """
     modes = {m: m.training for m in model.modules()}
+    # In eval + no_grad, nn.MultiheadAttention takes a fused fast path whose op
+    # (aten::_native_multi_head_attention) has no ONNX export: trace the plain path instead.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     first = next(model.parameters(), None)
     dummy = torch.zeros(input_shape, device=first.device if first is not None else "cpu")
     buffer = io.BytesIO()
@@ -41,6 +45,7 @@ def export_onnx_bytes(
                 dynamo=False,
             )
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for m, training in modes.items():
             m.training = training
     return buffer.getvalue()

@@ -50,7 +50,8 @@ SHAPE = (3, 32, 32)
 
 
 def trained_weights(name: str, epochs: float, seed: int) -> Path:
-    path = default_cache_path().parent / "bench" / f"{name}-fashion-mnist-3x32x32-e{epochs:g}-s{seed}.pt"
+    # The demo's naming and recipe: mobilenet_v2 reuses the demo's trained weights.
+    path = default_cache_path().parent / "demo" / f"{name}-fashion-mnist-3x32x32-e{epochs:g}-s{seed}.pt"
     if not path.exists():
         train_and_save(f"torchvision:{name}", data="fashion-mnist", input_shape="3x32x32", out=path, epochs=epochs, seed=seed, num_classes=10)
     return path

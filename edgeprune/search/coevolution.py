@@ -31,7 +31,7 @@ import numpy as np
 from edgeprune.fitness import Evaluator
 from edgeprune.progress import progress_bar
 from edgeprune.search.checkpoint import SearchJournal
-from edgeprune.search.nsga import SearchResult, best_feasible, hypervolume, pareto_front
+from edgeprune.search.nsga import SearchResult, finish, record_generation
 from edgeprune.space import Choice, Group
 
 # CCSRP's settings (section 4): p1 = 0.05, p2 = 0.1, r = 0.1.
@@ -108,30 +108,9 @@ def run_coevolution(
                 break  # every group kept its mask: more passes would repeat this one
             base = new
             combined = evaluator.evaluate(base)
-            seen = list(evaluator.results.values())
-            best = best_feasible(seen, budget_ms)
-            front = pareto_front(seen)
-            entry = {
-                "generation": number,
-                "evaluations": len(seen),
-                "best_accuracy": best.accuracy if best else None,
-                "best_latency_ms": best.latency.median_ms if best else None,
-                "hypervolume": hypervolume(front, reference_ms or max(c.latency.median_ms for c in seen)),
-                "pareto": [{"accuracy": c.accuracy, "latency_ms": c.latency.median_ms, "macs": c.macs} for c in front],
-                "wall_s": time.perf_counter() - start,
-            }
-            history.append(entry)
-            if journal is not None:
-                journal.record_generation(entry)
+            record_generation(number, evaluator, budget_ms, reference_ms, start, history, journal)
             bar.update(task, advance=1, status=f"pass {number}: {combined.latency.median_ms:.4f} ms, acc {combined.accuracy:.4f}")
-    candidates = list(evaluator.results.values())
-    return SearchResult(
-        candidates=candidates,
-        pareto=pareto_front(candidates, budget_ms),
-        history=history,
-        generations=len(history),
-        wall_s=time.perf_counter() - start,
-    )
+    return finish(evaluator, budget_ms, history, start)
 
 
 def _evolve_group(evaluator, base, gi, group, d, generations, p1, p2, bound, tolerance, rng) -> tuple[int, ...]:

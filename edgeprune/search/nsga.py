@@ -105,26 +105,38 @@ def run_nsga2(
             G = np.array([[c.latency.median_ms - budget_ms] for c in cands])
             PymooEvaluator().eval(StaticProblem(problem, F=F, G=G), pop)
             algorithm.tell(infills=pop)
-            seen = list(evaluator.results.values())
-            best = best_feasible(seen, budget_ms)
-            front = pareto_front(seen)
-            ref = reference_ms or max(c.latency.median_ms for c in seen)
-            entry = {
-                "generation": gen + 1,
-                "evaluations": len(seen),
-                "best_accuracy": best.accuracy if best else None,
-                "best_latency_ms": best.latency.median_ms if best else None,
-                "hypervolume": hypervolume(front, ref),
-                "pareto": [{"accuracy": c.accuracy, "latency_ms": c.latency.median_ms, "macs": c.macs} for c in front],
-                "wall_s": time.perf_counter() - start,
-            }
-            history.append(entry)
-            if journal is not None:
-                journal.record_generation(entry)
+            entry = record_generation(gen + 1, evaluator, budget_ms, reference_ms, start, history, journal)
             status = (
-                f"best feasible acc {best.accuracy:.4f} @ {best.latency.median_ms:.4f} ms" if best else "no feasible yet"
+                f"best feasible acc {entry['best_accuracy']:.4f} @ {entry['best_latency_ms']:.4f} ms"
+                if entry["best_accuracy"] is not None
+                else "no feasible yet"
             )
-            bar.update(task, advance=1, status=f"gen {gen + 1}/{generations} · {len(seen)} evals · {status}")
+            bar.update(task, advance=1, status=f"gen {gen + 1}/{generations} · {entry['evaluations']} evals · {status}")
+    return finish(evaluator, budget_ms, history, start)
+
+
+def record_generation(number, evaluator: Evaluator, budget_ms, reference_ms, start, history, journal) -> dict:
+    """One generation's summary (best feasible, Pareto front, hypervolume) into ``history`` and the
+    journal; shared by every strategy so that reports read the same."""
+    seen = list(evaluator.results.values())
+    best = best_feasible(seen, budget_ms)
+    front = pareto_front(seen)
+    entry = {
+        "generation": number,
+        "evaluations": len(seen),
+        "best_accuracy": best.accuracy if best else None,
+        "best_latency_ms": best.latency.median_ms if best else None,
+        "hypervolume": hypervolume(front, reference_ms or max(c.latency.median_ms for c in seen)),
+        "pareto": [{"accuracy": c.accuracy, "latency_ms": c.latency.median_ms, "macs": c.macs} for c in front],
+        "wall_s": time.perf_counter() - start,
+    }
+    history.append(entry)
+    if journal is not None:
+        journal.record_generation(entry)
+    return entry
+
+
+def finish(evaluator: Evaluator, budget_ms: float, history: list[dict], start: float) -> SearchResult:
     candidates = list(evaluator.results.values())
     return SearchResult(
         candidates=candidates,

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     pr = sub.add_parser("profile", help="measure an ONNX model's latency on a target (the cache answers repeats)")
-    pr.add_argument("onnx", help="ONNX file with a fixed input shape (with --validate-surrogate: a model spec such as torchvision:mobilenet_v2)")
+    pr.add_argument("onnx", help="ONNX file with a fixed input shape, or a symbolic batch timed at the target's batch (with --validate-surrogate: a model spec such as torchvision:mobilenet_v2)")
     pr.add_argument("--target", default="x86-cpu", help="target profile name or YAML path (default x86-cpu)")
     pr.add_argument("--repeats", type=int, default=1, help="independent measurements (fresh sessions); the median of medians is shown (default 1)")
     pr.add_argument("--json", action="store_true", help="print the stats as JSON")

@@ -197,29 +197,13 @@ def load_budgets(
 
 
 def _read_model(budget: Budget) -> tuple[bytes, tuple[int, ...]]:
-    """The model's bytes and the shape to time it at; a symbolic batch is timed at the target's
-    batch (what ``edgeprune export --dynamic-batch`` writes), any other symbolic dim is an error."""
-    where, path = budget.where, budget.path
-    if not path.is_file():
-        raise UserError(f"{where}: ONNX file {path} not found; fix the model path")
-    import onnx  # lazily: the CLI imports this module to build its parser
+    """The model's bytes and the shape to time it at (a symbolic batch at the target's batch)."""
+    from edgeprune.profiling.onnx_file import load_onnx  # lazily: the CLI imports this module to build its parser
 
-    blob = path.read_bytes()
     try:
-        proto = onnx.load_from_string(blob)
-        onnx.checker.check_model(proto)
-    except Exception as exc:  # protobuf and checker errors come in many types
-        raise UserError(f"{where}: {path} is not a valid ONNX model ({str(exc).splitlines()[0][:160]}); export it again") from None
-    initializers = {i.name for i in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise UserError(f"{where}: {path} has {len(inputs)} inputs; the gate times single-input models")
-    dims = [d.dim_value if d.dim_value > 0 else None for d in inputs[0].type.tensor_type.shape.dim]
-    if dims and dims[0] is None:
-        dims[0] = budget.profile.batch
-    if not dims or any(d is None for d in dims):
-        raise UserError(f"{where}: {path} has a symbolic input shape beyond the batch; export it with a fixed shape")
-    return blob, tuple(dims)
+        return load_onnx(budget.path, batch=budget.profile.batch)
+    except UserError as exc:
+        raise UserError(f"{budget.where}: {exc}") from None
 
 
 def prepare(budgets: list[Budget]) -> None:

@@ -35,7 +35,7 @@ def _profile_file(args, profile) -> int:
     from edgeprune.profiling.isolated import IsolatedOrtBackend
     from edgeprune.profiling.onnx_file import load_onnx
 
-    blob, shape = load_onnx(args.onnx)
+    blob, shape = load_onnx(args.onnx, batch=profile.batch)
     backend = IsolatedOrtBackend(profile)  # the measuring child starts only when needed
     fingerprint = backend.fingerprint()
     fp_hash, arch = fingerprint_hash(fingerprint), graph_key(blob)

@@ -165,7 +165,9 @@ class Agent:
         from edgeprune.profiling.fingerprint import device_facts  # noqa: PLC0415
 
         with self.lock:  # the probes run commands; keep them off a running measurement
-            return {"device": device_facts(tensorrt=True), "edgeprune": __version__}
+            # The cap travels with the facts so a client can refuse an oversized upload itself: the
+            # 413 is sent without reading the body, and a client still sending sees a broken pipe.
+            return {"device": device_facts(tensorrt=True), "edgeprune": __version__, "max_upload_bytes": self.max_upload_bytes}
 
     def add_reference(self, blob: bytes, shape: tuple[int, ...] | None) -> dict[str, Any]:
         with self.lock:

@@ -297,6 +297,20 @@ def test_specific_refusals_carry_the_right_status(token_agent, onnx_bytes):
     assert status == 200 and body["device"]["cpu"]
 
 
+def test_remote_refuses_an_upload_above_the_agents_cap_with_the_fix(token_agent):
+    """The cap comes with the fingerprint: the client names it instead of a broken pipe."""
+    os.environ["EDGEPRUNE_AGENT_TOKEN"] = TOKEN
+    try:
+        backend = RemoteBackend(_profile(token_agent.url))
+        assert backend.fingerprint()
+        big = export_onnx_bytes(nn.Sequential(nn.Conv2d(3, 400, 3), nn.Conv2d(400, 400, 1)).eval(), SHAPE, 17)
+        assert len(big) > 0.5 * 2**20
+        with pytest.raises(ValueError, match=r"above the agent.s cap of 524288; restart the agent with a larger --max-upload-mb"):
+            backend.measure(big, SHAPE)
+    finally:
+        del os.environ["EDGEPRUNE_AGENT_TOKEN"]
+
+
 def test_wrong_token_is_a_user_error(token_agent):
     with pytest.raises(UserError, match="refused the token"):
         RemoteBackend(_profile(token_agent.url)).fingerprint()

@@ -40,6 +40,7 @@ class RemoteBackend:
         self._token = _token(profile)
         self._profile_header = base64.urlsafe_b64encode(json.dumps(profile.to_dict()).encode()).decode().rstrip("=")
         self._fingerprint: dict[str, Any] | None = None
+        self._max_upload: int | None = None
         self._reference: tuple[bytes, tuple[int, ...]] | None = None
         self._reference_id: str | None = None
 
@@ -48,9 +49,21 @@ class RemoteBackend:
         if self._fingerprint is None:
             reply = self._call("GET", "/fingerprint", timeout=_FINGERPRINT_TIMEOUT_S)
             self._fingerprint = compose_fingerprint(self.profile, reply["device"])
+            cap = reply.get("max_upload_bytes")
+            self._max_upload = int(cap) if isinstance(cap, int) and cap > 0 else None
         return dict(self._fingerprint)
 
+    def _check_size(self, blob: bytes) -> None:
+        """Refuse an upload above the agent's cap here, with the fix, instead of a broken pipe."""
+        self.fingerprint()
+        if self._max_upload is not None and len(blob) > self._max_upload:
+            raise ValueError(
+                f"agent {self.url}: model is {len(blob)} bytes, above the agent's cap of {self._max_upload}; "
+                "restart the agent with a larger --max-upload-mb"
+            )
+
     def measure(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> LatencyStats:
+        self._check_size(onnx_bytes)
         reply = self._call("POST", f"/measure?shape={_shape(input_shape)}", onnx_bytes, profile=True)
         return LatencyStats.from_dict(reply["stats"])
 
@@ -63,6 +76,8 @@ class RemoteBackend:
     def measure_pair(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> tuple[LatencyStats, LatencyStats]:
         if self._reference is None:
             raise ValueError("set_reference() must be called before measure_pair()")
+        self._check_size(self._reference[0])
+        self._check_size(onnx_bytes)
         for attempt in range(2):
             if self._reference_id is None:
                 blob, shape = self._reference

@@ -180,11 +180,29 @@ def _tolerant_reshape_mapping(broken: list):
                 d.index_mapping[:] = b
             broken.append(node)
 
+    original_concat = index_mapping.update_concat_index_mapping
+
+    def tolerant_concat(graph, node):
+        # Swin-S/B's PatchMerging concatenates on the channels-last dim; Torch-Pruning 1.6.1 then
+        # infers some input widths as None and sums them (TypeError), aborting the graph build.
+        if node in broken:
+            return
+        deps = [d for n in [node, *node.inputs] for d in n.dependencies]
+        before = [list(d.index_mapping) for d in deps]
+        try:
+            original_concat(graph, node)
+        except TypeError:
+            for d, b in zip(deps, before):
+                d.index_mapping[:] = b
+            broken.append(node)
+
     index_mapping.update_reshape_index_mapping = tolerant
+    index_mapping.update_concat_index_mapping = tolerant_concat
     try:
         yield broken
     finally:
         index_mapping.update_reshape_index_mapping = original
+        index_mapping.update_concat_index_mapping = original_concat
 
 
 def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
@@ -233,8 +251,8 @@ def _unsafe_reason(group, broken: list) -> str | None:
     for item in group:
         if item.dep.target in broken or item.dep.source in broken:
             return (
-                "its channels pass a channel shuffle or a channels-last reshape (window partition, "
-                "attention heads), which Torch-Pruning cannot map"
+                "its channels pass a channel shuffle, a channels-last reshape (window partition, "
+                "attention heads) or a channels-last concat (patch merging), which Torch-Pruning cannot map"
             )
         module = item.dep.target.module
         if isinstance(module, nn.Conv2d) and 1 < module.groups < module.in_channels:

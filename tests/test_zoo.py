@@ -53,3 +53,28 @@ def test_reduced_vit_prunes_mlps_and_skips_the_attention_width():
     assert row["ok"], row
     assert row["groups"] == 2  # the two MLP hidden layers
     assert any("MultiheadAttention" in s["reason"] for s in row["skipped"])
+
+
+class _Concat(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.c, self.d = torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.Conv2d(3, 32, 3, padding=1)
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        y = self.c(torch.cat([self.a(x), self.b(x)], 1)) + self.d(x)
+        return self.head(y.mean((2, 3)))
+
+
+def test_a_concat_whose_widths_torch_pruning_cannot_infer_is_left_out_not_fatal(monkeypatch):
+    # Swin-S/B: past its recursion limit Torch-Pruning infers a concat input width as None and
+    # then sums the widths (TypeError), which aborted the whole graph build.
+    from torch_pruning.dependency import shape_infer
+
+    monkeypatch.setattr(shape_infer, "infer_channels_between", lambda *a, **k: None)
+    row = zoo_sweep.check_model("concat_unknown_widths", _images, model=_Concat(), size=16)
+    assert row["ok"], row
+    assert [s["group"] for s in row["skipped"]] == ["a"]  # a and b meet in the concat: one group
+    assert "concat" in row["skipped"][0]["reason"]
+    assert row["groups"] == 1  # the residual group (c, d) is still prunable

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="OUT_DIR", help="continue an interrupted run from OUT_DIR.checkpoint (no other options needed)")
     p.add_argument("--finetune-epochs", type=float, default=1.0, help="fine-tune epochs of the picked model, may be fractional (default 1)")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tune peak learning rate, cosine schedule (default 0.01)")
+    p.add_argument("--refine-top", type=int, default=6, help="how many of the most accurate feasible candidates get a short fine-tune before the pick (default 6)")
+    p.add_argument("--refine-epochs", type=float, default=0.2, help="epochs of that short fine-tune per candidate; 0 picks by adaptive-BN accuracy alone (default 0.2)")
     p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of distillation from the original model (default 0.5; 0 = plain labels)")
     p.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature (default 4)")
     p.add_argument("--out", default="edgeprune-out", help="output folder (replaced only when the run succeeds; default edgeprune-out)")
@@ -157,6 +159,8 @@ def _cmd_prune(args) -> int:
             screen=not args.no_screen,
             encoding=args.encoding,
             finetune_epochs=args.finetune_epochs,
+            refine_epochs=args.refine_epochs,
+            refine_top=args.refine_top,
             lr=args.lr,
             kd_alpha=args.kd_alpha,
             kd_temperature=args.kd_temperature,

@@ -56,6 +56,8 @@ class PruneConfig:
     population: int = 16
     generations: int = 8
     finetune_epochs: float = 1.0
+    refine_epochs: float = 0.2
+    refine_top: int = 6
     lr: float = 0.01
     batch_size: int = 128
     kd_alpha: float = 0.5
@@ -90,6 +92,10 @@ def _validate(cfg: PruneConfig) -> None:
         raise UserError(f"--rounds must be at least 1, got {cfg.rounds}")
     if cfg.finetune_epochs < 0:
         raise UserError(f"--finetune-epochs cannot be negative, got {cfg.finetune_epochs}")
+    if cfg.refine_epochs < 0:
+        raise UserError(f"--refine-epochs cannot be negative, got {cfg.refine_epochs}")
+    if cfg.refine_top < 1:
+        raise UserError(f"--refine-top must be at least 1, got {cfg.refine_top}")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file; pass --out with a folder path")

@@ -20,7 +20,8 @@ FAST = ["--population", "4", "--generations", "2", "--finetune-epochs", "1", "--
 
 def test_end_to_end_prune_writes_a_deployable_folder(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "edgeprune", *TINY, "--budget-ms", "5", *FAST, "--out", str(out), "--cache", str(tmp_path / "c.sqlite")]
+    cmd = [sys.executable, "-m", "edgeprune", *TINY, "--budget-ms", "5", *FAST, "--refine-top", "3", "--refine-epochs", "0.2",
+           "--out", str(out), "--cache", str(tmp_path / "c.sqlite")]
     run = subprocess.run(cmd, cwd=TESTS, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(TESTS)})
     assert run.returncode == 0, run.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == [
@@ -36,6 +37,9 @@ def test_end_to_end_prune_writes_a_deployable_folder(tmp_path):
     assert report["parity"]["top1_agreement"] == 1.0
     plan = json.loads((out / "plan.json").read_text())
     assert plan["widths"] == report["pruned"]["group_widths"]
+    tuned = report["rounds"][0]["short_tune"]  # the pick is the best after the short fine-tune
+    assert 2 <= len(tuned) <= 3 and [r["widths"] for r in tuned if r.get("picked")] == [report["rounds"][0]["group_widths_round"]]
+    assert max(tuned, key=lambda r: r["holdout_accuracy_short_tune"]).get("picked")
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     logits = session.run(None, {"input": np.zeros((1, 1, 8, 8), np.float32)})[0]
     assert logits.shape == (1, 10)

@@ -1,13 +1,16 @@
 """The GA with real evaluations: a tiny residual net on sklearn's digits, measured in onnxruntime."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from tiny_models import TinyResNet
 
 from edgeprune.data import load_data
-from edgeprune.fitness import Evaluator, recalibrate_bn
+from edgeprune.fitness import Candidate, Evaluator, recalibrate_bn
+from edgeprune.profiling.stats import LatencyStats
+from edgeprune.rounds import refine, shortlist, uniform_seeds
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.search.nsga import run_nsga2
 from edgeprune.space import ChannelSpace
@@ -63,3 +66,72 @@ def test_adaptive_bn_restores_statistics_of_a_pruned_model(setup):
     recalibrate_bn(model, batches)
     assert not model.training
     assert bn.running_mean.abs().max() < 50 and bn.momentum == 0.1
+
+
+class _WidthClock:
+    """Stands in for an Evaluator: the search's latency is the total width (deterministic); a
+    fresh re-measure is 1 ms, or far over any budget for the widths in ``over``."""
+
+    def __init__(self, space, over=()):
+        self.space, self.over, self.asked = space, set(over), []
+
+    def evaluate_widths(self, widths):
+        self.asked.append(tuple(widths))
+        return SimpleNamespace(latency=SimpleNamespace(median_ms=float(sum(widths))))
+
+    def latency(self, widths, fresh=False):
+        return SimpleNamespace(median_ms=1e9 if tuple(widths) in self.over else 1.0)
+
+
+def test_uniform_seed_is_the_widest_uniform_ratio_within_the_budget(setup):
+    space = setup[1]
+    clock = _WidthClock(space)
+    widths = lambda r: space.widths_from_indices(space.uniform_indices(r))  # noqa: E731
+    budget = sum(widths(0.5)) + 0.5
+    seeds = uniform_seeds(clock, budget)
+    expected = max((round(0.05 * k, 2) for k in range(1, 21)), key=lambda r: (sum(widths(r)) <= budget, r))
+    assert sum(widths(expected)) <= budget
+    assert space.widths_from_indices(seeds[0]) == widths(expected)
+    assert len(clock.asked) <= 6  # bisection, not a scan of all 20 ratios
+
+
+def test_shortlist_skips_candidates_whose_fresh_measurement_misses_the_budget(setup):
+    space = setup[1]
+    full = space.widths_from_indices(space.full_indices())
+    small = space.widths_from_indices(space.min_indices())
+    mid = space.widths_from_indices(space.uniform_indices(0.5))
+    cands = [
+        Candidate(space.choice(w), acc, LatencyStats(10, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0), 0, 0)
+        for w, acc in ((full, 0.9), (mid, 0.8), (small, 0.7))
+    ]
+    picked = shortlist(_WidthClock(space, over=[full]), cands, 2.0, 2.0, size=2)
+    assert [c.widths for c in picked] == [mid, small]  # most accurate first; the lucky one dropped
+
+
+def test_refine_picks_the_candidate_that_recovers_best_and_reports_all(setup):
+    data, space = setup
+    evaluator = SimpleNamespace(space=space, data=data)
+    cfg = SimpleNamespace(refine_epochs=0.5, lr=0.01, batch_size=64, seed=0, kd_alpha=0.5, kd_temperature=4.0, progress=False)
+    tiny = space.widths_from_indices(space.min_indices())
+    full = space.widths_from_indices(space.full_indices())
+    stats = LatencyStats(10, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0)
+    # Adaptive-BN says the narrowest network is best; after the short tune the full one wins.
+    cands = [Candidate(space.choice(tiny), 0.99, stats, 0, 0), Candidate(space.choice(full), 0.10, stats, 0, 0)]
+    picked, rows = refine(cfg, evaluator, space.model, cands)
+    assert [r["holdout_accuracy_adaptive_bn"] for r in rows] == [0.99, 0.10]
+    best = max(rows, key=lambda r: r["holdout_accuracy_short_tune"])
+    assert best.get("picked") and list(picked.widths) == best["widths"]
+    assert sum(1 for r in rows if r.get("picked")) == 1
+    cfg.refine_epochs = 0  # off: the shortlist's first (most accurate by adaptive BN) is the pick
+    assert refine(cfg, evaluator, space.model, cands) == (cands[0], [])
+
+
+def test_seeds_join_the_first_population(setup, tmp_path):
+    data, space = setup
+    profiler = Profiler(load_profile(str(PROFILE)), cache_path=tmp_path / "c.sqlite")
+    evaluator = Evaluator(space, data, profiler, opset=17, seed=0)
+    seed = [0] * len(space.groups)
+    seed[-1] = len(space.groups[-1].options) - 1
+    run_nsga2(evaluator, 1e9, population=4, generations=1, seed=0, show_progress=False, seeds=[seed], focus=0.9)
+    profiler.close()
+    assert space.choice(space.widths_from_indices(seed)) in evaluator.results

@@ -12,6 +12,8 @@ lie on the target's step grid, so every genome is a network the target runs on f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from pymoo.core.crossover import Crossover
 from pymoo.core.mutation import Mutation
@@ -50,14 +52,15 @@ class WidthEncoding:
         widths = self.space.widths_from_indices(np.clip(np.rint(genome).astype(int), 0, self.upper))
         return self.space.choice(widths)
 
-    def initial(self, size: int, rng: np.random.Generator) -> np.ndarray:
-        """The unpruned model, uniform-ratio models, then jittered uniform models.
+    def initial(self, size: int, rng: np.random.Generator, seeds: Sequence[Sequence[int]] = ()) -> np.ndarray:
+        """The unpruned model, ``seeds`` (width indices), uniform-ratio models, then jittered ones.
 
-        Seeding with uniform pruning means the search starts from the best simple baseline and
-        can only improve on it; jitter around random ratios covers the rest of the front.
+        Seeding with uniform pruning (the caller passes the uniform ratio that just meets the
+        budget) means the search starts from the best simple baseline and can only improve on
+        it; jitter around random ratios covers the rest of the front.
         """
         space = self.space
-        rows = [space.full_indices()]
+        rows = [space.full_indices(), *(list(r) for r in seeds)]
         for ratio in UNIFORM_SEEDS:
             rows.append(space.uniform_indices(ratio))
         while len(rows) < size:
@@ -175,14 +178,16 @@ class MaskEncoding:
             genome[sl.start + np.asarray(kept, dtype=int)] = 1
         return genome
 
-    def initial(self, size: int, rng: np.random.Generator) -> np.ndarray:
-        """The unpruned model, uniform-ratio models (top-k by importance), then random masks.
+    def initial(self, size: int, rng: np.random.Generator, seeds: Sequence[Sequence[int]] = ()) -> np.ndarray:
+        """The unpruned model, ``seeds`` and uniform-ratio models (top-k by importance), then
+        random masks.
 
         The random ones draw a ratio per individual and keep each bit with that probability per
         group, never below the ratio bound, so the population spans the whole size range.
         """
         space = self.space
         rows = [self.encode(space.choice(space.widths_from_indices(space.full_indices())))]
+        rows += [self.encode(space.choice(space.widths_from_indices(r))) for r in seeds]
         for ratio in UNIFORM_SEEDS:
             rows.append(self.encode(space.choice(space.widths_from_indices(space.uniform_indices(ratio)))))
         low = max(self.ratio_bound, 0.2)

@@ -111,6 +111,9 @@ def test_validate_surrogate_cli_on_a_tiny_model(capsys):
     assert (result["n_fit"], result["n_validate"], len(result["candidates"])) == (4, 3, 3)
     assert 0 <= result["within_10pct"] <= 1 and result["median_abs_error_pct"] >= 0
     assert all(c["measured_ms"] > 0 and c["predicted_ms"] > 0 for c in result["candidates"])
+    # Two independent measurements per validation candidate; the score is against their mean.
+    assert all(c["measured_ms"] == pytest.approx((c["first_ms"] + c["second_ms"]) / 2) for c in result["candidates"])
+    assert 0 <= result["remeasure_within_10pct"] <= 1
 
 
 def test_validate_surrogate_needs_an_input_shape(capsys):

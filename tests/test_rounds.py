@@ -5,11 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import TinyResNet
 
+from edgeprune.data import load_data
 from edgeprune.pipeline import PruneConfig, run_prune
 from edgeprune.pruned import load_pruned
 from edgeprune.rounds import compose, round_budgets
 from edgeprune.space import ChannelPlan
+from edgeprune.training import train
 
 PROFILE = str(Path(__file__).parent / "fixtures" / "fast-cpu.yaml")
 
@@ -26,9 +29,15 @@ def test_compose_maps_later_indices_onto_the_original():
 
 
 def test_two_rounds_keep_both_models_and_the_final_plan_rebuilds(tmp_path):
+    # Trained weights: with random ones every candidate scores ~10 %, and round 1 may pick the
+    # narrowest network, which leaves round 2 nothing to prune.
+    torch.manual_seed(0)
+    model = TinyResNet()
+    train(model, load_data("digits", holdout=300, seed=0).train, 3, lr=0.05, seed=0, progress=False)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
     out = tmp_path / "out"
     cfg = PruneConfig(
-        model="tiny_models:tiny_resnet", target=PROFILE, data="digits", holdout=300, speedup=1.3,
+        model="tiny_models:tiny_resnet", weights=str(tmp_path / "w.pt"), target=PROFILE, data="digits", holdout=300, speedup=1.3,
         population=4, generations=2, finetune_epochs=0.2, rounds=2, out=str(out),
         cache=str(tmp_path / "c.sqlite"), progress=False,
     )

@@ -136,9 +136,9 @@ def uniform_seeds(evaluator: Evaluator, budget_ms: float) -> list[list[int]]:
     space = evaluator.space
     ratios = [round(0.05 * k, 2) for k in range(1, 21)]
     meets = lambda r: evaluator.evaluate_widths(space.widths_from_indices(space.uniform_indices(r))).latency.median_ms <= budget_ms  # noqa: E731
-    lo, hi = -1, len(ratios) - 1  # ratios[hi] (the unpruned model) is over the budget
-    if meets(ratios[hi]):
+    if meets(ratios[-1]):  # the unpruned model already meets it
         return [space.uniform_indices(1.0)]
+    lo, hi = -1, len(ratios) - 1  # invariant: ratios[hi] misses the budget, ratios[lo] (if any) meets it
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if meets(ratios[mid]):

@@ -12,7 +12,7 @@ from edgeprune.fitness import Candidate, Evaluator, recalibrate_bn
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.rounds import refine, shortlist, uniform_seeds
 from edgeprune.profiling.profiler import Profiler
-from edgeprune.search.nsga import run_nsga2
+from edgeprune.search.nsga import objectives, run_nsga2
 from edgeprune.space import ChannelSpace
 from edgeprune.targets import load_profile
 
@@ -135,3 +135,14 @@ def test_seeds_join_the_first_population(setup, tmp_path):
     run_nsga2(evaluator, 1e9, population=4, generations=1, seed=0, show_progress=False, seeds=[seed], focus=0.9)
     profiler.close()
     assert space.choice(space.widths_from_indices(seed)) in evaluator.results
+
+
+def test_focus_ties_latencies_under_the_floor_but_keeps_the_constraint(setup):
+    space = setup[1]
+    stats = lambda ms: LatencyStats(10, ms, ms, ms, ms, 0.0, 0.0)  # noqa: E731
+    choice = space.choice(space.widths_from_indices(space.full_indices()))
+    cands = [Candidate(choice, 0.8, stats(ms), 0, 0) for ms in (0.2, 0.5, 0.95, 1.2)]
+    F, G = objectives(cands, budget_ms=1.0, focus=0.9)
+    assert F[:, 1].tolist() == [0.9, 0.9, 0.95, 1.2]  # far under the budget: no better than 0.9
+    assert G[:, 0].tolist() == pytest.approx([-0.8, -0.5, -0.05, 0.2])  # feasibility: real latency
+    assert objectives(cands, 1.0)[0][:, 1].tolist() == [0.2, 0.5, 0.95, 1.2]  # focus off

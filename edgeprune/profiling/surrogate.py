@@ -326,8 +326,8 @@ class SurrogateValidation:
     measured_ms: list[float]  # mean of the two independent measurements below
     predicted_ms: list[float]
     # Each validation candidate is measured twice, in two passes minutes apart (fresh sessions):
-    # how often two measurements of the SAME network agree within ±10 % bounds what any
-    # predictor can show against one measurement on this machine.
+    # how often two measurements of the SAME network agree within ±10 % shows how far this
+    # machine agrees with itself, which caps what any predictor can be shown to reach.
     first_ms: list[float] = field(default_factory=list)
     second_ms: list[float] = field(default_factory=list)
 

@@ -108,8 +108,7 @@ def run_nsga2(
                 bar.update(task, completed=generations, status=f"space exhausted after {gen} generations")
                 break
             cands = [evaluator.evaluate(encoding.decode(x)) for x in pop.get("X")]
-            F = np.array([[-c.accuracy, max(c.latency.median_ms, focus * budget_ms)] for c in cands])
-            G = np.array([[c.latency.median_ms - budget_ms] for c in cands])
+            F, G = objectives(cands, budget_ms, focus)
             PymooEvaluator().eval(StaticProblem(problem, F=F, G=G), pop)
             algorithm.tell(infills=pop)
             entry = record_generation(gen + 1, evaluator, budget_ms, reference_ms, start, history, journal)
@@ -120,6 +119,14 @@ def run_nsga2(
             )
             bar.update(task, advance=1, status=f"gen {gen + 1}/{generations} · {entry['evaluations']} evals · {status}")
     return finish(evaluator, budget_ms, history, start)
+
+
+def objectives(cands: list[Candidate], budget_ms: float, focus: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """pymoo's minimised objectives (-accuracy, latency floored at ``focus * budget``) and the
+    constraint (latency - budget <= 0) of each candidate."""
+    F = np.array([[-c.accuracy, max(c.latency.median_ms, focus * budget_ms)] for c in cands])
+    G = np.array([[c.latency.median_ms - budget_ms] for c in cands])
+    return F, G
 
 
 def record_generation(number, evaluator: Evaluator, budget_ms, reference_ms, start, history, journal) -> dict:

@@ -214,9 +214,11 @@ def run_rounds(
         search_s = time.perf_counter() - t
         round_plan = space.plan_of(picked.choice)
         pruned = space.shrink(round_plan)
+        tuned = next((r["holdout_accuracy_short_tune"] for r in refined if r.get("picked")), None)
         console.print(
-            f"picked {picked.latency.median_ms:.4f} ms, held-out {picked.accuracy:.2%}; "
-            f"fine-tuning {cfg.finetune_epochs:g} epoch(s) with distillation from the original"
+            f"picked {picked.latency.median_ms:.4f} ms, held-out {picked.accuracy:.2%} after BN recalibration"
+            + (f", {tuned:.2%} after the short fine-tune" if tuned is not None else "")
+            + f"; fine-tuning {cfg.finetune_epochs:g} epoch(s) with distillation from the original"
         )
         t = time.perf_counter()
         finetune = {"epochs": cfg.finetune_epochs, "lr": cfg.lr, "kd_alpha": cfg.kd_alpha, "kd_temperature": cfg.kd_temperature}

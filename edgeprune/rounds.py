@@ -95,6 +95,15 @@ def shortlist(evaluator: Evaluator, candidates: list[Candidate], search_budget_m
     return chosen or [min((c for c in candidates if not c.predicted), key=lambda c: c.latency.median_ms)]
 
 
+def distill(cfg, model: nn.Module, split, epochs: float, teacher: nn.Module, seed: int, description: str) -> dict:
+    """The job's one fine-tune recipe (LR, batch, distillation from ``teacher``), for the short
+    tunes before the pick and the final fine-tune alike."""
+    return train(
+        model, split, epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed, teacher=teacher,
+        kd_alpha=cfg.kd_alpha, kd_temperature=cfg.kd_temperature, progress=cfg.progress, description=description,
+    )
+
+
 def refine(cfg, evaluator: Evaluator, teacher: nn.Module, shortlisted: list[Candidate]) -> tuple[Candidate, list[dict]]:
     """The shortlisted candidate that scores best after a short fine-tune (NetAdapt's short-term
     fine-tune), with every candidate's numbers.
@@ -110,11 +119,7 @@ def refine(cfg, evaluator: Evaluator, teacher: nn.Module, shortlisted: list[Cand
     rows = []
     for i, cand in enumerate(shortlisted, 1):
         model = evaluator.space.shrink(evaluator.space.plan_of(cand.choice))
-        train(
-            model, evaluator.data.train, cfg.refine_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
-            teacher=teacher, kd_alpha=cfg.kd_alpha, kd_temperature=cfg.kd_temperature, progress=cfg.progress,
-            description=f"short tune {i}/{len(shortlisted)}",
-        )
+        distill(cfg, model, evaluator.data.train, cfg.refine_epochs, teacher, cfg.seed, f"short tune {i}/{len(shortlisted)}")
         rows.append({
             "widths": list(cand.widths),
             "latency_ms": cand.latency.median_ms,
@@ -223,18 +228,9 @@ def run_rounds(
         t = time.perf_counter()
         finetune = {"epochs": cfg.finetune_epochs, "lr": cfg.lr, "kd_alpha": cfg.kd_alpha, "kd_temperature": cfg.kd_temperature}
         if cfg.finetune_epochs > 0:
-            finetune |= train(
-                pruned,
-                first.data.train,
-                cfg.finetune_epochs,
-                lr=cfg.lr,
-                batch_size=cfg.batch_size,
-                seed=cfg.seed + number - 1,
-                teacher=original,
-                kd_alpha=cfg.kd_alpha,
-                kd_temperature=cfg.kd_temperature,
-                progress=cfg.progress,
-                description=f"fine-tune (round {number})" if len(budgets) > 1 else "fine-tune",
+            finetune |= distill(
+                cfg, pruned, first.data.train, cfg.finetune_epochs, original, cfg.seed + number - 1,
+                f"fine-tune (round {number})" if len(budgets) > 1 else "fine-tune",
             )
         pruned.eval()
         plan = compose(plan, round_plan)

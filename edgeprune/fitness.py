@@ -132,6 +132,11 @@ class Evaluator:
                 self._restored[cand.choice] = cand
                 self.restored += 1
 
+    def known(self) -> list[Candidate]:
+        """Every candidate evaluated in this run or restored from its checkpoint: a resumed run
+        looks its finished pick up here (the pick may be a widened network the GA never saw)."""
+        return [*self.results.values(), *self._restored.values()]
+
     def score(self, choice: Choice) -> tuple[float, int]:
         """``(accuracy, MACs)`` without a latency measurement, for searches that rank partial
         changes by accuracy and measure only the networks they combine (co-evolution)."""

@@ -58,6 +58,7 @@ class PruneConfig:
     finetune_epochs: float = 1.0
     refine_epochs: float = 0.2
     refine_top: int = 6
+    widen_passes: int = 3
     lr: float = 0.01
     batch_size: int = 128
     kd_alpha: float = 0.5
@@ -96,6 +97,8 @@ def _validate(cfg: PruneConfig) -> None:
         raise UserError(f"--refine-epochs cannot be negative, got {cfg.refine_epochs}")
     if cfg.refine_top < 1:
         raise UserError(f"--refine-top must be at least 1, got {cfg.refine_top}")
+    if cfg.widen_passes < 0:
+        raise UserError(f"--widen-passes cannot be negative, got {cfg.widen_passes}; 0 turns widening off")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file; pass --out with a folder path")

@@ -24,13 +24,12 @@ from edgeprune.progress import console
 from edgeprune.search.checkpoint import RunCheckpoint, SearchJournal
 from edgeprune.search.coevolution import run_coevolution
 from edgeprune.search.nsga import SearchResult, run_nsga2
+from edgeprune.search.pick import distill, refine, shortlist, uniform_seeds, widen
 from edgeprune.search.screening import Screen
 from edgeprune.profiling.surrogate import LatencySurrogate
 from edgeprune.space import ChannelPlan, ChannelSpace, apply_plan
-from edgeprune.training import evaluate, train
+from edgeprune.training import evaluate
 
-# How many candidates that fail their fresh re-measure the shortlist may skip.
-_PICK_TRIES = 5
 # Latencies under this fraction of the budget count as equal in the search's selection (see run_nsga2).
 SEARCH_FOCUS = 0.9
 
@@ -68,89 +67,6 @@ def rebuild(original: nn.Module, plan: ChannelPlan, state_dict: dict) -> nn.Modu
     apply_plan(model, plan, torch.zeros(1, *plan.input_shape))
     model.load_state_dict(state_dict)
     return model.eval()
-
-
-def shortlist(evaluator: Evaluator, candidates: list[Candidate], search_budget_ms: float, budget_ms: float, size: int) -> list[Candidate]:
-    """Up to ``size`` of the most accurate feasible candidates whose *fresh* re-measure is still
-    within the budget; the fastest measured candidate when none is.
-
-    The search's numbers come from one session each; a fresh session guards against a lucky
-    measurement sneaking a candidate under the budget.
-    """
-    feasible = sorted(
-        (c for c in candidates if not c.predicted and c.latency.median_ms <= search_budget_ms),
-        key=lambda c: (-c.accuracy, c.latency.median_ms),
-    )
-    chosen: list[Candidate] = []
-    for tries, cand in enumerate(feasible):
-        if len(chosen) == size or (tries >= size + _PICK_TRIES and chosen):
-            break
-        fresh = evaluator.latency(cand.widths, fresh=True)
-        if fresh.median_ms <= budget_ms:
-            chosen.append(cand)
-        else:
-            console.print(
-                f"  re-measure of a candidate: {fresh.median_ms:.4f} ms > budget {budget_ms:.4f} ms; trying the next one"
-            )
-    return chosen or [min((c for c in candidates if not c.predicted), key=lambda c: c.latency.median_ms)]
-
-
-def distill(cfg, model: nn.Module, split, epochs: float, teacher: nn.Module, seed: int, description: str) -> dict:
-    """The job's one fine-tune recipe (LR, batch, distillation from ``teacher``), for the short
-    tunes before the pick and the final fine-tune alike."""
-    return train(
-        model, split, epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed, teacher=teacher,
-        kd_alpha=cfg.kd_alpha, kd_temperature=cfg.kd_temperature, progress=cfg.progress, description=description,
-    )
-
-
-def refine(cfg, evaluator: Evaluator, teacher: nn.Module, shortlisted: list[Candidate]) -> tuple[Candidate, list[dict]]:
-    """The shortlisted candidate that scores best after a short fine-tune (NetAdapt's short-term
-    fine-tune), with every candidate's numbers.
-
-    Adaptive-BN accuracy ranks networks as they are right after the cut; which one recovers best
-    under fine-tuning is what the job delivers. Every candidate gets the same ``refine_epochs``
-    of the same distillation recipe, same seed and batch order, and is scored on the holdout. The
-    picked network's final fine-tune starts again from its pruned weights, so it gets exactly
-    ``finetune_epochs`` like any baseline it is compared with.
-    """
-    if len(shortlisted) == 1 or cfg.refine_epochs <= 0:
-        return shortlisted[0], []
-    rows = []
-    for i, cand in enumerate(shortlisted, 1):
-        model = evaluator.space.shrink(evaluator.space.plan_of(cand.choice))
-        distill(cfg, model, evaluator.data.train, cfg.refine_epochs, teacher, cfg.seed, f"short tune {i}/{len(shortlisted)}")
-        rows.append({
-            "widths": list(cand.widths),
-            "latency_ms": cand.latency.median_ms,
-            "holdout_accuracy_adaptive_bn": cand.accuracy,
-            "holdout_accuracy_short_tune": evaluate(model, evaluator.data.holdout),
-        })
-    best = max(range(len(rows)), key=lambda i: (rows[i]["holdout_accuracy_short_tune"], -rows[i]["latency_ms"]))
-    rows[best]["picked"] = True
-    return shortlisted[best], rows
-
-
-def uniform_seeds(evaluator: Evaluator, budget_ms: float) -> list[list[int]]:
-    """Width indices of the widest uniform ratio (0.05 grid) whose measured latency meets
-    ``budget_ms``, and of the next narrower ratio: the answer uniform pruning would give.
-
-    Seeding the search with it means its pick starts from the best simple baseline; found by
-    bisection on the ratio (latency grows with it), a handful of measurements.
-    """
-    space = evaluator.space
-    ratios = [round(0.05 * k, 2) for k in range(1, 21)]
-    meets = lambda r: evaluator.evaluate_widths(space.widths_from_indices(space.uniform_indices(r))).latency.median_ms <= budget_ms  # noqa: E731
-    if meets(ratios[-1]):  # the unpruned model already meets it
-        return [space.uniform_indices(1.0)]
-    lo, hi = -1, len(ratios) - 1  # invariant: ratios[hi] misses the budget, ratios[lo] (if any) meets it
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if meets(ratios[mid]):
-            lo = mid
-        else:
-            hi = mid
-    return [space.uniform_indices(ratios[i]) for i in (lo, lo - 1) if i >= 0]
 
 
 def run_rounds(
@@ -209,13 +125,19 @@ def run_rounds(
 
         if finished is not None:  # the last round finished before the kill: same pick, same weights
             summary, plan_dict, state_path = finished
-            picked = next(c for c in result.candidates if list(c.widths) == summary["group_widths_round"])
+            picked = next(c for c in evaluator.known() if list(c.widths) == summary["group_widths_round"])
             plan = ChannelPlan(kept=plan_dict["kept"], model_spec=plan.model_spec, input_shape=plan.input_shape)
             model = rebuild(original, plan, torch.load(state_path, map_location="cpu", weights_only=True))
             rounds.append(Round(number, budget, space, evaluator, result, picked, model, plan, summary))
             continue
 
         picked, refined = refine(cfg, evaluator, original, shortlist(evaluator, result.candidates, search_budget, budget, cfg.refine_top))
+        widened = []
+        if cfg.widen_passes > 0:
+            before = picked.latency.median_ms
+            picked, widened = widen(evaluator, picked, search_budget, cfg.widen_passes)
+            if widened:
+                console.print(f"widened the pick by {len(widened)} grid step(s): {before:.4f} → {picked.latency.median_ms:.4f} ms (budget {budget:.4f} ms)")
         search_s = time.perf_counter() - t
         round_plan = space.plan_of(picked.choice)
         pruned = space.shrink(round_plan)
@@ -251,6 +173,7 @@ def run_rounds(
             "evaluations": len(evaluator.results),
             "screen": evaluator.screen.to_dict() if evaluator.screen else None,
             "short_tune": refined,
+            "widened": widened,
             "search_s": search_s,
             "finetune_s": time.perf_counter() - t,
             "finetune": finetune,

@@ -10,10 +10,10 @@ from tiny_models import TinyResNet
 from edgeprune.data import load_data
 from edgeprune.fitness import Candidate, Evaluator, recalibrate_bn
 from edgeprune.profiling.stats import LatencyStats
-from edgeprune.rounds import refine, shortlist, uniform_seeds
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.search.nsga import objectives, run_nsga2
-from edgeprune.space import ChannelSpace
+from edgeprune.search.pick import refine, shortlist, uniform_seeds, widen
+from edgeprune.space import ChannelSpace, macs_and_params
 from edgeprune.targets import load_profile
 
 PROFILE = Path(__file__).parent / "fixtures" / "fast-cpu.yaml"
@@ -146,3 +146,46 @@ def test_focus_ties_latencies_under_the_floor_but_keeps_the_constraint(setup):
     assert F[:, 1].tolist() == [0.9, 0.9, 0.95, 1.2]  # far under the budget: no better than 0.9
     assert G[:, 0].tolist() == pytest.approx([-0.8, -0.5, -0.05, 0.2])  # feasibility: real latency
     assert objectives(cands, 1.0)[0][:, 1].tolist() == [0.2, 0.5, 0.95, 1.2]  # focus off
+
+
+class _SumClock:
+    """Stands in for an Evaluator in ``widen``: a network's latency is its total width / 16 ms
+    (each grid step costs 1 ms); a fresh re-measure of the widths in ``over`` is far over."""
+
+    def __init__(self, space, over=()):
+        self.space, self.over = space, set(over)
+
+    def latency(self, widths, fresh=False):
+        return SimpleNamespace(median_ms=1e9 if fresh and tuple(widths) in self.over else sum(widths) / 16)
+
+    def evaluate(self, choice):
+        widths = tuple(len(k) for k in choice)
+        stats = LatencyStats(10, *(self.latency(widths).median_ms,) * 4, 0.0, 0.0)
+        return Candidate(choice, 0.5, stats, macs_and_params(self.space.shrink(self.space.plan_of(choice)), (1, 8, 8))[0], 0)
+
+
+def test_widen_spends_the_budget_the_pick_leaves_most_macs_first(setup):
+    space = setup[1]
+    clock = _SumClock(space)
+    picked = clock.evaluate(space.choice(space.widths_from_indices(space.min_indices())))  # 3 ms
+    widened, steps = widen(clock, picked, search_budget_ms=5.5)
+    assert sum(widened.widths) == 80 and len(steps) == 2  # two 1-ms steps fit under 5.5 ms, a third does not
+    gains = {}
+    for g, group in enumerate(space.groups):
+        widths = list(picked.widths)
+        widths[g] = group.options[1]
+        gains[group.name] = macs_and_params(space.shrink(space.plan(widths)), (1, 8, 8))[0]
+    assert steps[0]["group"] == max(gains, key=gains.get)  # the step that buys the most MACs goes first
+    assert all(w in g.options for g, w in zip(space.groups, widened.widths))
+    assert all(set(old) <= set(new) for old, new in zip(picked.choice, widened.choice))  # channels added, none swapped
+
+
+def test_widen_undoes_a_step_whose_fresh_measurement_misses_and_keeps_a_pick_with_no_room(setup):
+    space = setup[1]
+    small = space.widths_from_indices(space.min_indices())
+    picked = _SumClock(space).evaluate(space.choice(small))
+    first, _ = widen(_SumClock(space), picked, search_budget_ms=5.5)
+    clock = _SumClock(space, over=[first.widths])  # the final widths re-measure over the budget
+    undone, steps = widen(clock, picked, search_budget_ms=5.5)
+    assert sum(undone.widths) == 64 and len(steps) == 1
+    assert widen(_SumClock(space), picked, search_budget_ms=3.5) == (picked, [])  # no step fits

@@ -1,0 +1,173 @@
+"""From the search's candidates to the one network a round delivers.
+
+The GA ranks networks by adaptive-BN accuracy, which at heavy pruning says little about how a
+network recovers under fine-tuning, and by one measurement each, which a lucky draw can sneak
+under the budget. So the pick is made in steps: seed the search with what uniform pruning would
+deliver (:func:`uniform_seeds`), re-measure the most accurate feasible candidates in fresh
+sessions (:func:`shortlist`), give each a short fine-tune and keep the one that recovers best
+(:func:`refine`), then spend the latency the pick leaves under the budget (:func:`widen`).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from edgeprune.fitness import Candidate, Evaluator
+from edgeprune.progress import console
+from edgeprune.space import Choice, Group, macs_and_params
+from edgeprune.training import evaluate, train
+
+# How many candidates that fail their fresh re-measure the shortlist may skip.
+_PICK_TRIES = 5
+
+
+def shortlist(evaluator: Evaluator, candidates: list[Candidate], search_budget_ms: float, budget_ms: float, size: int) -> list[Candidate]:
+    """Up to ``size`` of the most accurate feasible candidates whose *fresh* re-measure is still
+    within the budget; the fastest measured candidate when none is.
+
+    The search's numbers come from one session each; a fresh session guards against a lucky
+    measurement sneaking a candidate under the budget.
+    """
+    feasible = sorted(
+        (c for c in candidates if not c.predicted and c.latency.median_ms <= search_budget_ms),
+        key=lambda c: (-c.accuracy, c.latency.median_ms),
+    )
+    chosen: list[Candidate] = []
+    for tries, cand in enumerate(feasible):
+        if len(chosen) == size or (tries >= size + _PICK_TRIES and chosen):
+            break
+        fresh = evaluator.latency(cand.widths, fresh=True)
+        if fresh.median_ms <= budget_ms:
+            chosen.append(cand)
+        else:
+            console.print(
+                f"  re-measure of a candidate: {fresh.median_ms:.4f} ms > budget {budget_ms:.4f} ms; trying the next one"
+            )
+    return chosen or [min((c for c in candidates if not c.predicted), key=lambda c: c.latency.median_ms)]
+
+
+def distill(cfg, model: nn.Module, split, epochs: float, teacher: nn.Module, seed: int, description: str) -> dict:
+    """The job's one fine-tune recipe (LR, batch, distillation from ``teacher``), for the short
+    tunes before the pick and the final fine-tune alike."""
+    return train(
+        model, split, epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed, teacher=teacher,
+        kd_alpha=cfg.kd_alpha, kd_temperature=cfg.kd_temperature, progress=cfg.progress, description=description,
+    )
+
+
+def refine(cfg, evaluator: Evaluator, teacher: nn.Module, shortlisted: list[Candidate]) -> tuple[Candidate, list[dict]]:
+    """The shortlisted candidate that scores best after a short fine-tune (NetAdapt's short-term
+    fine-tune), with every candidate's numbers.
+
+    Adaptive-BN accuracy ranks networks as they are right after the cut; which one recovers best
+    under fine-tuning is what the job delivers. Every candidate gets the same ``refine_epochs``
+    of the same distillation recipe, same seed and batch order, and is scored on the holdout. The
+    picked network's final fine-tune starts again from its pruned weights, so it gets exactly
+    ``finetune_epochs`` like any baseline it is compared with.
+    """
+    if len(shortlisted) == 1 or cfg.refine_epochs <= 0:
+        return shortlisted[0], []
+    rows = []
+    for i, cand in enumerate(shortlisted, 1):
+        model = evaluator.space.shrink(evaluator.space.plan_of(cand.choice))
+        distill(cfg, model, evaluator.data.train, cfg.refine_epochs, teacher, cfg.seed, f"short tune {i}/{len(shortlisted)}")
+        rows.append({
+            "widths": list(cand.widths),
+            "latency_ms": cand.latency.median_ms,
+            "holdout_accuracy_adaptive_bn": cand.accuracy,
+            "holdout_accuracy_short_tune": evaluate(model, evaluator.data.holdout),
+        })
+    best = max(range(len(rows)), key=lambda i: (rows[i]["holdout_accuracy_short_tune"], -rows[i]["latency_ms"]))
+    rows[best]["picked"] = True
+    return shortlisted[best], rows
+
+
+def uniform_seeds(evaluator: Evaluator, budget_ms: float) -> list[list[int]]:
+    """Width indices of the widest uniform ratio (0.05 grid) whose measured latency meets
+    ``budget_ms``, and of the next narrower ratio: the answer uniform pruning would give.
+
+    Seeding the search with it means its pick starts from the best simple baseline; found by
+    bisection on the ratio (latency grows with it), a handful of measurements.
+    """
+    space = evaluator.space
+    ratios = [round(0.05 * k, 2) for k in range(1, 21)]
+    meets = lambda r: evaluator.evaluate_widths(space.widths_from_indices(space.uniform_indices(r))).latency.median_ms <= budget_ms  # noqa: E731
+    if meets(ratios[-1]):  # the unpruned model already meets it
+        return [space.uniform_indices(1.0)]
+    lo, hi = -1, len(ratios) - 1  # invariant: ratios[hi] misses the budget, ratios[lo] (if any) meets it
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if meets(ratios[mid]):
+            lo = mid
+        else:
+            hi = mid
+    return [space.uniform_indices(ratios[i]) for i in (lo, lo - 1) if i >= 0]
+
+
+def _wider(group: Group, kept: tuple[int, ...]) -> tuple[int, ...] | None:
+    """``kept`` grown to the group's next width on the grid by its most important unkept
+    channels; None at full width. For the width encoding this is ``group.kept(next width)``."""
+    wider = [w for w in group.options if w > len(kept)]
+    if not wider:
+        return None
+    have = set(kept)
+    extra = [i for i in group.order if i not in have][: wider[0] - len(kept)]
+    return tuple(sorted((*kept, *extra)))
+
+
+def widen(evaluator: Evaluator, picked: Candidate, search_budget_ms: float, passes: int = 3) -> tuple[Candidate, list[dict]]:
+    """The pick grown one grid step at a time while its measured latency stays within
+    ``search_budget_ms``: NetAdapt's step run backwards, to spend the latency the search left.
+
+    The search's focus treats everything under 90 % of the budget alike and its latency axis is
+    coarse, so picks often land several percent under the budget: channels the target could
+    afford. Each group is first widened alone and measured, which ranks the groups by MACs gained
+    per millisecond (HALP's latency-aware ranking, with MACs standing in for importance, since
+    adaptive-BN accuracy cannot tell such small changes apart). Then, in that order, each group's
+    next step is kept if the widened network still measures within the budget, for up to
+    ``passes`` passes. The result is re-measured in a fresh session; if it misses, the last step
+    is undone until one passes (the pick itself already did). Returns the (possibly unchanged)
+    candidate, with adaptive-BN accuracy, and the accepted steps.
+    """
+    space = evaluator.space
+    base_ms = picked.latency.median_ms
+    floor = 0.01 * base_ms  # a step that measures as free still costs something: rank, don't divide by noise
+
+    def grown(choice: Choice, g: int) -> Choice | None:
+        kept = _wider(space.groups[g], choice[g])
+        return None if kept is None else (*choice[:g], kept, *choice[g + 1:])
+
+    def cost(choice: Choice) -> tuple[float, int]:
+        widths = tuple(len(k) for k in choice)
+        return evaluator.latency(widths).median_ms, macs_and_params(space.shrink(space.plan_of(choice)), space.input_shape)[0]
+
+    gain = {}
+    for g in range(len(space.groups)):
+        step = grown(picked.choice, g)
+        if step is not None:
+            ms, macs = cost(step)
+            if ms <= search_budget_ms:
+                gain[g] = (macs - picked.macs) / max(ms - base_ms, floor)
+    order = sorted(gain, key=lambda g: -gain[g])
+
+    trail, steps = [picked.choice], []  # every accepted choice, to undo steps from the end
+    for _ in range(passes):
+        grew = False
+        for g in order:
+            step = grown(trail[-1], g)
+            if step is None:
+                continue
+            ms, macs = cost(step)
+            if ms <= search_budget_ms:
+                trail.append(step)
+                steps.append({"group": space.groups[g].name, "width": len(step[g]), "latency_ms": ms, "macs": macs})
+                grew = True
+        if not grew:
+            break
+    while len(trail) > 1 and evaluator.latency(tuple(len(k) for k in trail[-1]), fresh=True).median_ms > search_budget_ms:
+        console.print("  re-measure of the widened pick is over the budget; undoing its last step")
+        trail.pop()
+        steps.pop()
+    if len(trail) == 1:
+        return picked, []
+    return evaluator.evaluate(trail[-1]), steps

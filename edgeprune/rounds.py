@@ -135,7 +135,7 @@ def run_rounds(
         widened = []
         if cfg.widen_passes > 0:
             before = picked.latency.median_ms
-            picked, widened = widen(evaluator, picked, search_budget, cfg.widen_passes)
+            picked, widened = widen(evaluator, picked, budget * (1 - 2 * margin), search_budget, cfg.widen_passes)
             if widened:
                 console.print(f"widened the pick by {len(widened)} grid step(s): {before:.4f} → {picked.latency.median_ms:.4f} ms (budget {budget:.4f} ms)")
         search_s = time.perf_counter() - t

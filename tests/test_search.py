@@ -168,7 +168,7 @@ def test_widen_spends_the_budget_the_pick_leaves_most_macs_first(setup):
     space = setup[1]
     clock = _SumClock(space)
     picked = clock.evaluate(space.choice(space.widths_from_indices(space.min_indices())))  # 3 ms
-    widened, steps = widen(clock, picked, search_budget_ms=5.5)
+    widened, steps = widen(clock, picked, 5.5, 5.5)
     assert sum(widened.widths) == 80 and len(steps) == 2  # two 1-ms steps fit under 5.5 ms, a third does not
     gains = {}
     for g, group in enumerate(space.groups):
@@ -184,8 +184,8 @@ def test_widen_undoes_a_step_whose_fresh_measurement_misses_and_keeps_a_pick_wit
     space = setup[1]
     small = space.widths_from_indices(space.min_indices())
     picked = _SumClock(space).evaluate(space.choice(small))
-    first, _ = widen(_SumClock(space), picked, search_budget_ms=5.5)
+    first, _ = widen(_SumClock(space), picked, 5.5, 5.5)
     clock = _SumClock(space, over=[first.widths])  # the final widths re-measure over the budget
-    undone, steps = widen(clock, picked, search_budget_ms=5.5)
+    undone, steps = widen(clock, picked, 5.5, 5.5)
     assert sum(undone.widths) == 64 and len(steps) == 1
-    assert widen(_SumClock(space), picked, search_budget_ms=3.5) == (picked, [])  # no step fits
+    assert widen(_SumClock(space), picked, 3.5, 3.5) == (picked, [])  # no step fits

@@ -131,7 +131,7 @@ def run_rounds(
             rounds.append(Round(number, budget, space, evaluator, result, picked, model, plan, summary))
             continue
 
-        picked, refined = refine(cfg, evaluator, original, shortlist(evaluator, result.candidates, search_budget, budget, cfg.refine_top))
+        picked, refined = refine(cfg, evaluator, original, shortlist(evaluator, result.candidates, search_budget, cfg.refine_top))
         widened = []
         if cfg.widen_passes > 0:
             before = picked.latency.median_ms

@@ -104,7 +104,7 @@ def test_shortlist_skips_candidates_whose_fresh_measurement_misses_the_budget(se
         Candidate(space.choice(w), acc, LatencyStats(10, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0), 0, 0)
         for w, acc in ((full, 0.9), (mid, 0.8), (small, 0.7))
     ]
-    picked = shortlist(_WidthClock(space, over=[full]), cands, 2.0, 2.0, size=2)
+    picked = shortlist(_WidthClock(space, over=[full]), cands, 2.0, size=2)
     assert [c.widths for c in picked] == [mid, small]  # most accurate first; the lucky one dropped
 
 

@@ -23,15 +23,17 @@ from edgeprune.training import evaluate, train
 _PICK_TRIES = 5
 
 
-def shortlist(evaluator: Evaluator, candidates: list[Candidate], search_budget_ms: float, budget_ms: float, size: int) -> list[Candidate]:
-    """Up to ``size`` of the most accurate feasible candidates whose *fresh* re-measure is still
-    within the budget; the fastest measured candidate when none is.
+def shortlist(evaluator: Evaluator, candidates: list[Candidate], limit_ms: float, size: int) -> list[Candidate]:
+    """Up to ``size`` of the most accurate feasible candidates whose *fresh* re-measure is also
+    within ``limit_ms`` (the search's limit); the fastest measured candidate when none is.
 
     The search's numbers come from one session each; a fresh session guards against a lucky
-    measurement sneaking a candidate under the budget.
+    measurement sneaking a candidate under the limit. The re-measure is held to the search's
+    limit, not to the budget: held to the budget, a pick that re-measured within it by a hair
+    then measured 0.3 % over it in the benchmark's independent check on a noisy VM.
     """
     feasible = sorted(
-        (c for c in candidates if not c.predicted and c.latency.median_ms <= search_budget_ms),
+        (c for c in candidates if not c.predicted and c.latency.median_ms <= limit_ms),
         key=lambda c: (-c.accuracy, c.latency.median_ms),
     )
     chosen: list[Candidate] = []
@@ -39,11 +41,11 @@ def shortlist(evaluator: Evaluator, candidates: list[Candidate], search_budget_m
         if len(chosen) == size or (tries >= size + _PICK_TRIES and chosen):
             break
         fresh = evaluator.latency(cand.widths, fresh=True)
-        if fresh.median_ms <= budget_ms:
+        if fresh.median_ms <= limit_ms:
             chosen.append(cand)
         else:
             console.print(
-                f"  re-measure of a candidate: {fresh.median_ms:.4f} ms > budget {budget_ms:.4f} ms; trying the next one"
+                f"  re-measure of a candidate: {fresh.median_ms:.4f} ms > the search limit {limit_ms:.4f} ms; trying the next one"
             )
     return chosen or [min((c for c in candidates if not c.predicted), key=lambda c: c.latency.median_ms)]
 

@@ -134,7 +134,7 @@ def widen(
     ``passes`` passes.
 
     Keeping whichever step happens to measure low favours lucky measurements: on a shared CPU a
-    pick widened by 11 steps "cost" 0.3 % and then re-measured 4 % slower. So ``limit_ms`` sits
+    pick widened by 11 steps "cost" 0.3 % and then re-measured about 4 % slower. So ``limit_ms`` sits
     below the search's own limit, and the result must pass the median of ``checks`` fresh
     sessions within ``check_ms``; steps are undone from the last until it does (the pick itself
     already passed its re-measure). Returns the (possibly unchanged) candidate, with adaptive-BN
@@ -175,12 +175,13 @@ def widen(
                 grew = True
         if not grew:
             break
+
     def passes_check(choice: Choice) -> bool:
         widths = tuple(len(k) for k in choice)
         return statistics.median(evaluator.latency(widths, fresh=True).median_ms for _ in range(checks)) <= check_ms
 
     while len(trail) > 1 and not passes_check(trail[-1]):
-        console.print("  fresh re-measures of the widened pick are over the budget; undoing its last step")
+        console.print("  fresh re-measures of the widened pick are over the search limit; undoing its last step")
         trail.pop()
         steps.pop()
     if len(trail) == 1:

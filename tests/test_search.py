@@ -12,7 +12,7 @@ from edgeprune.fitness import Candidate, Evaluator, recalibrate_bn
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.search.nsga import objectives, run_nsga2
-from edgeprune.search.pick import refine, shortlist, uniform_seeds, widen
+from edgeprune.search.pick import ratio_seeds, refine, shortlist, widen
 from edgeprune.space import ChannelSpace, macs_and_params
 from edgeprune.targets import load_profile
 
@@ -83,16 +83,36 @@ class _WidthClock:
         return SimpleNamespace(median_ms=1e9 if tuple(widths) in self.over else 1.0)
 
 
-def test_uniform_seed_is_the_widest_uniform_ratio_within_the_budget(setup):
+def test_seeds_are_the_widest_ratio_of_each_profile_within_the_budget(setup):
     space = setup[1]
     clock = _WidthClock(space)
-    widths = lambda r: space.widths_from_indices(space.uniform_indices(r))  # noqa: E731
-    budget = sum(widths(0.5)) + 0.5
-    seeds = uniform_seeds(clock, budget)
-    expected = max((round(0.05 * k, 2) for k in range(1, 21)), key=lambda r: (sum(widths(r)) <= budget, r))
-    assert sum(widths(expected)) <= budget
-    assert space.widths_from_indices(seeds[0]) == widths(expected)
-    assert len(clock.asked) <= 6  # bisection, not a scan of all 20 ratios
+    widths = lambda r, a: space.widths_from_indices(space.scaled_indices(r, a))  # noqa: E731
+    budget = sum(widths(0.5, 0.0)) + 0.5
+    seeds = [space.widths_from_indices(s) for s in ratio_seeds(clock, budget, alphas=(0.0, 1.0))]
+    grid = [round(0.05 * k, 2) for k in range(1, 61)]
+    for alpha in (0.0, 1.0):
+        widest = max((r for r in grid if sum(widths(r, alpha)) <= budget), key=lambda r: widths(r, alpha))
+        assert widths(widest, alpha) in seeds
+    assert len(clock.asked) <= 12  # bisection per profile, not a scan of the ratio grid
+    # alpha = 1 prunes the widest group (64) harder than the narrowest (32) relative to their widths
+    wide, narrow = space.groups[0], space.groups[1]
+    assert (wide.full, narrow.full) == (64, 32)
+    kept = dict(zip((g.name for g in space.groups), widths(0.5, 1.0)))
+    assert kept[wide.name] / wide.full < kept[narrow.name] / narrow.full
+    assert widths(0.5, 0.0) == tuple(g.options[i] for g, i in zip(space.groups, space.uniform_indices(0.5)))
+
+
+def test_shortlist_always_short_tunes_the_seeds_but_not_a_narrower_copy(setup):
+    space = setup[1]
+    stats = LatencyStats(10, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0)
+    cand = lambda w, acc: Candidate(space.choice(w), acc, stats, 0, 0)  # noqa: E731
+    full = space.widths_from_indices(space.full_indices())
+    half = space.widths_from_indices(space.uniform_indices(0.5))
+    small = space.widths_from_indices(space.min_indices())
+    seeds = [cand(half, 0.1), cand(small, 0.1)]  # small is a narrower copy of half
+    others = [cand(full, 0.9), *seeds]
+    picked = shortlist(_WidthClock(space), others, 2.0, size=1, seeds=seeds)
+    assert [c.widths for c in picked] == [half, full]  # the seed despite its accuracy, then the best other
 
 
 def test_shortlist_skips_candidates_whose_fresh_measurement_misses_the_budget(setup):

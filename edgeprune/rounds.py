@@ -174,6 +174,7 @@ def run_rounds(
             "group_widths_round": list(picked.widths),
             "evaluations": len(evaluator.results),
             "screen": evaluator.screen.to_dict() if evaluator.screen else None,
+            "seeds": [list(c.widths) for c in seeded],
             "short_tune": refined,
             "widened": widened,
             "search_s": search_s,

@@ -38,8 +38,12 @@ def test_end_to_end_prune_writes_a_deployable_folder(tmp_path):
     plan = json.loads((out / "plan.json").read_text())
     assert plan["widths"] == report["pruned"]["group_widths"]
     tuned = report["rounds"][0]["short_tune"]  # the pick is the best after the short fine-tune
-    (tuned_pick,) = [r["widths"] for r in tuned if r.get("picked")]
-    assert 2 <= len(tuned) <= 3 and max(tuned, key=lambda r: r["holdout_accuracy_short_tune"]).get("picked")
+    seeds = report["rounds"][0]["seeds"]  # the ratio profiles' widest networks within the limit
+    assert seeds and all(s in [r["widths"] for r in tuned] for s in seeds)
+    assert 2 <= len(tuned) <= 3 + len(seeds)
+    (picked_row,) = [r for r in tuned if r.get("picked")]
+    assert picked_row["holdout_accuracy_short_tune"] == max(r["holdout_accuracy_short_tune"] for r in tuned)
+    tuned_pick = picked_row["widths"]
     final, widened = report["rounds"][0]["group_widths_round"], report["rounds"][0]["widened"]
     assert (final == tuned_pick) == (not widened)  # the short-tuned pick, grown only by the listed steps
     assert all(f >= t for f, t in zip(final, tuned_pick)) and all(step["latency_ms"] <= 5 for step in widened)

@@ -41,17 +41,25 @@ def calibration_items(split: Split, samples: int, batch: int, seed: int = 0) -> 
     return items
 
 
-def quantize_int8(onnx_bytes: bytes, calibration: list[np.ndarray], input_name: str = "input") -> bytes:
+def quantize_int8(onnx_bytes: bytes, calibration: list[np.ndarray], input_name: str = "input", progress: bool = True) -> bytes:
     """QDQ INT8 model calibrated on ``calibration`` (NNCF PTQ with fast bias correction).
 
     The result is checked with the full ONNX checker; whether it still computes the right thing
-    is measured by the caller (parity and test accuracy), never assumed.
+    is measured by the caller (parity and test accuracy), never assumed. NNCF draws its progress
+    bars on rich's global console and has no switch for them, so ``progress=False`` quiets that
+    console while it runs (edgeprune's own console is a separate one).
     """
     import onnx
+    import rich
 
     nncf = require_nncf()
     model = onnx.load_from_string(onnx_bytes)
     dataset = nncf.Dataset(calibration, lambda item: {input_name: item})
-    quantized = nncf.quantize(model, dataset, subset_size=len(calibration))
+    shared, was_quiet = rich.get_console(), rich.get_console().quiet
+    shared.quiet = was_quiet or not progress
+    try:
+        quantized = nncf.quantize(model, dataset, subset_size=len(calibration))
+    finally:
+        shared.quiet = was_quiet
     onnx.checker.check_model(quantized, full_check=True)
     return quantized.SerializeToString()

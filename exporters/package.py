@@ -194,7 +194,7 @@ def build_package(
         items = calibration_items(data.train, opts.calibration_samples, profile.batch, seed=opts.seed)
         calibration = {"split": "train", "samples": sum(len(i) for i in items), "method": "nncf.quantize (PTQ, QDQ, fast bias correction)"}
         console.print(f"quantizing to INT8 with NNCF on {calibration['samples']} train images")
-        q = quantize_int8(fp32.blob, items, INPUT_NAME)
+        q = quantize_int8(fp32.blob, items, INPUT_NAME, progress=opts.progress)
         q_latency, _ = _measure(profiler, q, shape)
         q = with_metadata(q, _metadata(common, "int8", q_latency))
         q_accuracy = _accuracy(q, data.test, "ONNX INT8", opts.progress)

@@ -11,7 +11,9 @@ each budget (a fraction of the unpruned model's measured median latency on the t
 
 Both exported ONNX files are then timed again with the same protocol (each interleaved with the
 unpruned model, fresh sessions) and both are scored on the test split *in onnxruntime*; the
-unpruned model gets a row of its own for reference.
+unpruned model gets a row of its own for reference, and so does the unpruned model given the same
+fine-tune (``unpruned+ft``): the ceiling a pruned network can be expected to reach. A target of
+"uniform + 1 pp" above that row cannot be met by choosing channels.
 
 The models are trained for 5 epochs by default (``--train-epochs``). After 1 epoch they are so far
 from converged that a pruned network distilled for one more epoch catches up with its teacher
@@ -100,6 +102,12 @@ def run_uniform(model, profiler: Profiler, budget_ms: float, step: int, opset: i
     raise RuntimeError("no uniform ratio meets the budget")
 
 
+def finetune(student, teacher, data, args, description: str) -> None:
+    """The prune job's default fine-tune (LR 0.01, KD alpha 0.5 at T = 4, same seed)."""
+    train(student, data.train, args.finetune_epochs, lr=0.01, seed=args.seed, teacher=teacher, kd_alpha=0.5, kd_temperature=4.0, description=description)
+    student.eval()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="mobilenet_v2,resnet18")
@@ -110,6 +118,7 @@ def main(argv=None) -> int:
     ap.add_argument("--population", type=int, default=16)
     ap.add_argument("--generations", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-ceiling", action="store_true", help="skip the unpruned model's own fine-tune (the accuracy ceiling row)")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
     profile = load_profile(args.target)
@@ -125,6 +134,16 @@ def main(argv=None) -> int:
             "note": f"trained {args.train_epochs:g} epoch(s)",
         })
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        if not args.no_ceiling:
+            # The same fine-tune given to the unpruned model: no pruned network is expected to beat it.
+            ceiling = copy.deepcopy(model)
+            finetune(ceiling, model, data, args, "fine-tune unpruned")
+            rows.append({
+                "model": name, "budget": "-", "method": "unpruned+ft", "latency_ms": None, "meets": None,
+                "accuracy": onnx_accuracy(export_onnx(ceiling, (1, *SHAPE), profile.opset, {}), data.test),
+                "macs": rows[-1]["macs"], "search_s": 0.0, "note": "same fine-tune: the ceiling",
+            })
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         for fraction in (float(b) for b in args.budgets.split(",")):
             with tempfile.TemporaryDirectory() as tmp:
                 report = run_prune(PruneConfig(
@@ -141,7 +160,7 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             uniform, ratio = run_uniform(model, profiler, budget * 0.97, profile.channel_step, profile.opset)
             uniform_search_s = time.perf_counter() - t
-            train(uniform, data.train, args.finetune_epochs, lr=0.01, seed=args.seed, teacher=model, kd_alpha=0.5, kd_temperature=4.0, description="fine-tune uniform")
+            finetune(uniform, model, data, args, "fine-tune uniform")
             uniform_bytes = export_onnx(uniform.eval(), (1, *SHAPE), profile.opset, {})
             # The same protocol for both final models: fresh, interleaved with the unpruned model.
             lat = {}

@@ -3,9 +3,10 @@
 The GA ranks networks by adaptive-BN accuracy, which at heavy pruning says little about how a
 network recovers under fine-tuning, and by one measurement each, which a lucky draw can sneak
 under the budget. So the pick is made in steps: seed the search with what uniform pruning would
-deliver and with profiles that prune wide layers harder (:func:`ratio_seeds`), re-measure the most accurate feasible candidates in fresh
-sessions (:func:`shortlist`), give each a short fine-tune and keep the one that recovers best
-(:func:`refine`), then spend the latency the pick leaves under the budget (:func:`widen`).
+deliver and with profiles that prune wide layers harder (:func:`ratio_seeds`), re-measure the
+seeds and the most accurate feasible candidates in fresh sessions (:func:`shortlist`), give each
+a short fine-tune and keep the one that recovers best (:func:`refine`), then spend the latency
+the pick leaves under the budget (:func:`widen`).
 """
 
 from __future__ import annotations

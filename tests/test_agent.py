@@ -15,7 +15,6 @@ import statistics
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch

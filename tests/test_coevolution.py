@@ -1,20 +1,12 @@
 """Co-evolution (CCSRP Algorithm 1 adapted to a latency budget)."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from edgeprune.data import load_data
-from edgeprune.fitness import Evaluator
-from edgeprune.profiling.profiler import Profiler
 from edgeprune.search.coevolution import bounded_bit_flip, run_coevolution, snap
 from edgeprune.space import ChannelSpace
-from edgeprune.targets import load_profile
 from tiny_models import TinyResNet
-
-PROFILE = str(Path(__file__).parent / "fixtures" / "fast-cpu.yaml")
 
 
 @pytest.mark.parametrize("rate", [0.05, 0.5, 1.0])
@@ -45,17 +37,13 @@ def test_snap_lands_on_the_grid_and_prefers_important_channels():
     assert snap(group, live, bits, rng) == tuple(sorted(group.order[:16]))
 
 
-def test_coevolution_reaches_the_budget_with_measured_candidates(tmp_path):
-    torch.manual_seed(0)
-    data = load_data("digits", holdout=300, seed=0)
-    space = ChannelSpace(TinyResNet().eval(), (1, 8, 8), step=16)
-    profiler = Profiler(load_profile(PROFILE), cache_path=tmp_path / "c.sqlite")
-    evaluator = Evaluator(space, data, profiler, opset=17)
+def test_coevolution_reaches_the_budget_with_measured_candidates(tiny_evaluator):
+    evaluator = tiny_evaluator
+    space = evaluator.space
     full = evaluator.evaluate_widths(space.widths_from_indices(space.full_indices()))
     smallest = evaluator.evaluate_widths(space.widths_from_indices(space.min_indices()))
     budget = (full.latency.median_ms + smallest.latency.median_ms) / 2
     result = run_coevolution(evaluator, budget, population=3, generations=1, seed=0, show_progress=False, tolerance=1.0)
-    profiler.close()
     assert result.history and result.pareto
     assert all(c.latency.median_ms <= budget for c in result.pareto)
     assert all(c.choice in evaluator.results for c in result.candidates)  # every candidate was measured

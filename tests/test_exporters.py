@@ -124,7 +124,7 @@ def test_int8_over_the_accuracy_gate_is_refused_and_not_written(out_copy, monkey
     out, cache = out_copy
     (out / "model.int8.onnx").write_bytes(b"stale file from an earlier export")
 
-    def broken_quantizer(onnx_bytes, calibration, input_name="input"):
+    def broken_quantizer(onnx_bytes, calibration, input_name="input", progress=True):
         """A real, runnable model whose classifier is zeroed: every image gets class 0."""
         proto = onnx.load_from_string(onnx_bytes)
         for init in proto.graph.initializer:

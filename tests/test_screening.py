@@ -1,20 +1,10 @@
 """The surrogate screen: skips only what it predicts far over the limit, and only once its
 recent predictions have proved accurate; skipped candidates are never reported."""
 
-from pathlib import Path
-
 import torch
 
-from edgeprune.data import load_data
-from edgeprune.fitness import Evaluator
-from edgeprune.profiling.profiler import Profiler
 from edgeprune.search.nsga import run_nsga2
 from edgeprune.search.screening import Screen
-from edgeprune.space import ChannelSpace
-from edgeprune.targets import load_profile
-from tiny_models import TinyResNet
-
-PROFILE = str(Path(__file__).parent / "fixtures" / "fast-cpu.yaml")
 
 
 class _Surrogate:
@@ -56,18 +46,14 @@ def test_an_inaccurate_surrogate_never_screens():
     assert screen.skip(_model(10_000)) is None
 
 
-def test_skipped_candidates_steer_the_search_but_are_never_reported(tmp_path):
-    torch.manual_seed(0)
-    data = load_data("digits", holdout=300, seed=0)
-    space = ChannelSpace(TinyResNet().eval(), (1, 8, 8), step=16)
-    profiler = Profiler(load_profile(PROFILE), cache_path=tmp_path / "c.sqlite")
-    evaluator = Evaluator(space, data, profiler, opset=17)
+def test_skipped_candidates_steer_the_search_but_are_never_reported(tiny_evaluator):
+    evaluator, profiler = tiny_evaluator, tiny_evaluator.profiler
+    space = evaluator.space
     budget = 10 * evaluator.latency(space.widths_from_indices(space.full_indices())).median_ms
     screen = Screen(_Surrogate(1.0), warmup=0, window=5, limit_ms=budget)
     screen.errors.extend([0.0] * 5)  # trusted from the start; every model "predicts" ≫ budget
     evaluator.screen = screen
     result = run_nsga2(evaluator, budget, population=6, generations=2, seed=0, show_progress=False)
-    profiler.close()
     predicted = [c for c in evaluator.results.values() if c.predicted]
     assert predicted and screen.skips == len(predicted)
     assert profiler.measurements <= 1  # only the reference-free first latency above was timed

@@ -102,17 +102,19 @@ def test_seeds_are_the_widest_ratio_of_each_profile_within_the_budget(setup):
     assert widths(0.5, 0.0) == tuple(g.options[i] for g, i in zip(space.groups, space.uniform_indices(0.5)))
 
 
-def test_shortlist_always_short_tunes_the_seeds_but_not_a_narrower_copy(setup):
+def test_shortlist_always_short_tunes_the_seeds_and_a_narrower_one_only_in_place_of_a_wider(setup):
     space = setup[1]
     stats = LatencyStats(10, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0)
     cand = lambda w, acc: Candidate(space.choice(w), acc, stats, 0, 0)  # noqa: E731
     full = space.widths_from_indices(space.full_indices())
     half = space.widths_from_indices(space.uniform_indices(0.5))
     small = space.widths_from_indices(space.min_indices())
-    seeds = [cand(half, 0.1), cand(small, 0.1)]  # small is a narrower copy of half
+    seeds = [cand(half, 0.1), cand(small, 0.1)]  # one profile's widest ratio, then its next narrower
     others = [cand(full, 0.9), *seeds]
     picked = shortlist(_WidthClock(space), others, 2.0, size=1, seeds=seeds)
     assert [c.widths for c in picked] == [half, full]  # the seed despite its accuracy, then the best other
+    picked = shortlist(_WidthClock(space, over=[half]), others, 2.0, size=1, seeds=seeds)
+    assert [c.widths for c in picked] == [small, full]  # the wider seed's re-measure missed
 
 
 def test_shortlist_skips_candidates_whose_fresh_measurement_misses_the_budget(setup):

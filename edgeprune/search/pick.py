@@ -28,41 +28,42 @@ _PICK_TRIES = 5
 def shortlist(
     evaluator: Evaluator, candidates: list[Candidate], limit_ms: float, size: int, seeds: list[Candidate] = ()
 ) -> list[Candidate]:
-    """The feasible ``seeds`` that are not a narrower copy of another seed, then up to ``size``
-    of the most accurate other feasible candidates, all of whose *fresh* re-measure is also
-    within ``limit_ms`` (the search's limit); the fastest measured candidate when none is.
+    """The feasible ``seeds``, in order, each unless a seed already taken is at least as wide in
+    every group; then up to ``size`` of the most accurate other feasible candidates. Each one's
+    *fresh* re-measure must also be within ``limit_ms`` (the search's limit); the fastest
+    measured candidate when none is.
 
-    The seeds (:func:`ratio_seeds`) always get a short tune: adaptive-BN accuracy, which ranks
-    the rest, is near chance at heavy pruning and would leave them out by accident. A fresh
-    session guards against a lucky measurement sneaking a candidate under the limit. The
-    re-measure is held to the search's limit, not to the budget: held to the budget, a pick that
-    re-measured within it by a hair then measured 0.3 % over it in the benchmark's independent
-    check on a noisy VM.
+    The seeds (:func:`ratio_seeds`: each profile's widest ratio within the limit, then its next
+    narrower one) always get a short tune: adaptive-BN accuracy, which ranks the rest, is near
+    chance at heavy pruning and would leave them out by accident. A profile's narrower seed
+    stands in only when its widest one fails the re-measure. A fresh session guards against a
+    lucky measurement sneaking a candidate under the limit. The re-measure is held to the
+    search's limit, not to the budget: held to the budget, a pick that re-measured within it by
+    a hair then measured 0.3 % over it in the benchmark's independent check on a noisy VM.
     """
     def fits(c: Candidate) -> bool:
         return not c.predicted and c.latency.median_ms <= limit_ms
 
-    def narrower(a: Candidate, b: Candidate) -> bool:
-        return a.widths != b.widths and all(x <= y for x, y in zip(a.widths, b.widths))
+    def passes(c: Candidate) -> bool:
+        fresh = evaluator.latency(c.widths, fresh=True)
+        if fresh.median_ms > limit_ms:
+            console.print(f"  re-measure of a candidate: {fresh.median_ms:.4f} ms > the search limit {limit_ms:.4f} ms; trying the next one")
+        return fresh.median_ms <= limit_ms
 
-    seeds = [c for c in {c.choice: c for c in seeds}.values() if fits(c)]
-    seeds = [c for c in seeds if not any(narrower(c, other) for other in seeds)]
+    chosen: list[Candidate] = []
+    for cand in (c for c in seeds if fits(c)):
+        covered = any(all(x <= y for x, y in zip(cand.widths, taken.widths)) for taken in chosen)
+        if not covered and passes(cand):
+            chosen.append(cand)
     seeded = {c.choice for c in seeds}
     ranked = sorted((c for c in candidates if fits(c) and c.choice not in seeded), key=lambda c: (-c.accuracy, c.latency.median_ms))
-    chosen: list[Candidate] = []
-    for group, quota in ((seeds, len(seeds)), (ranked, size)):
-        taken = 0
-        for tries, cand in enumerate(group):
-            if taken == quota or (tries >= quota + _PICK_TRIES and taken):
-                break
-            fresh = evaluator.latency(cand.widths, fresh=True)
-            if fresh.median_ms <= limit_ms:
-                chosen.append(cand)
-                taken += 1
-            else:
-                console.print(
-                    f"  re-measure of a candidate: {fresh.median_ms:.4f} ms > the search limit {limit_ms:.4f} ms; trying the next one"
-                )
+    taken = 0
+    for tries, cand in enumerate(ranked):
+        if taken == size or (tries >= size + _PICK_TRIES and taken):
+            break
+        if passes(cand):
+            chosen.append(cand)
+            taken += 1
     return chosen or [min((c for c in candidates if not c.predicted), key=lambda c: c.latency.median_ms)]
 
 
@@ -109,8 +110,8 @@ SEED_ALPHAS = (0.0, 1.0, 2.0)
 
 def ratio_seeds(evaluator: Evaluator, budget_ms: float, alphas: tuple[float, ...] = SEED_ALPHAS) -> list[list[int]]:
     """Width indices, for each exponent in ``alphas``, of the widest ratio (0.05 grid) of
-    :meth:`ChannelSpace.scaled_indices` whose measured latency meets ``budget_ms``; for uniform
-    pruning (``alpha = 0``) also the next narrower ratio.
+    :meth:`ChannelSpace.scaled_indices` whose measured latency meets ``budget_ms`` and of the
+    next narrower ratio (in case the widest fails its re-measure).
 
     ``alpha = 0`` is the answer uniform pruning would give, so the search starts from the best
     simple baseline. The other profiles prune wide groups harder; which one recovers best is
@@ -123,7 +124,7 @@ def ratio_seeds(evaluator: Evaluator, budget_ms: float, alphas: tuple[float, ...
         found = _widest_scaled(evaluator, budget_ms, alpha)
         if found is None:  # the unpruned model already meets the budget
             return [evaluator.space.full_indices()]
-        seeds += [s for s in (found if alpha == 0 else found[:1]) if s not in seeds]
+        seeds += [s for s in found if s not in seeds]
     return seeds
 
 

@@ -24,7 +24,7 @@ from edgeprune.progress import console
 from edgeprune.search.checkpoint import RunCheckpoint, SearchJournal
 from edgeprune.search.coevolution import run_coevolution
 from edgeprune.search.nsga import SearchResult, run_nsga2
-from edgeprune.search.pick import distill, ratio_seeds, refine, shortlist, widen
+from edgeprune.search.pick import SessionNoise, confirm, confirmed, distill, ratio_seeds, refine, shortlist, widen
 from edgeprune.search.screening import Screen
 from edgeprune.profiling.surrogate import LatencySurrogate
 from edgeprune.space import ChannelPlan, ChannelSpace, apply_plan
@@ -133,13 +133,29 @@ def run_rounds(
             continue
 
         seeded = [evaluator.evaluate_widths(space.widths_from_indices(s)) for s in seeds]  # evaluated already
-        picked, refined = refine(cfg, evaluator, original, shortlist(evaluator, result.candidates, search_budget, cfg.refine_top, seeded))
+        ranked, refined = refine(cfg, evaluator, original, shortlist(evaluator, result.candidates, search_budget, cfg.refine_top, seeded))
+        noise = SessionNoise()
+        picked, confirmation = confirmed(evaluator, ranked, budget, margin, noise)
+        for row in refined:
+            row["picked"] = row["widths"] == list(picked.widths)
+        checks = {picked.widths: confirmation}
+
+        def check(widths: tuple[int, ...]) -> bool:
+            checks[widths] = confirm(evaluator, widths, budget, margin, noise)
+            return checks[widths].passed
+
         widened = []
         if cfg.widen_passes > 0:
             before = picked.latency.median_ms
-            picked, widened = widen(evaluator, picked, budget * (1 - 2 * margin), search_budget, cfg.widen_passes)
+            step_limit = min(budget * (1 - 2 * margin), confirmation.limit_ms)
+            picked, widened = widen(evaluator, picked, step_limit, check, cfg.widen_passes)
             if widened:
                 console.print(f"widened the pick by {len(widened)} grid step(s): {before:.4f} → {picked.latency.median_ms:.4f} ms (budget {budget:.4f} ms)")
+        confirmation = checks[picked.widths]
+        console.print(
+            f"confirmed in {len(confirmation.sessions_ms)} fresh sessions: median {confirmation.median_ms:.4f} ms "
+            f"(session spread {confirmation.spread:.1%}), limit {confirmation.limit_ms:.4f} ms, budget {budget:.4f} ms"
+        )
         search_s = time.perf_counter() - t
         round_plan = space.plan_of(picked.choice)
         pruned = space.shrink(round_plan)
@@ -177,6 +193,7 @@ def run_rounds(
             "seeds": [list(c.widths) for c in seeded],
             "short_tune": refined,
             "widened": widened,
+            "confirmation": confirmation.to_dict(),
             "search_s": search_s,
             "finetune_s": time.perf_counter() - t,
             "finetune": finetune,

@@ -100,18 +100,23 @@ class Package:
         )
 
 
+# Fresh sessions a finished file is timed in next to its reference (the median one is reported).
+FINAL_SESSIONS = 3
+
+
 def _measure(profiler: Profiler, blob: bytes, shape: tuple[int, ...]) -> tuple[LatencyStats, bool]:
     """Latency of a finished file on the profiler's target.
 
     With a reference set (a prune run: the unpruned model; an export: the FP32 file) the file is
     timed fresh in alternating blocks with it and reported in the reference's units, so FP32 and
-    INT8 are compared without the CPU's drift between minutes. Without one, this file becomes the
+    INT8 are compared without the CPU's drift between minutes, in ``FINAL_SESSIONS`` sessions
+    (the median one is reported: a single new session can land several percent off). Without one, this file becomes the
     reference: its number is the cached one when this device already timed this graph (so the
     gate, the report and the manifest agree), a fresh measurement otherwise.
     """
     key = graph_key(blob)
     if profiler.anchor is not None:
-        return profiler.latency(key, shape, lambda: blob, fresh=True)
+        return profiler.latency(key, shape, lambda: blob, fresh=True, sessions=FINAL_SESSIONS)
     hits = profiler.cache_hits
     stats = profiler.set_reference(key, shape, blob)
     return stats, profiler.cache_hits > hits

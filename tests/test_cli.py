@@ -47,6 +47,8 @@ def test_end_to_end_prune_writes_a_deployable_folder(tmp_path):
     final, widened = report["rounds"][0]["group_widths_round"], report["rounds"][0]["widened"]
     assert (final == tuned_pick) == (not widened)  # the short-tuned pick, grown only by the listed steps
     assert all(f >= t for f, t in zip(final, tuned_pick)) and all(step["latency_ms"] <= 5 for step in widened)
+    check = report["rounds"][0]["confirmation"]  # the delivered widths, timed in fresh sessions
+    assert check["passed"] and len(check["sessions_ms"]) == 5 and check["median_ms"] <= check["limit_ms"] <= 0.97 * 5
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     logits = session.run(None, {"input": np.zeros((1, 1, 8, 8), np.float32)})[0]
     assert logits.shape == (1, 10)

@@ -6,6 +6,7 @@ from tiny_models import TinyResNet
 
 from edgeprune.profiling.onnx_bytes import export_onnx_bytes
 from edgeprune.profiling.profiler import Profiler
+from edgeprune.profiling.stats import LatencyStats
 from edgeprune.targets import load_profile
 
 PROFILE = Path(__file__).parent / "fixtures" / "fast-cpu.yaml"
@@ -42,3 +43,28 @@ def test_the_anchor_comes_from_the_cache_so_runs_share_one_unit(tmp_path):
     assert second.set_reference("ref", SHAPE, ref).median_ms == anchor.median_ms
     assert second.measurements == 0
     second.close()
+
+
+class _Sessions:
+    """A backend whose successive fresh sessions measure the given medians (ms)."""
+
+    def __init__(self, medians):
+        self.medians = iter(medians)
+
+    def measure(self, onnx_bytes, input_shape):
+        ms = next(self.medians)
+        return LatencyStats(100, ms, ms, ms, ms, 0.0, 0.0)
+
+    def close(self):
+        pass
+
+
+def test_a_measurement_over_several_sessions_reports_and_caches_the_median_one(tmp_path):
+    profiler = Profiler(load_profile(str(PROFILE)), cache_path=tmp_path / "c.sqlite")
+    profiler.backend.close()
+    profiler.backend = _Sessions([1.0, 2.0, 1.3, 9.9])
+    stats, cached = profiler.latency("a", SHAPE, lambda: b"onnx", fresh=True, sessions=3)
+    assert stats.median_ms == 1.3 and not cached and profiler.measurements == 3
+    again, cached = profiler.latency("a", SHAPE, lambda: b"onnx")
+    assert cached and again.median_ms == 1.3  # what was reported is what the cache answers with
+    profiler.close()

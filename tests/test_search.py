@@ -1,5 +1,6 @@
 """The GA with real evaluations: a tiny residual net on sklearn's digits, measured in onnxruntime."""
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,7 +13,7 @@ from edgeprune.fitness import Candidate, Evaluator, recalibrate_bn
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.search.nsga import objectives, run_nsga2
-from edgeprune.search.pick import ratio_seeds, refine, shortlist, widen
+from edgeprune.search.pick import SessionNoise, confirm, confirmed, ratio_seeds, refine, shortlist, widen
 from edgeprune.space import ChannelSpace, macs_and_params
 from edgeprune.targets import load_profile
 
@@ -130,22 +131,57 @@ def test_shortlist_skips_candidates_whose_fresh_measurement_misses_the_budget(se
     assert [c.widths for c in picked] == [mid, small]  # most accurate first; the lucky one dropped
 
 
-def test_refine_picks_the_candidate_that_recovers_best_and_reports_all(setup):
+def test_refine_ranks_by_recovery_after_the_short_tune_and_reports_all(setup):
     data, space = setup
     evaluator = SimpleNamespace(space=space, data=data)
-    cfg = SimpleNamespace(refine_epochs=0.5, lr=0.01, batch_size=64, seed=0, kd_alpha=0.5, kd_temperature=4.0, progress=False)
+    cfg = SimpleNamespace(refine_epochs=2, lr=0.01, batch_size=64, seed=0, kd_alpha=0.5, kd_temperature=4.0, progress=False)
     tiny = space.widths_from_indices(space.min_indices())
     full = space.widths_from_indices(space.full_indices())
     stats = LatencyStats(10, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0)
     # Adaptive-BN says the narrowest network is best; after the short tune the full one wins.
     cands = [Candidate(space.choice(tiny), 0.99, stats, 0, 0), Candidate(space.choice(full), 0.10, stats, 0, 0)]
-    picked, rows = refine(cfg, evaluator, space.model, cands)
+    ranked, rows = refine(cfg, evaluator, space.model, cands)
     assert [r["holdout_accuracy_adaptive_bn"] for r in rows] == [0.99, 0.10]
-    best = max(rows, key=lambda r: r["holdout_accuracy_short_tune"])
-    assert best.get("picked") and list(picked.widths) == best["widths"]
-    assert sum(1 for r in rows if r.get("picked")) == 1
-    cfg.refine_epochs = 0  # off: the shortlist's first (most accurate by adaptive BN) is the pick
-    assert refine(cfg, evaluator, space.model, cands) == (cands[0], [])
+    assert rows[1]["holdout_accuracy_short_tune"] > rows[0]["holdout_accuracy_short_tune"]
+    assert ranked == [cands[1], cands[0]]  # best after the short tune first
+    cfg.refine_epochs = 0  # off: the shortlist's order (most accurate by adaptive BN first)
+    assert refine(cfg, evaluator, space.model, cands) == (cands, [])
+
+
+class _SessionClock:
+    """Stands in for an Evaluator in ``confirm``: fresh sessions of ``widths`` measure the next
+    values of ``sessions[widths]`` in turn."""
+
+    def __init__(self, sessions):
+        self.sessions = {w: iter(v) for w, v in sessions.items()}
+
+    def latency(self, widths, fresh=False):
+        assert fresh  # a confirmation never takes a cached number
+        return SimpleNamespace(median_ms=next(self.sessions[tuple(widths)]))
+
+
+def test_confirm_margin_grows_with_the_spread_between_fresh_sessions():
+    quiet = confirm(_SessionClock({(1,): [0.95, 0.951, 0.949, 0.95, 0.95]}), (1,), 1.0, 0.03, SessionNoise())
+    assert quiet.median_ms == 0.95 and quiet.limit_ms == pytest.approx(0.97)  # spread ~0: the fixed margin
+    assert quiet.passed and quiet.to_dict()["sessions_ms"] == [0.95, 0.951, 0.949, 0.95, 0.95]
+    # The same median with sessions 5 % apart: 2 standard errors of the gap to another such check.
+    noisy = confirm(_SessionClock({(1,): [0.90, 0.95, 1.00, 0.95, 0.95 * 0.95]}), (1,), 1.0, 0.03, SessionNoise())
+    assert noisy.spread == pytest.approx(1.4826 * math.log(1.00 / 0.95))  # robust: the median |log deviation|
+    assert noisy.limit_ms == pytest.approx(1 - 2 * 1.25 * noisy.spread * (2 / 5) ** 0.5)
+    assert noisy.limit_ms < 0.95 and not noisy.passed
+
+
+def test_confirmed_takes_the_best_ranked_that_passes_else_the_fastest(setup):
+    space = setup[1]
+    stats = LatencyStats(10, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0)
+    a, b, c = (space.widths_from_indices(space.uniform_indices(r)) for r in (1.0, 0.5, 0.0))
+    ranked = [Candidate(space.choice(w), 0.5, stats, 0, 0) for w in (a, b, c)]
+    clock = _SessionClock({a: [1.0] * 5, b: [0.9] * 5, c: [0.5] * 5})
+    picked, check = confirmed(clock, ranked, 1.0, 0.03, SessionNoise())
+    assert picked is ranked[1] and check.median_ms == 0.9  # the first was over budget less 3 %
+    clock = _SessionClock({a: [1.2] * 5, b: [1.1] * 5, c: [1.3] * 5})
+    picked, check = confirmed(clock, ranked, 1.0, 0.03, SessionNoise())
+    assert picked is ranked[1] and not check.passed  # none passes: the fastest, flagged
 
 
 def test_seeds_join_the_first_population(setup, tmp_path):
@@ -190,7 +226,7 @@ def test_widen_spends_the_budget_the_pick_leaves_most_macs_first(setup):
     space = setup[1]
     clock = _SumClock(space)
     picked = clock.evaluate(space.choice(space.widths_from_indices(space.min_indices())))  # 3 ms
-    widened, steps = widen(clock, picked, 5.5, 5.5)
+    widened, steps = widen(clock, picked, 5.5, _within(clock, 5.5))
     assert sum(widened.widths) == 80 and len(steps) == 2  # two 1-ms steps fit under 5.5 ms, a third does not
     gains = {}
     for g, group in enumerate(space.groups):
@@ -206,8 +242,26 @@ def test_widen_undoes_a_step_whose_fresh_measurement_misses_and_keeps_a_pick_wit
     space = setup[1]
     small = space.widths_from_indices(space.min_indices())
     picked = _SumClock(space).evaluate(space.choice(small))
-    first, _ = widen(_SumClock(space), picked, 5.5, 5.5)
+    first, _ = widen(_SumClock(space), picked, 5.5, _within(_SumClock(space), 5.5))
     clock = _SumClock(space, over=[first.widths])  # the final widths re-measure over the budget
-    undone, steps = widen(clock, picked, 5.5, 5.5)
+    undone, steps = widen(clock, picked, 5.5, _within(clock, 5.5))
     assert sum(undone.widths) == 64 and len(steps) == 1
-    assert widen(_SumClock(space), picked, 3.5, 3.5) == (picked, [])  # no step fits
+    assert widen(_SumClock(space), picked, 3.5, _within(_SumClock(space), 3.5)) == (picked, [])  # no step fits
+
+
+def test_widen_keeps_the_most_steps_whose_fresh_check_passes(setup):
+    space = setup[1]
+    picked = _SumClock(space).evaluate(space.choice(space.widths_from_indices(space.min_indices())))  # 3 ms
+    checked = []
+
+    def check(widths):  # steps cost 1 ms each on the cached clock; fresh sessions say 1.5 ms each
+        checked.append(widths)
+        return 3 + (sum(widths) / 16 - 3) * 1.5 <= 6.5
+
+    widened, steps = widen(_SumClock(space), picked, 9.5, check, passes=3)
+    assert sum(widened.widths) / 16 == 5 and len(steps) == 2  # 3 + 2 x 1.5 = 6 fits, 7.5 does not
+    assert len(checked) <= 4  # the last widths, then a bisection over the accepted steps
+
+
+def _within(clock, limit_ms):
+    return lambda widths: clock.latency(widths, fresh=True).median_ms <= limit_ms

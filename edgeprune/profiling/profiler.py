@@ -72,14 +72,19 @@ class Profiler:
         input_shape: Sequence[int],
         onnx_fn: Callable[[], bytes],
         fresh: bool = False,
+        sessions: int = 1,
     ) -> tuple[LatencyStats, bool]:
         """``(stats, from_cache)`` for the architecture ``arch_key``.
 
         ``fresh=True`` ignores both caches and measures: the final model's reported number must
         be an independent measurement, not the one the search happened to select it by.
-        Noisy results are returned (so the caller can report them) but never stored, so the next
-        request measures again.
+        A measurement takes ``sessions`` fresh sessions and keeps the one with the median
+        latency: each new session lays its buffers out anew, which moves a small model's
+        latency by several percent. Noisy results are returned (so the caller can report them)
+        but never stored, so the next request measures again.
         """
+        if sessions < 1:
+            raise ValueError(f"sessions must be at least 1, got {sessions}")
         shape = tuple(int(d) for d in input_shape)
         if not fresh:
             stats = self._memory.get((arch_key, shape))
@@ -90,18 +95,23 @@ class Profiler:
             if stats is not None:
                 self.cache_hits += 1
                 return stats, True
-        if self.anchor is None:
-            stats = self.backend.measure(onnx_fn(), shape)
-        else:
-            raw, ref = self.backend.measure_pair(onnx_fn(), shape)
-            stats = raw.scaled(self.anchor.median_ms / ref.median_ms)
-            stats.noisy = raw.noisy or ref.noisy
-        self.measurements += 1
+        onnx = onnx_fn()
+        stats = sorted((self._measure(onnx, shape) for _ in range(sessions)), key=lambda s: s.median_ms)[sessions // 2]
         if not stats.noisy:
             self._memory.setdefault((arch_key, shape), stats)
             if self._cache is not None:
                 self._cache.put(self.fingerprint_hash, arch_key, shape, stats)
         return stats, False
+
+    def _measure(self, onnx: bytes, shape: tuple[int, ...]) -> LatencyStats:
+        """One fresh session's stats, in the reference's units when a reference is set."""
+        self.measurements += 1
+        if self.anchor is None:
+            return self.backend.measure(onnx, shape)
+        raw, ref = self.backend.measure_pair(onnx, shape)
+        stats = raw.scaled(self.anchor.median_ms / ref.median_ms)
+        stats.noisy = raw.noisy or ref.noisy
+        return stats
 
     def peek(self, arch_key: str, input_shape: Sequence[int]) -> LatencyStats | None:
         """The known latency of ``arch_key`` (memory or cache), without measuring anything."""

@@ -169,7 +169,8 @@ def main(argv=None) -> int:
                 lat[method] = np.median([profiler.latency(key, (1, *SHAPE), lambda b=blob: b, fresh=True)[0].median_ms for _ in range(3)])
             profiler.close()
             for method, blob, macs, search_s, note in (
-                ("edgeprune", ours_bytes, report["pruned"]["macs"], report["phases"]["search_s"], ""),
+                ("edgeprune", ours_bytes, report["pruned"]["macs"], report["phases"]["search_s"],
+                 f"session spread {report['rounds'][-1]['confirmation']['session_spread']:.1%}"),
                 ("uniform", uniform_bytes, macs_and_params(uniform, SHAPE)[0], uniform_search_s, f"ratio {ratio:.2f}"),
             ):
                 rows.append({

@@ -413,8 +413,16 @@ class ChannelSpace:
         3.02, 3.16 and 3.48 M and scored 89.66, 90.04 and 90.28 % (the unpruned model, fine-tuned
         alike: 90.61 %). ResNet-18 at 0.5x barely cares: 91.77 % uniform, 91.93 % at ``alpha`` 1.
         """
-        median = statistics.median(g.full for g in self.groups) if self.groups else 1.0
+        median = self._median_width
         return [g.nearest_option(min(1.0, keep_ratio * (median / g.full) ** alpha) * g.full) for g in self.groups]
+
+    def full_ratio(self, alpha: float) -> float:
+        """The smallest ``keep_ratio`` at which :meth:`scaled_indices` keeps every group whole."""
+        return max(((g.full / self._median_width) ** alpha for g in self.groups), default=1.0)
+
+    @property
+    def _median_width(self) -> float:
+        return statistics.median(g.full for g in self.groups) if self.groups else 1.0
 
     def choice(self, widths) -> Choice:
         """The ``widths`` most important channels of every group (what the width encoding keeps)."""

@@ -101,6 +101,10 @@ def test_seeds_are_the_widest_ratio_of_each_profile_within_the_budget(setup):
     kept = dict(zip((g.name for g in space.groups), widths(0.5, 1.0)))
     assert kept[wide.name] / wide.full < kept[narrow.name] / narrow.full
     assert widths(0.5, 0.0) == tuple(g.options[i] for g, i in zip(space.groups, space.uniform_indices(0.5)))
+    # full_ratio: the first ratio at which every group is whole (64 / median 48 for alpha = 1)
+    assert space.full_ratio(1.0) == pytest.approx(64 / 48) and space.full_ratio(0.0) == 1.0
+    assert space.scaled_indices(space.full_ratio(1.0), 1.0) == space.full_indices()
+    assert space.scaled_indices(0.7 * space.full_ratio(1.0), 1.0) != space.full_indices()
 
 
 def test_shortlist_always_short_tunes_the_seeds_and_a_narrower_one_only_in_place_of_a_wider(setup):

@@ -79,8 +79,8 @@ class Profiler:
         ``fresh=True`` ignores both caches and measures: the final model's reported number must
         be an independent measurement, not the one the search happened to select it by.
         A measurement takes ``sessions`` fresh sessions and keeps the one with the median
-        latency: each new session lays its buffers out anew, which moves a small model's
-        latency by several percent. Noisy results are returned (so the caller can report them)
+        latency: on a shared machine one session can land several percent off the next (see
+        ``search.pick.SessionNoise``). Noisy results are returned (so the caller can report them)
         but never stored, so the next request measures again.
         """
         if sessions < 1:

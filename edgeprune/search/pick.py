@@ -117,9 +117,12 @@ class SessionNoise:
     pooled over a round's confirmations: a robust relative sigma (1.4826 x the median absolute
     log-deviation), never below ``MIN_SESSION_SPREAD``.
 
-    The spread between sessions, not within one, is what moves a pick over its budget: each new
-    ONNX Runtime session lays its buffers out differently, and on the benchmark VM one resnet18
-    network measured anywhere from 0.169 to 0.192 ms over five sessions of 0.6 s each.
+    The spread between sessions, not within one, is what moves a pick over its budget, and it
+    depends on the machine and the moment as much as on the model: on the shared benchmark VM
+    one resnet18 network measured from 0.169 to 0.192 ms over five sessions of 0.6 s each while
+    other tenants were busy, and within 0.6 % (CV) at a quiet moment; resnet18's weights are
+    about the size of the shared L3, so their memory traffic moves it, while mobilenet_v2's
+    sessions stayed within 1.3-2.5 % during the same benchmark.
     """
 
     def __init__(self) -> None:
@@ -232,9 +235,7 @@ def _widest_scaled(evaluator: Evaluator, budget_ms: float, alpha: float) -> list
     bisection: latency grows with the ratio, so a handful of measurements), or None when even
     full width meets it."""
     space = evaluator.space
-    median = statistics.median(g.full for g in space.groups)
-    top = max((g.full / median) ** alpha for g in space.groups)  # from this ratio on, all groups are full
-    ratios = [round(0.05 * k, 2) for k in range(1, math.ceil(top / 0.05 - 1e-9) + 1)]
+    ratios = [round(0.05 * k, 2) for k in range(1, math.ceil(space.full_ratio(alpha) / 0.05 - 1e-9) + 1)]
 
     def meets(i: int) -> bool:
         widths = space.widths_from_indices(space.scaled_indices(ratios[i], alpha))

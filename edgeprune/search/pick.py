@@ -120,9 +120,10 @@ class SessionNoise:
     The spread between sessions, not within one, is what moves a pick over its budget, and it
     depends on the machine and the moment as much as on the model: on the shared benchmark VM
     one resnet18 network measured from 0.169 to 0.192 ms over five sessions of 0.6 s each while
-    other tenants were busy, and within 0.6 % (CV) at a quiet moment; resnet18's weights are
-    about the size of the shared L3, so their memory traffic moves it, while mobilenet_v2's
-    sessions stayed within 1.3-2.5 % during the same benchmark.
+    other tenants were busy, and within 0.6 % (CV) at a quiet moment (its weights are about the
+    size of the shared L3), while mobilenet_v2's sessions stayed within 1.3-2.5 % during the
+    same benchmark. Busy and quiet spells last minutes, so sessions timed back to back see one
+    of them: this sigma is a floor for the spread a later check will meet, not a bound.
     """
 
     def __init__(self) -> None:

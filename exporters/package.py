@@ -110,9 +110,10 @@ def _measure(profiler: Profiler, blob: bytes, shape: tuple[int, ...]) -> tuple[L
     With a reference set (a prune run: the unpruned model; an export: the FP32 file) the file is
     timed fresh in alternating blocks with it and reported in the reference's units, so FP32 and
     INT8 are compared without the CPU's drift between minutes, in ``FINAL_SESSIONS`` sessions
-    (the median one is reported: a single new session can land several percent off). Without one, this file becomes the
-    reference: its number is the cached one when this device already timed this graph (so the
-    gate, the report and the manifest agree), a fresh measurement otherwise.
+    (the median one is reported: a single new session can land several percent off). Without
+    one, this file becomes the reference: its number is the cached one when this device already
+    timed this graph (so the gate, the report and the manifest agree), a fresh measurement
+    otherwise.
     """
     key = graph_key(blob)
     if profiler.anchor is not None:

@@ -2,7 +2,11 @@
 
 A team measures on the device once and lets CI reuse the numbers: ``export`` writes plain,
 versioned JSON (never a pickle or the SQLite file itself, whose format belongs to SQLite and
-whose content we could not check), ``import`` checks every row before adding any.
+whose content we could not check), ``import`` checks every row before adding any. ``gate`` trusts
+the cache before measuring, so an imported file is untrusted input: it must be small, plain JSON,
+every fingerprint must carry details that hash to it and every field must be in a real range.
+``export`` therefore leaves out (with a note) rows an import would refuse, so a shared file
+always imports.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.errors import UserError
-from edgeprune.profiling.cache import LatencyCache, default_cache_path
+from edgeprune.profiling.cache import LatencyCache, default_cache_path, read_export
 
 
 def open_cache(path: str | None) -> LatencyCache:
@@ -39,8 +43,9 @@ def fingerprint_summary(fp: dict[str, Any] | None) -> str:
 
 
 def resolve_fingerprint(cache: LatencyCache, text: str) -> str:
-    """A full fingerprint hash from a unique prefix of one in the cache (as git does)."""
-    hashes = [r.hash for r in cache.fingerprint_rows()]
+    """A full fingerprint hash from a unique prefix of one in the cache (as git does); every table
+    counts, so a fingerprint with only node-time profiles left can still be cleared."""
+    hashes = cache.fingerprint_hashes()
     matches = [h for h in hashes if h.startswith(text)] if len(text) >= 4 else [h for h in hashes if h == text]
     if len(matches) == 1:
         return matches[0]
@@ -54,23 +59,33 @@ def cmd_stats(args) -> int:
     cache = open_cache(args.cache)
     try:
         groups = cache.fingerprint_rows()
-        total = cache.count()
+        total, profiles = cache.count(), cache.node_count()
     finally:
         cache.close()
     if args.json:
         print(json.dumps({
             "cache": str(cache.path),
             "rows": total,
+            "node_time_profiles": profiles,
             "fingerprints": [
                 {"hash": g.hash, "rows": g.rows, "newest": g.newest, "fingerprint": g.fingerprint} for g in groups
             ],
         }, indent=2))
         return 0
-    print(f"{cache.path}: {total} rows, {len(groups)} fingerprint{'s' if len(groups) != 1 else ''}")
+    print(f"{cache.path}: {total} rows, {len(groups)} fingerprint{'s' if len(groups) != 1 else ''}, "
+          f"{profiles} node-time profile{'s' if profiles != 1 else ''}")
     for g in groups:
-        newest = datetime.datetime.fromtimestamp(g.newest).strftime("%Y-%m-%d %H:%M")
-        print(f"  {g.hash}  {g.rows:>6} rows  newest {newest}  {fingerprint_summary(g.fingerprint)}")
+        print(f"  {g.hash}  {g.rows:>6} rows  newest {_date(g.newest)}  {fingerprint_summary(g.fingerprint)}")
     return 0
+
+
+def _date(timestamp: float | None) -> str:
+    """``YYYY-MM-DD HH:MM``, or ``unknown`` for a time no date can show: a file written by hand
+    may hold ``created = 1e300``, and one such row must not make every later ``stats`` crash."""
+    try:
+        return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "unknown"
 
 
 def cmd_clear(args) -> int:
@@ -79,19 +94,23 @@ def cmd_clear(args) -> int:
     cache = open_cache(args.cache)
     try:
         fp = resolve_fingerprint(cache, args.fingerprint) if args.fingerprint is not None else None
-        removed = cache.clear(fp)
+        removed, profiles = cache.clear(fp)
     finally:
         cache.close()
     scope = f"fingerprint {fp}" if fp else "all fingerprints"
-    print(f"removed {removed} row{'s' if removed != 1 else ''} ({scope}) from {cache.path}")
+    print(f"removed {removed} latency row{'s' if removed != 1 else ''} and {profiles} node-time "
+          f"profile{'s' if profiles != 1 else ''} ({scope}) from {cache.path}")
     return 0
 
 
 def cmd_export(args) -> int:
+    """Write the rows an import will accept. Rows it would refuse (chiefly those whose device
+    details were never recorded) are left out with a ``note:`` line each on stdout rather than
+    exported: one of them would make every import of the shared file fail."""
     cache = open_cache(args.cache)
     try:
         fp = resolve_fingerprint(cache, args.fingerprint) if args.fingerprint is not None else None
-        document = cache.export_rows(fp)
+        document, notes = cache.export_rows(fp)
     finally:
         cache.close()
     out = Path(args.file)
@@ -109,8 +128,11 @@ def cmd_export(args) -> int:
     except BaseException:
         os.unlink(tmp)
         raise
+    for note in notes:
+        print(f"note: {note}")
     rows = len(document["rows"])
-    print(f"exported {rows} row{'s' if rows != 1 else ''} ({len(document['fingerprints'])} fingerprints) to {out}")
+    fps = len(document["fingerprints"])
+    print(f"exported {rows} row{'s' if rows != 1 else ''} ({fps} fingerprint{'s' if fps != 1 else ''}) to {out}")
     return 0
 
 
@@ -118,10 +140,7 @@ def cmd_import(args) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise UserError(f"cache import: {path} not found; pass a file written by `edgeprune cache export`")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"cache import {path}: not JSON ({e}); pass a file written by `edgeprune cache export`") from None
+    document = read_export(path)  # size, encoding and JSON checked before the cache is opened
     cache = open_cache(args.cache)
     try:
         added, skipped = cache.import_rows(document, str(path))

@@ -41,7 +41,7 @@ def test_stats_shows_rows_per_fingerprint_with_a_summary(tmp_path, capsys):
     h, other = _filled(tmp_path / "c.sqlite")
     assert main(["cache", "stats", "--cache", str(tmp_path / "c.sqlite")]) == 0
     out = capsys.readouterr().out
-    assert "4 rows, 2 fingerprints" in out
+    assert "4 rows, 2 fingerprints, 0 node-time profiles" in out
     line = next(line for line in out.splitlines() if h in line)
     assert "3 rows" in line and "fast-cpu" in line and "onnxruntime" in line and "1 thread" in line
     assert "(details not recorded)" in next(line for line in out.splitlines() if other in line)
@@ -57,18 +57,21 @@ def test_export_import_roundtrip_is_first_wins(tmp_path, capsys):
     dest.close()
     file = tmp_path / "shared.json"
     assert main(["cache", "export", str(file), "--cache", str(tmp_path / "a.sqlite")]) == 0
+    out = capsys.readouterr().out
     doc = json.loads(file.read_text())
     assert doc["format"] == "edgeprune-latency-cache" and doc["format_version"] == 1 and doc["schema_version"] == 1
-    assert doc["fingerprints"][h]["profile"] == "fast-cpu" and doc["fingerprints"][other] is None
-    assert len(doc["rows"]) == 4 and doc["rows"][0]["input_shape"] == list(SHAPE)
+    # The unrecorded fingerprint's row is left out with a note: an import would refuse it.
+    assert list(doc["fingerprints"]) == [h] and doc["fingerprints"][h]["profile"] == "fast-cpu"
+    assert len(doc["rows"]) == 3 and doc["rows"][0]["input_shape"] == list(SHAPE)
+    assert f"note: skipped 1 row of fingerprint {other}: its device details are not recorded" in out
+    assert "exported 3 rows (1 fingerprint) to" in out
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-    capsys.readouterr()
     assert main(["cache", "import", str(file), "--cache", str(tmp_path / "b.sqlite")]) == 0
-    assert "imported 3 rows" in capsys.readouterr().out
+    assert "imported 2 rows" in capsys.readouterr().out
     cache = LatencyCache(tmp_path / "b.sqlite")
-    assert cache.count() == 4
+    assert cache.count() == 3
     assert cache.get(h, "a", SHAPE).median_ms == 9.0 and cache.get(h, "c", SHAPE).median_ms == 3.0
-    assert {g.hash: g.fingerprint is not None for g in cache.fingerprint_rows()} == {h: True, other: False}
+    assert {g.hash: g.fingerprint is not None for g in cache.fingerprint_rows()} == {h: True}
     cache.close()
     assert main(["cache", "import", str(file), "--cache", str(tmp_path / "b.sqlite")]) == 0
     assert "imported 0 rows" in capsys.readouterr().out
@@ -99,7 +102,7 @@ def _bad(doc_or_text, tmp_path, capsys) -> str:
 def _export(tmp_path) -> dict:
     h, _ = _filled(tmp_path / "src.sqlite")
     cache = LatencyCache(tmp_path / "src.sqlite")
-    doc = cache.export_rows()
+    doc, _ = cache.export_rows()
     cache.close()
     return doc
 
@@ -108,7 +111,9 @@ def _export(tmp_path) -> dict:
     "mutate, words",
     [
         (lambda d: d["rows"][1].update(median=-1.0), ["row 2", "'median'", "finite positive"]),
-        (lambda d: d["rows"][0].update(p99=float("inf")), ["row 1", "'p99'"]),
+        (lambda d: d["rows"][0].update(median=4.0, p90=3.0), ["row 1", "median 4.0 > p90 3.0"]),
+        # json.dumps writes Infinity, which is not JSON: refused while reading, before any row.
+        (lambda d: d["rows"][0].update(p99=float("inf")), ["not JSON", "Infinity is not a JSON number"]),
         (lambda d: d["rows"][0].update(n="20"), ["row 1", "'n'"]),
         (lambda d: d["rows"][0].update(input_shape=[1, 0, 8]), ["row 1", "input_shape"]),
         (lambda d: d["rows"][2].pop("cv"), ["row 3", "keys"]),
@@ -118,7 +123,7 @@ def _export(tmp_path) -> dict:
         (lambda d: next(v for v in d["fingerprints"].values() if v).update(cpu="forged"), ["does not match"]),
         (lambda d: d.pop("format"), ["not an edgeprune cache export"]),
     ],
-    ids=["negative", "infinite", "string-n", "bad-shape", "missing-key", "unknown-fp", "schema", "format-version",
+    ids=["negative", "unordered", "infinite", "string-n", "bad-shape", "missing-key", "unknown-fp", "schema", "format-version",
          "forged-fingerprint", "not-export"],
 )
 def test_import_rejects_bad_rows_and_names_the_problem(mutate, words, tmp_path, capsys):
@@ -141,12 +146,12 @@ def test_clear_one_fingerprint_or_all(tmp_path, capsys):
     assert main(["cache", "clear", "--fingerprint", "zzzz", "--cache", path]) == 2
     capsys.readouterr()
     assert main(["cache", "clear", "--fingerprint", other[:8], "--cache", path]) == 0
-    assert f"removed 1 row (fingerprint {other})" in capsys.readouterr().out
+    assert f"removed 1 latency row and 0 node-time profiles (fingerprint {other})" in capsys.readouterr().out
     cache = LatencyCache(path)
     assert cache.count() == 3 and cache.get(other, "a", SHAPE) is None
     cache.close()
     assert main(["cache", "clear", "--all", "--cache", path]) == 0
-    assert "removed 3 rows (all fingerprints)" in capsys.readouterr().out
+    assert "removed 3 latency rows and 0 node-time profiles (all fingerprints)" in capsys.readouterr().out
 
 
 # --- `edgeprune profile` through the cache -------------------------------------------------------

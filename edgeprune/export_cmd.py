@@ -10,6 +10,7 @@ the old ones under temporary names and renamed into place only when all of them 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 from edgeprune.errors import UserError
 from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES
 from edgeprune.progress import console
-from edgeprune.targets import Profile, load_profile
+from edgeprune.targets import Profile, load_profile, profile_from_untrusted
 
 if TYPE_CHECKING:  # the CLI imports this module to build its parser; torch loads only on use
     from edgeprune.data import DataBundle
@@ -40,6 +41,7 @@ class ExportConfig:
     cache: str | None = None
     no_cache: bool = False
     progress: bool = True
+    trust_model_code: bool = False
 
 
 def read_report(folder: Path) -> dict:
@@ -50,13 +52,34 @@ def read_report(folder: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{folder} has no report.json; pass a folder written by `edgeprune prune`")
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); run `edgeprune prune` again to rewrite the folder") from None
+        report = json.loads(path.read_bytes()[: 64 << 20].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON or a 5000-digit number
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:120]
+        raise UserError(f"{path} is not valid JSON ({reason}); run `edgeprune prune` again to rewrite the folder") from None
     missing = [k for k in ("data", "preprocess", "target", "input_shape", "artifacts", "pruned") if not isinstance(report, dict) or k not in report]
     if missing:
         raise UserError(f"{path} lacks {', '.join(missing)}; it was not written by this edgeprune, run `edgeprune prune` again")
+    _check_artifacts(folder, report["artifacts"], path)
     return report
+
+
+_ARTIFACT_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+
+
+def _check_artifacts(folder: Path, artifacts, source: Path) -> None:
+    """Every artifact a report names is a file inside its folder: the manifest hashes them and
+    export reads them, so ``"plan": "../../elsewhere"`` (or a symlink out) would reach other files."""
+    if not isinstance(artifacts, dict):
+        raise UserError(f"{source}: 'artifacts' must be an object of role -> file name; run `edgeprune prune` again")
+    root = folder.resolve()
+    for role, name in artifacts.items():
+        if name is None:
+            continue
+        parts = name.split("/") if isinstance(name, str) else []
+        if not parts or not all(_ARTIFACT_PART.match(p) for p in parts) or len(parts) > 4:
+            raise UserError(f"{source}: artifact {str(role)[:40]!r} is {str(name)[:80]!r}, not a file name inside the folder; run `edgeprune prune` again")
+        if (folder / name).exists() and not (folder / name).resolve().is_relative_to(root):
+            raise UserError(f"{source}: artifact {str(role)[:40]!r} ({name}) points outside {folder}; replace the link with the file itself")
 
 
 def data_from_report(report: dict) -> DataBundle:
@@ -95,10 +118,10 @@ def _profile(cfg: ExportConfig, report: dict) -> Profile:
     if cfg.target:
         return load_profile(cfg.target)
     if isinstance(report.get("profile"), dict):
-        try:
-            return Profile.from_dict(report["profile"])
-        except (TypeError, KeyError):
-            pass  # written by another edgeprune version: fall back to the target's name
+        # report.json may come from anyone: validated like a profile sent to the agent.
+        return profile_from_untrusted(report["profile"], "report.json's profile")
+    if not isinstance(report["target"], str):
+        raise UserError("report.json's 'target' is not a profile name; pass --target")
     return load_profile(report["target"])
 
 
@@ -126,7 +149,9 @@ def run_export(cfg: ExportConfig) -> dict:
     report = read_report(folder)
     profile = _profile(cfg, report)
     artifacts = report["artifacts"]
-    model = load_pruned(folder / (artifacts.get("plan") or "plan.json"), folder / (artifacts.get("state_dict") or "state_dict.pt"))
+    model = load_pruned(
+        folder / (artifacts.get("plan") or "plan.json"), folder / (artifacts.get("state_dict") or "state_dict.pt"), trust_code=cfg.trust_model_code
+    )
     data = data_from_report(report)
     if tuple(data.preprocess.input_shape) != tuple(report["input_shape"]):
         raise UserError(f"report.json's input_shape {report['input_shape']} differs from its preprocess; run `edgeprune prune` again")
@@ -218,6 +243,10 @@ def add_parser(sub) -> None:
     e.add_argument("--engine", action="store_true", help="also build model.engine with this host's TensorRT (trtexec) for a TensorRT --target; run it on the device, engines are not portable")
     e.add_argument("--opset", type=int, help=f"ONNX opset ({MIN_OPSET} to {MAX_OPSET}; default the target profile's)")
     e.add_argument("--target", help="target profile name or YAML path to measure on (default: the prune run's target)")
+    e.add_argument(
+        "--trust-model-code", action="store_true",
+        help="allow a plan whose original model is a package.module:factory (imported and run) or a torch.save()d file (unpickled); torchvision: plans never need it",
+    )
     e.add_argument("--cache", help="latency cache SQLite file (default: in the user cache folder)")
     e.add_argument("--no-cache", action="store_true", help="neither read nor write the latency cache file")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -238,6 +267,7 @@ def run(args) -> int:
             cache=args.cache,
             no_cache=args.no_cache,
             progress=not args.no_progress,
+            trust_model_code=args.trust_model_code,
         )
     )
     return 1 if result["int8_refused"] else 0

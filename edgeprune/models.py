@@ -8,7 +8,8 @@ Three spec forms:
 
 ``load_model`` also returns a small JSON-able spec dict. A pruned model is stored as a plan plus
 a state_dict (no pickles across trust boundaries), and rebuilding it starts from the original
-model: ``load_model(d["spec"], d["num_classes"], d["weights"])`` with that dict gives it back.
+model, chosen by the dict's ``kind`` (:func:`edgeprune.pruned.original_model`), never by
+re-reading the spec string.
 """
 
 from __future__ import annotations
@@ -47,12 +48,12 @@ def load_model(
     ``weights_only=True``.
     """
     if spec.startswith("torchvision:"):
-        kind, model = "torchvision", _torchvision_model(spec.removeprefix("torchvision:"), num_classes)
+        kind, model = "torchvision", torchvision_model(spec.removeprefix("torchvision:"), num_classes)
     elif os.path.exists(spec):
-        kind, model = "file", _file_model(spec)
+        kind, model = "file", file_model(spec)
         spec = os.path.abspath(spec)
     elif _FACTORY.match(spec) and not _PATH_LIKE.search(spec):
-        kind, model = "factory", _factory_model(spec, num_classes)
+        kind, model = "factory", factory_model(spec, num_classes)
     elif _PATH_LIKE.search(spec):
         raise UserError(f"model file {spec} not found; pass the path of a torch.save()d model")
     else:
@@ -64,7 +65,7 @@ def load_model(
     return model, {"kind": kind, "spec": spec, "num_classes": num_classes, "weights": weights}
 
 
-def _file_model(path: str) -> nn.Module:
+def file_model(path: str) -> nn.Module:
     if os.path.isdir(path):
         raise UserError(f"model path {path} is a folder; pass the .pt file saved with torch.save(model)")
     try:
@@ -91,7 +92,7 @@ def _file_model(path: str) -> nn.Module:
     return obj
 
 
-def _torchvision_model(name: str, num_classes: int | None) -> nn.Module:
+def torchvision_model(name: str, num_classes: int | None) -> nn.Module:
     import torchvision
 
     known = torchvision.models.list_models(module=torchvision.models)
@@ -104,12 +105,14 @@ def _torchvision_model(name: str, num_classes: int | None) -> nn.Module:
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes or 1000)
 
 
-def _factory_model(spec: str, num_classes: int | None) -> nn.Module:
+def factory_model(spec: str, num_classes: int | None) -> nn.Module:
     """Import ``package.module`` and call ``factory`` (with ``num_classes=`` only if given).
 
     The current directory is searched first, as ``python -m`` would, because the ``edgeprune``
     console script otherwise cannot see a models file sitting next to the user.
     """
+    if not _FACTORY.match(spec):
+        raise UserError(f"{spec[:80]!r} is not package.module:factory; pass a factory spec such as mymodels:build")
     module_name, attr = spec.split(":", 1)
     cwd = os.getcwd()
     sys.path.insert(0, cwd)

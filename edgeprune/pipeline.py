@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import shutil
 import tempfile
@@ -76,29 +77,33 @@ class PruneConfig:
     resume: bool = False
 
 
+def _numeric_rules(cfg: PruneConfig) -> list[tuple[str, object, bool, str]]:
+    """(flag, value, ok, what it must be) for every number of the run; NaN fails every test."""
+    fin = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    return [
+        ("--budget-ms", cfg.budget_ms, cfg.budget_ms is None or (fin(cfg.budget_ms) and cfg.budget_ms > 0), "a positive number of ms"),
+        ("--speedup", cfg.speedup, cfg.speedup is None or (fin(cfg.speedup) and cfg.speedup > 1), "above 1 (a latency target faster than the original)"),
+        ("--population", cfg.population, cfg.population >= 4, "at least 4"),
+        ("--generations", cfg.generations, cfg.generations >= 1, "at least 1"),
+        ("--rounds", cfg.rounds, cfg.rounds >= 1, "at least 1"),
+        ("--finetune-epochs", cfg.finetune_epochs, fin(cfg.finetune_epochs) and 0 <= cfg.finetune_epochs <= 1000, "between 0 and 1000"),
+        ("--refine-epochs", cfg.refine_epochs, fin(cfg.refine_epochs) and 0 <= cfg.refine_epochs <= 1000, "between 0 and 1000"),
+        ("--refine-top", cfg.refine_top, cfg.refine_top >= 1, "at least 1"),
+        ("--widen-passes", cfg.widen_passes, cfg.widen_passes >= 0, "0 (widening off) or more"),
+        ("--lr", cfg.lr, fin(cfg.lr) and 0 < cfg.lr <= 10, "a learning rate above 0 and at most 10 (e.g. 0.01)"),
+        ("--kd-alpha", cfg.kd_alpha, fin(cfg.kd_alpha) and 0 <= cfg.kd_alpha <= 1, "a weight between 0 (plain labels) and 1"),
+        ("--kd-temperature", cfg.kd_temperature, fin(cfg.kd_temperature) and 0 < cfg.kd_temperature <= 100, "above 0 and at most 100 (e.g. 4)"),
+    ]
+
+
 def _validate(cfg: PruneConfig) -> None:
     if (cfg.budget_ms is None) == (cfg.speedup is None):
         raise UserError("give exactly one of --budget-ms MS or --speedup X (e.g. --speedup 2)")
-    if cfg.budget_ms is not None and cfg.budget_ms <= 0:
-        raise UserError(f"--budget-ms must be positive, got {cfg.budget_ms}")
-    if cfg.speedup is not None and cfg.speedup <= 1.0:
-        raise UserError(f"--speedup must be above 1 (a latency target faster than the original), got {cfg.speedup}")
-    if cfg.population < 4:
-        raise UserError(f"--population must be at least 4, got {cfg.population}")
-    if cfg.generations < 1:
-        raise UserError(f"--generations must be at least 1, got {cfg.generations}")
+    for flag, value, ok, what in _numeric_rules(cfg):
+        if not ok:
+            raise UserError(f"{flag} must be {what}, got {value}")
     if cfg.strategy not in ("nsga2", "coevolution"):
         raise UserError(f"unknown --strategy {cfg.strategy!r}; choose nsga2 or coevolution")
-    if cfg.rounds < 1:
-        raise UserError(f"--rounds must be at least 1, got {cfg.rounds}")
-    if cfg.finetune_epochs < 0:
-        raise UserError(f"--finetune-epochs cannot be negative, got {cfg.finetune_epochs}")
-    if cfg.refine_epochs < 0:
-        raise UserError(f"--refine-epochs cannot be negative, got {cfg.refine_epochs}")
-    if cfg.refine_top < 1:
-        raise UserError(f"--refine-top must be at least 1, got {cfg.refine_top}")
-    if cfg.widen_passes < 0:
-        raise UserError(f"--widen-passes cannot be negative, got {cfg.widen_passes}; 0 turns widening off")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file; pass --out with a folder path")
@@ -126,11 +131,23 @@ def _staging(out: Path):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def resume_config(out: str, progress: bool = True) -> PruneConfig:
-    """The settings of the interrupted run whose ``--out`` was ``out``."""
+def resume_config(out: str, progress: bool = True, trust_model_code: bool = False) -> PruneConfig:
+    """The settings of the interrupted run whose ``--out`` was ``out``.
+
+    The checkpoint is a file like any other: a model it names that is not ``torchvision:`` would
+    be imported or unpickled, which runs code, so that needs ``trust_model_code``.
+    """
     run = RunCheckpoint(Path(out)).read_run()
     fields = {f.name for f in dataclasses.fields(PruneConfig)}
+    if not isinstance(run.get("config"), dict) or not isinstance(run["config"].get("model"), str):
+        raise UserError(f"checkpoint of {out} has no model in its settings; delete {out}.checkpoint and start again")
     config = {k: v for k, v in run["config"].items() if k in fields}
+    model = config["model"]
+    if not model.startswith("torchvision:") and not trust_model_code:
+        raise UserError(
+            f"the checkpoint resumes model {model[:120]!r}, which is imported or unpickled (it runs code); "
+            "add --trust-model-code if this is your own interrupted run"
+        )
     for key in ("mean", "std"):  # JSON turned the tuples into lists
         if config.get(key) is not None:
             config[key] = tuple(config[key])

@@ -18,50 +18,111 @@ from edgeprune.errors import UserError
 from edgeprune.space import PLAN_FORMAT_VERSION, ChannelPlan, apply_plan
 
 
+_KINDS = ("torchvision", "factory", "file")
+# Far above any real network (mobilenet_v2: 52 groups, widest 1280): bounds what a file can ask for.
+_MAX_GROUPS, _MAX_CHANNELS, _MAX_DIM = 4096, 1 << 16, 1 << 14
+
+
+def _int(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _plan_problem(data: dict) -> str | None:
+    """What is wrong with the shape of a plan.json document, or None. A plan may come from
+    someone else, so every type is checked before anything is built from it."""
+    model, kept, shape = data["model"], data["kept"], data["input_shape"]
+    if not isinstance(model, dict) or not isinstance(model.get("spec"), str) or len(model["spec"]) > 4096:
+        return "'model' must be an object with a 'spec' string"
+    if model.get("kind") not in _KINDS:
+        return f"'model.kind' is {str(model.get('kind'))[:40]!r}, expected one of {', '.join(_KINDS)}"
+    if model.get("num_classes") is not None and not _int(model["num_classes"], 1, 1 << 20):
+        return "'model.num_classes' must be a positive integer or null"
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 4 or not all(_int(d, 1, _MAX_DIM) for d in shape):
+        return f"'input_shape' must be a list of 1-4 positive integers up to {_MAX_DIM}"
+    if not isinstance(kept, dict) or len(kept) > _MAX_GROUPS:
+        return f"'kept' must be an object of at most {_MAX_GROUPS} groups"
+    for name, idxs in kept.items():
+        if not isinstance(idxs, list) or not idxs or len(idxs) > _MAX_CHANNELS:
+            return f"'kept.{name[:60]}' must be a non-empty list of channel indices"
+        if not all(_int(i, 0, _MAX_CHANNELS) for i in idxs) or len(set(idxs)) != len(idxs):
+            return f"'kept.{name[:60]}' must hold distinct channel indices from 0 to {_MAX_CHANNELS}"
+    return None
+
+
 def read_plan(plan_path: str | Path) -> ChannelPlan:
-    """Parse and check a ``plan.json`` written by edgeprune."""
+    """Parse and check a ``plan.json`` written by edgeprune (every field typed and bounded)."""
     path = Path(plan_path)
     if not path.is_file():
         raise UserError(f"plan file {path} not found; pass the plan.json from an edgeprune output folder")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); pass the plan.json edgeprune wrote") from None
+        data = json.loads(path.read_bytes()[: 64 << 20].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON or a 5000-digit number
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:120]
+        raise UserError(f"{path} is not valid JSON ({reason}); pass the plan.json edgeprune wrote") from None
     if not isinstance(data, dict) or data.get("format_version") != PLAN_FORMAT_VERSION:
         found = data.get("format_version") if isinstance(data, dict) else None
         raise UserError(
-            f"{path} has plan format {found!r}, this edgeprune reads format {PLAN_FORMAT_VERSION}; "
+            f"{path} has plan format {str(found)[:20]}, this edgeprune reads format {PLAN_FORMAT_VERSION}; "
             "re-run the prune with this version"
         )
     missing = [k for k in ("model", "input_shape", "kept") if k not in data]
     if missing:
         raise UserError(f"{path} lacks {', '.join(missing)}; pass the plan.json edgeprune wrote")
-    kept = {str(name): [int(i) for i in idxs] for name, idxs in data["kept"].items()}
-    return ChannelPlan(kept=kept, model_spec=dict(data["model"]), input_shape=tuple(int(d) for d in data["input_shape"]))
+    problem = _plan_problem(data)
+    if problem:
+        raise UserError(f"{path}: {problem}; pass the plan.json edgeprune wrote")
+    kept = {str(name): list(idxs) for name, idxs in data["kept"].items()}
+    return ChannelPlan(kept=kept, model_spec=dict(data["model"]), input_shape=tuple(data["input_shape"]))
 
 
-def build_pruned(plan: ChannelPlan) -> nn.Module:
+def original_model(spec: dict, trust_code: bool = False) -> nn.Module:
+    """The unpruned model a plan names, chosen by its ``kind`` (never by the look of ``spec``).
+
+    A ``torchvision`` plan builds a torchvision architecture by name and runs nothing from outside.
+    A ``factory`` plan imports a module and a ``file`` plan unpickles a model file: both run code
+    that the plan's author chose, so they need ``trust_code`` (``--trust-model-code``).
+    """
+    from edgeprune import models
+
+    kind, text, num_classes = spec["kind"], spec["spec"], spec.get("num_classes")
+    if kind == "torchvision":
+        if not text.startswith("torchvision:"):
+            raise UserError(f"plan's torchvision model spec {text[:80]!r} does not start with 'torchvision:'; pass the plan.json edgeprune wrote")
+        return models.torchvision_model(text.removeprefix("torchvision:"), num_classes)
+    if not trust_code:
+        what = "imports and runs the module" if kind == "factory" else "unpickles the model file, which runs any code in it"
+        raise UserError(
+            f"the plan rebuilds its model from {kind} {text[:120]!r}: that {what}; pass --trust-model-code "
+            "(load_pruned(..., trust_code=True)) only if you trust whoever wrote this plan.json"
+        )
+    if kind == "factory":
+        return models.factory_model(text, num_classes)
+    return models.file_model(text)
+
+
+def build_pruned(plan: ChannelPlan, trust_code: bool = False) -> nn.Module:
     """The original model from ``plan.model_spec`` (random or its original weights), shrunk per plan."""
-    from edgeprune.models import load_model
-
-    spec = plan.model_spec
-    if spec.get("kind") not in ("torchvision", "factory", "file"):
-        raise UserError(f"plan has model kind {spec.get('kind')!r}; expected torchvision, factory or file")
     # The original weights do not matter (the state_dict replaces them) and may no longer exist.
-    model, _ = load_model(spec["spec"], num_classes=spec.get("num_classes"))
-    apply_plan(model, plan, torch.zeros(1, *plan.input_shape))
+    model = original_model(plan.model_spec, trust_code).cpu().eval()
+    try:
+        apply_plan(model, plan, torch.zeros(1, *plan.input_shape))
+    except UserError:
+        raise
+    except Exception as exc:  # names or indices that are not in this model
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(f"the plan does not fit model {plan.model_spec['spec'][:80]!r} ({first}); pass the plan.json written for it") from None
     return model.eval()
 
 
-def load_pruned(plan_path: str | Path, state_dict_path: str | Path) -> nn.Module:
+def load_pruned(plan_path: str | Path, state_dict_path: str | Path, trust_code: bool = False) -> nn.Module:
     """Rebuild a pruned model from ``plan.json`` and its ``state_dict.pt`` without unpickling.
 
-    ``torchvision:`` and ``package.module:factory`` specs need nothing but the two files. A plan
-    whose original was a ``torch.save(model)`` file loads that file again (a pickle of the user's
-    own model, which runs code from it), so it must still be where the plan says.
+    ``torchvision:`` plans need nothing but the two files. A plan whose original was a
+    ``package.module:factory`` or a ``torch.save(model)`` file runs code to rebuild it (an import,
+    an unpickle), so it is refused unless ``trust_code=True``.
     """
     plan = read_plan(plan_path)
-    model = build_pruned(plan)
+    model = build_pruned(plan, trust_code)
     path = Path(state_dict_path)
     if not path.is_file():
         raise UserError(f"state_dict file {path} not found; pass the state_dict.pt next to plan.json")

@@ -89,7 +89,7 @@ def test_prune_output_has_manifest_card_and_measured_metadata(pruned_out):
 def test_export_int8_puts_int8_next_to_fp32_in_the_manifest(out_copy, capsys):
     pytest.importorskip("nncf")  # in the dev and int8 extras
     out, cache = out_copy
-    code = main(["export", str(out), "--int8", "--calibration-samples", "32", "--no-progress", "--cache", cache])
+    code = main(["export", str(out), "--trust-model-code", "--int8", "--calibration-samples", "32", "--no-progress", "--cache", cache])
     printed = capsys.readouterr()
     assert code == 0, printed.err[-2000:]
     assert "Statistics collection" not in printed.out + printed.err  # NNCF's bar obeys --no-progress too
@@ -133,7 +133,7 @@ def test_int8_over_the_accuracy_gate_is_refused_and_not_written(out_copy, monkey
         return proto.SerializeToString()
 
     monkeypatch.setattr("edgeprune.exporters.package.quantize_int8", broken_quantizer)
-    code = main(["export", str(out), "--int8", "--max-int8-drop", "1", "--calibration-samples", "8", "--no-progress", "--cache", cache])
+    code = main(["export", str(out), "--trust-model-code", "--int8", "--max-int8-drop", "1", "--calibration-samples", "8", "--no-progress", "--cache", cache])
     err = capsys.readouterr().err
     assert code == 1 and "INT8 model REFUSED" in err and "--max-int8-drop 1" in err
     assert not (out / "model.int8.onnx").exists()
@@ -147,7 +147,7 @@ def test_int8_over_the_accuracy_gate_is_refused_and_not_written(out_copy, monkey
 
 def test_export_dynamic_batch_and_opset(out_copy):
     out, cache = out_copy
-    assert main(["export", str(out), "--dynamic-batch", "--opset", "18", "--no-progress", "--cache", cache]) == 0
+    assert main(["export", str(out), "--trust-model-code", "--dynamic-batch", "--opset", "18", "--no-progress", "--cache", cache]) == 0
     proto = onnx.load(out / "model.onnx")
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {18}
@@ -182,7 +182,7 @@ def test_export_bad_input_is_exit_2(args, words, pruned_out, tmp_path, capsys):
 def test_int8_without_nncf_is_a_one_line_error(pruned_out, monkeypatch, capsys):
     out, _ = pruned_out
     monkeypatch.setitem(sys.modules, "nncf", None)  # what `import nncf` sees when it is not installed
-    assert main(["export", str(out), "--int8", "--no-progress"]) == 2
+    assert main(["export", str(out), "--trust-model-code", "--int8", "--no-progress"]) == 2
     assert "pip install 'edgeprune[int8]'" in capsys.readouterr().err
 
 

@@ -46,11 +46,11 @@ def test_two_rounds_keep_both_models_and_the_final_plan_rebuilds(tmp_path):
     assert [r["round"] for r in rounds] == [1, 2]
     assert rounds[0]["budget_ms"] > rounds[1]["budget_ms"] == pytest.approx(report["budget_ms"])
     for r in rounds:
-        model = load_pruned(out / r["plan"], out / r["state_dict"])
+        model = load_pruned(out / r["plan"], out / r["state_dict"], trust_code=True)
         assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
     # The final plan refers to the original model: load_pruned rebuilds the final network exactly.
-    final = load_pruned(out / "plan.json", out / "state_dict.pt")
-    second = load_pruned(out / rounds[1]["plan"], out / rounds[1]["state_dict"])
+    final = load_pruned(out / "plan.json", out / "state_dict.pt", trust_code=True)
+    second = load_pruned(out / rounds[1]["plan"], out / rounds[1]["state_dict"], trust_code=True)
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     assert torch.equal(final(x), second(x))
     plan = json.loads((out / "plan.json").read_text())

@@ -7,6 +7,7 @@ numbers in the report would belong to a different setup than the one the user as
 
 import dataclasses
 import importlib.resources
+import math
 import os
 import types
 import urllib.parse
@@ -21,6 +22,17 @@ from edgeprune.errors import UserError
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
 # Numbers must be >= 0; below these minimums the measurement loop or the search is meaningless.
 _MINIMUM = {"min_runs": 1, "opset": 1, "batch": 1, "channel_step": 1, "workspace_mb": 1}
+# And at most these: a profile may arrive from anyone (a shared file, a request to the agent), and
+# 100000 threads or a 1e9 s window would tie up the device instead of measuring on it.
+_MAXIMUM = {
+    "intra_op_threads": 1024, "inter_op_threads": 1024, "opset": 30, "batch": 1024, "channel_step": 1024,
+    "warmup_runs": 100_000, "min_runs": 1_000_000, "max_runs": 1_000_000, "max_seconds": 300.0,
+    "cv_threshold": 1000.0, "repeats_if_noisy": 20, "workspace_mb": 1 << 20, "warmup_ms": 600_000,
+}
+_MAX_TEXT = {"description": 2000, "agent": 500}  # every other string: 200 characters
+# Removed key: a profile is often someone else's file, and a credential source named there
+# could send the user's token wherever the profile's ``agent`` points.
+_TOKEN_KEYS = ("agent_token_file", "agent_token")
 _CHOICES = {
     "backend": ("onnxruntime", "tensorrt"),
     "execution_mode": ("sequential", "parallel"),
@@ -76,9 +88,8 @@ class Profile:
     source: str
     # Optional keys (absent from a YAML file = these defaults).
     # ``agent: http://host:port``: measure on that device's `edgeprune agent` (remote backend).
+    # Its token never comes from a profile (see edgeprune.profiling.credentials).
     agent: str | None = None
-    # File holding the agent's bearer token (needed when the agent is not on loopback).
-    agent_token_file: str | None = None
     tensorrt: TensorRTSpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,6 +152,8 @@ def profile_from_untrusted(data: Any, source: str) -> Profile:
 def _parse(text: str, source: str) -> Profile:
     try:
         data = yaml.safe_load(text)
+    except (ValueError, RecursionError):  # a number too long for int(), nesting too deep
+        raise UserError(f"profile {source} holds a value YAML cannot read (a number with thousands of digits or nesting too deep); fix the file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -219,6 +232,12 @@ def _build(cls: type, data: Any, prefix: str, source: str, given: dict[str, Any]
     expected = [f for f in dataclasses.fields(cls) if f.name not in given]
     names = [f.name for f in expected]
     for key in data:
+        if key in _TOKEN_KEYS:
+            raise UserError(
+                f"profile {source}: '{key}' is not read from a profile, which anyone may have written and "
+                "which would choose where your token goes; remove it and pin the token to the agent's URL "
+                "in your agents.yaml or with $EDGEPRUNE_AGENT_URL + $EDGEPRUNE_AGENT_TOKEN (README, Security model)"
+            )
         if key not in names:
             raise UserError(
                 f"unknown key '{prefix}{key}' in profile {source}; remove it or fix the spelling "
@@ -237,6 +256,25 @@ def _build(cls: type, data: Any, prefix: str, source: str, given: dict[str, Any]
     return cls(**values)
 
 
+def _show(value: Any) -> str:
+    """A value for an error message: short, and never the 5000-digit int str() refuses to print."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "a number with thousands of digits"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_range(key: str, name: str, value: int | float, source: str) -> None:
+    low, high = _MINIMUM.get(name, 0), _MAXIMUM.get(name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"profile {source}: '{key}' is {_show(value)}, not a finite number; fix the value")
+    if value < low:
+        raise UserError(f"profile {source}: '{key}' is {_show(value)}, below its minimum {low}; fix the value")
+    if high is not None and value > high:
+        raise UserError(f"profile {source}: '{key}' is {_show(value)}, above its maximum {high}; fix the value")
+
+
 def _value(name: str, kind: Any, value: Any, prefix: str, source: str) -> Any:
     key = prefix + name
     if get_origin(kind) in (Union, types.UnionType):  # ``X | None``: null means "not set"
@@ -249,13 +287,12 @@ def _value(name: str, kind: Any, value: Any, prefix: str, source: str) -> Any:
     ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
     if not ok or isinstance(value, bool):
         raise UserError(
-            f"profile {source}: '{key}' must be {_TYPE_NAMES[kind]}, got {value!r}; fix the value"
+            f"profile {source}: '{key}' must be {_TYPE_NAMES[kind]}, got {_show(value)}; fix the value"
         )
-    if kind in (int, float) and value < _MINIMUM.get(name, 0):
-        raise UserError(
-            f"profile {source}: '{key}' is {value}, below its minimum {_MINIMUM.get(name, 0)}; "
-            "fix the value"
-        )
+    if kind is str and len(value) > _MAX_TEXT.get(name, 200):
+        raise UserError(f"profile {source}: '{key}' is longer than {_MAX_TEXT.get(name, 200)} characters; shorten it")
+    if kind in (int, float):
+        _check_range(key, name, value, source)
     if name in _CHOICES and value not in _CHOICES[name]:
         raise UserError(
             f"profile {source}: '{key}' is {value!r}; choose one of: {', '.join(_CHOICES[name])}"

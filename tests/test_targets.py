@@ -150,11 +150,11 @@ def test_shipped_device_targets_load():
 
 
 def test_new_fields_roundtrip_through_dict_and_untrusted():
-    p = dataclasses.replace(load_profile("jetson-orin"), agent_token_file="~/tok")
+    p = dataclasses.replace(load_profile("jetson-orin"), agent="http://10.0.0.5:8765")
     assert Profile.from_dict(p.to_dict()) == p
     assert profile_from_untrusted(p.to_dict(), "req") == dataclasses.replace(p, source="req")
     old = load_profile("x86-cpu").to_dict()
-    for key in ("agent", "agent_token_file", "tensorrt"):
+    for key in ("agent", "tensorrt"):
         del old[key]  # a dict from before these keys existed still loads
     assert Profile.from_dict(old) == load_profile("x86-cpu")
 
@@ -187,8 +187,8 @@ def test_ort_profile_cannot_take_tensorrt_section_or_fp16(tmp_path):
         load_profile(_write(tmp_path, {**_shipped_dict(), "tensorrt": {"workspace_mb": 1, "warmup_ms": 1}}))
     with pytest.raises(UserError, match="set precision: fp32"):
         load_profile(_write(tmp_path, {**_shipped_dict(), "precision": "fp16"}))
-    ok = load_profile(_write(tmp_path, {**_shipped_dict(), "agent": "http://10.0.0.5:8765", "agent_token_file": "tok"}))
-    assert ok.agent == "http://10.0.0.5:8765" and ok.agent_token_file == "tok"
+    ok = load_profile(_write(tmp_path, {**_shipped_dict(), "agent": "http://10.0.0.5:8765"}))
+    assert ok.agent == "http://10.0.0.5:8765"
 
 
 def test_untrusted_profile_is_validated_like_a_file():
@@ -196,3 +196,41 @@ def test_untrusted_profile_is_validated_like_a_file():
         profile_from_untrusted({**_shipped_dict(), "threads": 2}, "the request")
     with pytest.raises(UserError, match="top level must be a mapping"):
         profile_from_untrusted([1, 2], "the request")
+
+
+@pytest.mark.parametrize(
+    "measure, match",
+    [
+        ({"max_seconds": float("nan")}, "not a finite number"),
+        ({"max_seconds": float("inf")}, "not a finite number"),
+        ({"max_seconds": 1e9}, "above its maximum 300"),
+        ({"cv_threshold": float("nan")}, "not a finite number"),
+        ({"min_runs": 10**5000, "max_runs": 10**5000}, "thousands of digits, above its maximum"),
+        ({"repeats_if_noisy": 1000}, "above its maximum 20"),
+    ],
+)
+def test_untrusted_measurement_settings_are_bounded_and_finite(measure, match):
+    data = _shipped_dict()
+    data["measure"] = {**data["measure"], **measure}
+    with pytest.raises(UserError, match=match):
+        profile_from_untrusted(data, "the request")
+
+
+def test_threads_and_strings_are_bounded():
+    with pytest.raises(UserError, match="'intra_op_threads' is 100000, above its maximum 1024"):
+        profile_from_untrusted({**_shipped_dict(), "intra_op_threads": 100000}, "the request")
+    with pytest.raises(UserError, match="'name' is longer than 200 characters"):
+        profile_from_untrusted({**_shipped_dict(), "name": "x" * 5000}, "the request")
+
+
+def test_a_profile_cannot_name_a_token_source(tmp_path):
+    for key in ("agent_token_file", "agent_token"):
+        with pytest.raises(UserError, match=f"'{key}' is not read from a profile"):
+            load_profile(_write(tmp_path, {**_shipped_dict(), "agent": "http://10.0.0.5:8765", key: "/etc/hostname"}))
+
+
+def test_a_yaml_number_with_thousands_of_digits_is_a_user_error(tmp_path):
+    path = tmp_path / "huge.yaml"
+    path.write_text("name: x\nbatch: " + "9" * 5000 + "\n")
+    with pytest.raises(UserError, match="thousands of digits"):
+        load_profile(str(path))

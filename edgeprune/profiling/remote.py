@@ -12,18 +12,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 from edgeprune.errors import UserError
+from edgeprune.profiling.credentials import TOKEN_ENV, URL_ENV, config_path, token_for
 from edgeprune.profiling.fingerprint import compose_fingerprint
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.targets import Profile
 
-TOKEN_ENV = "EDGEPRUNE_AGENT_TOKEN"
+# A reply is a few kB of JSON; anything larger is not an agent talking.
+_MAX_REPLY_BYTES = 1 << 20
 _FINGERPRINT_TIMEOUT_S = 60.0
 # First measurement of a graph on a Jetson includes the TensorRT engine build (minutes).
 _MEASURE_TIMEOUT_S = 3600.0
@@ -37,7 +37,7 @@ class RemoteBackend:
             raise UserError(f"target '{profile.name}' has no 'agent' URL; add 'agent: http://HOST:PORT'")
         self.profile = profile
         self.url = profile.agent.rstrip("/")
-        self._token = _token(profile)
+        self._token = token_for(profile.agent)
         self._profile_header = base64.urlsafe_b64encode(json.dumps(profile.to_dict()).encode()).decode().rstrip("=")
         self._fingerprint: dict[str, Any] | None = None
         self._max_upload: int | None = None
@@ -48,7 +48,7 @@ class RemoteBackend:
         """The device's fingerprint under this profile (fetched once per backend)."""
         if self._fingerprint is None:
             reply = self._call("GET", "/fingerprint", timeout=_FINGERPRINT_TIMEOUT_S)
-            self._fingerprint = compose_fingerprint(self.profile, reply["device"])
+            self._fingerprint = compose_fingerprint(self.profile, _device_facts(reply, self.url))
             cap = reply.get("max_upload_bytes")
             self._max_upload = int(cap) if isinstance(cap, int) and cap > 0 else None
         return dict(self._fingerprint)
@@ -107,20 +107,23 @@ class RemoteBackend:
         if self._token:
             request.add_header("Authorization", f"Bearer {self._token}")
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
+            with _OPENER.open(request, timeout=timeout) as response:
+                return _json_reply(response.read(_MAX_REPLY_BYTES + 1), self.url)
         except urllib.error.HTTPError as exc:
             reason = _reason(exc)
             if exc.code == 401:
                 raise UserError(
-                    f"agent {self.url} refused the token ({reason}); set 'agent_token_file' in the "
-                    f"profile or ${TOKEN_ENV} to the agent's token"
+                    f"agent {self.url} refused the token ({reason}); pin the agent's token to {self.url} in "
+                    f"{config_path()} or with ${URL_ENV} + ${TOKEN_ENV}"
                 ) from None
             if exc.code == 409:
                 raise _UnknownReference(reason) from None
             if exc.code in (400, 413, 415, 422):
                 raise ValueError(f"agent {self.url}: {reason}") from None
-            raise RuntimeError(f"agent {self.url} failed (HTTP {exc.code}): {reason}") from None
+            if 300 <= exc.code < 400:
+                raise UserError(f"agent {self.url} answered with a redirect (HTTP {exc.code}), which edgeprune never follows; put the agent's own address in the profile") from None
+            # Not the user's input, but no verdict can be given: exit 2, never 1 ("over budget").
+            raise UserError(f"agent {self.url} failed (HTTP {exc.code}: {reason}); see the agent's log on the device") from None
         except (urllib.error.URLError, OSError) as exc:
             cause = getattr(exc, "reason", exc)
             raise UserError(
@@ -144,18 +147,36 @@ def _reason(exc: urllib.error.HTTPError) -> str:
         return exc.reason if isinstance(exc.reason, str) else f"HTTP {exc.code}"
 
 
-def _token(profile: Profile) -> str | None:
-    """``$EDGEPRUNE_AGENT_TOKEN``, else the profile's ``agent_token_file``, else none (loopback)."""
-    env = os.environ.get(TOKEN_ENV)
-    if env:
-        return env.strip()
-    if profile.agent_token_file:
-        path = Path(profile.agent_token_file).expanduser()
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise UserError(
-                f"cannot read agent_token_file {path} of target '{profile.name}' ({exc.strerror}); "
-                "fix the path or set $EDGEPRUNE_AGENT_TOKEN"
-            ) from None
-    return None
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib would follow a redirect and send the Authorization header along to wherever it
+    points; an agent never redirects, so a redirect is an answer, not a new address."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def _json_reply(data: bytes, url: str) -> dict[str, Any]:
+    if len(data) > _MAX_REPLY_BYTES:
+        raise UserError(f"agent {url} sent a reply above {_MAX_REPLY_BYTES} bytes; check that the profile's agent URL is an edgeprune agent")
+    try:
+        reply = json.loads(data)
+    except (ValueError, RecursionError):
+        reply = None
+    if not isinstance(reply, dict):
+        raise UserError(f"agent {url} did not answer with a JSON object; check that the profile's agent URL is an edgeprune agent")
+    return reply
+
+
+def _device_facts(reply: dict[str, Any], url: str) -> dict[str, Any]:
+    """The agent's device facts, checked: they become part of every cache key of this device."""
+    facts = reply.get("device")
+    ok = isinstance(facts, dict) and len(facts) <= 64 and all(
+        isinstance(k, str) and len(k) <= 64 and (v is None or isinstance(v, (bool, int, float)) or (isinstance(v, str) and len(v) <= 500))
+        for k, v in facts.items()
+    )
+    if not ok:
+        raise UserError(f"agent {url} sent malformed device facts; upgrade edgeprune on the device to this version")
+    return facts

@@ -10,6 +10,7 @@ the budget are judged at once. Nothing here imports torch: a CI runner only need
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
@@ -92,13 +93,14 @@ def _check_percentile(value, where: str) -> int:
 
 
 def _check_budget(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    # NaN compares false with everything and inf passes every model: both are refused.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise UserError(f"{where}: budget_ms must be a positive number of milliseconds, got {value!r}; fix it")
     return float(value)
 
 
 def _check_tolerance(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value < 1:
         raise UserError(
             f"{where}: tolerance is a fraction of the budget in [0, 1) (0.05 = ±5 %), got {value!r}; fix it"
         )
@@ -196,17 +198,17 @@ def load_budgets(
     return budgets
 
 
-def _read_model(budget: Budget) -> tuple[bytes, tuple[int, ...]]:
+def _read_model(budget: Budget, allow_external_data: bool = False) -> tuple[bytes, tuple[int, ...]]:
     """The model's bytes and the shape to time it at (a symbolic batch at the target's batch)."""
     from edgeprune.profiling.onnx_file import load_onnx  # lazily: the CLI imports this module to build its parser
 
     try:
-        return load_onnx(budget.path, batch=budget.profile.batch)
+        return load_onnx(budget.path, batch=budget.profile.batch, allow_external_data=allow_external_data)
     except UserError as exc:
         raise UserError(f"{budget.where}: {exc}") from None
 
 
-def prepare(budgets: list[Budget]) -> None:
+def prepare(budgets: list[Budget], allow_external_data: bool = False) -> None:
     """Load every profile and model before anything is timed: bad input fails in seconds, and
     never after half of the models were measured."""
     profiles: dict[str, Profile] = {}
@@ -217,18 +219,20 @@ def prepare(budgets: list[Budget]) -> None:
             except UserError as exc:
                 raise UserError(f"{b.target_where or b.where}: {exc}") from None
         b.profile = profiles[b.target]
-        b.onnx_bytes, b.shape = _read_model(b)
+        b.onnx_bytes, b.shape = _read_model(b, allow_external_data)
 
 
 # --- measuring ---------------------------------------------------------------------------------
 
 
-def run_gate(budgets: list[Budget], cache: str | None = None, no_cache: bool = False, progress: bool = True) -> list[GateResult]:
+def run_gate(
+    budgets: list[Budget], cache: str | None = None, no_cache: bool = False, progress: bool = True, allow_external_data: bool = False
+) -> list[GateResult]:
     """Measure every model on its target and judge it against its budget."""
     from edgeprune.profiling.profiler import Profiler
     from edgeprune.progress import progress_bar
 
-    prepare(budgets)
+    prepare(budgets, allow_external_data)
     profilers: dict[str, Profiler] = {}
     results = []
     try:
@@ -353,6 +357,10 @@ def add_parser(sub) -> None:
     g.add_argument("--cache", help="latency cache SQLite file (default: in the user cache folder)")
     g.add_argument("--no-cache", action="store_true", help="neither read nor write the latency cache file: measure every model")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--allow-external-data", action="store_true",
+        help="time models whose tensors are in separate data files (read only from the model's own folder); refused by default",
+    )
 
 
 def run(args) -> int:
@@ -368,7 +376,9 @@ def run(args) -> int:
     for path, flag in ((args.junit, "--junit"), (args.json, "--json")):
         if path:
             check_output(path, flag)
-    results = run_gate(budgets, cache=args.cache, no_cache=args.no_cache, progress=not args.no_progress)
+    results = run_gate(
+        budgets, cache=args.cache, no_cache=args.no_cache, progress=not args.no_progress, allow_external_data=args.allow_external_data
+    )
     print_table(results)
     if args.junit:
         write_output(args.junit, junit_xml(results))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgeprune.errors import UserError
 from edgeprune.exporters.measure import graph_key
+from edgeprune.profiling.cache import default_cache_path
 
 
 def run_profile(args) -> int:
@@ -30,35 +31,24 @@ def run_profile(args) -> int:
 
 
 def _profile_file(args, profile) -> int:
-    from edgeprune.profiling.cache import LatencyCache, default_cache_path
-    from edgeprune.profiling.fingerprint import fingerprint_hash
-    from edgeprune.profiling.isolated import IsolatedOrtBackend
+    """Through the Profiler, like prune and gate: a profile with ``agent:`` times on the device."""
     from edgeprune.profiling.onnx_file import load_onnx
+    from edgeprune.profiling.profiler import Profiler
 
-    blob, shape = load_onnx(args.onnx, batch=profile.batch)
-    backend = IsolatedOrtBackend(profile)  # the measuring child starts only when needed
-    fingerprint = backend.fingerprint()
-    fp_hash, arch = fingerprint_hash(fingerprint), graph_key(blob)
-    cache = None if args.no_cache else LatencyCache(Path(args.cache) if args.cache else default_cache_path())
+    blob, shape = load_onnx(args.onnx, batch=profile.batch, allow_external_data=args.allow_external_data)
+    profiler = Profiler(profile, cache_path=Path(args.cache) if args.cache else None, use_cache=not args.no_cache)
+    arch = graph_key(blob)
     try:
-        hit = None if cache is None or args.fresh or args.repeats > 1 else cache.get(fp_hash, arch, shape)
-        if hit is not None:
-            runs = [hit.to_dict()]
-        else:
-            try:
-                measured = [backend.measure(blob, shape) for _ in range(args.repeats)]
-            except ValueError as exc:
-                raise UserError(f"{args.onnx} does not run in onnxruntime ({exc}); export it again") from None
-            runs = [m.to_dict() for m in measured]
-            keep = [m for m in measured if not m.noisy]
-            if cache is not None and keep:
-                cache.remember_fingerprint(fp_hash, fingerprint)
-                # The run whose median is the median of the runs: one real measurement, typical.
-                cache.put(fp_hash, arch, shape, sorted(keep, key=lambda m: m.median_ms)[(len(keep) - 1) // 2])
+        hit = None if args.fresh or args.repeats > 1 else profiler.peek(arch, shape)
+        try:
+            measured = [hit] if hit is not None else profiler.sessions(arch, shape, blob, args.repeats)
+        except ValueError as exc:
+            raise UserError(f"{args.onnx} does not run on {profile.name} ({exc}); export it again") from None
+        runs = [m.to_dict() for m in measured]
     finally:
-        backend.close()
-        if cache is not None:
-            cache.close()
+        profiler.close()
+    fingerprint, fp_hash = profiler.fingerprint, profiler.fingerprint_hash
+    cache = None if args.no_cache else (args.cache or str(default_cache_path()))
     result = {
         "model": args.onnx,
         "target": profile.name,
@@ -67,7 +57,7 @@ def _profile_file(args, profile) -> int:
         "fingerprint_hash": fp_hash,
         "median_ms": statistics.median(r["median"] for r in runs),
         "from_cache": hit is not None,
-        "cache": None if cache is None else str(cache.path),
+        "cache": cache,
         "runs": runs,
     }
     if args.json:

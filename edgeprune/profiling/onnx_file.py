@@ -4,36 +4,47 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
-
 from edgeprune.errors import UserError
+from edgeprune.profiling.onnx_check import ModelRejected, check_input_size, check_model_bytes, external_tensors, inline_external_data
 
 
-def load_onnx(path: str | Path, batch: int | None = None) -> tuple[bytes, tuple[int, ...]]:
+def load_onnx(path: str | Path, batch: int | None = None, allow_external_data: bool = False) -> tuple[bytes, tuple[int, ...]]:
     """The file's bytes and its single input's shape; every problem is a one-line UserError.
 
     With ``batch``, a symbolic batch dimension (what ``edgeprune export --dynamic-batch`` writes)
-    is timed at that batch; any other symbolic dimension is an error.
+    is timed at that batch; any other symbolic dimension is an error. A model whose tensors are
+    stored as external data is refused (a budgets file or a checkout is not always the user's own
+    work) unless ``allow_external_data``: then the data files, which must sit inside the model's
+    folder, are read into the model and the bytes returned are self-contained.
     """
     file = Path(path)
     if not file.is_file():
         raise UserError(f"ONNX file {path} not found; pass the path of an exported model.onnx")
     blob = file.read_bytes()
     try:
+        if allow_external_data:
+            blob = _inlined(file, blob)
+        checked = check_model_bytes(blob)
+        dims = list(checked.dims)
+        if dims and dims[0] is None and batch is not None:
+            dims[0] = batch
+        if not dims or any(d is None for d in dims):
+            raise ModelRejected("its input shape is dynamic; export it with a fixed shape (or only a symbolic batch)")
+        check_input_size(tuple(dims))
+    except ModelRejected as exc:
+        hint = " (or pass --allow-external-data for a model of your own)" if "external data" in str(exc) else ""
+        raise UserError(f"{path} is not a valid ONNX model to time: {exc}{hint}") from None
+    return blob, tuple(dims)
+
+
+def _inlined(file: Path, blob: bytes) -> bytes:
+    import onnx
+
+    try:
         proto = onnx.load_from_string(blob)
-        onnx.checker.check_model(proto)
-    except Exception as exc:  # protobuf and checker errors come in many types
-        raise UserError(f"{path} is not a valid ONNX model ({str(exc).splitlines()[0][:160]}); export it again") from None
-    initializers = {i.name for i in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise UserError(f"{path} has {len(inputs)} inputs; edgeprune times single-input models")
-    dims = inputs[0].type.tensor_type.shape.dim
-    shape = [d.dim_value if d.dim_value > 0 else None for d in dims]
-    if shape and shape[0] is None and batch is not None:
-        shape[0] = batch
-    if not shape or any(d is None for d in shape):
-        raise UserError(
-            f"{path} has a dynamic input shape ({[d.dim_param or d.dim_value for d in dims]}); export it with a fixed shape"
-        )
-    return blob, tuple(shape)
+    except Exception:
+        raise ModelRejected("the bytes are not an ONNX model (protobuf parse failed); export the model to ONNX again") from None
+    if not external_tensors(proto):
+        return blob
+    inline_external_data(file, proto)
+    return proto.SerializeToString()

@@ -95,13 +95,20 @@ class Profiler:
             if stats is not None:
                 self.cache_hits += 1
                 return stats, True
-        onnx = onnx_fn()
-        stats = sorted((self._measure(onnx, shape) for _ in range(sessions)), key=lambda s: s.median_ms)[sessions // 2]
-        if not stats.noisy:
-            self._memory.setdefault((arch_key, shape), stats)
+        runs = self.sessions(arch_key, shape, onnx_fn(), sessions)
+        return sorted(runs, key=lambda s: s.median_ms)[sessions // 2], False
+
+    def sessions(self, arch_key: str, input_shape: Sequence[int], onnx: bytes, count: int) -> list[LatencyStats]:
+        """``count`` fresh sessions of ``onnx``, in the order measured. The session with the
+        median latency is the one remembered and cached (when it is not noisy)."""
+        shape = tuple(int(d) for d in input_shape)
+        runs = [self._measure(onnx, shape) for _ in range(count)]
+        typical = sorted(runs, key=lambda s: s.median_ms)[count // 2]
+        if not typical.noisy:
+            self._memory.setdefault((arch_key, shape), typical)
             if self._cache is not None:
-                self._cache.put(self.fingerprint_hash, arch_key, shape, stats)
-        return stats, False
+                self._cache.put(self.fingerprint_hash, arch_key, shape, typical)
+        return runs
 
     def _measure(self, onnx: bytes, shape: tuple[int, ...]) -> LatencyStats:
         """One fresh session's stats, in the reference's units when a reference is set."""

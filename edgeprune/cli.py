@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-screen", action="store_true", help="measure every candidate; by default the latency surrogate skips candidates it predicts far over the budget once its recent error is ≤ 10%%")
     p.add_argument("--rounds", type=int, default=1, help="prune → fine-tune → search again from the fine-tuned model, T times; budgets step down geometrically (default 1)")
     p.add_argument("--resume", metavar="OUT_DIR", help="continue an interrupted run from OUT_DIR.checkpoint (no other options needed)")
+    p.add_argument("--trust-model-code", action="store_true", help="with --resume: allow the checkpoint's model when it is a model file (unpickled) or package.module:factory (imported); torchvision: models never need it")
     p.add_argument("--finetune-epochs", type=float, default=1.0, help="fine-tune epochs of the picked model, may be fractional (default 1)")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tune peak learning rate, cosine schedule (default 0.01)")
     p.add_argument("--refine-top", type=int, default=6, help="how many of the most accurate feasible candidates get a short fine-tune before the pick (default 6)")
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print the stats as JSON")
     _add_cache_args(pr)
     pr.add_argument("--fresh", action="store_true", help="measure even when the cache has the model (the result is still stored if new)")
+    pr.add_argument("--allow-external-data", action="store_true", help="time a model whose tensors are in separate data files (read only from the model's own folder); refused by default")
     sv = pr.add_argument_group("surrogate check (--validate-surrogate MODEL)")
     sv.add_argument("--validate-surrogate", action="store_true", help="fit the latency surrogate on random pruned variants of MODEL and print its error on others")
     sv.add_argument("--input-shape", help="CxHxW of MODEL, e.g. 3x32x32")
@@ -136,8 +138,10 @@ def _cmd_prune(args) -> int:
     if args.resume:
         if args.model:
             raise UserError("--resume takes its settings from the checkpoint; drop the model argument (and other options)")
-        report = run_prune(resume_config(args.resume, progress=not args.no_progress))
+        report = run_prune(resume_config(args.resume, progress=not args.no_progress, trust_model_code=args.trust_model_code))
         return 0 if report["budget_met"] else 1
+    if args.trust_model_code:
+        raise UserError("--trust-model-code only applies with --resume (a model named on the command line is trusted); drop it")
     if not args.model:
         raise UserError("no model given; pass a model file, torchvision:NAME or package.module:factory (or --resume OUT_DIR)")
     report = run_prune(

@@ -137,20 +137,13 @@ def resume_config(out: str, progress: bool = True, trust_model_code: bool = Fals
     The checkpoint is a file like any other: a model it names that is not ``torchvision:`` would
     be imported or unpickled, which runs code, so that needs ``trust_model_code``.
     """
-    run = RunCheckpoint(Path(out)).read_run()
-    fields = {f.name for f in dataclasses.fields(PruneConfig)}
-    if not isinstance(run.get("config"), dict) or not isinstance(run["config"].get("model"), str):
-        raise UserError(f"checkpoint of {out} has no model in its settings; delete {out}.checkpoint and start again")
-    config = {k: v for k, v in run["config"].items() if k in fields}
+    config = RunCheckpoint(Path(out)).read_config(PruneConfig)
     model = config["model"]
     if not model.startswith("torchvision:") and not trust_model_code:
         raise UserError(
             f"the checkpoint resumes model {model[:120]!r}, which is imported or unpickled (it runs code); "
             "add --trust-model-code if this is your own interrupted run"
         )
-    for key in ("mean", "std"):  # JSON turned the tuples into lists
-        if config.get(key) is not None:
-            config[key] = tuple(config[key])
     return PruneConfig(**config, resume=True, progress=progress)
 
 

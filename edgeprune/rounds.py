@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from edgeprune.errors import UserError
 from edgeprune.fitness import Candidate, Evaluator
 from edgeprune.progress import console
 from edgeprune.search.checkpoint import RunCheckpoint, SearchJournal
@@ -91,7 +92,7 @@ def run_rounds(
                 break
             evaluator = Evaluator(space, first.data, first.profiler, first.opset, batch=first.batch, seed=cfg.seed)
         space = evaluator.space
-        finished = checkpoint.finished_round(number)
+        finished = checkpoint.finished_round(number, first.space)
         if finished is not None and not last:
             summary, plan_dict, state_path = finished
             plan = ChannelPlan(kept=plan_dict["kept"], model_spec=plan.model_spec, input_shape=plan.input_shape)
@@ -126,7 +127,12 @@ def run_rounds(
 
         if finished is not None:  # the last round finished before the kill: same pick, same weights
             summary, plan_dict, state_path = finished
-            picked = next(c for c in evaluator.known() if list(c.widths) == summary["group_widths_round"])
+            picked = next((c for c in evaluator.known() if list(c.widths) == summary["group_widths_round"]), None)
+            if picked is None:
+                raise UserError(
+                    f"checkpoint {checkpoint.round_folder(number)}/done.json names a pick the round never evaluated; "
+                    f"delete the checkpoint folder {checkpoint.folder} and start again"
+                )
             plan = ChannelPlan(kept=plan_dict["kept"], model_spec=plan.model_spec, input_shape=plan.input_shape)
             model = rebuild(original, plan, torch.load(state_path, map_location="cpu", weights_only=True))
             rounds.append(Round(number, budget, space, evaluator, result, picked, model, plan, summary))

@@ -1,42 +1,111 @@
-"""ONNX Runtime measurements in a torch-free child process (see :mod:`edgeprune.profiling.worker`)."""
+"""ONNX Runtime measurements in a torch-free child process (see :mod:`edgeprune.profiling.worker`).
+
+Every exchange with the child has a deadline, so neither the prune loop nor the device agent can
+wait forever on a model that runs for hours or a runtime that hangs: past it the child is killed
+and the request raises :class:`MeasurementTimeout`; the next request starts a fresh child. The
+pipes are non-blocking and waited on with a selector, because a deadline cannot interrupt a
+blocking ``read()`` on the buffered pipe objects.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import selectors
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
-from edgeprune.profiling.fingerprint import host_fingerprint
 from edgeprune.profiling.ort import NodeTimes
 from edgeprune.profiling.stats import LatencyStats
-from edgeprune.profiling.worker import read_frame, write_frame
 from edgeprune.targets import Profile
+
+# Generous for the prune loop (per-node traces of a large model on a slow CPU); the agent, which
+# times models from the network, passes a deadline derived from the request's profile.
+DEFAULT_TIMEOUT_S = 3600.0
+# Starting the child (importing onnxruntime) on a busy board; not part of a request's deadline.
+START_TIMEOUT_S = 120.0
+_CHUNK = 1 << 20
+_MAX_REPLY = 1 << 30
+_LEN_SIZE = 8
+
+
+class MeasurementFailed(ValueError):
+    """The child could not load or run the model. ``kind`` is a category that quotes nothing from
+    the runtime (ORT's status name such as ``INVALID_GRAPH``, or an exception class), fit for a
+    remote client; ``detail`` (also ``str()``) is the runtime's own text, for logs only."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind = kind if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,39}", kind) else "Error"
+        self.detail = detail
+
+
+class MeasurementTimeout(RuntimeError):
+    """The child did not answer within the deadline; it was killed."""
+
+    def __init__(self, profile_name: str, seconds: float):
+        super().__init__(f"the measurement process for {profile_name} did not answer within {seconds:g} s and was stopped")
+        self.seconds = seconds
+
+
+class WorkerDied(RuntimeError):
+    """The child exited (crashed, killed by its memory limit, ...) instead of answering.
+    ``starting``: before any model was sent, so the installation's fault, not a model's."""
+
+    def __init__(self, message: str, returncode: int | None, starting: bool = False):
+        super().__init__(message)
+        self.returncode = returncode
+        self.starting = starting
+
+
+class _Deadline(Exception):
+    pass
 
 
 class IsolatedOrtBackend:
-    """Same interface as :class:`~edgeprune.profiling.ort.OrtBackend`; the timing happens in a child."""
+    """Same interface as :class:`~edgeprune.profiling.ort.OrtBackend`; the timing happens in a child.
 
-    def __init__(self, profile: Profile):
+    ``timeout_s`` bounds each request (the child is killed past it); ``max_memory_mb`` caps the
+    child's memory (None: no cap)."""
+
+    def __init__(self, profile: Profile, *, timeout_s: float = DEFAULT_TIMEOUT_S, max_memory_mb: int | None = None):
         self.profile = profile
-        self._fingerprint = host_fingerprint(profile)
+        self.timeout_s = float(timeout_s)
+        self.max_memory_mb = max_memory_mb
+        self._fingerprint: dict[str, Any] | None = None
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self._reference: tuple[bytes, tuple[int, ...]] | None = None
         self._reference_sent = False
 
     def fingerprint(self) -> dict[str, Any]:
+        if self._fingerprint is None:  # reads /proc and may run probes: only when asked
+            from edgeprune.profiling.fingerprint import host_fingerprint  # noqa: PLC0415
+
+            self._fingerprint = host_fingerprint(self.profile)
         return dict(self._fingerprint)
 
     def _child(self) -> subprocess.Popen:
         if self._proc is None or self._proc.poll() is not None:
+            self._discard()
             self._reference_sent = False
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "edgeprune.profiling.worker", json.dumps(self.profile.to_dict())],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-            )
+            argv = [sys.executable, "-m", "edgeprune.profiling.worker", json.dumps(self.profile.to_dict())]
+            if self.max_memory_mb:
+                argv.append(str(int(self.max_memory_mb)))
+            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            os.set_blocking(self._proc.stdin.fileno(), False)
+            os.set_blocking(self._proc.stdout.fileno(), False)
+            try:
+                ready = _receive(self._proc, time.monotonic() + START_TIMEOUT_S)
+            except (_Deadline, EOFError, OSError):
+                ready = None
+            if ready is None or not json.loads(ready).get("ready"):
+                code = self._kill()
+                raise WorkerDied(f"the measurement process for {self.profile.name} did not start (exit {code}); its error is in the log above", code, starting=True)
         return self._proc
 
     def _request(self, header: dict, blob: bytes) -> dict:
@@ -48,18 +117,22 @@ class IsolatedOrtBackend:
             return self._request_locked(proc, header, blob)
 
     def _request_locked(self, proc: subprocess.Popen, header: dict, blob: bytes) -> dict:
+        deadline = time.monotonic() + self.timeout_s
         try:
-            write_frame(proc.stdin, json.dumps(header).encode())
-            write_frame(proc.stdin, blob)
-            reply = read_frame(proc.stdout)
-        except (BrokenPipeError, EOFError):
+            _send(proc, json.dumps(header).encode(), deadline)
+            _send(proc, blob, deadline)
+            reply = _receive(proc, deadline)
+        except _Deadline:
+            self._kill()
+            raise MeasurementTimeout(self.profile.name, self.timeout_s) from None
+        except (OSError, EOFError):  # BrokenPipeError, or the child closed its end mid-reply
             reply = None
         if reply is None:
-            self._stop()
-            raise RuntimeError(f"the measurement process for {self.profile.name} died (exit {proc.poll()})")
+            code = self._kill()
+            raise WorkerDied(f"the measurement process for {self.profile.name} died (exit {code})", code)
         result = json.loads(reply)
         if not result["ok"]:
-            raise ValueError(result["error"])
+            raise MeasurementFailed(str(result.get("kind", "Error")), str(result["error"]))
         return result
 
     def measure(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> LatencyStats:
@@ -88,10 +161,77 @@ class IsolatedOrtBackend:
             self._stop()
 
     def _stop(self) -> None:
+        """Let the child finish (end of its input), kill it if it does not."""
         if self._proc is not None:
             try:
                 self._proc.stdin.close()
                 self._proc.wait(timeout=10)
             except Exception:
                 self._proc.kill()
+                self._proc.wait()
+            self._discard()
+
+    def _kill(self) -> int | None:
+        """Kill the child now; its exit status (negative: the signal)."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.kill()
+        code = proc.wait()
+        self._discard()
+        return code
+
+    def _discard(self) -> None:
+        if self._proc is not None:
+            for pipe in (self._proc.stdin, self._proc.stdout):
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
             self._proc = None
+
+
+def _wait(fd: int, event: int, deadline: float) -> None:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _Deadline
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, event)
+        if not selector.select(left):
+            raise _Deadline
+
+
+def _send(proc: subprocess.Popen, payload: bytes, deadline: float) -> None:
+    """One frame (8-byte big-endian length + payload) to the child's stdin, by the deadline."""
+    fd = proc.stdin.fileno()
+    for data in (len(payload).to_bytes(_LEN_SIZE, "big"), payload):
+        view = memoryview(data)
+        while view:
+            _wait(fd, selectors.EVENT_WRITE, deadline)
+            try:
+                view = view[os.write(fd, view[:_CHUNK]):]
+            except BlockingIOError:
+                continue
+
+
+def _receive(proc: subprocess.Popen, deadline: float) -> bytes:
+    """One frame from the child's stdout, by the deadline; EOFError if it closes it first."""
+    size = int.from_bytes(_read_exact(proc.stdout.fileno(), _LEN_SIZE, deadline), "big")
+    if size > _MAX_REPLY:
+        raise EOFError(f"the measurement process sent a {size}-byte frame")
+    return _read_exact(proc.stdout.fileno(), size, deadline)
+
+
+def _read_exact(fd: int, size: int, deadline: float) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        _wait(fd, selectors.EVENT_READ, deadline)
+        try:
+            chunk = os.read(fd, min(size - len(buf), _CHUNK))
+        except BlockingIOError:
+            continue
+        if not chunk:
+            raise EOFError("the measurement process closed its output")
+        buf += chunk
+    return bytes(buf)

@@ -170,13 +170,24 @@ def _json_reply(data: bytes, url: str) -> dict[str, Any]:
     return reply
 
 
+def _plain_facts(facts: Any, depth: int = 0) -> bool:
+    """A small object of plain values, nested at most once (a Jetson's facts hold a ``jetson`` object)."""
+    if not isinstance(facts, dict) or len(facts) > 64:
+        return False
+    for key, value in facts.items():
+        if not isinstance(key, str) or len(key) > 64:
+            return False
+        if isinstance(value, dict):
+            if depth or not _plain_facts(value, depth + 1):
+                return False
+        elif not (value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 500)):
+            return False
+    return True
+
+
 def _device_facts(reply: dict[str, Any], url: str) -> dict[str, Any]:
     """The agent's device facts, checked: they become part of every cache key of this device."""
     facts = reply.get("device")
-    ok = isinstance(facts, dict) and len(facts) <= 64 and all(
-        isinstance(k, str) and len(k) <= 64 and (v is None or isinstance(v, (bool, int, float)) or (isinstance(v, str) and len(v) <= 500))
-        for k, v in facts.items()
-    )
-    if not ok:
+    if not _plain_facts(facts):
         raise UserError(f"agent {url} sent malformed device facts; upgrade edgeprune on the device to this version")
     return facts

@@ -6,21 +6,40 @@ while a process holding only onnxruntime gives ±3 %. A deployed model does not 
 with torch either, so every local measurement runs in this process. The parent blocks while the
 child times, so no evaluation of ours competes with the timed runs for the cores.
 
+The device agent runs models from the network here too: a model that crashes the runtime, eats
+all memory or never finishes takes down this process, not the agent, which kills it on a deadline
+(:mod:`edgeprune.profiling.isolated`). The optional second argument caps this process's memory
+(MiB); the cap is set here, before anything is read from the parent, rather than by the parent's
+``preexec_fn``, which is unsafe in a threaded parent such as the agent.
+
 Wire format on stdin/stdout (both directions): 8-byte big-endian length + JSON header, and for
-requests 8-byte length + ONNX bytes. Requests: ``{"shape"}`` times a model; ``{"op": "reference",
-"shape"}`` stores a reference model; ``{"shape", "with_reference": true}`` times a model and the
-reference in alternating blocks; ``{"op": "node_times", "shape", "runs"}`` returns ORT's per-node
-profile of a model (:meth:`OrtBackend.node_times`). Nothing is ever unpickled.
+requests 8-byte length + ONNX bytes. Once the runtime is loaded the child sends ``{"ok": true,
+"ready": true}``. Requests: ``{"shape"}`` times a model; ``{"op": "reference", "shape"}`` stores a
+reference model; ``{"shape", "with_reference": true}`` times a model and the reference in
+alternating blocks; ``{"op": "node_times", "shape", "runs"}`` returns ORT's per-node profile of a
+model (:meth:`OrtBackend.node_times`). A failure is ``{"ok": false, "error": TEXT, "kind": KIND}``:
+TEXT is the runtime's own message (for logs), KIND a fixed category safe to show anyone (ORT's
+status name such as ``INVALID_GRAPH``, else the exception's class name). Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import struct
 import sys
 from typing import BinaryIO
 
 _LEN = struct.Struct(">Q")
+# onnxruntime's Python exception classes -> the status names its C API uses.
+_ORT_STATUS = {
+    "Fail": "FAIL", "InvalidArgument": "INVALID_ARGUMENT", "NoSuchFile": "NO_SUCHFILE", "NoModel": "NO_MODEL",
+    "EngineError": "ENGINE_ERROR", "RuntimeException": "RUNTIME_EXCEPTION", "InvalidProtobuf": "INVALID_PROTOBUF",
+    "ModelLoaded": "MODEL_LOADED", "NotImplemented": "NOT_IMPLEMENTED", "InvalidGraph": "INVALID_GRAPH",
+    "EPFail": "EP_FAIL", "ModelLoadCanceled": "MODEL_LOAD_CANCELED", "ModelRequiresCompilation": "MODEL_REQUIRES_COMPILATION",
+    "NotFound": "NOT_FOUND", "DeviceReset": "DEVICE_RESET",
+}
 
 
 def write_frame(stream: BinaryIO, payload: bytes) -> None:
@@ -43,6 +62,44 @@ def read_frame(stream: BinaryIO) -> bytes | None:
     return body
 
 
+def error_kind(exc: BaseException) -> str:
+    """A category for ``exc`` that carries none of its text: ORT's status name or a class name.
+    ``OrtBackend`` wraps load errors in ValueError, so the cause is looked at first."""
+    for candidate in (exc.__cause__, exc):
+        if candidate is None:
+            continue
+        name = type(candidate).__name__
+        if name in _ORT_STATUS:
+            return _ORT_STATUS[name]
+    name = type(exc).__name__
+    return name if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,39}", name) else "Error"
+
+
+def limit_memory(max_mb: int, provider: str) -> None:
+    """Cap this process's memory (soft and hard, so the model cannot raise it back).
+
+    RLIMIT_AS (all mapped memory) for the CPU provider; a GPU runtime reserves tens of GB of
+    address space it never touches, so for other providers only RLIMIT_DATA (private writable
+    memory) is capped."""
+    import resource
+
+    limit = int(max_mb) * 1024 * 1024
+    kind = resource.RLIMIT_AS if provider == "CPUExecutionProvider" else resource.RLIMIT_DATA
+    resource.setrlimit(kind, (limit, limit))
+
+
+def _handle(backend, request: dict, blob: bytes, reference: tuple[bytes, tuple[int, ...]] | None) -> dict:
+    shape = tuple(int(d) for d in request["shape"])
+    if request.get("op") == "node_times":
+        return {"ok": True, "node_times": backend.node_times(blob, shape, int(request["runs"])).to_dict()}
+    if request.get("with_reference"):
+        if reference is None:
+            raise ValueError("no reference model was sent before a paired measurement")
+        stats, ref = backend.measure_pair(blob, shape, *reference)
+        return {"ok": True, "stats": stats.to_dict(), "reference": ref.to_dict()}
+    return {"ok": True, "stats": backend.measure(blob, shape).to_dict()}
+
+
 def serve(profile_json: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
     """Serve requests until stdin closes. ``profile_json`` is the parent's whole profile (not a
     file name), so overrides made in memory apply here too."""
@@ -50,6 +107,7 @@ def serve(profile_json: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
     from edgeprune.targets import Profile
 
     backend = OrtBackend(Profile.from_dict(json.loads(profile_json)))
+    write_frame(stdout, json.dumps({"ok": True, "ready": True}).encode())
     reference: tuple[bytes, tuple[int, ...]] | None = None
     while True:
         header = read_frame(stdin)
@@ -58,23 +116,25 @@ def serve(profile_json: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
         blob = read_frame(stdin) or b""
         try:
             request = json.loads(header)
-            shape = tuple(int(d) for d in request["shape"])
             if request.get("op") == "reference":
-                reference = (blob, shape)
+                reference = (blob, tuple(int(d) for d in request["shape"]))
                 reply = {"ok": True}
-            elif request.get("op") == "node_times":
-                reply = {"ok": True, "node_times": backend.node_times(blob, shape, int(request["runs"])).to_dict()}
-            elif request.get("with_reference"):
-                if reference is None:
-                    raise ValueError("no reference model was sent before a paired measurement")
-                stats, ref = backend.measure_pair(blob, shape, *reference)
-                reply = {"ok": True, "stats": stats.to_dict(), "reference": ref.to_dict()}
             else:
-                reply = {"ok": True, "stats": backend.measure(blob, shape).to_dict()}
+                reply = _handle(backend, request, blob, reference)
         except Exception as exc:  # reported to the parent, which raises it there
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "kind": error_kind(exc)}
         write_frame(stdout, json.dumps(reply).encode())
 
 
+def main(argv: list[str]) -> None:
+    if len(argv) > 1 and argv[1] != "0":
+        limit_memory(int(argv[1]), json.loads(argv[0]).get("provider", ""))
+    # Frames go to a private copy of stdout; anything a runtime prints lands on stderr instead of
+    # corrupting them.
+    frames = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    serve(argv[0], sys.stdin.buffer, frames)
+
+
 if __name__ == "__main__":
-    serve(sys.argv[1], sys.stdin.buffer, sys.stdout.buffer)
+    main(sys.argv[1:])

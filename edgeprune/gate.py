@@ -22,7 +22,7 @@ import yaml
 
 from edgeprune.errors import UserError
 from edgeprune.exporters.files import atomic_write
-from edgeprune.exporters.measure import PERCENTILES, graph_key, percentile_ms
+from edgeprune.profiling.keys import PERCENTILES, graph_key, percentile_ms
 from edgeprune.targets import Profile, load_profile
 
 DEFAULT_TARGET = "x86-cpu"

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 
 from edgeprune.errors import UserError
-from edgeprune.exporters.measure import graph_key
+from edgeprune.profiling.keys import graph_key
 from edgeprune.profiling.cache import default_cache_path
 
 

@@ -448,12 +448,6 @@ class ChannelSpace:
         apply_plan(model, plan, self.example)
         return model.eval()
 
-    def describe(self) -> list[dict]:
-        return [
-            {"group": g.name, "full": g.full, "options": list(g.options), "coupled": list(g.coupled)}
-            for g in self.groups
-        ]
-
 
 def apply_plan(model: nn.Module, plan: ChannelPlan, example: torch.Tensor) -> nn.Module:
     """Prune ``model`` in place so each group keeps exactly ``plan.kept[group]`` channels."""

@@ -20,7 +20,7 @@ from edgeprune.data import DataBundle, Split
 from edgeprune.exporters.files import atomic_write_all
 from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES, calibration_items, quantize_int8
 from edgeprune.exporters.manifest import MANIFEST, MODEL_CARD, REPORT, build_manifest
-from edgeprune.exporters.measure import graph_key
+from edgeprune.profiling.keys import graph_key
 from edgeprune.exporters.model_card import render_model_card
 from edgeprune.exporters.onnx import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_accuracy, parity, with_metadata
 from edgeprune.profiling.fingerprint import fingerprint_hash

@@ -18,6 +18,7 @@ import tempfile
 import textwrap
 
 import pytest
+import yaml
 import torch
 from torch import nn
 
@@ -366,3 +367,26 @@ def test_remote_and_local_agree_within_5_percent(agent, onnx_bytes):
         local.close()
     print(f"remote/local median ratios per attempt: {ratios}")
     assert abs(ratios[-1] - 1) < 0.05
+
+
+def test_profile_command_with_an_agent_profile_measures_on_the_agent(agent, onnx_bytes, tmp_path, monkeypatch, capsys):
+    # The host's own measuring process must not be used at all: make it fail if anything starts it.
+    def no_host_timing(*_a, **_k):
+        raise AssertionError("edgeprune profile timed on the host instead of the agent")
+
+    monkeypatch.setattr(IsolatedOrtBackend, "measure", no_host_timing)
+    monkeypatch.setattr(IsolatedOrtBackend, "measure_pair", no_host_timing)
+    from edgeprune.cli import main
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(onnx_bytes)
+    profile = _profile(agent.url).to_dict()
+    del profile["source"]
+    (tmp_path / "remote.yaml").write_text(yaml.safe_dump(profile))
+    agent.log.seek(0, os.SEEK_END)
+    before = agent.log.tell()
+    assert main(["profile", str(model), "--target", str(tmp_path / "remote.yaml"), "--no-cache", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["median_ms"] > 0 and result["runs"][0]["n"] >= 20
+    agent.log.seek(before)
+    assert '"POST /measure?shape=1x3x32x32' in agent.log.read()  # the agent did the timing

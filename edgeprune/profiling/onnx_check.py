@@ -14,7 +14,6 @@ Torch-free. Two rules are about safety rather than format:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 # 2**26 float32 values = 256 MiB: far above any edge CNN input (1x3x1024x1024 is 3.1 M).
@@ -32,40 +31,27 @@ class CheckedModel:
     dims: tuple[int | None, ...]  # None where the dimension is symbolic
 
 
-def _graph_tensors(graph) -> Iterator[object]:
+def _all_tensors(message) -> list:
+    """Every TensorProto anywhere inside ``message``: initializers, sparse tensors, node and
+    function attributes and their defaults, subgraphs at any depth, training info. Walked over the
+    protobuf fields generically, so a place the ONNX spec adds later is not a place to hide in."""
     import onnx
 
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        yield from _attribute_tensors(node.attribute)
-    # Subgraphs (If/Loop/Scan bodies) are reached through the node attributes below.
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graph_tensors(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _graph_tensors(sub)
-
-
-def _attribute_tensors(attributes) -> Iterator[object]:
-    import onnx
-
-    for attr in attributes:
-        if attr.type == onnx.AttributeProto.TENSOR:
-            yield attr.t
-        elif attr.type == onnx.AttributeProto.TENSORS:
-            yield from attr.tensors
-        elif attr.type == onnx.AttributeProto.SPARSE_TENSOR:
-            yield attr.sparse_tensor.values
-            yield attr.sparse_tensor.indices
-        elif attr.type == onnx.AttributeProto.SPARSE_TENSORS:
-            for sparse in attr.sparse_tensors:
-                yield sparse.values
-                yield sparse.indices
+    found, stack = [], [message]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, onnx.TensorProto):
+            found.append(current)
+            continue
+        for field, value in current.ListFields():
+            if field.type != field.TYPE_MESSAGE:
+                continue
+            repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+            if repeated:
+                stack.extend(value)
+            else:
+                stack.append(value)
+    return found
 
 
 def external_tensors(proto) -> list[str]:
@@ -150,10 +136,3 @@ def inline_external_data(path, proto) -> None:
                 raise ModelRejected(f"external data file {entry.value[:80]!r} of tensor {tensor.name[:60]!r} is missing")
     load_external_data_for_model(proto, str(folder))
 
-
-def _all_tensors(proto) -> list:
-    tensors = list(_graph_tensors(proto.graph))
-    for function in proto.functions:
-        for node in function.node:
-            tensors.extend(_attribute_tensors(node.attribute))
-    return tensors

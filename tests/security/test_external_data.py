@@ -108,3 +108,33 @@ def test_a_huge_declared_input_is_refused_before_anything_is_allocated(tmp_path)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     with pytest.raises(UserError, match="more than"):
         load_onnx(path)
+
+
+def _function_model(weight: onnx.TensorProto) -> onnx.ModelProto:
+    """The external tensor hides in a Constant inside an If branch inside a model-local function."""
+    y_info = helper.make_tensor_value_info("w", TensorProto.FLOAT, [1, 4])
+    branch = helper.make_graph([helper.make_node("Constant", [], ["w"], value=weight)], "b", [], [y_info])
+    if_node = helper.make_node("If", ["c"], ["w"], then_branch=branch, else_branch=branch)
+    function = helper.make_function("evil", "Hide", ["x", "c"], ["y"], [if_node, helper.make_node("Add", ["x", "w"], ["y"])],
+                                    opset_imports=[helper.make_opsetid("", 17)])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    cond = numpy_helper.from_array(np.array(True), "c")
+    graph = helper.make_graph([helper.make_node("Hide", ["x", "c"], ["y"], domain="evil")], "g", [x], [y], initializer=[cond])
+    return helper.make_model(graph, functions=[function], opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("evil", 1)])
+
+
+def test_external_data_inside_a_function_subgraph_is_found(tmp_path):
+    proto = _function_model(_external(".git/config"))
+    assert external_tensors(proto) == ["w", "w"]  # both branches
+    repo = _checkout(tmp_path, ".git/config")
+    (repo / "m.onnx").write_bytes(proto.SerializeToString())
+    run = _run(repo, "profile", "m.onnx")
+    assert run.returncode == 2 and "external data" in run.stderr and "hunter2" not in run.stderr
+
+
+def test_external_data_in_training_info_is_found():
+    proto = _model(numpy_helper.from_array(np.zeros((1, 4), np.float32), "w"))
+    info = proto.training_info.add()
+    info.initialization.CopyFrom(helper.make_graph([], "init", [], [], initializer=[_external(".git/config")]))
+    assert external_tensors(proto) == ["w"]

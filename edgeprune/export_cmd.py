@@ -10,6 +10,7 @@ the old ones under temporary names and renamed into place only when all of them 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ class ExportConfig:
     no_cache: bool = False
     progress: bool = True
     trust_model_code: bool = False
+    data: str | None = None
 
 
 def read_report(folder: Path) -> dict:
@@ -72,7 +74,8 @@ def _check_artifacts(folder: Path, artifacts, source: Path) -> None:
     if not isinstance(artifacts, dict):
         raise UserError(f"{source}: 'artifacts' must be an object of role -> file name; run `edgeprune prune` again")
     root = folder.resolve()
-    for role, name in artifacts.items():
+    # The two files export reads, under the names it falls back to when the report omits them.
+    for role, name in ({"plan": "plan.json", "state_dict": "state_dict.pt"} | artifacts).items():
         if name is None:
             continue
         parts = name.split("/") if isinstance(name, str) else []
@@ -82,29 +85,58 @@ def _check_artifacts(folder: Path, artifacts, source: Path) -> None:
             raise UserError(f"{source}: artifact {str(role)[:40]!r} ({name}) points outside {folder}; replace the link with the file itself")
 
 
-def data_from_report(report: dict) -> DataBundle:
+_DATASETS = ("fashion-mnist", "digits", "imagefolder")
+
+
+def _data_problem(data, pre) -> str | None:
+    """What is wrong with report.json's data/preprocess sections, or None (typed and bounded)."""
+    whole = lambda v, hi: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= hi  # noqa: E731
+    if not isinstance(data, dict) or data.get("name") not in _DATASETS or not whole(data.get("seed"), 1 << 62):
+        return f"'data' must name one of {', '.join(_DATASETS)} with an integer seed"
+    sizes = data.get("sizes")
+    if not isinstance(sizes, dict) or not whole(sizes.get("holdout"), 1 << 31) or sizes["holdout"] < 1:
+        return "'data.sizes.holdout' must be a positive integer"
+    if data["name"] == "imagefolder" and not isinstance(data.get("source"), str):
+        return "'data.source' must be the image folder's path"
+    shape = pre.get("input_shape") if isinstance(pre, dict) else None
+    if not isinstance(shape, list) or len(shape) != 3 or not all(whole(d, 4096) and d > 0 for d in shape):
+        return "'preprocess.input_shape' must be three positive integers"
+    for key in ("mean", "std"):
+        values = pre.get(key)
+        if values is not None and (not isinstance(values, list) or not 1 <= len(values) <= 3 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+        )):
+            return f"'preprocess.{key}' must be null or 1-3 finite numbers"
+    return None
+
+
+def data_from_report(report: dict, data_spec: str | None = None) -> DataBundle:
     """The prune run's dataset with the same preprocessing and the same seeded splits.
 
     The split sizes are compared with the report: a changed dataset (an image folder that gained
-    files) would silently calibrate or score on different images.
+    files) would silently calibrate or score on different images. An image folder named in a
+    report (a file anyone may have written) is read only when the user names it with ``--data``.
     """
     from edgeprune.data import load_data
 
     data, pre = report["data"], report["preprocess"]
-    name = data.get("name")
-    spec = f"imagefolder:{data.get('source', '')}" if name == "imagefolder" else name
-    try:
-        bundle = load_data(
-            spec,
-            input_shape=tuple(pre["input_shape"]),
-            pad=pre.get("resize") == "pad-centre",
-            mean=pre.get("mean"),
-            std=pre.get("std"),
-            holdout=int(data["sizes"]["holdout"]),
-            seed=int(data["seed"]),
-        )
-    except (KeyError, TypeError) as exc:
-        raise UserError(f"report.json's data/preprocess section lacks {exc}; run `edgeprune prune` again") from None
+    problem = _data_problem(data, pre)
+    if problem:
+        raise UserError(f"report.json: {problem}; run `edgeprune prune` again")
+    spec = f"imagefolder:{data['source']}" if data["name"] == "imagefolder" else data["name"]
+    if data_spec is not None and data_spec != spec:
+        raise UserError(f"--data {data_spec} is not the dataset the model was pruned on ({spec}); pass --data {spec}")
+    if data["name"] == "imagefolder" and data_spec is None:
+        raise UserError(f"report.json names the image folder {data['source'][:200]}; confirm it with --data {spec[:200]}")
+    bundle = load_data(
+        spec,
+        input_shape=tuple(pre["input_shape"]),
+        pad=pre.get("resize") == "pad-centre",
+        mean=tuple(pre["mean"]) if pre.get("mean") is not None else None,
+        std=tuple(pre["std"]) if pre.get("std") is not None else None,
+        holdout=data["sizes"]["holdout"],
+        seed=data["seed"],
+    )
     if bundle.describe()["sizes"] != data["sizes"]:
         raise UserError(
             f"dataset {spec} now has split sizes {bundle.describe()['sizes']} but the prune run had {data['sizes']}; "
@@ -152,7 +184,7 @@ def run_export(cfg: ExportConfig) -> dict:
     model = load_pruned(
         folder / (artifacts.get("plan") or "plan.json"), folder / (artifacts.get("state_dict") or "state_dict.pt"), trust_code=cfg.trust_model_code
     )
-    data = data_from_report(report)
+    data = data_from_report(report, cfg.data)
     if tuple(data.preprocess.input_shape) != tuple(report["input_shape"]):
         raise UserError(f"report.json's input_shape {report['input_shape']} differs from its preprocess; run `edgeprune prune` again")
     if cfg.int8:
@@ -247,6 +279,7 @@ def add_parser(sub) -> None:
         "--trust-model-code", action="store_true",
         help="allow a plan whose original model is a package.module:factory (imported and run) or a torch.save()d file (unpickled); torchvision: plans never need it",
     )
+    e.add_argument("--data", metavar="SPEC", help="the dataset the model was pruned on (default: the one report.json names); needed to confirm an imagefolder:PATH a report names")
     e.add_argument("--cache", help="latency cache SQLite file (default: in the user cache folder)")
     e.add_argument("--no-cache", action="store_true", help="neither read nor write the latency cache file")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -268,6 +301,7 @@ def run(args) -> int:
             no_cache=args.no_cache,
             progress=not args.no_progress,
             trust_model_code=args.trust_model_code,
+            data=args.data,
         )
     )
     return 1 if result["int8_refused"] else 0

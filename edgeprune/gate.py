@@ -139,6 +139,8 @@ def load_budgets(
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except UnicodeDecodeError:
         raise UserError(f"{path} is not a UTF-8 text file; pass a YAML budgets file") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a budgets file; fix the file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
@@ -168,12 +170,15 @@ def load_budgets(
                 values[key] = (constructor.construct_object(value_node, deep=True), at(value_node))
             except yaml.YAMLError as exc:  # e.g. a !!python/... tag, which safe loading refuses
                 raise UserError(f"{at(value_node)}: {key} cannot be read ({getattr(exc, 'problem', None) or exc}); write a plain value") from None
+            except ValueError:  # int() refuses a number with thousands of digits
+                raise UserError(f"{at(value_node)}: {key} is a number too long to read; write a plain value") from None
         for required in ("model", "budget_ms"):
             if required not in values:
                 raise UserError(f"{at(entry)}: budget entry lacks {required!r}; add it")
         model, model_at = values["model"]
         if not isinstance(model, str) or not model:
             raise UserError(f"{model_at}: model must be the path of an ONNX file, got {model!r}; fix it")
+        looks_like_path = False
         if "target" in values:
             entry_target, target_at = values["target"]
             if not isinstance(entry_target, str) or not entry_target:
@@ -183,10 +188,14 @@ def load_budgets(
                 entry_target = str(file.parent / entry_target)
         else:  # the command line's --target: a path there is relative to the working directory
             entry_target, target_at = target or DEFAULT_TARGET, "--target"
+        model_path = Path(model) if Path(model).is_absolute() else file.parent / model
+        _inside(file, model_path, model_at, "model")
+        if "target" in values and looks_like_path:  # a shipped name, or the command line's --target, is the user's
+            _inside(file, Path(entry_target), target_at, "target profile")
         budgets.append(
             Budget(
                 model=model,
-                path=Path(model) if Path(model).is_absolute() else file.parent / model,
+                path=model_path,
                 target=entry_target,
                 percentile=_check_percentile(*values.get("percentile", (DEFAULT_PERCENTILE if percentile is None else percentile, "--percentile"))),
                 budget_ms=_check_budget(*values["budget_ms"]),
@@ -196,6 +205,17 @@ def load_budgets(
             )
         )
     return budgets
+
+
+def _inside(budgets_file: Path, path: Path, where: str, what: str) -> None:
+    """A budgets file is often someone else's (a repo, a CI artifact): it may name only files in
+    its own folder, or a model of yours would be read and sent to whatever agent it names."""
+    root = budgets_file.resolve().parent
+    if not path.resolve().is_relative_to(root):
+        raise UserError(
+            f"{where}: {what} {str(path)[:200]} is outside the budgets file's folder {root}; keep models and "
+            "profiles next to (or below) the budgets file, or gate a model directly: edgeprune gate MODEL.onnx --budget-ms MS"
+        )
 
 
 def _read_model(budget: Budget, allow_external_data: bool = False) -> tuple[bytes, tuple[int, ...]]:

@@ -131,19 +131,35 @@ def _staging(out: Path):
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _untrusted_settings(config: dict) -> list[str]:
+    """The checkpoint settings that would run code or reach files outside the checkpoint."""
+    target = str(config.get("target", ""))
+    named = {
+        "model": not str(config["model"]).startswith("torchvision:"),
+        "target": target.endswith((".yaml", ".yml")) or "/" in target or os.sep in target,
+        "weights": config.get("weights") is not None,
+        "data": str(config.get("data", "")).startswith("imagefolder:"),
+        "cache": config.get("cache") is not None,
+    }
+    return [f"{key} {str(config.get(key))[:120]!r}" for key, flagged in named.items() if flagged]
+
+
 def resume_config(out: str, progress: bool = True, trust_model_code: bool = False) -> PruneConfig:
     """The settings of the interrupted run whose ``--out`` was ``out``.
 
     The checkpoint is a file like any other: a model it names that is not ``torchvision:`` would
-    be imported or unpickled, which runs code, so that needs ``trust_model_code``.
+    be imported or unpickled, which runs code, and a profile, weights, image folder or cache path
+    it names would be read or written; all of those need ``trust_model_code``. The output goes
+    where ``--resume`` says, never where the checkpoint says.
     """
     config = RunCheckpoint(Path(out)).read_config(PruneConfig)
-    model = config["model"]
-    if not model.startswith("torchvision:") and not trust_model_code:
+    untrusted = _untrusted_settings(config)
+    if untrusted and not trust_model_code:
         raise UserError(
-            f"the checkpoint resumes model {model[:120]!r}, which is imported or unpickled (it runs code); "
-            "add --trust-model-code if this is your own interrupted run"
+            f"the checkpoint names {', '.join(untrusted)}: resuming imports or unpickles a model or reads "
+            "those files; add --trust-model-code if this is your own interrupted run"
         )
+    config["out"] = out
     return PruneConfig(**config, resume=True, progress=progress)
 
 

@@ -9,6 +9,7 @@ the same way, load the weights" (``weights_only=True``), and the result is bitwi
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from edgeprune.space import PLAN_FORMAT_VERSION, ChannelPlan, apply_plan
 
 _KINDS = ("torchvision", "factory", "file")
 # Far above any real network (mobilenet_v2: 52 groups, widest 1280): bounds what a file can ask for.
-_MAX_GROUPS, _MAX_CHANNELS, _MAX_DIM = 4096, 1 << 16, 1 << 14
+_MAX_GROUPS, _MAX_CHANNELS, _MAX_DIM, _MAX_INPUT_ELEMENTS = 4096, 1 << 16, 1 << 14, 1 << 26
 
 
 def _int(value, low: int, high: int) -> bool:
@@ -39,6 +40,8 @@ def _plan_problem(data: dict) -> str | None:
         return "'model.num_classes' must be a positive integer or null"
     if not isinstance(shape, list) or not 1 <= len(shape) <= 4 or not all(_int(d, 1, _MAX_DIM) for d in shape):
         return f"'input_shape' must be a list of 1-4 positive integers up to {_MAX_DIM}"
+    if math.prod(shape) > _MAX_INPUT_ELEMENTS:
+        return f"'input_shape' {shape} has more than {_MAX_INPUT_ELEMENTS} elements"
     if not isinstance(kept, dict) or len(kept) > _MAX_GROUPS:
         return f"'kept' must be an object of at most {_MAX_GROUPS} groups"
     for name, idxs in kept.items():

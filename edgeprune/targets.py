@@ -119,7 +119,11 @@ def load_profile(name_or_path: str) -> Profile:
                 f"profile file {path} not found; pass the path of a target .yaml file "
                 "or a shipped target name (run `edgeprune targets`)"
             )
-        return _parse(path.read_text(encoding="utf-8"), str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"profile file {path} is not UTF-8 text; pass a target .yaml file") from None
+        return _parse(text, str(path))
     shipped = _shipped_files()
     if name_or_path not in shipped:
         raise UserError(
@@ -214,7 +218,8 @@ def _check_agent_url(url: str, source: str) -> None:
         port = parsed.port
     except ValueError:
         port = None
-    if parsed.scheme not in ("http", "https") or not parsed.hostname or port is None or parsed.path not in ("", "/") or parsed.query:
+    extra = parsed.query or parsed.fragment or "@" in parsed.netloc  # user:password@ or #... would hide the real host
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or port is None or parsed.path not in ("", "/") or extra:
         raise UserError(
             f"profile {source}: 'agent' is {url!r}; write it as http://HOST:PORT "
             "(e.g. http://127.0.0.1:8765), the address `edgeprune agent` listens on"

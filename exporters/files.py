@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -15,9 +16,13 @@ def atomic_write_all(folder: Path, files: dict[str, bytes]) -> None:
     temps = {}
     try:
         for name, data in files.items():
-            tmp = folder / f".{name}.tmp-{os.getpid()}"
+            # A fresh, exclusively created name: a link planted under a guessable one in a shared
+            # folder must not redirect the write.
+            fd, tmp_name = tempfile.mkstemp(dir=folder / Path(name).parent, prefix=f".{Path(name).name}.", suffix=".tmp")
+            tmp = Path(tmp_name)
             temps[name] = tmp
-            with open(tmp, "wb") as f:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; the delivered file is for others too
+            with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -27,6 +32,12 @@ def atomic_write_all(folder: Path, files: dict[str, bytes]) -> None:
         raise
     for name, tmp in temps.items():
         os.replace(tmp, folder / name)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -101,6 +101,7 @@ class LatencyCache:
         try:
             # isolation_level=None: transactions are explicit below, never opened behind our back.
             self._db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+            self._db.execute("PRAGMA trusted_schema = OFF")  # no SQL functions from the file's schema
         except (OSError, sqlite3.Error) as e:
             raise UserError(
                 f"cannot open latency cache {self.path} ({e}); pass a writable --cache path"
@@ -420,11 +421,16 @@ _COLUMNS = {
 def _schema_version(db: sqlite3.Connection) -> str | None:
     """The schema version of an edgeprune cache; None for a database without tables (a new one);
     sqlite3.DatabaseError when the file holds something else. Reads only."""
-    names = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
-    if not names:
+    entries = list(db.execute("SELECT type, name FROM sqlite_master"))
+    if not entries:
         return None
+    names = {name for kind, name in entries if kind == "table"}
     if "meta" not in names:
         raise sqlite3.DatabaseError("it holds other tables")
+    # A trigger or view would run SQL of the file's author on our reads and writes.
+    foreign = [f"{kind} {name}" for kind, name in entries if kind not in ("table", "index") or (kind == "table" and name not in _COLUMNS and name != "meta")]
+    if foreign:
+        raise sqlite3.DatabaseError(f"it holds {foreign[0][:60]}, which an edgeprune cache never has")
     for table, columns in _COLUMNS.items():
         if table in names:
             have = tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})"))

@@ -155,7 +155,9 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects)
+# No proxy either: an agent is on loopback or the lab network, and a proxy from the environment
+# (set for package downloads) would see the bearer token.
+_OPENER = urllib.request.build_opener(_NoRedirects, urllib.request.ProxyHandler({}))
 
 
 def _json_reply(data: bytes, url: str) -> dict[str, Any]:

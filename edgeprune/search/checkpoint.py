@@ -432,12 +432,23 @@ class RunCheckpoint:
             raise UserError(
                 f"no checkpoint to resume at {self.folder}; pass the --out folder of a run that was interrupted"
             )
+        self._refuse_links()
         run = self._read_json(self.run_path, _VERSIONED)
         if run["format_version"] != CHECKPOINT_FORMAT_VERSION:
             raise UserError(
                 f"checkpoint {self.folder} was written by another edgeprune version; delete it and start again"
             )
         return self._check(self.run_path, run, _RUN)
+
+    def _refuse_links(self) -> None:
+        """A resumed run appends to, truncates and replaces files in the checkpoint: a symbolic
+        link placed there by whoever handed over the folder would aim those writes elsewhere."""
+        for path in [self.folder, *self.folder.rglob("*")]:
+            if path.is_symlink():
+                raise UserError(
+                    f"checkpoint {self.folder} holds a symbolic link ({path.relative_to(self.folder.parent)}); "
+                    f"a checkpoint edgeprune wrote has none: delete {self.folder} and start again"
+                )
 
     def read_config(self, config_class, skip: tuple[str, ...] = ("resume", "progress")) -> dict:
         """The run's settings as keyword arguments of the dataclass ``config_class``, each of the

@@ -448,3 +448,17 @@ def test_export_skips_unverifiable_rows_with_a_note_and_the_file_imports(tmp_pat
     assert [r["arch"] for r in doc["rows"]] == ["good"] and list(doc["fingerprints"]) == [FP]
     assert main(["cache", "import", str(file), "--cache", str(tmp_path / "dest.sqlite")]) == 0
     assert "imported 1 row" in capsys.readouterr().out
+
+
+def test_a_cache_carrying_a_trigger_is_refused(tmp_path):
+    # A shared "cache" whose trigger would rewrite every row we add (e.g. to fake fast numbers).
+    path = tmp_path / "c.sqlite"
+    LatencyCache(path).close()
+    db = sqlite3.connect(path)
+    db.execute("CREATE TRIGGER fake AFTER INSERT ON latency BEGIN UPDATE latency SET median = 1e-9; END")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(UserError, match="holds trigger fake"):
+        LatencyCache(path)
+    assert path.read_bytes() == before

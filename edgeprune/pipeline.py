@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import edgeprune
+from edgeprune.budget import DEFAULT_POLICY
 from edgeprune.data import load_data
 from edgeprune.errors import UserError
 from edgeprune.exporters.package import ExportOptions, build_package, finalize
@@ -36,9 +37,6 @@ from edgeprune.space import ChannelSpace, layer_widths, macs_and_params
 from edgeprune.targets import load_profile
 from edgeprune.training import evaluate
 
-# The search aims this much under the budget, so that the independent re-measure of its pick
-# (run-to-run noise on a shared CPU is a few percent) still lands within the budget.
-SEARCH_MARGIN = 0.03
 
 
 @dataclass
@@ -219,7 +217,7 @@ def run_prune(cfg: PruneConfig) -> dict:
 
     budgets = round_budgets(baseline_latency.median_ms, budget_ms, cfg.rounds)
     t = time.perf_counter()
-    rounds = run_rounds(cfg, model, evaluator, budgets, SEARCH_MARGIN, checkpoint, lambda sp: make_encoding(cfg.encoding, sp))
+    rounds = run_rounds(cfg, model, evaluator, budgets, DEFAULT_POLICY, checkpoint, lambda sp: make_encoding(cfg.encoding, sp))
     phases["rounds_s"] = time.perf_counter() - t
     final = rounds[-1]
     space, picked, pruned, plan, result = final.space, final.picked, final.model, final.plan, final.result
@@ -256,6 +254,7 @@ def run_prune(cfg: PruneConfig) -> dict:
         "profile": profile.to_dict(),
         "budget_ms": budget_ms,
         "budget_met": final_latency.median_ms <= budget_ms,
+        "budget_policy": DEFAULT_POLICY.describe(),
         "model": spec,
         "input_shape": list(input_shape),
         "data": data.describe(),

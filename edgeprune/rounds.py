@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from edgeprune.budget import BudgetPolicy
 from edgeprune.errors import UserError
 from edgeprune.fitness import Candidate, Evaluator
 from edgeprune.progress import console
@@ -30,10 +31,6 @@ from edgeprune.search.screening import Screen
 from edgeprune.profiling.surrogate import LatencySurrogate
 from edgeprune.space import ChannelPlan, ChannelSpace, apply_plan
 from edgeprune.training import evaluate
-
-# Latencies under this fraction of the budget count as equal in the search's selection (see run_nsga2).
-SEARCH_FOCUS = 0.9
-
 
 @dataclass
 class Round:
@@ -75,7 +72,7 @@ def run_rounds(
     original: nn.Module,
     first: Evaluator,
     budgets: list[float],
-    margin: float,
+    policy: BudgetPolicy,
     checkpoint: RunCheckpoint,
     make_encoding,
 ) -> list[Round]:
@@ -101,7 +98,7 @@ def run_rounds(
             rounds.append(Round(number, budget, space, evaluator, None, None, model, plan, summary))
             continue
 
-        search_budget = budget * (1 - margin)
+        search_budget = policy.search_limit(budget)
         journal = SearchJournal(checkpoint.round_folder(number), space)
         evaluator.journal = journal
         evaluator.restore(journal.candidates())
@@ -122,7 +119,7 @@ def run_rounds(
             result = run_nsga2(
                 evaluator, search_budget, cfg.population, cfg.generations, cfg.seed, cfg.progress,
                 encoding=make_encoding(space), journal=journal, reference_ms=reference_ms,
-                seeds=seeds, focus=SEARCH_FOCUS,
+                seeds=seeds, focus=policy.focus,
             )
 
         if finished is not None:  # the last round finished before the kill: same pick, same weights
@@ -141,19 +138,19 @@ def run_rounds(
         seeded = [evaluator.evaluate_widths(space.widths_from_indices(s)) for s in seeds]  # evaluated already
         ranked, refined = refine(cfg, evaluator, original, shortlist(evaluator, result.candidates, search_budget, cfg.refine_top, seeded))
         noise = SessionNoise()
-        picked, confirmation = confirmed(evaluator, ranked, budget, margin, noise)
+        picked, confirmation = confirmed(evaluator, ranked, budget, policy, noise)
         for row in refined:
             row["picked"] = row["widths"] == list(picked.widths)
         checks = {picked.widths: confirmation}
 
         def check(widths: tuple[int, ...]) -> bool:
-            checks[widths] = confirm(evaluator, widths, budget, margin, noise)
+            checks[widths] = confirm(evaluator, widths, budget, policy, noise)
             return checks[widths].passed
 
         widened = []
         if cfg.widen_passes > 0:
             before = picked.latency.median_ms
-            step_limit = min(budget * (1 - 2 * margin), confirmation.limit_ms)
+            step_limit = min(policy.widen_limit(budget), confirmation.limit_ms)
             picked, widened = widen(evaluator, picked, step_limit, check, cfg.widen_passes)
             if widened:
                 console.print(f"widened the pick by {len(widened)} grid step(s): {before:.4f} → {picked.latency.median_ms:.4f} ms (budget {budget:.4f} ms)")

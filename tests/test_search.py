@@ -8,6 +8,7 @@ import pytest
 import torch
 from tiny_models import TinyResNet
 
+from edgeprune.budget import BudgetPolicy
 from edgeprune.data import load_data
 from edgeprune.fitness import Candidate, Evaluator, recalibrate_bn
 from edgeprune.profiling.stats import LatencyStats
@@ -165,11 +166,11 @@ class _SessionClock:
 
 
 def test_confirm_margin_grows_with_the_spread_between_fresh_sessions():
-    quiet = confirm(_SessionClock({(1,): [0.95, 0.951, 0.949, 0.95, 0.95]}), (1,), 1.0, 0.03, SessionNoise())
+    quiet = confirm(_SessionClock({(1,): [0.95, 0.951, 0.949, 0.95, 0.95]}), (1,), 1.0, BudgetPolicy(search_margin=0.03), SessionNoise())
     assert quiet.median_ms == 0.95 and quiet.limit_ms == pytest.approx(0.97)  # spread ~0: the fixed margin
     assert quiet.passed and quiet.to_dict()["sessions_ms"] == [0.95, 0.951, 0.949, 0.95, 0.95]
     # The same median with sessions 5 % apart: 2 standard errors of the gap to another such check.
-    noisy = confirm(_SessionClock({(1,): [0.90, 0.95, 1.00, 0.95, 0.95 * 0.95]}), (1,), 1.0, 0.03, SessionNoise())
+    noisy = confirm(_SessionClock({(1,): [0.90, 0.95, 1.00, 0.95, 0.95 * 0.95]}), (1,), 1.0, BudgetPolicy(search_margin=0.03), SessionNoise())
     assert noisy.spread == pytest.approx(1.4826 * math.log(1.00 / 0.95))  # robust: the median |log deviation|
     assert noisy.limit_ms == pytest.approx(1 - 2 * 1.25 * noisy.spread * (2 / 5) ** 0.5)
     assert noisy.limit_ms < 0.95 and not noisy.passed
@@ -181,10 +182,10 @@ def test_confirmed_takes_the_best_ranked_that_passes_else_the_fastest(setup):
     a, b, c = (space.widths_from_indices(space.uniform_indices(r)) for r in (1.0, 0.5, 0.0))
     ranked = [Candidate(space.choice(w), 0.5, stats, 0, 0) for w in (a, b, c)]
     clock = _SessionClock({a: [1.0] * 5, b: [0.9] * 5, c: [0.5] * 5})
-    picked, check = confirmed(clock, ranked, 1.0, 0.03, SessionNoise())
+    picked, check = confirmed(clock, ranked, 1.0, BudgetPolicy(search_margin=0.03), SessionNoise())
     assert picked is ranked[1] and check.median_ms == 0.9  # the first was over budget less 3 %
     clock = _SessionClock({a: [1.2] * 5, b: [1.1] * 5, c: [1.3] * 5})
-    picked, check = confirmed(clock, ranked, 1.0, 0.03, SessionNoise())
+    picked, check = confirmed(clock, ranked, 1.0, BudgetPolicy(search_margin=0.03), SessionNoise())
     assert picked is ranked[1] and not check.passed  # none passes: the fastest, flagged
 
 

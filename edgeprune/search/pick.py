@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from edgeprune.budget import BudgetPolicy
 from edgeprune.fitness import Candidate, Evaluator
 from edgeprune.progress import console
 from edgeprune.space import Choice, Group, macs_and_params
@@ -105,10 +106,9 @@ def refine(cfg, evaluator: Evaluator, teacher: nn.Module, shortlisted: list[Cand
     return [shortlisted[i] for i in order], rows
 
 
-# The final check (:func:`confirm`): how many fresh sessions time the pick, how many standard
-# errors their median must clear the budget by, and the least session-to-session spread assumed.
+# The final check (:func:`confirm`): how many fresh sessions time the pick, and the least
+# session-to-session spread assumed (how far under the budget they must land: BudgetPolicy).
 CONFIRM_SESSIONS = 5
-CONFIRM_Z = 2.0
 MIN_SESSION_SPREAD = 0.01
 
 
@@ -164,12 +164,12 @@ class Confirmation:
 
 
 def confirm(
-    evaluator: Evaluator, widths: tuple[int, ...], budget_ms: float, margin: float, noise: SessionNoise,
+    evaluator: Evaluator, widths: tuple[int, ...], budget_ms: float, policy: BudgetPolicy, noise: SessionNoise,
     sessions: int = CONFIRM_SESSIONS,
 ) -> Confirmation:
     """``widths`` timed in ``sessions`` fresh sessions; it passes when their median is within the
-    budget less the larger of ``margin`` and ``CONFIRM_Z`` standard errors of the gap to an
-    independent check of the same kind (a CI gate, a benchmark).
+    budget less the larger of the policy's search margin and ``policy.confirm_z`` standard errors
+    of the gap to an independent check of the same kind (a CI gate, a benchmark).
 
     A fixed margin suits one machine's noise and not another's: at 3 %, a resnet18 pick whose
     three fresh sessions had a median within the search's limit re-measured 0.7 % over its
@@ -180,17 +180,17 @@ def confirm(
     runs = [evaluator.latency(widths, fresh=True).median_ms for _ in range(sessions)]
     noise.add(runs)
     gap_se = 1.25 * noise.spread * math.sqrt(2 / sessions)
-    return Confirmation(runs, noise.spread, budget_ms * (1 - max(margin, CONFIRM_Z * gap_se)))
+    return Confirmation(runs, noise.spread, policy.confirmation_limit(budget_ms, gap_se))
 
 
 def confirmed(
-    evaluator: Evaluator, ranked: list[Candidate], budget_ms: float, margin: float, noise: SessionNoise
+    evaluator: Evaluator, ranked: list[Candidate], budget_ms: float, policy: BudgetPolicy, noise: SessionNoise
 ) -> tuple[Candidate, Confirmation]:
     """The first of ``ranked`` (best first) that passes :func:`confirm`; when none does, the one
     whose sessions measured fastest, with a warning that its budget is not assured."""
     tried = []
     for cand in ranked:
-        check = confirm(evaluator, cand.widths, budget_ms, margin, noise)
+        check = confirm(evaluator, cand.widths, budget_ms, policy, noise)
         if check.passed:
             return cand, check
         console.print(

@@ -21,6 +21,7 @@ from edgeprune.exporters.files import atomic_write_all
 from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES, calibration_items, quantize_int8
 from edgeprune.exporters.manifest import MANIFEST, MODEL_CARD, REPORT, build_manifest
 from edgeprune.profiling.keys import graph_key
+from edgeprune.report_schema import check_report
 from edgeprune.exporters.model_card import render_model_card
 from edgeprune.exporters.onnx import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_accuracy, parity, with_metadata
 from edgeprune.profiling.fingerprint import fingerprint_hash
@@ -271,6 +272,7 @@ def finalize(folder: Path, report: dict, package: Package) -> dict:
         "manifest": MANIFEST,
         "model_card": MODEL_CARD,
     }
+    check_report(report)
     pending = dict(package.files())
     pending[REPORT] = _json_bytes(report)
     pending[MODEL_CARD] = render_model_card(report).encode()

@@ -114,7 +114,7 @@ def test_export_int8_puts_int8_next_to_fp32_in_the_manifest(out_copy, capsys):
     meta = {p.key: p.value for p in q.metadata_props}
     assert meta["precision"] == "int8" and float(meta["latency_median_ms"]) == pytest.approx(int8["latency_ms"]["median"], rel=1e-5)
     # accuracy is measured on the shipped file: recompute it independently
-    from edgeprune.export_cmd import data_from_report
+    from edgeprune.export import data_from_report
 
     data = data_from_report(report)
     assert onnx_accuracy((out / "model.int8.onnx").read_bytes(), data.test) == int8["accuracy"]["test"]
@@ -217,3 +217,20 @@ def test_with_metadata_replaces_keys_and_keeps_the_graph():
     tagged = onnx.load_from_string(with_metadata(blob, {"b": "3", "c": "4"}))
     assert {p.key: p.value for p in tagged.metadata_props} == {"a": "1", "b": "3", "c": "4"}
     assert tagged.graph == onnx.load_from_string(blob).graph
+
+
+def test_the_written_report_matches_its_schema_and_a_broken_one_does_not(pruned_out):
+    from edgeprune.report_schema import check_report, report_problems
+
+    out, _ = pruned_out
+    report = json.loads((out / "report.json").read_text())
+    assert report_problems(report) == []
+    broken = json.loads(json.dumps(report))
+    del broken["budget_met"]
+    broken["pruned"]["accuracy"] = 1.5
+    broken["artifacts"]["onnx"] = 5
+    problems = report_problems(broken)
+    assert any(p.startswith("(top): 'budget_met'") for p in problems)
+    assert any(p.startswith("pruned/accuracy:") for p in problems) and any(p.startswith("artifacts/onnx:") for p in problems)
+    with pytest.raises(RuntimeError, match="report.schema.json"):
+        check_report(broken)

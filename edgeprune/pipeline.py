@@ -21,7 +21,7 @@ import torch
 
 import edgeprune
 from edgeprune.budget import DEFAULT_POLICY
-from edgeprune.data import load_data
+from edgeprune.data import DataBundle, load_data
 from edgeprune.errors import UserError
 from edgeprune.exporters.package import ExportOptions, build_package, finalize
 from edgeprune.fitness import Evaluator
@@ -34,7 +34,7 @@ from edgeprune.rounds import round_budgets, run_rounds
 from edgeprune.search.checkpoint import RunCheckpoint
 from edgeprune.search.encoding import make_encoding
 from edgeprune.space import ChannelSpace, layer_widths, macs_and_params
-from edgeprune.targets import load_profile
+from edgeprune.targets import Profile, load_profile
 from edgeprune.training import evaluate
 
 
@@ -161,9 +161,58 @@ def resume_config(out: str, progress: bool = True, trust_model_code: bool = Fals
     return PruneConfig(**config, resume=True, progress=progress)
 
 
+@dataclass
+class _Job:
+    """What the steps of one prune share: the loaded inputs, the measuring side and the timings."""
+
+    cfg: PruneConfig
+    profile: Profile
+    data: DataBundle
+    model: torch.nn.Module
+    spec: dict
+    space: ChannelSpace
+    profiler: Profiler
+    evaluator: Evaluator
+    checkpoint: RunCheckpoint
+    phases: dict
+
+
 def run_prune(cfg: PruneConfig) -> dict:
+    """baseline → search rounds (search, select, fine-tune) → package → report and files."""
     _validate(cfg)
-    phases: dict[str, float] = {}
+    t0 = time.perf_counter()
+    job = _load(cfg)
+    t = time.perf_counter()
+    baseline_latency, budget_ms, baseline = _baseline(job)
+    job.phases["baseline_s"] = time.perf_counter() - t
+    budgets = round_budgets(baseline_latency.median_ms, budget_ms, cfg.rounds)
+    t = time.perf_counter()
+    rounds = run_rounds(cfg, job.model, job.evaluator, budgets, DEFAULT_POLICY, job.checkpoint, lambda sp: make_encoding(cfg.encoding, sp))
+    job.phases["rounds_s"] = time.perf_counter() - t
+    job.phases["search_s"] = sum(r.summary["search_s"] for r in rounds)
+    job.phases["finetune_s"] = sum(r.summary["finetune_s"] for r in rounds)
+    t = time.perf_counter()
+    final = rounds[-1]
+    pruned_acc = evaluate(final.model, job.data.test)
+    # Checked + slimmed ONNX, timed fresh next to the unpruned model, latency and fingerprint in
+    # its metadata, parity and ONNX Runtime accuracy measured; manifest and card written below.
+    package = build_package(
+        final.model, job.data, job.profiler, final.plan.digest(),
+        ExportOptions(opset=job.profile.opset, seed=cfg.seed, progress=cfg.progress),
+        torch_accuracy=pruned_acc, reference="the unpruned model",
+    )
+    job.phases["export_s"] = time.perf_counter() - t
+    job.phases["total_s"] = time.perf_counter() - t0
+    report = _report(job, rounds, package, baseline, baseline_latency, budget_ms, pruned_acc)
+    _write_outputs(job, rounds, package, report, baseline, budget_ms)
+    job.checkpoint.clear()  # the run is complete: nothing left to resume
+    job.profiler.close()
+    print_summary(report, Path(cfg.out))
+    return report
+
+
+def _load(cfg: PruneConfig) -> _Job:
+    """Profile, data, model, channel space and the profiler, each checked before anything is timed."""
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     profile = load_profile(cfg.target)
@@ -175,18 +224,20 @@ def run_prune(cfg: PruneConfig) -> dict:
     space = ChannelSpace(model, input_shape, profile.channel_step, model_spec=spec)
     if not space.groups:
         raise UserError(f"{cfg.model} has no prunable channel group wider than the target's step ({profile.channel_step})")
-    cache_path = Path(cfg.cache) if cfg.cache else None
-    profiler = Profiler(profile, cache_path=cache_path, use_cache=not cfg.no_cache)
+    profiler = Profiler(profile, cache_path=Path(cfg.cache) if cfg.cache else None, use_cache=not cfg.no_cache)
     evaluator = Evaluator(space, data, profiler, profile.opset, batch=profile.batch, seed=cfg.seed)
-    phases["load_s"] = time.perf_counter() - t0
+    phases = {"load_s": time.perf_counter() - t0}
+    return _Job(cfg, profile, data, model, spec, space, profiler, evaluator, RunCheckpoint(Path(cfg.out)), phases)
 
-    t = time.perf_counter()
-    console.print(f"[bold]{cfg.model}[/bold] on [bold]{profile.name}[/bold]: {len(space.groups)} prunable groups; measuring baseline")
+
+def _baseline(job: _Job) -> tuple[LatencyStats, float, object]:
+    """The unpruned model's latency (the unit every later number is in) and the budget; both come
+    back from the checkpoint on --resume, so a resumed search aims at exactly the same targets."""
+    cfg, space, evaluator = job.cfg, job.space, job.evaluator
+    console.print(f"[bold]{cfg.model}[/bold] on [bold]{job.profile.name}[/bold]: {len(space.groups)} prunable groups; measuring baseline")
     full = space.widths_from_indices(space.full_indices())
-    checkpoint = RunCheckpoint(Path(cfg.out))
     if cfg.resume:
-        # The budget and the latency unit were fixed before the kill: search against the same ones.
-        run = checkpoint.read_run()
+        run = job.checkpoint.read_run()
         baseline_latency = evaluator.set_reference(full, anchor=LatencyStats.from_dict(run["anchor"]))
         budget_ms = run["budget_ms"]
     else:
@@ -195,7 +246,7 @@ def run_prune(cfg: PruneConfig) -> dict:
     smallest = evaluator.evaluate_widths(space.widths_from_indices(space.min_indices()))
     if smallest.latency.median_ms > budget_ms:
         raise UserError(
-            f"budget {budget_ms:.4g} ms is below what the smallest allowed network reaches on {profile.name} "
+            f"budget {budget_ms:.4g} ms is below what the smallest allowed network reaches on {job.profile.name} "
             f"({smallest.latency.median_ms:.4g} ms; unpruned {baseline_latency.median_ms:.4g} ms); "
             f"raise --budget-ms to at least {smallest.latency.median_ms * 1.05:.4g} or lower --speedup"
         )
@@ -204,119 +255,95 @@ def run_prune(cfg: PruneConfig) -> dict:
         f"baseline {baseline_latency.median_ms:.4f} ms (p90 {baseline_latency.p90_ms:.4f}), "
         f"held-out accuracy {baseline.accuracy:.2%}; budget {budget_ms:.4f} ms"
     )
-    phases["baseline_s"] = time.perf_counter() - t
     if not cfg.resume:
-        config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("resume", "progress")}
-        # Absolute paths: --resume may run from another folder.
-        config |= {"out": str(Path(cfg.out).resolve()), "model": spec["spec"], "weights": spec["weights"]}
-        if cfg.cache:
-            config["cache"] = str(Path(cfg.cache).resolve())
-        if cfg.data.startswith("imagefolder:"):
-            config["data"] = "imagefolder:" + str(Path(cfg.data.removeprefix("imagefolder:")).resolve())
-        checkpoint.start({"config": config, "budget_ms": budget_ms, "anchor": baseline_latency.to_dict()})
+        job.checkpoint.start({"config": _checkpoint_config(cfg, job.spec), "budget_ms": budget_ms, "anchor": baseline_latency.to_dict()})
+    return baseline_latency, budget_ms, baseline
 
-    budgets = round_budgets(baseline_latency.median_ms, budget_ms, cfg.rounds)
-    t = time.perf_counter()
-    rounds = run_rounds(cfg, model, evaluator, budgets, DEFAULT_POLICY, checkpoint, lambda sp: make_encoding(cfg.encoding, sp))
-    phases["rounds_s"] = time.perf_counter() - t
-    final = rounds[-1]
-    space, picked, pruned, plan, result = final.space, final.picked, final.model, final.plan, final.result
-    phases["search_s"] = sum(r.summary["search_s"] for r in rounds)
-    phases["finetune_s"] = sum(r.summary["finetune_s"] for r in rounds)
-    finetune = final.summary["finetune"]
 
-    t = time.perf_counter()
-    baseline_acc = evaluate(model, data.test)
-    pruned_acc = evaluate(pruned, data.test)
-    macs, params = macs_and_params(pruned, input_shape)
-    base_macs, base_params = macs_and_params(model, input_shape)
-    fingerprint = profiler.fingerprint
-    # Checked + slimmed ONNX, timed fresh next to the unpruned model, latency and fingerprint in
-    # its metadata, parity and ONNX Runtime accuracy measured; manifest and card written below.
-    package = build_package(
-        pruned,
-        data,
-        profiler,
-        plan.digest(),
-        ExportOptions(opset=profile.opset, seed=cfg.seed, progress=cfg.progress),
-        torch_accuracy=pruned_acc,
-        reference="the unpruned model",
-    )
+def _checkpoint_config(cfg: PruneConfig, spec: dict) -> dict:
+    """The settings as run.json keeps them: absolute paths, since --resume may run from elsewhere."""
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("resume", "progress")}
+    config |= {"out": str(Path(cfg.out).resolve()), "model": spec["spec"], "weights": spec["weights"]}
+    if cfg.cache:
+        config["cache"] = str(Path(cfg.cache).resolve())
+    if cfg.data.startswith("imagefolder:"):
+        config["data"] = "imagefolder:" + str(Path(cfg.data.removeprefix("imagefolder:")).resolve())
+    return config
+
+
+def _report(job: _Job, rounds, package, baseline, baseline_latency: LatencyStats, budget_ms: float, pruned_acc: float) -> dict:
+    """report.json (its schema: edgeprune/report.schema.json)."""
+    cfg, final = job.cfg, rounds[-1]
+    input_shape = tuple(job.data.preprocess.input_shape)
+    macs, params = macs_and_params(final.model, input_shape)
+    base_macs, base_params = macs_and_params(job.model, input_shape)
     final_latency = package.fp32.latency
-    parity_stats = package.fp32.parity
-    phases["export_s"] = time.perf_counter() - t
-    phases["total_s"] = time.perf_counter() - t0
-
-    report = {
+    return {
         "edgeprune_version": edgeprune.__version__,
-        "target": profile.name,
-        "fingerprint": fingerprint,
-        "profile": profile.to_dict(),
+        "target": job.profile.name,
+        "fingerprint": job.profiler.fingerprint,
+        "profile": job.profile.to_dict(),
         "budget_ms": budget_ms,
         "budget_met": final_latency.median_ms <= budget_ms,
         "budget_policy": DEFAULT_POLICY.describe(),
-        "model": spec,
+        "model": job.spec,
         "input_shape": list(input_shape),
-        "data": data.describe(),
-        "preprocess": data.preprocess.to_dict(),
+        "data": job.data.describe(),
+        "preprocess": job.data.preprocess.to_dict(),
         "baseline": {
-            "accuracy": baseline_acc,
-            "holdout_accuracy": baseline.accuracy,
-            "latency_ms": baseline_latency.to_dict(),
-            "macs": base_macs,
-            "params": base_params,
+            "accuracy": evaluate(job.model, job.data.test), "holdout_accuracy": baseline.accuracy,
+            "latency_ms": baseline_latency.to_dict(), "macs": base_macs, "params": base_params,
         },
         "pruned": {
-            "accuracy": pruned_acc,
-            "holdout_accuracy_before_finetune": picked.accuracy,
-            "latency_ms": final_latency.to_dict(),
-            "macs": macs,
-            "params": params,
-            "widths": layer_widths(pruned),
-            "group_widths": plan.widths,
+            "accuracy": pruned_acc, "holdout_accuracy_before_finetune": final.picked.accuracy,
+            "latency_ms": final_latency.to_dict(), "macs": macs, "params": params,
+            "widths": layer_widths(final.model), "group_widths": final.plan.widths,
         },
-        "pareto": [c.summary(space) for c in result.pareto],
-        "search": {
-            "strategy": cfg.strategy,
-            "encoding": cfg.encoding,
-            "population": cfg.population,
-            "generations": result.generations,
-            "rounds": cfg.rounds,
-            # evaluations: distinct networks scored in this process; restored: answered from the
-            # checkpoint of an interrupted run (--resume).
-            "evaluations": sum(r.evaluator.evaluations for r in rounds),
-            "restored": sum(r.evaluator.restored for r in rounds),
-            "latency_measurements": profiler.measurements,
-            # candidates the surrogate predicted far over the limit, so neither timed nor scored
-            "surrogate_skips": sum(r.evaluator.screen.skips for r in rounds if r.evaluator.screen),
-            "cache_hits": profiler.cache_hits,
-            "wall_s": phases["search_s"],
-            "seed": cfg.seed,
-            "history": [{"round": r.number, **h} for r in rounds if r.result for h in r.result.history],
-        },
+        "pareto": [c.summary(final.space) for c in final.result.pareto],
+        "search": _search_section(job, rounds),
         "rounds": [
             {k: v for k, v in r.summary.items() if k != "finetune"}
             | ({"plan": f"rounds/round-{r.number}/plan.json", "state_dict": f"rounds/round-{r.number}/state_dict.pt"} if cfg.rounds > 1 else {})
             for r in rounds
         ],
-        "finetune": finetune,
-        "parity": parity_stats,
-        "phases": phases,
+        "finetune": final.summary["finetune"],
+        "parity": package.fp32.parity,
+        "phases": job.phases,
         "artifacts": {
-            "onnx": "model.onnx",
-            "plan": "plan.json",
-            "state_dict": "state_dict.pt",
-            "engine": None,
-            "int8": None,
-            "manifest": None,
-            "pareto_plot": "pareto.png",
+            "onnx": "model.onnx", "plan": "plan.json", "state_dict": "state_dict.pt",
+            "engine": None, "int8": None, "manifest": None, "pareto_plot": "pareto.png",
         },
     }
 
-    out = Path(cfg.out)
-    with _staging(out) as tmp:
-        write_json(tmp / "plan.json", plan.to_dict())
-        torch.save(pruned.state_dict(), tmp / "state_dict.pt")
+
+def _search_section(job: _Job, rounds) -> dict:
+    cfg = job.cfg
+    return {
+        "strategy": cfg.strategy,
+        "encoding": cfg.encoding,
+        "population": cfg.population,
+        "generations": rounds[-1].result.generations,
+        "rounds": cfg.rounds,
+        # evaluations: distinct networks scored in this process; restored: answered from the
+        # checkpoint of an interrupted run (--resume).
+        "evaluations": sum(r.evaluator.evaluations for r in rounds),
+        "restored": sum(r.evaluator.restored for r in rounds),
+        "latency_measurements": job.profiler.measurements,
+        # candidates the surrogate predicted far over the limit, so neither timed nor scored
+        "surrogate_skips": sum(r.evaluator.screen.skips for r in rounds if r.evaluator.screen),
+        "cache_hits": job.profiler.cache_hits,
+        "wall_s": job.phases["search_s"],
+        "seed": cfg.seed,
+        "history": [{"round": r.number, **h} for r in rounds if r.result for h in r.result.history],
+    }
+
+
+def _write_outputs(job: _Job, rounds, package, report: dict, baseline, budget_ms: float) -> None:
+    """Every file of the output folder, in a staging folder renamed into place at the end."""
+    cfg, final = job.cfg, rounds[-1]
+    with _staging(Path(cfg.out)) as tmp:
+        write_json(tmp / "plan.json", final.plan.to_dict())
+        torch.save(final.model.state_dict(), tmp / "state_dict.pt")
         if cfg.rounds > 1:  # every round's model, loadable with load_pruned like the final one
             for r in rounds:
                 folder = tmp / "rounds" / f"round-{r.number}"
@@ -325,15 +352,11 @@ def run_prune(cfg: PruneConfig) -> dict:
                 torch.save(r.model.state_dict(), folder / "state_dict.pt")
         plot_pareto(
             tmp / "pareto.png",
-            [c for c in result.candidates if not c.predicted],
-            result.pareto,
+            [c for c in final.result.candidates if not c.predicted],
+            final.result.pareto,
             budget_ms,
             baseline,
-            picked,
-            f"{cfg.model} on {profile.name}",
+            final.picked,
+            f"{cfg.model} on {job.profile.name}",
         )
         finalize(tmp, report, package)  # model.onnx, report.json, MODEL_CARD.md, manifest.json
-    checkpoint.clear()  # the run is complete: nothing left to resume
-    profiler.close()
-    print_summary(report, out)
-    return report

@@ -266,16 +266,12 @@ class Agent:
         return key, self._backends[key]
 
     def _new_backend(self, profile):
-        if profile.backend == "tensorrt":
-            from edgeprune.profiling.tensorrt import TensorRTBackend  # noqa: PLC0415
+        """Timed on this device (``local``: the profile's agent URL names this agent), ONNX Runtime
+        models in a child bounded by the agent's deadline and memory cap."""
+        from edgeprune.profiling.factory import make_backend  # noqa: PLC0415
 
-            return TensorRTBackend(profile)
-        from edgeprune.profiling.isolated import IsolatedOrtBackend  # noqa: PLC0415
-        from edgeprune.profiling.ort import OrtBackend  # noqa: PLC0415
-
-        OrtBackend(profile)  # refuses, with the fix, a provider this onnxruntime build lacks
         timeout = measurement_timeout(profile.measure, self.measure_timeout_s)
-        return IsolatedOrtBackend(profile, timeout_s=timeout, max_memory_mb=self.max_memory_mb or None)
+        return make_backend(profile, local=True, timeout_s=timeout, max_memory_mb=self.max_memory_mb or None)
 
     def fingerprint(self) -> dict[str, Any]:
         # The cap travels with the facts so a client can refuse an oversized upload itself: the

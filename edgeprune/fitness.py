@@ -17,7 +17,7 @@ from torch import nn
 from typing import TYPE_CHECKING
 
 from edgeprune.data import DataBundle, Split
-from edgeprune.profiling.onnx_bytes import export_onnx_bytes
+from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.space import ChannelSpace, Choice, macs_and_params

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edgeprune.data import Split
-from edgeprune.profiling.onnx_bytes import export_onnx_bytes
+from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

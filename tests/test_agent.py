@@ -24,9 +24,9 @@ from torch import nn
 
 from edgeprune.agent import make_server
 from edgeprune.errors import UserError
+from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.profiling.fingerprint import fingerprint_hash, host_fingerprint
 from edgeprune.profiling.isolated import IsolatedOrtBackend
-from edgeprune.profiling.onnx_bytes import export_onnx_bytes
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.remote import RemoteBackend
 from edgeprune.targets import MeasureSpec, load_profile

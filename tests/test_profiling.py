@@ -1,11 +1,13 @@
 """Latency measurement: stats, fingerprint, the ORT protocol, the SQLite cache and the Profiler."""
 
+import ast
 import dataclasses
 import math
 import multiprocessing
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -13,13 +15,19 @@ import pytest
 import torch
 from torch import nn
 
+import edgeprune.profiling
 from edgeprune.errors import UserError
+from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.profiling import ort as ort_backend
+from edgeprune.profiling.backend import Backend
 from edgeprune.profiling.cache import LatencyCache, default_cache_path
+from edgeprune.profiling.factory import make_backend
 from edgeprune.profiling.fingerprint import fingerprint_hash, host_fingerprint
-from edgeprune.profiling.onnx_bytes import export_onnx_bytes
+from edgeprune.profiling.isolated import IsolatedOrtBackend
 from edgeprune.profiling.ort import OrtBackend
 from edgeprune.profiling.profiler import Profiler
+from edgeprune.profiling.remote import RemoteBackend
+from edgeprune.profiling.tensorrt import TensorRTBackend
 from edgeprune.profiling.stats import LatencyStats, summarize
 from edgeprune.targets import MeasureSpec, load_profile
 
@@ -328,11 +336,54 @@ def test_profiler_unknown_backend(tmp_path):
         Profiler(profile, cache_path=tmp_path / "c.sqlite")
 
 
+# --- one backend interface, one factory ---------------------------------------------------------
+
+def test_every_backend_declares_the_interface_and_whether_it_takes_node_times():
+    declared = {OrtBackend: True, IsolatedOrtBackend: True, TensorRTBackend: False, RemoteBackend: False}
+    for cls, node_times in declared.items():
+        assert Backend in cls.__mro__ and not cls.__abstractmethods__  # subclassed, nothing left out
+        assert cls.supports_node_times is node_times
+
+
+def test_make_backend_measures_through_the_agent_unless_it_is_the_agent(tmp_path):
+    remote = dataclasses.replace(_profile(), agent="http://127.0.0.1:9")
+    assert isinstance(make_backend(remote), RemoteBackend)
+    here = make_backend(remote, local=True, timeout_s=5.0, max_memory_mb=1024)  # the agent's options
+    assert isinstance(here, IsolatedOrtBackend) and (here.timeout_s, here.max_memory_mb) == (5.0, 1024)
+    here.close()
+    with pytest.raises(UserError, match="NoSuchExecutionProvider"):
+        make_backend(dataclasses.replace(_profile(), provider="NoSuchExecutionProvider"))
+    profiler = Profiler(_profile(), cache_path=tmp_path / "c.sqlite")
+    assert isinstance(profiler.backend, IsolatedOrtBackend) and profiler.has_node_times
+    profiler.close()
+
+
+def test_ort_pairs_only_with_a_reference(onnx_bytes):
+    backend = OrtBackend(_profile())
+    with pytest.raises(ValueError, match="set_reference"):
+        backend.measure_pair(onnx_bytes, SHAPE)
+    backend.set_reference(onnx_bytes, SHAPE)
+    cand, ref = backend.measure_pair(onnx_bytes, SHAPE)
+    assert cand.n > 0 and ref.n > 0
+
+
+def test_profiling_imports_nothing_from_the_exporters():
+    """The import linter cannot see edgeprune.exporters (installed from exporters/), so its
+    torch-free contract would miss this one way for profiling to reach torch."""
+    for path in Path(edgeprune.profiling.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            assert not any(n.startswith("edgeprune.exporters") for n in names), f"{path.name} imports {names}"
+
+
 def test_isolated_worker_uses_the_parents_profile_not_the_file(onnx_bytes):
     # The child used to reload the profile from its YAML file and silently drop in-memory
     # overrides (CI measured with the shipped cv_threshold instead of the test's).
-    from edgeprune.profiling.isolated import IsolatedOrtBackend
-
     backend = IsolatedOrtBackend(_profile(min_runs=7, max_runs=7, max_seconds=10.0))
     try:
         assert backend.measure(onnx_bytes, SHAPE).n == 7
@@ -373,8 +424,6 @@ def test_node_trace_counts_only_the_timed_runs():
 
 
 def test_isolated_node_times_and_measure_share_the_worker(onnx_bytes):
-    from edgeprune.profiling.isolated import IsolatedOrtBackend
-
     backend = IsolatedOrtBackend(_profile())
     try:
         times = backend.node_times(onnx_bytes, SHAPE, runs=3)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from tiny_models import TinyResNet
 
-from edgeprune.profiling.onnx_bytes import export_onnx_bytes
+from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.targets import load_profile

@@ -1,28 +1,36 @@
 """The surrogate screen: skips only what it predicts far over the limit, and only once its
 recent predictions have proved accurate; skipped candidates are never reported."""
 
-import torch
+from pathlib import Path
 
+import pytest
+import torch
+from tiny_models import TinyResNet
+
+from edgeprune.exporters.onnx_bytes import export_onnx_bytes
+from edgeprune.profiling.ort import OrtBackend
+from edgeprune.profiling.surrogate import LatencySurrogate
 from edgeprune.search.nsga import run_nsga2
 from edgeprune.search.screening import Screen
+from edgeprune.targets import load_profile
 
 
 class _Surrogate:
-    """Predicts ``scale ×`` the number of parameters; counts what it was taught."""
+    """Predicts ``scale ×`` the MACs of the layers it is given; counts what it was taught."""
 
-    def __init__(self, scale: float):
-        self.scale, self.observations, self.with_nodes = scale, 0, 0
+    def __init__(self, scale: float, input_shape=(1, 1, 1, 1)):
+        self.scale, self.input_shape, self.observations, self.with_nodes = scale, input_shape, 0, 0
 
-    def predict(self, model) -> float:
-        return self.scale * sum(p.numel() for p in model.parameters())
+    def predict(self, layers) -> float:
+        return self.scale * sum(layer.macs() for layer in layers)
 
-    def observe(self, model, measured_ms, node_times=None):
+    def observe(self, layers, measured_ms, node_times=None):
         self.observations += 1
         self.with_nodes += node_times is not None
 
 
 def _model(width: int) -> torch.nn.Module:
-    return torch.nn.Linear(width, 1, bias=False)  # width parameters
+    return torch.nn.Conv2d(1, width, 1, bias=False)  # width MACs on the 1x1 input
 
 
 def test_screen_waits_for_warmup_and_accuracy_then_skips_only_far_over_the_limit():
@@ -50,7 +58,7 @@ def test_skipped_candidates_steer_the_search_but_are_never_reported(tiny_evaluat
     evaluator, profiler = tiny_evaluator, tiny_evaluator.profiler
     space = evaluator.space
     budget = 10 * evaluator.latency(space.widths_from_indices(space.full_indices())).median_ms
-    screen = Screen(_Surrogate(1.0), warmup=0, window=5, limit_ms=budget)
+    screen = Screen(_Surrogate(1.0, evaluator.shape), warmup=0, window=5, limit_ms=budget)
     screen.errors.extend([0.0] * 5)  # trusted from the start; every model "predicts" ≫ budget
     evaluator.screen = screen
     result = run_nsga2(evaluator, budget, population=6, generations=2, seed=0, show_progress=False)
@@ -58,3 +66,15 @@ def test_skipped_candidates_steer_the_search_but_are_never_reported(tiny_evaluat
     assert predicted and screen.skips == len(predicted)
     assert profiler.measurements <= 1  # only the reference-free first latency above was timed
     assert not [c for c in result.pareto if c.predicted]
+
+
+def test_the_screen_teaches_the_real_surrogate_the_models_layer_descriptors():
+    shape = (1, 1, 8, 8)
+    model = TinyResNet().eval()
+    profile = load_profile(str(Path(__file__).parent / "fixtures" / "fast-cpu.yaml"))
+    nodes = OrtBackend(profile).node_times(export_onnx_bytes(model, shape, 17), shape, runs=3)
+    screen = Screen(LatencySurrogate(shape), warmup=1, window=1, limit_ms=0.5)
+    screen.learn(model, 1.0, lambda: nodes)  # warm-up: per-node times fill the table
+    screen.learn(model, 1.0, lambda: None)  # then: predicted (exactly), scored, observed
+    assert screen.surrogate.observations == 2 and screen.recent_error == pytest.approx(0.0, abs=1e-9)
+    assert screen.skip(model) == pytest.approx(1.0)

@@ -7,9 +7,11 @@ import pytest
 from tiny_models import TinyCNN, TinyResNet
 
 from edgeprune.cli import main
-from edgeprune.profiling.onnx_bytes import export_onnx_bytes
-from edgeprune.profiling.ort import NodeTime, NodeTimes, OrtBackend
-from edgeprune.profiling.surrogate import LatencySurrogate, Layer, assign_nodes, layer_descriptors
+from edgeprune.exporters.onnx_bytes import export_onnx_bytes
+from edgeprune.layers import layer_descriptors
+from edgeprune.profiling.ort import OrtBackend
+from edgeprune.profiling.stats import NodeTime, NodeTimes
+from edgeprune.profiling.surrogate import LatencySurrogate, Layer, assign_nodes
 from edgeprune.targets import load_profile
 
 PROFILE = str(Path(__file__).parent / "fixtures" / "fast-cpu.yaml")
@@ -83,15 +85,14 @@ def test_surrogate_interpolates_unmeasured_widths_and_ignores_cpu_drift():
         assert sur.predict(layers) == pytest.approx(_latency(layers), rel=0.03)
 
 
-def test_surrogate_predicts_from_a_torch_model():
+def test_surrogate_predicts_from_a_torch_models_descriptors():
     sur = LatencySurrogate((1, 1, 8, 8))
-    model = TinyCNN()
-    layers = layer_descriptors(model, (1, 1, 8, 8))
+    layers = layer_descriptors(TinyCNN(), sur.input_shape)
     nodes = NodeTimes([NodeTime("/features/features.2/Relu_output_0_nchwc", "Conv", 0.01, 0.01,
                                 [[1, 1, 8, 8], [16, 1, 3, 3], [16]], [[1, 16, 8, 8]])], 0.02, 5)
-    sur.observe(model, 0.04, nodes)
-    assert sur.predict(model) == pytest.approx(0.04)
+    sur.observe(layers, 0.04, nodes)
     assert sur.predict(layers) == pytest.approx(0.04)
+    assert sur.predict(layer_descriptors(TinyCNN(), sur.input_shape)) == pytest.approx(0.04)  # a fresh copy
 
 
 def test_surrogate_refuses_bad_observations():

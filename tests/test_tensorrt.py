@@ -251,7 +251,7 @@ def test_x86_ort_fingerprint_keeps_its_historic_keys():
 
 
 def test_export_engine_is_built_from_the_fp32_onnx_and_marked_not_portable(fake_trtexec):
-    from edgeprune.export_cmd import _build_engine
+    from edgeprune.export import _build_engine
 
     blob, info = _build_engine(load_profile("jetson-orin"), b"fp32-onnx")
     assert blob == b"engine:fp32-onnx"

@@ -32,12 +32,12 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeprune.errors import UserError
+from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.models import load_model
 from edgeprune.profiling.isolated import IsolatedOrtBackend
-from edgeprune.profiling.onnx_bytes import export_onnx_bytes
 from edgeprune.profiling.profiler import Profiler
-from edgeprune.profiling.surrogate import validate_surrogate
 from edgeprune.space import ChannelSpace
+from edgeprune.surrogate_check import validate_surrogate
 from edgeprune.targets import MeasureSpec, load_profile
 
 MODELS = ("torchvision:mobilenet_v2", "torchvision:resnet18")

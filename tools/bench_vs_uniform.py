@@ -46,10 +46,10 @@ import torch_pruning as tp
 from edgeprune.data import load_data
 from edgeprune.demo import train_and_save
 from edgeprune.exporters.onnx import export_onnx
+from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.models import load_model
 from edgeprune.pipeline import PruneConfig, run_prune
 from edgeprune.profiling.cache import default_cache_path
-from edgeprune.profiling.onnx_bytes import export_onnx_bytes
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.space import ChannelSpace, macs_and_params, output_layer
 from edgeprune.targets import load_profile

@@ -31,7 +31,7 @@ import torch
 import torchvision
 
 from edgeprune.data import load_data
-from edgeprune.profiling.onnx_bytes import export_onnx_bytes
+from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.space import ChannelSpace, macs_and_params
 
 STEP = 8  # round_to=8, the TensorRT FP16 grid: the setting of the failing check

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import platformdirs
-
 from edgeprune.errors import UserError
+from edgeprune.profiling.fingerprint import fingerprint_hash
+from edgeprune.profiling.paths import cache_folder
 from edgeprune.profiling.stats import LatencyStats
 
 SCHEMA_VERSION = 1
@@ -78,9 +78,8 @@ class FingerprintRows:
 
 
 def default_cache_path() -> Path:
-    """``<user cache dir>/edgeprune/latency.sqlite``; ``EDGEPRUNE_CACHE_DIR`` moves the folder."""
-    folder = os.environ.get("EDGEPRUNE_CACHE_DIR") or platformdirs.user_cache_dir("edgeprune")
-    return Path(folder) / "latency.sqlite"
+    """``latency.sqlite`` in :func:`~edgeprune.profiling.paths.cache_folder`."""
+    return cache_folder() / "latency.sqlite"
 
 
 class LatencyCache:
@@ -420,15 +419,21 @@ _COLUMNS = {
 
 def _schema_version(db: sqlite3.Connection) -> str | None:
     """The schema version of an edgeprune cache; None for a database without tables (a new one);
-    sqlite3.DatabaseError when the file holds something else. Reads only."""
+    sqlite3.DatabaseError when the file holds something else. Reads only. Another version is
+    returned as it is (the caller refuses it); only a cache of this version is checked in full."""
     entries = list(db.execute("SELECT type, name FROM sqlite_master"))
     if not entries:
         return None
     names = {name for kind, name in entries if kind == "table"}
-    if "meta" not in names:
+    if "meta" not in names or tuple(row[1] for row in db.execute("PRAGMA table_info(meta)")) != _COLUMNS["meta"]:
         raise sqlite3.DatabaseError("it holds other tables")
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        raise sqlite3.DatabaseError("its meta table has no schema_version")
+    if str(row[0]) != str(SCHEMA_VERSION):
+        return str(row[0])
     # A trigger or view would run SQL of the file's author on our reads and writes.
-    foreign = [f"{kind} {name}" for kind, name in entries if kind not in ("table", "index") or (kind == "table" and name not in _COLUMNS and name != "meta")]
+    foreign = [f"{kind} {name}" for kind, name in entries if kind not in ("table", "index") or (kind == "table" and name not in _COLUMNS)]
     if foreign:
         raise sqlite3.DatabaseError(f"it holds {foreign[0][:60]}, which an edgeprune cache never has")
     for table, columns in _COLUMNS.items():
@@ -436,9 +441,6 @@ def _schema_version(db: sqlite3.Connection) -> str | None:
             have = tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
             if have != columns:
                 raise sqlite3.DatabaseError(f"its {table} table has other columns")
-    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is None:
-        raise sqlite3.DatabaseError("its meta table has no schema_version")
     return str(row[0])
 
 
@@ -541,8 +543,6 @@ def validate_export(document: Any, source: str) -> tuple[dict[str, dict[str, Any
 
 def _fingerprint_problem(fp: Any, details: Any) -> str | None:
     """Why ``details`` cannot be trusted as the fingerprint ``fp``, or None."""
-    from edgeprune.profiling.fingerprint import fingerprint_hash
-
     if not isinstance(fp, str) or not _HASH_RE.fullmatch(fp):
         return "is not a fingerprint hash (16 lowercase hex digits)"
     problem = _details_problem(details)

@@ -24,6 +24,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from edgeprune.profiling.trtexec import find_trtexec, trtexec_version
 from edgeprune.targets import Profile
 
 # Read locations, module-level so tests can point them at fake files.
@@ -185,8 +186,6 @@ def tensorrt_version() -> str | None:
         return str(tensorrt.__version__)
     except Exception:  # ImportError, or a broken install that fails on import
         pass
-    from edgeprune.profiling.tensorrt import find_trtexec, trtexec_version  # noqa: PLC0415
-
     trtexec = find_trtexec()
     return trtexec_version(trtexec) if trtexec else None
 

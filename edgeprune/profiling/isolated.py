@@ -19,8 +19,9 @@ import threading
 import time
 from typing import Any
 
-from edgeprune.profiling.ort import NodeTimes
-from edgeprune.profiling.stats import LatencyStats
+from edgeprune.profiling.backend import Backend
+from edgeprune.profiling.fingerprint import host_fingerprint
+from edgeprune.profiling.stats import LatencyStats, NodeTimes
 from edgeprune.targets import Profile
 
 # Generous for the prune loop (per-node traces of a large model on a slow CPU); the agent, which
@@ -66,11 +67,13 @@ class _Deadline(Exception):
     pass
 
 
-class IsolatedOrtBackend:
-    """Same interface as :class:`~edgeprune.profiling.ort.OrtBackend`; the timing happens in a child.
+class IsolatedOrtBackend(Backend):
+    """:class:`~edgeprune.profiling.ort.OrtBackend`'s measurements, taken in a torch-free child.
 
     ``timeout_s`` bounds each request (the child is killed past it); ``max_memory_mb`` caps the
     child's memory (None: no cap)."""
+
+    supports_node_times = True
 
     def __init__(self, profile: Profile, *, timeout_s: float = DEFAULT_TIMEOUT_S, max_memory_mb: int | None = None):
         self.profile = profile
@@ -84,8 +87,6 @@ class IsolatedOrtBackend:
 
     def fingerprint(self) -> dict[str, Any]:
         if self._fingerprint is None:  # reads /proc and may run probes: only when asked
-            from edgeprune.profiling.fingerprint import host_fingerprint  # noqa: PLC0415
-
             self._fingerprint = host_fingerprint(self.profile)
         return dict(self._fingerprint)
 

@@ -12,7 +12,6 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,8 +19,9 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from edgeprune.errors import UserError
+from edgeprune.profiling.backend import Backend
 from edgeprune.profiling.fingerprint import host_fingerprint
-from edgeprune.profiling.stats import LatencyStats, summarize
+from edgeprune.profiling.stats import LatencyStats, NodeTime, NodeTimes, summarize
 from edgeprune.targets import MeasureSpec, Profile
 
 # Interleaved blocks per model in measure_pair.
@@ -49,74 +49,35 @@ _LOAD_ERRORS = (
 )
 
 
-@dataclass
-class NodeTime:
-    """One node of the *optimised* graph ORT ran (Conv+BN+ReLU and residual adds fused into one).
+def require_provider(profile: Profile) -> None:
+    """Refuse a profile whose execution provider this onnxruntime build lacks.
 
-    The shapes come from ORT's trace, so a node can be matched to the layer it computes without
-    trusting its name (fused nodes are named after their last fused output, e.g. a ReLU's).
+    ORT falls back to the CPU provider with only a log line when the requested one is missing:
+    the numbers would silently be for the wrong device, so refuse up front, with the fix.
     """
-
-    name: str
-    op_type: str
-    median_ms: float
-    # Mean of the runs at or below the 90th percentile: ORT's trace has 1 us resolution, so for
-    # nodes of a few microseconds the median moves in 0.5 us steps while this does not.
-    mean_ms: float
-    input_shapes: list[list[int]]
-    output_shapes: list[list[int]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "NodeTime":
-        return cls(
-            name=str(d["name"]),
-            op_type=str(d["op_type"]),
-            median_ms=float(d["median_ms"]),
-            mean_ms=float(d["mean_ms"]),
-            input_shapes=[[int(v) for v in s] for s in d["input_shapes"]],
-            output_shapes=[[int(v) for v in s] for s in d["output_shapes"]],
+    available = ort.get_available_providers()
+    if profile.provider not in available:
+        raise UserError(
+            f"target '{profile.name}' needs the ONNX Runtime provider {profile.provider}, "
+            f"which this onnxruntime build lacks (it has: {', '.join(available)}); install the "
+            "onnxruntime package that ships it or choose another target"
         )
 
 
-@dataclass
-class NodeTimes:
-    """Per-node times of one model, in execution order, and the whole profiled run they add up to.
+class OrtBackend(Backend):
+    """Times ONNX graphs with ONNX Runtime under one target profile, in this process.
 
-    ``run_ms`` (median ``model_run`` with profiling on) is larger than the sum of the nodes by
-    the executor's and the profiler's own per-node overhead; callers that compare nodes with an
-    unprofiled latency should use the nodes' *share* of ``run_ms``, not their absolute times.
+    Only the torch-free worker (:mod:`edgeprune.profiling.worker`) should time with it: next to
+    torch the same kernels run slower and bimodal.
     """
 
-    nodes: list[NodeTime]
-    run_ms: float
-    runs: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"nodes": [n.to_dict() for n in self.nodes], "run_ms": self.run_ms, "runs": self.runs}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "NodeTimes":
-        return cls([NodeTime.from_dict(n) for n in d["nodes"]], float(d["run_ms"]), int(d["runs"]))
-
-
-class OrtBackend:
-    """Times ONNX graphs with ONNX Runtime under one target profile."""
+    supports_node_times = True
 
     def __init__(self, profile: Profile):
-        # ORT falls back to the CPU provider with only a log line when the requested one is
-        # missing: the numbers would silently be for the wrong device, so refuse up front.
-        available = ort.get_available_providers()
-        if profile.provider not in available:
-            raise UserError(
-                f"target '{profile.name}' needs the ONNX Runtime provider {profile.provider}, "
-                f"which this onnxruntime build lacks (it has: {', '.join(available)}); install the "
-                "onnxruntime package that ships it or choose another target"
-            )
+        require_provider(profile)
         self.profile = profile
         self._fingerprint: dict[str, Any] | None = None
+        self._reference: tuple[bytes, tuple[int, ...]] | None = None
 
     def fingerprint(self) -> dict[str, Any]:
         """The device fingerprint for this host + profile (computed once; reads /proc)."""
@@ -143,14 +104,19 @@ class OrtBackend:
         best.noisy = best.cv > spec.cv_threshold
         return best
 
-    def measure_pair(
-        self, onnx_bytes: bytes, input_shape: tuple[int, ...], ref_bytes: bytes, ref_shape: tuple[int, ...]
-    ) -> tuple[LatencyStats, LatencyStats]:
+    def set_reference(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> None:
+        """The model that :meth:`measure_pair` times alongside every candidate."""
+        self._reference = (onnx_bytes, tuple(input_shape))
+
+    def measure_pair(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> tuple[LatencyStats, LatencyStats]:
         """Candidate and reference timed in alternating blocks, so both see the same CPU state.
 
         On shared or virtual CPUs the speed of the whole machine drifts by tens of percent from
         minute to minute; the ratio of two models timed in interleaved blocks does not.
         """
+        if self._reference is None:
+            raise ValueError("set_reference() must be called before measure_pair()")
+        ref_bytes, ref_shape = self._reference
         spec = self.profile.measure
         block = dataclasses.replace(spec, min_runs=max(1, spec.min_runs // _BLOCKS), max_seconds=spec.max_seconds / _BLOCKS, max_runs=max(1, spec.max_runs // _BLOCKS))
         with _MEASURE_LOCK:
@@ -182,6 +148,9 @@ class OrtBackend:
             with open(session.end_profiling(), encoding="utf-8") as f:
                 events = json.load(f)
         return _parse_trace(events, runs)
+
+    def close(self) -> None:
+        """Nothing to release: every session lives only as long as one measurement."""
 
     def _warm_session(
         self, onnx_bytes: bytes, input_shape: tuple[int, ...], options: ort.SessionOptions | None = None

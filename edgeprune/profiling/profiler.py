@@ -8,33 +8,21 @@ also deferred (``onnx_fn``) so a cache hit never pays for it.
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from edgeprune.errors import UserError
 from edgeprune.profiling.cache import LatencyCache, default_cache_path
+from edgeprune.profiling.factory import make_backend
 from edgeprune.profiling.fingerprint import fingerprint_hash
-from edgeprune.profiling.isolated import IsolatedOrtBackend
-from edgeprune.profiling.ort import NodeTimes
-from edgeprune.profiling.remote import RemoteBackend
-from edgeprune.profiling.stats import LatencyStats
-from edgeprune.profiling.tensorrt import TensorRTBackend
+from edgeprune.profiling.stats import LatencyStats, NodeTimes
 from edgeprune.targets import Profile
-
-# A profile with ``agent:`` is measured on that device (remote), whatever its runtime; the
-# others run here. All share the interface of IsolatedOrtBackend and the SQLite cache below.
-_BACKENDS = {"onnxruntime": IsolatedOrtBackend, "tensorrt": TensorRTBackend, "remote": RemoteBackend}
 
 
 class Profiler:
     """Latency of architectures on one target, measured at most once per (arch, input shape)."""
 
     def __init__(self, profile: Profile, cache_path: Path | None = None, use_cache: bool = True):
-        kind = "remote" if profile.agent else profile.backend
-        if kind not in _BACKENDS:
-            raise UserError(
-                f"target '{profile.name}' ({profile.source}) uses backend '{profile.backend}', "
-                f"which edgeprune cannot run; set backend to one of: onnxruntime, tensorrt"
-            )
         self.profile = profile
-        self.backend = _BACKENDS[kind](profile)
+        # A profile with ``agent:`` is measured on that device whatever its runtime; the others
+        # here. Every backend is cached alike, keyed by the fingerprint of the device it times on.
+        self.backend = make_backend(profile)
         self.fingerprint = self.backend.fingerprint()
         self.fingerprint_hash = fingerprint_hash(self.fingerprint)
         self._cache = LatencyCache(cache_path or default_cache_path()) if use_cache else None
@@ -80,7 +68,7 @@ class Profiler:
         be an independent measurement, not the one the search happened to select it by.
         A measurement takes ``sessions`` fresh sessions and keeps the one with the median
         latency: on a shared machine one session can land several percent off the next (see
-        ``search.pick.SessionNoise``). Noisy results are returned (so the caller can report them)
+        ``edgeprune.select.SessionNoise``). Noisy results are returned (so the caller can report them)
         but never stored, so the next request measures again.
         """
         if sessions < 1:
@@ -130,7 +118,8 @@ class Profiler:
 
     @property
     def has_node_times(self) -> bool:
-        return hasattr(self.backend, "node_times")
+        """Whether :meth:`node_times` can be asked for (the search's surrogate needs it)."""
+        return self.backend.supports_node_times
 
     def node_times(self, arch_key: str, input_shape: Sequence[int], onnx_fn: Callable[[], bytes]) -> NodeTimes:
         """ORT's per-node profile of ``arch_key``: memory, then the cache, then the backend."""

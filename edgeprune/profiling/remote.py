@@ -1,8 +1,8 @@
 """Remote backend: measurements on a device running ``edgeprune agent`` (wire format in
 :mod:`edgeprune.agent`).
 
-Same interface as :class:`~edgeprune.profiling.isolated.IsolatedOrtBackend`, so the Profiler and
-its SQLite cache do not know the difference; the fingerprint is the DEVICE's (its facts fetched
+A :class:`~edgeprune.profiling.backend.Backend` like the local ones, so the Profiler and its
+SQLite cache do not know the difference; the fingerprint is the DEVICE's (its facts fetched
 from the agent, composed with the profile by the same function a local measurement uses), so
 cached numbers are keyed by the machine that produced them, never by the one that asked.
 """
@@ -17,9 +17,10 @@ import urllib.request
 from typing import Any
 
 from edgeprune.errors import UserError
+from edgeprune.profiling.backend import Backend
 from edgeprune.profiling.credentials import TOKEN_ENV, URL_ENV, config_path, token_for
 from edgeprune.profiling.fingerprint import compose_fingerprint
-from edgeprune.profiling.stats import LatencyStats
+from edgeprune.profiling.stats import LatencyStats, NodeTimes
 from edgeprune.targets import Profile
 
 # A reply is a few kB of JSON; anything larger is not an agent talking.
@@ -29,8 +30,10 @@ _FINGERPRINT_TIMEOUT_S = 60.0
 _MEASURE_TIMEOUT_S = 3600.0
 
 
-class RemoteBackend:
-    """Times models on the device at ``profile.agent``."""
+class RemoteBackend(Backend):
+    """Times models on the device at ``profile.agent``. The agent serves no per-node times."""
+
+    supports_node_times = False
 
     def __init__(self, profile: Profile):
         if not profile.agent:
@@ -94,6 +97,9 @@ class RemoteBackend:
                 continue
             return LatencyStats.from_dict(reply["stats"]), LatencyStats.from_dict(reply["reference"])
         raise AssertionError("unreachable")
+
+    def node_times(self, onnx_bytes: bytes, input_shape: tuple[int, ...], runs: int = 50) -> NodeTimes:
+        raise NotImplementedError(f"agent {self.url} serves no per-node times")
 
     def close(self) -> None:
         """Nothing is held open between requests."""

@@ -4,12 +4,13 @@ Why: a measurement costs an export, a session and about a second of timed runs; 
 needs that for candidates that may end up on the Pareto front. The surrogate decides which ones
 are worth it, and is never reported as a latency (DESIGN.md: "latency is measured, not estimated").
 
-How (each step chosen from what ONNX Runtime does, see ``validate_surrogate`` for the check):
+How (each step chosen from what ONNX Runtime does; :func:`edgeprune.surrogate_check.validate_surrogate`
+is the check):
 
 * ORT fuses Conv+BN+ReLU/Clip (and residual adds) into one node, so a *layer* here is a Conv or
   Linear together with every node that runs after it until the next Conv/Linear (pools, reorders,
   unfused adds). ORT's per-node trace carries input/output shapes, so nodes are matched to the
-  torch layers by shape signature, not by their names (fused nodes are named after whatever op
+  layers by shape signature, not by their names (fused nodes are named after whatever op
   came last).
 * Node times are taken with ORT's profiler on, which adds its own per-node overhead and runs at
   whatever speed the CPU has at that minute. Each observed candidate's node times are therefore
@@ -34,18 +35,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from torch import nn
 
-from edgeprune.profiling.ort import NodeTime, NodeTimes
+from edgeprune.profiling.stats import NodeTime, NodeTimes
 
-_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _TIMED_KINDS = ("conv", "linear")
 
 
 @dataclass(frozen=True)
 class Layer:
-    """What decides a layer's cost: its kind, channels, kernel, stride, groups and spatial size."""
+    """What decides a layer's cost: its kind, channels, kernel, stride, groups and spatial size.
+
+    Plain data, so the surrogate needs no torch: :func:`edgeprune.layers.layer_descriptors` takes
+    them from a model."""
 
     name: str  # module path in the torch model: the layer's position
     kind: str  # conv | linear | bn | pool
@@ -79,54 +80,6 @@ class Layer:
     def macs(self) -> float:
         h, w = self.out_hw
         return float(self.cin // self.groups * self.cout * self.kernel[0] * self.kernel[1] * h * w)
-
-
-def layer_descriptors(model: nn.Module, input_shape: Sequence[int]) -> list[Layer]:
-    """Conv/Linear/BatchNorm/pool layers of ``model`` in execution order, with the shapes they see.
-
-    Found with forward hooks on one zero input of ``input_shape`` (C, H, W or N, C, H, W), so
-    it works on any pruned copy without exporting it; the model's training flags are restored.
-    """
-    shape = tuple(int(d) for d in input_shape)
-    if len(shape) == 3:
-        shape = (1, *shape)
-    names = {m: n for n, m in model.named_modules()}
-    found: list[Layer] = []
-
-    def hook(module, inputs, output):
-        x = inputs[0]
-        found.append(_describe(names[module], module, tuple(x.shape), tuple(output.shape)))
-
-    kinds = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, *_POOLS)
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        first = next(model.parameters(), None)
-        with torch.no_grad():
-            model(torch.zeros(shape, device=first.device if first is not None else "cpu"))
-    finally:
-        for h in handles:
-            h.remove()
-        for m, training in modes.items():
-            m.training = training
-    return found
-
-
-def _describe(name: str, module: nn.Module, x: tuple[int, ...], y: tuple[int, ...]) -> Layer:
-    hw = lambda s: (int(s[2]), int(s[3])) if len(s) == 4 else (1, 1)  # noqa: E731
-    pair = lambda v: (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))  # noqa: E731
-    if isinstance(module, nn.Conv2d):
-        return Layer(name, "conv", module.in_channels, module.out_channels, pair(module.kernel_size),
-                     pair(module.stride), module.groups, hw(x), hw(y))
-    if isinstance(module, nn.Linear):
-        return Layer(name, "linear", module.in_features, module.out_features, (1, 1), (1, 1), 1, (1, 1), (1, 1))
-    channels = int(x[1])
-    if isinstance(module, nn.BatchNorm2d):
-        return Layer(name, "bn", channels, channels, (1, 1), (1, 1), 1, hw(x), hw(y))
-    kernel = getattr(module, "kernel_size", None) or getattr(module, "output_size", 1)
-    stride = getattr(module, "stride", None) or 1
-    return Layer(name, "pool", channels, channels, pair(kernel), pair(stride), 1, hw(x), hw(y))
 
 
 def assign_nodes(layers: Sequence[Layer], node_times: NodeTimes, use_mean: bool = True) -> dict[int, float]:
@@ -212,7 +165,8 @@ class LatencySurrogate:
     """Per-layer latency table + learned correction, for one base model on one target.
 
     ``observe`` measured candidates (with ORT node times when available), then ``predict`` any
-    candidate from its torch model; ``fit`` is implicit but may be called to pay its cost up front.
+    candidate from its layer descriptors, taken at ``input_shape``; ``fit`` is implicit but may be
+    called to pay its cost up front.
     """
 
     input_shape: tuple[int, ...]
@@ -228,22 +182,16 @@ class LatencySurrogate:
     _correction: tuple[float, float] = (1.0, 0.0)
     _dirty: bool = True
 
-    def layers(self, model_or_layers: nn.Module | Sequence[Layer]) -> list[Layer]:
-        if isinstance(model_or_layers, nn.Module):
-            return layer_descriptors(model_or_layers, self.input_shape)
-        return list(model_or_layers)
-
     @property
     def observations(self) -> int:
         return len(self._observations)
 
-    def observe(self, model_or_layers: nn.Module | Sequence[Layer], measured_ms: float,
-                node_times: NodeTimes | None = None) -> None:
+    def observe(self, layers: Sequence[Layer], measured_ms: float, node_times: NodeTimes | None = None) -> None:
         """Learn from one measured candidate. ``node_times`` (ORT's per-node profile of the same
         model) fills the per-layer table; without it the candidate only refines the correction."""
         if not np.isfinite(measured_ms) or measured_ms <= 0:
             raise ValueError(f"measured_ms must be a finite positive latency, got {measured_ms}")
-        layers = self.layers(model_or_layers)
+        layers = list(layers)
         self._observations.append(_Observation(layers, float(measured_ms)))
         if node_times is not None and node_times.run_ms > 0:
             scale = measured_ms / node_times.run_ms
@@ -274,12 +222,12 @@ class LatencySurrogate:
         else:  # too few distinct candidates to fit a slope: keep it at 1, fit the offset only
             self._correction = (1.0, float(np.median(measured - sums)))
 
-    def predict(self, model_or_layers: nn.Module | Sequence[Layer]) -> float:
+    def predict(self, layers: Sequence[Layer]) -> float:
         """Predicted latency (ms, in the units of the observed ``measured_ms``)."""
         if self._dirty:
             self.fit()
         a, b = self._correction
-        return a * self._layer_sum(self.layers(model_or_layers)) + b
+        return a * self._layer_sum(layers) + b
 
     def _layer_sum(self, layers: Sequence[Layer]) -> float:
         return sum(self._layer_ms(layer) for layer in layers if layer.kind in _TIMED_KINDS)
@@ -371,71 +319,3 @@ class SurrogateValidation:
             f"  noise reference: a re-measure of the same network is within ±10 % of the first "
             f"measurement for {100 * self.repeat_within_10:.1f} % of them"
         )
-
-
-def validate_surrogate(
-    spec: str,
-    profile,
-    input_shape: tuple[int, int, int],
-    num_classes: int | None = None,
-    n_fit: int = 40,
-    n_validate: int = 60,
-    seed: int = 0,
-    node_runs: int = 50,
-    progress: bool = True,
-) -> SurrogateValidation:
-    """Fit on ``n_fit`` random pruned variants of ``spec`` (the unpruned model first) and score on
-    ``n_validate`` others, all measured as the search measures them: timed in the torch-free
-    worker in alternating blocks with the unpruned model, in the unpruned model's units.
-
-    Validation candidates are measured twice, in two passes (so minutes apart), and scored
-    against the mean; the agreement of the two passes is reported as the noise reference."""
-    from edgeprune.models import load_model
-    from edgeprune.profiling.isolated import IsolatedOrtBackend
-    from edgeprune.profiling.onnx_bytes import export_onnx_bytes
-    from edgeprune.progress import progress_bar
-    from edgeprune.space import ChannelSpace
-
-    model, model_spec = load_model(spec, num_classes)
-    space = ChannelSpace(model, input_shape, profile.channel_step, model_spec=model_spec)
-    shape = (profile.batch, *input_shape)
-    rng = np.random.default_rng(seed)
-    widths = [tuple(g.full for g in space.groups)] + [
-        tuple(int(rng.choice(g.options)) for g in space.groups) for _ in range(n_fit + n_validate - 1)
-    ]
-    surrogate = LatencySurrogate(shape)
-    backend = IsolatedOrtBackend(profile)
-    measured, predicted = [], []
-    try:
-        reference = export_onnx_bytes(model, shape, profile.opset)
-        anchor = backend.measure(reference, shape).median_ms
-        backend.set_reference(reference, shape)
-        def measure(onnx: bytes) -> float:
-            cand, ref = backend.measure_pair(onnx, shape)
-            return cand.median_ms / ref.median_ms * anchor
-
-        with progress_bar(progress) as bar:
-            task = bar.add_task(f"surrogate check {spec}", total=n_fit + 2 * (len(widths) - n_fit), status="")
-            held_out = []  # (layers, onnx, first measurement)
-            for i, w in enumerate(widths):
-                pruned = space.shrink(space.plan(w))
-                onnx = export_onnx_bytes(pruned, shape, profile.opset)
-                ms = measure(onnx)
-                if i < n_fit:
-                    surrogate.observe(pruned, ms, backend.node_times(onnx, shape, node_runs))
-                else:
-                    held_out.append((surrogate.layers(pruned), onnx, ms))
-                bar.update(task, advance=1, status="fitting" if i < n_fit else "validating")
-            second = []
-            for _, onnx, _ in held_out:
-                second.append(measure(onnx))
-                bar.update(task, advance=1, status="re-measuring")
-    finally:
-        backend.close()
-    surrogate.fit()
-    first = [ms for _, _, ms in held_out]
-    for (layers, _, a), b in zip(held_out, second):
-        measured.append((a + b) / 2)
-        predicted.append(surrogate.predict(layers))
-    errors = [(p - m) / m * 100.0 for p, m in zip(predicted, measured)]
-    return SurrogateValidation(spec, profile.name, n_fit, errors, measured, predicted, first, second)

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -36,12 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.errors import UserError
-from edgeprune.profiling.stats import LatencyStats, summarize
+from edgeprune.profiling.backend import Backend
+from edgeprune.profiling.fingerprint import device_facts, fingerprint_hash, host_fingerprint
+from edgeprune.profiling.paths import cache_folder
+from edgeprune.profiling.stats import LatencyStats, NodeTimes, summarize
+from edgeprune.profiling.trtexec import TRTEXEC_DEFAULT, TRTEXEC_ENV, find_trtexec, parse_version, trtexec_version
 from edgeprune.targets import Profile
 
-TRTEXEC_ENV = "EDGEPRUNE_TRTEXEC"
-# Where JetPack (and NVIDIA's containers) put trtexec; it is not on PATH by default.
-_TRTEXEC_DEFAULT = "/usr/src/tensorrt/bin/trtexec"
 # An engine build of a large CNN on an Orin Nano takes minutes; a hung trtexec must still end.
 _TRTEXEC_TIMEOUT_S = 3600.0
 # Alternating blocks per model in measure_pair (each block is a trtexec run of duration/blocks).
@@ -64,45 +64,6 @@ class TrtexecSummary:
     percentiles: dict[float, float] = field(default_factory=dict)
     queries: int | None = None
     cv: float | None = None  # only printed when trtexec finds the run unstable
-
-
-# --- finding trtexec and its version --------------------------------------------------------------
-
-
-def find_trtexec() -> str | None:
-    """``$EDGEPRUNE_TRTEXEC``, then PATH, then JetPack's /usr/src/tensorrt/bin/trtexec."""
-    explicit = os.environ.get(TRTEXEC_ENV)
-    if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
-    found = shutil.which("trtexec")
-    if found:
-        return found
-    return _TRTEXEC_DEFAULT if os.access(_TRTEXEC_DEFAULT, os.X_OK) else None
-
-
-def parse_version(text: str) -> tuple[int, ...] | None:
-    """TensorRT version from trtexec output: ``[TensorRT v8400]`` → (8, 4, 0), ``v100300`` →
-    (10, 3, 0), or a ``TensorRT version: 8.6.3`` line."""
-    m = re.search(r"TensorRT version:\s*(\d+)\.(\d+)\.(\d+)", text)
-    if m:
-        return tuple(int(g) for g in m.groups())
-    m = re.search(r"\[TensorRT v(\d+)\]", text)
-    if not m:
-        return None
-    code = int(m.group(1))
-    if code >= 10000:  # 10.x and later: MMmmpp
-        return code // 10000, (code // 100) % 100, code % 100
-    return code // 1000, (code // 100) % 10, code % 100  # 7.x-9.x: Mmpp
-
-
-def trtexec_version(trtexec: str) -> str | None:
-    """trtexec prints its ``[TensorRT vNNNN]`` banner even for ``--help``."""
-    try:
-        done = subprocess.run([trtexec, "--help"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    version = parse_version(done.stdout + done.stderr)
-    return ".".join(str(v) for v in version) if version else None
 
 
 # --- command building -----------------------------------------------------------------------------
@@ -237,8 +198,8 @@ def _require_trtexec() -> str:
     trtexec = find_trtexec()
     if trtexec is None:
         raise UserError(
-            "TensorRT's trtexec was not found (looked at $EDGEPRUNE_TRTEXEC, PATH and "
-            f"{_TRTEXEC_DEFAULT}); install TensorRT (JetPack ships it) or measure through an "
+            f"TensorRT's trtexec was not found (looked at ${TRTEXEC_ENV}, PATH and "
+            f"{TRTEXEC_DEFAULT}); install TensorRT (JetPack ships it) or measure through an "
             "agent on the device (profile key 'agent: http://HOST:PORT')"
         )
     return trtexec
@@ -256,20 +217,19 @@ def _run(argv: list[str]) -> str:
     return output
 
 
-class TensorRTBackend:
-    """Same interface as :class:`~edgeprune.profiling.isolated.IsolatedOrtBackend`, timing with
-    trtexec on this host's GPU (or DLA)."""
+class TensorRTBackend(Backend):
+    """Times with trtexec on this host's GPU (or DLA). No per-node times: the search's latency
+    surrogate reads ONNX Runtime's profile, which trtexec does not produce."""
+
+    supports_node_times = False
 
     def __init__(self, profile: Profile, cache_dir: Path | None = None):
-        from edgeprune.profiling.cache import default_cache_path  # noqa: PLC0415
-        from edgeprune.profiling.fingerprint import fingerprint_hash, host_fingerprint  # noqa: PLC0415
-
         self.profile = profile
         self.trtexec = _require_trtexec()
         version = trtexec_version(self.trtexec)
         self.version = tuple(int(v) for v in version.split(".")) if version else (8, 0, 0)
         self._fingerprint = host_fingerprint(profile)
-        root = cache_dir or default_cache_path().parent / "tensorrt"
+        root = cache_dir or cache_folder() / "tensorrt"
         # Engines are only valid for the GPU, TensorRT version and build flags they were built
         # with: exactly what the fingerprint hashes.
         self.engine_dir = root / fingerprint_hash(self._fingerprint)
@@ -296,15 +256,11 @@ class TensorRTBackend:
     def set_reference(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> None:
         self._reference = (onnx_bytes, tuple(input_shape))
 
-    def measure_pair(
-        self, onnx_bytes: bytes, input_shape: tuple[int, ...], ref_bytes: bytes | None = None, ref_shape: tuple[int, ...] | None = None
-    ) -> tuple[LatencyStats, LatencyStats]:
-        """(candidate, reference) timed in alternating trtexec runs, per-run times pooled. The
-        reference is the one from :meth:`set_reference` unless given here (the agent's way,
-        as with :class:`~edgeprune.profiling.ort.OrtBackend`)."""
-        reference = ref_bytes if ref_bytes is not None else (self._reference[0] if self._reference else None)
-        if reference is None:
+    def measure_pair(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> tuple[LatencyStats, LatencyStats]:
+        """(candidate, reference) timed in alternating trtexec runs, per-run times pooled."""
+        if self._reference is None:
             raise ValueError("set_reference() must be called before measure_pair()")
+        reference = self._reference[0]
         block_s = self.profile.measure.max_seconds / _BLOCKS
         pooled: tuple[list[float], list[float]] = ([], [])
         with _TRT_LOCK:
@@ -315,6 +271,9 @@ class TensorRTBackend:
         for stats in (cand, ref):
             stats.noisy = stats.cv > self.profile.measure.cv_threshold
         return cand, ref
+
+    def node_times(self, onnx_bytes: bytes, input_shape: tuple[int, ...], runs: int = 50) -> NodeTimes:
+        raise NotImplementedError(f"target '{self.profile.name}' times with TensorRT, which has no ONNX Runtime per-node profile")
 
     def close(self) -> None:
         """Nothing stays running between measurements (each is one trtexec process)."""
@@ -346,8 +305,6 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
     """Build a deployable engine for ``profile`` with this host's TensorRT (run it on the device:
     engines do not move between GPUs or TensorRT versions). Returns what firmware needs to
     know: TensorRT version, device, precision, the exact command and the build time."""
-    from edgeprune.profiling.fingerprint import device_facts  # noqa: PLC0415
-
     if profile.backend != "tensorrt":
         raise UserError(f"target '{profile.name}' uses {profile.backend}, not tensorrt; choose a TensorRT target to build an engine")
     onnx_file = Path(onnx_path)

@@ -88,14 +88,15 @@ def limit_memory(max_mb: int, provider: str) -> None:
     resource.setrlimit(kind, (limit, limit))
 
 
-def _handle(backend, request: dict, blob: bytes, reference: tuple[bytes, tuple[int, ...]] | None) -> dict:
+def _handle(backend, request: dict, blob: bytes) -> dict:
     shape = tuple(int(d) for d in request["shape"])
+    if request.get("op") == "reference":
+        backend.set_reference(blob, shape)
+        return {"ok": True}
     if request.get("op") == "node_times":
         return {"ok": True, "node_times": backend.node_times(blob, shape, int(request["runs"])).to_dict()}
     if request.get("with_reference"):
-        if reference is None:
-            raise ValueError("no reference model was sent before a paired measurement")
-        stats, ref = backend.measure_pair(blob, shape, *reference)
+        stats, ref = backend.measure_pair(blob, shape)
         return {"ok": True, "stats": stats.to_dict(), "reference": ref.to_dict()}
     return {"ok": True, "stats": backend.measure(blob, shape).to_dict()}
 
@@ -108,19 +109,13 @@ def serve(profile_json: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
 
     backend = OrtBackend(Profile.from_dict(json.loads(profile_json)))
     write_frame(stdout, json.dumps({"ok": True, "ready": True}).encode())
-    reference: tuple[bytes, tuple[int, ...]] | None = None
     while True:
         header = read_frame(stdin)
         if header is None:
             return
         blob = read_frame(stdin) or b""
         try:
-            request = json.loads(header)
-            if request.get("op") == "reference":
-                reference = (blob, tuple(int(d) for d in request["shape"]))
-                reply = {"ok": True}
-            else:
-                reply = _handle(backend, request, blob, reference)
+            reply = _handle(backend, json.loads(header), blob)
         except Exception as exc:  # reported to the parent, which raises it there
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "kind": error_kind(exc)}
         write_frame(stdout, json.dumps(reply).encode())

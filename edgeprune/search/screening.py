@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from edgeprune.layers import layer_descriptors
 from edgeprune.profiling.surrogate import LatencySurrogate
 
 WARMUP = 8
@@ -59,7 +60,7 @@ class Screen:
         threshold = self.threshold_ms()
         if threshold is None:
             return None
-        predicted = self.surrogate.predict(model)
+        predicted = self.surrogate.predict(self._layers(model))
         if predicted > threshold:
             self.skips += 1
             return predicted
@@ -71,13 +72,18 @@ class Screen:
         ``node_times()`` gives the model's ORT per-node profile (cached like latencies, so a
         resumed or repeated run on the same cache builds the same table); it is only asked for
         during the warm-up."""
+        layers = self._layers(model)
         if self._with_nodes >= self.warmup:
-            predicted = self.surrogate.predict(model)
+            predicted = self.surrogate.predict(layers)
             self.errors.append(abs(predicted - measured_ms) / measured_ms)
-            self.surrogate.observe(model, measured_ms)
+            self.surrogate.observe(layers, measured_ms)
         else:
-            self.surrogate.observe(model, measured_ms, node_times())
+            self.surrogate.observe(layers, measured_ms, node_times())
             self._with_nodes += 1
+
+    def _layers(self, model: nn.Module):
+        """What the surrogate reads: the model's layer descriptors at the shape it is fitted for."""
+        return layer_descriptors(model, self.surrogate.input_shape)
 
     def replay_skip(self) -> None:
         """A skip of the interrupted run, replayed from its journal."""

@@ -1,8 +1,11 @@
-"""Export a candidate network to ONNX bytes in memory, for the profiler.
+"""Export a candidate network to ONNX bytes in memory, for measuring it and for the deployable
+export (:mod:`edgeprune.exporters.onnx` checks and slims what this produces).
 
 The search exports thousands of candidates, so this uses the TorchScript exporter
 (``dynamo=False``): torch 2.15 deprecates it, but it still works and is about 10x faster than the
 dynamo exporter on these CNNs. Nothing touches disk; the bytes go straight to a backend or agent.
+It lives with the exporters, not in :mod:`edgeprune.profiling`, because it needs torch, which the
+profiling side (and the device agent) never imports.
 """
 
 import io

@@ -1,0 +1,37 @@
+"""Which backend measures a profile: one decision, shared by the Profiler and the device agent, so
+the two cannot drift apart on what a profile means."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgeprune.errors import UserError
+from edgeprune.profiling.backend import Backend
+from edgeprune.profiling.isolated import IsolatedOrtBackend
+from edgeprune.profiling.remote import RemoteBackend
+from edgeprune.profiling.tensorrt import TensorRTBackend
+from edgeprune.targets import Profile
+
+
+def make_backend(profile: Profile, *, local: bool = False, **options: Any) -> Backend:
+    """The backend for ``profile``: its device agent when it names one, else this host.
+
+    ``local=True`` measures on this host whatever ``agent`` says: the agent itself passes it, as
+    the profile's ``agent`` is the very device it runs on. ``options`` are the keyword options of
+    :class:`~edgeprune.profiling.isolated.IsolatedOrtBackend` (``timeout_s``, ``max_memory_mb``),
+    with which the agent bounds models from the network; the other backends take none.
+    """
+    if profile.agent and not local:
+        return RemoteBackend(profile)
+    if profile.backend == "tensorrt":
+        return TensorRTBackend(profile)
+    if profile.backend == "onnxruntime":
+        # Here, not at the top: a TensorRT-only device may have no onnxruntime at all.
+        from edgeprune.profiling.ort import require_provider  # noqa: PLC0415
+
+        require_provider(profile)  # in this process: the child could only die of it, unexplained
+        return IsolatedOrtBackend(profile, **options)
+    raise UserError(
+        f"target '{profile.name}' ({profile.source}) uses backend '{profile.backend}', "
+        f"which edgeprune cannot run; set backend to one of: onnxruntime, tensorrt"
+    )

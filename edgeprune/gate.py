@@ -21,7 +21,6 @@ from pathlib import Path
 import yaml
 
 from edgeprune.errors import UserError
-from edgeprune.exporters.files import atomic_write
 from edgeprune.profiling.keys import PERCENTILES, graph_key, percentile_ms
 from edgeprune.targets import Profile, load_profile
 
@@ -157,41 +156,13 @@ def load_budgets(
     for entry in root.value:
         if not isinstance(entry, yaml.MappingNode):
             raise UserError(f"{at(entry)}: each budget must be a mapping with keys {', '.join(_KEYS)}; fix the entry")
-        values: dict[str, tuple[object, str]] = {}
-        for key_node, value_node in entry.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            if key not in _KEYS:
-                raise UserError(f"{at(key_node)}: unknown key {key!r}; valid keys are {', '.join(_KEYS)}")
-            if key in values:
-                raise UserError(f"{at(key_node)}: key {key!r} appears twice in one entry; keep one")
-            if not isinstance(value_node, yaml.ScalarNode):
-                raise UserError(f"{at(value_node)}: {key} must be a single value, not a list or mapping; fix it")
-            try:
-                values[key] = (constructor.construct_object(value_node, deep=True), at(value_node))
-            except yaml.YAMLError as exc:  # e.g. a !!python/... tag, which safe loading refuses
-                raise UserError(f"{at(value_node)}: {key} cannot be read ({getattr(exc, 'problem', None) or exc}); write a plain value") from None
-            except ValueError:  # int() refuses a number with thousands of digits
-                raise UserError(f"{at(value_node)}: {key} is a number too long to read; write a plain value") from None
-        for required in ("model", "budget_ms"):
-            if required not in values:
-                raise UserError(f"{at(entry)}: budget entry lacks {required!r}; add it")
+        values = _entry_values(entry, at, constructor)
         model, model_at = values["model"]
         if not isinstance(model, str) or not model:
             raise UserError(f"{model_at}: model must be the path of an ONNX file, got {model!r}; fix it")
-        looks_like_path = False
-        if "target" in values:
-            entry_target, target_at = values["target"]
-            if not isinstance(entry_target, str) or not entry_target:
-                raise UserError(f"{target_at}: target must be a profile name or YAML path, got {entry_target!r}; fix it")
-            looks_like_path = entry_target.endswith((".yaml", ".yml")) or "/" in entry_target or os.sep in entry_target
-            if looks_like_path and not Path(entry_target).is_absolute():
-                entry_target = str(file.parent / entry_target)
-        else:  # the command line's --target: a path there is relative to the working directory
-            entry_target, target_at = target or DEFAULT_TARGET, "--target"
         model_path = Path(model) if Path(model).is_absolute() else file.parent / model
         _inside(file, model_path, model_at, "model")
-        if "target" in values and looks_like_path:  # a shipped name, or the command line's --target, is the user's
-            _inside(file, Path(entry_target), target_at, "target profile")
+        entry_target, target_at = _entry_target(file, values, target)
         budgets.append(
             Budget(
                 model=model,
@@ -205,6 +176,45 @@ def load_budgets(
             )
         )
     return budgets
+
+
+def _entry_values(entry: yaml.MappingNode, at, constructor) -> dict[str, tuple[object, str]]:
+    """key -> (value, where it is) of one budgets entry: known keys, each once, plain scalars."""
+    values: dict[str, tuple[object, str]] = {}
+    for key_node, value_node in entry.value:
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+        if key not in _KEYS:
+            raise UserError(f"{at(key_node)}: unknown key {key!r}; valid keys are {', '.join(_KEYS)}")
+        if key in values:
+            raise UserError(f"{at(key_node)}: key {key!r} appears twice in one entry; keep one")
+        if not isinstance(value_node, yaml.ScalarNode):
+            raise UserError(f"{at(value_node)}: {key} must be a single value, not a list or mapping; fix it")
+        try:
+            values[key] = (constructor.construct_object(value_node, deep=True), at(value_node))
+        except yaml.YAMLError as exc:  # e.g. a !!python/... tag, which safe loading refuses
+            raise UserError(f"{at(value_node)}: {key} cannot be read ({getattr(exc, 'problem', None) or exc}); write a plain value") from None
+        except ValueError:  # int() refuses a number with thousands of digits
+            raise UserError(f"{at(value_node)}: {key} is a number too long to read; write a plain value") from None
+    for required in ("model", "budget_ms"):
+        if required not in values:
+            raise UserError(f"{at(entry)}: budget entry lacks {required!r}; add it")
+    return values
+
+
+def _entry_target(file: Path, values: dict[str, tuple[object, str]], target: str | None) -> tuple[str, str]:
+    """(profile name or path, where it was given) of one entry. A path in the file is resolved
+    from the file's folder and must stay inside it; a shipped name, or the command line's
+    ``--target`` (relative to the working directory), is the user's own choice."""
+    if "target" not in values:
+        return target or DEFAULT_TARGET, "--target"
+    entry_target, target_at = values["target"]
+    if not isinstance(entry_target, str) or not entry_target:
+        raise UserError(f"{target_at}: target must be a profile name or YAML path, got {entry_target!r}; fix it")
+    if entry_target.endswith((".yaml", ".yml")) or "/" in entry_target or os.sep in entry_target:
+        if not Path(entry_target).is_absolute():
+            entry_target = str(file.parent / entry_target)
+        _inside(file, Path(entry_target), target_at, "target profile")
+    return entry_target, target_at
 
 
 def _inside(budgets_file: Path, path: Path, where: str, what: str) -> None:
@@ -346,62 +356,3 @@ def junit_xml(results: list[GateResult]) -> bytes:
 def json_report(results: list[GateResult]) -> bytes:
     payload = {"passed": all(r.passed for r in results), "results": [r.to_dict() for r in results]}
     return (json.dumps(payload, indent=2) + "\n").encode()
-
-
-def check_output(path: str, flag: str) -> None:
-    """Refuse an unusable report path before anything is measured."""
-    if Path(path).is_dir():
-        raise UserError(f"{flag} {path} is a folder; pass a file path such as {Path(path) / 'gate.out'}")
-
-
-def write_output(path: str, data: bytes) -> None:
-    file = Path(path)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(file, data)
-
-
-# --- command line ------------------------------------------------------------------------------
-
-
-def add_parser(sub) -> None:
-    """The ``gate`` sub-command's arguments (registered by edgeprune.cli)."""
-    g = sub.add_parser("gate", help="CI latency gate: exit 1 when a model is over its latency budget, 2 on bad input")
-    g.add_argument("model", nargs="?", metavar="MODEL.onnx", help="one model to gate (with --budget-ms); or use --budgets")
-    g.add_argument("--budgets", metavar="FILE", help="YAML list of {model, budget_ms, target, percentile, tolerance}; paths relative to the file")
-    g.add_argument("--budget-ms", type=float, help="budget for MODEL.onnx in ms")
-    g.add_argument("--target", help=f"target profile name or YAML path (default {DEFAULT_TARGET}; a default for --budgets entries without one)")
-    g.add_argument("--percentile", type=int, help=f"latency percentile judged: 50, 90 or 99 (default {DEFAULT_PERCENTILE})")
-    g.add_argument("--tolerance", type=float, help=f"band around the budget, as a fraction of it, where a result is measured again (default {DEFAULT_TOLERANCE})")
-    g.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (one testcase per model)")
-    g.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    g.add_argument("--cache", help="latency cache SQLite file (default: in the user cache folder)")
-    g.add_argument("--no-cache", action="store_true", help="neither read nor write the latency cache file: measure every model")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument(
-        "--allow-external-data", action="store_true",
-        help="time models whose tensors are in separate data files (read only from the model's own folder); refused by default",
-    )
-
-
-def run(args) -> int:
-    """CLI entry: 0 all within budget, 1 any over; bad input raises UserError (exit 2)."""
-    if args.budgets and (args.model or args.budget_ms is not None):
-        raise UserError("pass either --budgets FILE or MODEL.onnx --budget-ms X, not both")
-    if args.budgets:
-        budgets = load_budgets(args.budgets, args.target, args.percentile, args.tolerance)
-    elif args.model and args.budget_ms is not None:
-        budgets = [single_budget(args.model, args.budget_ms, args.target, args.percentile, args.tolerance)]
-    else:
-        raise UserError("nothing to gate; pass --budgets FILE, or MODEL.onnx --budget-ms X [--target T] [--percentile 90]")
-    for path, flag in ((args.junit, "--junit"), (args.json, "--json")):
-        if path:
-            check_output(path, flag)
-    results = run_gate(
-        budgets, cache=args.cache, no_cache=args.no_cache, progress=not args.no_progress, allow_external_data=args.allow_external_data
-    )
-    print_table(results)
-    if args.junit:
-        write_output(args.junit, junit_xml(results))
-    if args.json:
-        write_output(args.json, json_report(results))
-    return 0 if all(r.passed for r in results) else 1

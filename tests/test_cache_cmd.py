@@ -160,7 +160,7 @@ def test_clear_one_fingerprint_or_all(tmp_path, capsys):
 def tiny_onnx(tmp_path) -> Path:
     from tiny_models import TinyCNN
 
-    from edgeprune.profiling.onnx_bytes import export_onnx_bytes
+    from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 
     path = tmp_path / "tiny.onnx"
     path.write_bytes(export_onnx_bytes(TinyCNN(in_channels=3).eval(), SHAPE, 17))

@@ -115,7 +115,7 @@ def test_no_subcommand_means_prune(tmp_path, capsys):
 def test_profile_measures_an_onnx_file_and_rejects_a_bad_one(tmp_path, capsys):
     from tiny_models import TinyResNet
 
-    from edgeprune.profiling.onnx_bytes import export_onnx_bytes
+    from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 
     path = tmp_path / "tiny.onnx"
     path.write_bytes(export_onnx_bytes(TinyResNet().eval(), (1, 1, 8, 8), 17))

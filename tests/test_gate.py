@@ -55,10 +55,12 @@ def test_single_model_fails_20_percent_over_and_passes_20_percent_under(models, 
 def test_budgets_file_writes_junit_naming_each_model(models, tmp_path, capsys):
     folder, _, cache = models
     over, under = _measured(models, tmp_path, "cnn.onnx"), _measured(models, tmp_path, "resnet.onnx")
-    budgets = folder / "budgets.yaml"  # relative model paths resolve from the budgets file's folder
+    # Relative paths resolve from the budgets file's folder, and must stay inside it.
+    (folder / "fast-cpu.yaml").write_bytes(Path(PROFILE).read_bytes())
+    budgets = folder / "budgets.yaml"
     budgets.write_text(
-        f"- model: cnn.onnx\n  target: {PROFILE}\n  percentile: 90\n  budget_ms: {0.8 * over}\n  tolerance: 0.05\n"
-        f"- model: resnet.onnx\n  target: {PROFILE}\n  percentile: 90\n  budget_ms: {1.2 * under}\n  tolerance: 0.05\n"
+        f"- model: cnn.onnx\n  target: fast-cpu.yaml\n  percentile: 90\n  budget_ms: {0.8 * over}\n  tolerance: 0.05\n"
+        f"- model: resnet.onnx\n  target: fast-cpu.yaml\n  percentile: 90\n  budget_ms: {1.2 * under}\n  tolerance: 0.05\n"
     )
     junit = tmp_path / "reports" / "gate.xml"
     code, result = _gate(["--budgets", str(budgets), "--junit", str(junit)], cache, tmp_path)

@@ -1,4 +1,4 @@
-"""``edgeprune export OUT_DIR``: re-export an edgeprune output folder (other opset, dynamic batch, INT8).
+"""Re-export an edgeprune output folder (other opset, dynamic batch, INT8): ``edgeprune export OUT_DIR``.
 
 The folder already holds everything needed and nothing that must be trusted: the model is rebuilt
 from ``plan.json`` + ``state_dict.pt`` (no pickles), the data and preprocessing from report.json's
@@ -262,46 +262,3 @@ def _print_summary(folder: Path, package) -> None:
         )
     console.print(table)
     console.print(f"files in {folder}/: " + ", ".join(sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))))
-
-
-def add_parser(sub) -> None:
-    """The ``export`` sub-command's arguments (registered by edgeprune.cli)."""
-    e = sub.add_parser("export", help="re-export an edgeprune output folder: ONNX (opset, dynamic batch), INT8, manifest, model card")
-    e.add_argument("out_dir", metavar="OUT_DIR", help="folder written by `edgeprune prune` (plan.json, state_dict.pt, report.json)")
-    e.add_argument("--int8", action="store_true", help="also write model.int8.onnx: NNCF post-training quantization (QDQ), calibrated on the train split")
-    e.add_argument("--max-int8-drop", type=float, metavar="PP", help="refuse the INT8 model (exit 1) when its test accuracy is more than PP percentage points below FP32")
-    e.add_argument("--calibration-samples", type=int, help=f"train images used to calibrate INT8 (default {DEFAULT_CALIBRATION_SAMPLES})")
-    e.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension instead of the target's fixed batch")
-    e.add_argument("--engine", action="store_true", help="also build model.engine with this host's TensorRT (trtexec) for a TensorRT --target; run it on the device, engines are not portable")
-    e.add_argument("--opset", type=int, help=f"ONNX opset ({MIN_OPSET} to {MAX_OPSET}; default the target profile's)")
-    e.add_argument("--target", help="target profile name or YAML path to measure on (default: the prune run's target)")
-    e.add_argument(
-        "--trust-model-code", action="store_true",
-        help="allow a plan whose original model is a package.module:factory (imported and run) or a torch.save()d file (unpickled); torchvision: plans never need it",
-    )
-    e.add_argument("--data", metavar="SPEC", help="the dataset the model was pruned on (default: the one report.json names); needed to confirm an imagefolder:PATH a report names")
-    e.add_argument("--cache", help="latency cache SQLite file (default: in the user cache folder)")
-    e.add_argument("--no-cache", action="store_true", help="neither read nor write the latency cache file")
-    e.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def run(args) -> int:
-    """CLI entry: 0 exported, 1 the INT8 model was refused by --max-int8-drop (FP32 files are written)."""
-    result = run_export(
-        ExportConfig(
-            out_dir=args.out_dir,
-            int8=args.int8,
-            max_int8_drop=args.max_int8_drop,
-            dynamic_batch=args.dynamic_batch,
-            opset=args.opset,
-            target=args.target,
-            calibration_samples=args.calibration_samples,
-            engine=args.engine,
-            cache=args.cache,
-            no_cache=args.no_cache,
-            progress=not args.no_progress,
-            trust_model_code=args.trust_model_code,
-            data=args.data,
-        )
-    )
-    return 1 if result["int8_refused"] else 0

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from edgeprune.commands.args import add_cache_file
 from edgeprune.errors import UserError
 from edgeprune.profiling.cache import LatencyCache, default_cache_path, read_export
 
@@ -150,30 +151,28 @@ def cmd_import(args) -> int:
     return 0
 
 
-COMMANDS = {"stats": cmd_stats, "clear": cmd_clear, "export": cmd_export, "import": cmd_import}
+ACTIONS = {"stats": cmd_stats, "clear": cmd_clear, "export": cmd_export, "import": cmd_import}
 
 
 def add_parser(sub) -> None:
-    """The `cache` sub-command and its actions, added to the top-level parser in cli.py."""
     c = sub.add_parser("cache", help="latency cache: stats | clear | export FILE | import FILE")
     actions = c.add_subparsers(dest="cache_action", metavar="ACTION", required=True)
-
-    def with_cache(p):
-        p.add_argument("--cache", help="latency cache SQLite file (default: in the user cache folder)")
-        return p
-
-    s = with_cache(actions.add_parser("stats", help="rows per device fingerprint"))
+    s = actions.add_parser("stats", help="rows per device fingerprint")
+    add_cache_file(s)
     s.add_argument("--json", action="store_true", help="print as JSON")
-    cl = with_cache(actions.add_parser("clear", help="delete rows (prints what it removed, asks nothing)"))
+    cl = actions.add_parser("clear", help="delete rows (prints what it removed, asks nothing)")
+    add_cache_file(cl)
     which = cl.add_mutually_exclusive_group()
     which.add_argument("--all", action="store_true", help="delete every row")
     which.add_argument("--fingerprint", metavar="HASH", help="delete one fingerprint's rows (a unique prefix is enough)")
-    e = with_cache(actions.add_parser("export", help="write the rows as versioned JSON with their fingerprints"))
+    e = actions.add_parser("export", help="write the rows as versioned JSON with their fingerprints")
+    add_cache_file(e)
     e.add_argument("file", help="JSON file to write")
     e.add_argument("--fingerprint", metavar="HASH", help="only this fingerprint's rows")
-    i = with_cache(actions.add_parser("import", help="add rows from an exported JSON file (existing rows win)"))
+    i = actions.add_parser("import", help="add rows from an exported JSON file (existing rows win)")
+    add_cache_file(i)
     i.add_argument("file", help="JSON file written by `edgeprune cache export`")
 
 
 def run(args) -> int:
-    return COMMANDS[args.cache_action](args)
+    return ACTIONS[args.cache_action](args)

@@ -1,4 +1,4 @@
-"""`edgeprune profile`: the latency of one ONNX file on a target, through the latency cache.
+"""``edgeprune profile``: the latency of one ONNX file on a target, through the latency cache.
 
 The cache key of a file is the hash of its graph and opsets (metadata excluded) plus its input
 shape — the same key `gate` and `export` use — so re-profiling the same export (a CI job on
@@ -7,16 +7,34 @@ every commit) costs a lookup, while any change to the graph or the weights measu
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 from pathlib import Path
 
+from edgeprune.commands.args import add_cache_args
 from edgeprune.errors import UserError
-from edgeprune.profiling.keys import graph_key
-from edgeprune.profiling.cache import default_cache_path
 
 
-def run_profile(args) -> int:
+def add_parser(sub) -> None:
+    pr = sub.add_parser("profile", help="measure an ONNX model's latency on a target (the cache answers repeats)")
+    pr.add_argument("onnx", help="ONNX file with a fixed input shape, or a symbolic batch timed at the target's batch (with --validate-surrogate: a model spec such as torchvision:mobilenet_v2)")
+    pr.add_argument("--target", default="x86-cpu", help="target profile name or YAML path (default x86-cpu)")
+    pr.add_argument("--repeats", type=int, default=1, help="independent measurements (fresh sessions); the median of medians is shown (default 1)")
+    pr.add_argument("--json", action="store_true", help="print the stats as JSON")
+    add_cache_args(pr)
+    pr.add_argument("--fresh", action="store_true", help="measure even when the cache has the model (the result is still stored if new)")
+    pr.add_argument("--allow-external-data", action="store_true", help="time a model whose tensors are in separate data files (read only from the model's own folder); refused by default")
+    sv = pr.add_argument_group("surrogate check (--validate-surrogate MODEL)")
+    sv.add_argument("--validate-surrogate", action="store_true", help="fit the latency surrogate on random pruned variants of MODEL and print its error on others")
+    sv.add_argument("--input-shape", help="CxHxW of MODEL, e.g. 3x32x32")
+    sv.add_argument("--num-classes", type=int, help="classes for torchvision:NAME / factory models")
+    sv.add_argument("--fit", type=int, default=40, help="variants measured with per-node times to fit the surrogate (default 40)")
+    sv.add_argument("--validate", type=int, default=60, help="other variants measured to score it (default 60)")
+    sv.add_argument("--seed", type=int, default=0, help="seed of the random widths (default 0)")
+
+
+def run(args: argparse.Namespace) -> int:
     from edgeprune.targets import load_profile
 
     if args.repeats < 1:
@@ -32,6 +50,8 @@ def run_profile(args) -> int:
 
 def _profile_file(args, profile) -> int:
     """Through the Profiler, like prune and gate: a profile with ``agent:`` times on the device."""
+    from edgeprune.profiling.cache import default_cache_path
+    from edgeprune.profiling.keys import graph_key
     from edgeprune.profiling.onnx_file import load_onnx
     from edgeprune.profiling.profiler import Profiler
 
@@ -73,7 +93,7 @@ def _profile_file(args, profile) -> int:
 
 def _validate_surrogate(args, profile) -> int:
     from edgeprune.models import parse_shape
-    from edgeprune.profiling.surrogate import validate_surrogate
+    from edgeprune.surrogate_check import validate_surrogate
 
     if args.input_shape is None:
         raise UserError("--validate-surrogate needs --input-shape CxHxW (e.g. 3x32x32) for MODEL")

@@ -1,0 +1,71 @@
+"""``edgeprune gate``: the CI latency gate's command line.
+
+Exit codes are the contract with CI: 0 every model within budget, 1 at least one over, 2 the input
+is wrong. Like :mod:`edgeprune.gate`, nothing here imports torch: a CI runner has only onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edgeprune.commands.args import add_cache_args, add_progress_args
+from edgeprune.errors import UserError
+from edgeprune.exporters.files import atomic_write
+from edgeprune.gate import (
+    DEFAULT_PERCENTILE, DEFAULT_TARGET, DEFAULT_TOLERANCE, json_report, junit_xml, load_budgets, print_table, run_gate, single_budget,
+)
+
+
+def add_parser(sub) -> None:
+    g = sub.add_parser("gate", help="CI latency gate: exit 1 when a model is over its latency budget, 2 on bad input")
+    g.add_argument("model", nargs="?", metavar="MODEL.onnx", help="one model to gate (with --budget-ms); or use --budgets")
+    g.add_argument("--budgets", metavar="FILE", help="YAML list of {model, budget_ms, target, percentile, tolerance}; paths relative to the file")
+    g.add_argument("--budget-ms", type=float, help="budget for MODEL.onnx in ms")
+    g.add_argument("--target", help=f"target profile name or YAML path (default {DEFAULT_TARGET}; a default for --budgets entries without one)")
+    g.add_argument("--percentile", type=int, help=f"latency percentile judged: 50, 90 or 99 (default {DEFAULT_PERCENTILE})")
+    g.add_argument("--tolerance", type=float, help=f"band around the budget, as a fraction of it, where a result is measured again (default {DEFAULT_TOLERANCE})")
+    g.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (one testcase per model)")
+    g.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    add_cache_args(g, no_cache_help="neither read nor write the latency cache file: measure every model")
+    add_progress_args(g, help="no progress bar")
+    g.add_argument(
+        "--allow-external-data", action="store_true",
+        help="time models whose tensors are in separate data files (read only from the model's own folder); refused by default",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """0 all within budget, 1 any over; bad input raises UserError (exit 2)."""
+    if args.budgets and (args.model or args.budget_ms is not None):
+        raise UserError("pass either --budgets FILE or MODEL.onnx --budget-ms X, not both")
+    if args.budgets:
+        budgets = load_budgets(args.budgets, args.target, args.percentile, args.tolerance)
+    elif args.model and args.budget_ms is not None:
+        budgets = [single_budget(args.model, args.budget_ms, args.target, args.percentile, args.tolerance)]
+    else:
+        raise UserError("nothing to gate; pass --budgets FILE, or MODEL.onnx --budget-ms X [--target T] [--percentile 90]")
+    for path, flag in ((args.junit, "--junit"), (args.json, "--json")):
+        if path:
+            check_output(path, flag)
+    results = run_gate(
+        budgets, cache=args.cache, no_cache=args.no_cache, progress=not args.no_progress, allow_external_data=args.allow_external_data
+    )
+    print_table(results)
+    if args.junit:
+        write_output(args.junit, junit_xml(results))
+    if args.json:
+        write_output(args.json, json_report(results))
+    return 0 if all(r.passed for r in results) else 1
+
+
+def check_output(path: str, flag: str) -> None:
+    """Refuse an unusable report path before anything is measured."""
+    if Path(path).is_dir():
+        raise UserError(f"{flag} {path} is a folder; pass a file path such as {Path(path) / 'gate.out'}")
+
+
+def write_output(path: str, data: bytes) -> None:
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(file, data)

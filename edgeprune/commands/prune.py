@@ -1,0 +1,68 @@
+"""``edgeprune prune``: search, prune, fine-tune and export a model for a target.
+
+Only the command line lives here; the job itself is :func:`edgeprune.pipeline.run_prune`, which
+imports torch, so it is imported when the command runs, not when the parser is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from edgeprune.budget import DEFAULT_POLICY, percent
+from edgeprune.commands.args import add_cache_args, add_data_args, add_model_args, add_progress_args, from_args
+from edgeprune.errors import UserError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("prune", help="search, prune, fine-tune and export a model for a target (the default command)")
+    add_model_args(p, optional=True)
+    p.add_argument("--target", default="x86-cpu", help="target profile name or YAML path (see `edgeprune targets`; default x86-cpu)")
+    add_data_args(p)
+    b = p.add_mutually_exclusive_group()
+    b.add_argument("--budget-ms", type=float, help="latency budget: median ms on the target")
+    b.add_argument("--speedup", type=float, help="budget = measured baseline median / X")
+    p.add_argument("--population", type=int, default=16, help="GA population (default 16)")
+    p.add_argument("--generations", type=int, default=8, help="GA generations (default 8)")
+    p.add_argument("--strategy", choices=("nsga2", "coevolution"), default="nsga2", help="nsga2: multi-objective GA over all groups (default); coevolution: CCSRP-style EA per group, --population = subpopulation d, --generations = G")
+    p.add_argument("--encoding", choices=("width", "mask"), default="width", help="genome: width = kept count per group (default); mask = one bit per channel with CCEP's ratio-bounded bit-flip mutation")
+    p.add_argument("--no-screen", action="store_true", help="measure every candidate; by default the latency surrogate skips candidates it predicts far over the budget once its recent error is ≤ 10%%")
+    p.add_argument("--rounds", type=int, default=1, help="prune → fine-tune → search again from the fine-tuned model, T times; budgets step down geometrically (default 1)")
+    p.add_argument("--resume", metavar="OUT_DIR", help="continue an interrupted run from OUT_DIR.checkpoint (no other options needed)")
+    p.add_argument("--trust-model-code", action="store_true", help="with --resume: allow the checkpoint's model when it is a model file (unpickled) or package.module:factory (imported); torchvision: models never need it")
+    p.add_argument("--finetune-epochs", type=float, default=1.0, help="fine-tune epochs of the picked model, may be fractional (default 1)")
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tune peak learning rate, cosine schedule (default 0.01)")
+    p.add_argument("--refine-top", type=int, default=6, help=f"how many of the most accurate feasible candidates (re-measured within {percent(1 - DEFAULT_POLICY.search_margin)} of the budget) get a short fine-tune before the pick (default 6)".replace("%", "%%"))
+    p.add_argument("--widen-passes", type=int, default=3, help=f"passes that widen the pick one grid step per group while it measures within {percent(1 - DEFAULT_POLICY.widen_margin)} of the budget; 0 keeps the pick as searched (default 3)".replace("%", "%%"))
+    p.add_argument("--refine-epochs", type=float, default=0.2, help="epochs of that short fine-tune per candidate; 0 picks by adaptive-BN accuracy alone (default 0.2)")
+    p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of distillation from the original model (default 0.5; 0 = plain labels)")
+    p.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature (default 4)")
+    p.add_argument("--out", default="edgeprune-out", help="output folder (replaced only when the run succeeds; default edgeprune-out)")
+    p.add_argument("--seed", type=int, default=0, help="seed for data split, GA and fine-tuning (default 0)")
+    add_cache_args(p)
+    add_progress_args(p)
+
+
+def config(args: argparse.Namespace):
+    """The :class:`~edgeprune.pipeline.PruneConfig` of a fresh run: every option whose name is a
+    config field, plus the negated flags. ``--resume`` names a folder on the command line, while
+    the config's ``resume`` marks a run continued from a checkpoint, so a fresh run sets it False."""
+    from edgeprune.pipeline import PruneConfig
+
+    return from_args(PruneConfig, args, progress=not args.no_progress, screen=not args.no_screen, resume=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    """0 when the pruned model meets the budget, 1 when it does not."""
+    from edgeprune.pipeline import resume_config, run_prune
+
+    if args.resume:
+        if args.model:
+            raise UserError("--resume takes its settings from the checkpoint; drop the model argument (and other options)")
+        report = run_prune(resume_config(args.resume, progress=not args.no_progress, trust_model_code=args.trust_model_code))
+        return 0 if report["budget_met"] else 1
+    if args.trust_model_code:
+        raise UserError("--trust-model-code only applies with --resume (a model named on the command line is trusted); drop it")
+    if not args.model:
+        raise UserError("no model given; pass a model file, torchvision:NAME or package.module:factory (or --resume OUT_DIR)")
+    report = run_prune(config(args))
+    return 0 if report["budget_met"] else 1

@@ -1,0 +1,25 @@
+"""``edgeprune train``: train a model and save its state_dict, for trying edgeprune without one of your own."""
+
+from __future__ import annotations
+
+import argparse
+
+from edgeprune.commands.args import add_data_args, add_model_args, add_progress_args, from_args
+
+
+def add_parser(sub) -> None:
+    t = sub.add_parser("train", help="train a model on a dataset and save its state_dict (for trying edgeprune without your own model)")
+    add_model_args(t)
+    add_data_args(t)
+    t.add_argument("--epochs", type=float, default=1.0, help="epochs (default 1)")
+    t.add_argument("--lr", type=float, default=0.05, help="peak learning rate, cosine schedule (default 0.05)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="state_dict file to write (use it with --weights)")
+    add_progress_args(t)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgeprune.demo import train_and_save
+
+    from_args(train_and_save, args, spec=args.model, progress=not args.no_progress)
+    return 0

@@ -1,4 +1,4 @@
-"""From the search's candidates to the one network a round delivers.
+"""Selection, the stage after the search: from its candidates to the one network a round delivers.
 
 The GA ranks networks by adaptive-BN accuracy, which at heavy pruning says little about how a
 network recovers under fine-tuning, and by one measurement each, which a lucky draw can sneak
@@ -71,31 +71,47 @@ def shortlist(
     return chosen or [min((c for c in candidates if not c.predicted), key=lambda c: c.latency.median_ms)]
 
 
-def distill(cfg, model: nn.Module, split, epochs: float, teacher: nn.Module, seed: int, description: str) -> dict:
-    """The job's one fine-tune recipe (LR, batch, distillation from ``teacher``), for the short
-    tunes before the pick and the final fine-tune alike."""
-    return train(
-        model, split, epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed, teacher=teacher,
-        kd_alpha=cfg.kd_alpha, kd_temperature=cfg.kd_temperature, progress=cfg.progress, description=description,
-    )
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The job's one fine-tune recipe (LR, batch, distillation from the original), for the short
+    tunes before the pick and the final fine-tune alike, so a short tune ranks candidates by how
+    they recover under exactly the training they will get."""
+
+    lr: float
+    batch_size: int
+    kd_alpha: float
+    kd_temperature: float
+    progress: bool = True
+
+    @classmethod
+    def of(cls, cfg) -> "Recipe":
+        return cls(cfg.lr, cfg.batch_size, cfg.kd_alpha, cfg.kd_temperature, cfg.progress)
+
+    def distill(self, model: nn.Module, split, epochs: float, teacher: nn.Module, seed: int, description: str) -> dict:
+        return train(
+            model, split, epochs, lr=self.lr, batch_size=self.batch_size, seed=seed, teacher=teacher,
+            kd_alpha=self.kd_alpha, kd_temperature=self.kd_temperature, progress=self.progress, description=description,
+        )
 
 
-def refine(cfg, evaluator: Evaluator, teacher: nn.Module, shortlisted: list[Candidate]) -> tuple[list[Candidate], list[dict]]:
+def refine(
+    recipe: Recipe, epochs: float, seed: int, evaluator: Evaluator, teacher: nn.Module, shortlisted: list[Candidate]
+) -> tuple[list[Candidate], list[dict]]:
     """The shortlisted candidates, best after a short fine-tune first (NetAdapt's short-term
     fine-tune), with every candidate's numbers.
 
     Adaptive-BN accuracy ranks networks as they are right after the cut; which one recovers best
-    under fine-tuning is what the job delivers. Every candidate gets the same ``refine_epochs``
-    of the same distillation recipe, same seed and batch order, and is scored on the holdout. The
+    under fine-tuning is what the job delivers. Every candidate gets the same ``epochs`` of the
+    same distillation recipe, same seed and batch order, and is scored on the holdout. The
     picked network's final fine-tune starts again from its pruned weights, so it gets exactly
     ``finetune_epochs`` like any baseline it is compared with.
     """
-    if len(shortlisted) == 1 or cfg.refine_epochs <= 0:
+    if len(shortlisted) == 1 or epochs <= 0:
         return list(shortlisted), []
     rows = []
     for i, cand in enumerate(shortlisted, 1):
         model = evaluator.space.shrink(evaluator.space.plan_of(cand.choice))
-        distill(cfg, model, evaluator.data.train, cfg.refine_epochs, teacher, cfg.seed, f"short tune {i}/{len(shortlisted)}")
+        recipe.distill(model, evaluator.data.train, epochs, teacher, seed, f"short tune {i}/{len(shortlisted)}")
         rows.append({
             "widths": list(cand.widths),
             "latency_ms": cand.latency.median_ms,
@@ -336,3 +352,46 @@ def widen(
     if keep == 0:
         return picked, []
     return evaluator.evaluate(trail[keep]), steps[:keep]
+
+
+@dataclasses.dataclass
+class Selection:
+    """What selection hands the fine-tune: the pick and how it was chosen (report.json rounds[])."""
+
+    picked: Candidate
+    confirmation: Confirmation
+    short_tune: list[dict]
+    widened: list[dict]
+
+
+def select(
+    evaluator: Evaluator, candidates: list[Candidate], seeded: list[Candidate], budget_ms: float, policy: BudgetPolicy,
+    recipe: Recipe, teacher: nn.Module, *, refine_top: int, refine_epochs: float, widen_passes: int, seed: int,
+) -> Selection:
+    """Shortlist (fresh re-measure within the search limit) → short tune → confirm in fresh
+    sessions against the budget less a noise margin → widen into what the budget leaves."""
+    shortlisted = shortlist(evaluator, candidates, policy.search_limit(budget_ms), refine_top, seeded)
+    ranked, rows = refine(recipe, refine_epochs, seed, evaluator, teacher, shortlisted)
+    noise = SessionNoise()
+    picked, confirmation = confirmed(evaluator, ranked, budget_ms, policy, noise)
+    for row in rows:
+        row["picked"] = row["widths"] == list(picked.widths)
+    checks = {picked.widths: confirmation}
+
+    def check(widths: tuple[int, ...]) -> bool:
+        checks[widths] = confirm(evaluator, widths, budget_ms, policy, noise)
+        return checks[widths].passed
+
+    widened: list[dict] = []
+    if widen_passes > 0:
+        before = picked.latency.median_ms
+        step_limit = min(policy.widen_limit(budget_ms), confirmation.limit_ms)
+        picked, widened = widen(evaluator, picked, step_limit, check, widen_passes)
+        if widened:
+            console.print(f"widened the pick by {len(widened)} grid step(s): {before:.4f} → {picked.latency.median_ms:.4f} ms (budget {budget_ms:.4f} ms)")
+    confirmation = checks[picked.widths]
+    console.print(
+        f"confirmed in {len(confirmation.sessions_ms)} fresh sessions: median {confirmation.median_ms:.4f} ms "
+        f"(session spread {confirmation.spread:.1%}), limit {confirmation.limit_ms:.4f} ms, budget {budget_ms:.4f} ms"
+    )
+    return Selection(picked, confirmation, rows, widened)

@@ -14,7 +14,7 @@ from edgeprune.fitness import Candidate, Evaluator, recalibrate_bn
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.search.nsga import objectives, run_nsga2
-from edgeprune.search.pick import SessionNoise, confirm, confirmed, ratio_seeds, refine, shortlist, widen
+from edgeprune.select import Recipe, SessionNoise, confirm, confirmed, ratio_seeds, refine, shortlist, widen
 from edgeprune.space import ChannelSpace, macs_and_params
 from edgeprune.targets import load_profile
 
@@ -139,18 +139,18 @@ def test_shortlist_skips_candidates_whose_fresh_measurement_misses_the_budget(se
 def test_refine_ranks_by_recovery_after_the_short_tune_and_reports_all(setup):
     data, space = setup
     evaluator = SimpleNamespace(space=space, data=data)
-    cfg = SimpleNamespace(refine_epochs=2, lr=0.01, batch_size=64, seed=0, kd_alpha=0.5, kd_temperature=4.0, progress=False)
+    recipe = Recipe(lr=0.01, batch_size=64, kd_alpha=0.5, kd_temperature=4.0, progress=False)
     tiny = space.widths_from_indices(space.min_indices())
     full = space.widths_from_indices(space.full_indices())
     stats = LatencyStats(10, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0)
     # Adaptive-BN says the narrowest network is best; after the short tune the full one wins.
     cands = [Candidate(space.choice(tiny), 0.99, stats, 0, 0), Candidate(space.choice(full), 0.10, stats, 0, 0)]
-    ranked, rows = refine(cfg, evaluator, space.model, cands)
+    ranked, rows = refine(recipe, 2, 0, evaluator, space.model, cands)
     assert [r["holdout_accuracy_adaptive_bn"] for r in rows] == [0.99, 0.10]
     assert rows[1]["holdout_accuracy_short_tune"] > rows[0]["holdout_accuracy_short_tune"]
     assert ranked == [cands[1], cands[0]]  # best after the short tune first
-    cfg.refine_epochs = 0  # off: the shortlist's order (most accurate by adaptive BN first)
-    assert refine(cfg, evaluator, space.model, cands) == (cands, [])
+    # 0 epochs: off, the shortlist's order (most accurate by adaptive BN first)
+    assert refine(recipe, 0, 0, evaluator, space.model, cands) == (cands, [])
 
 
 class _SessionClock:

@@ -338,20 +338,28 @@ def widen(
         if not grew:
             break
 
+    keep = _most_steps_that_pass(trail, check)
+    if keep == 0:
+        return picked, []
+    return evaluator.evaluate(trail[keep]), steps[:keep]
+
+
+def _most_steps_that_pass(trail: list[Choice], check: Callable[[tuple[int, ...]], bool]) -> int:
+    """How many of the accepted widening steps to keep: all when the widest passes ``check``,
+    else the most that do, by bisection (``trail[0]``, the pick itself, already passed)."""
+
     def passes_check(i: int) -> bool:
         return check(tuple(len(k) for k in trail[i]))
 
     keep = len(trail) - 1
     if keep and not passes_check(keep):
-        lo, hi = 0, keep  # trail[lo] passes (the pick), trail[hi] does not
+        lo, hi = 0, keep  # trail[lo] passes, trail[hi] does not
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if passes_check(mid) else (lo, mid)
         console.print(f"  fresh sessions of the widened pick are over the limit; kept {lo} of its {keep} steps")
         keep = lo
-    if keep == 0:
-        return picked, []
-    return evaluator.evaluate(trail[keep]), steps[:keep]
+    return keep
 
 
 @dataclasses.dataclass

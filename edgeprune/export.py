@@ -9,7 +9,6 @@ the old ones under temporary names and renamed into place only when all of them 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeprune.errors import UserError
+from edgeprune.jsonfile import read_json
 from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES
 from edgeprune.progress import console
 from edgeprune.targets import Profile, load_profile, profile_from_untrusted
@@ -53,11 +53,7 @@ def read_report(folder: Path) -> dict:
     path = folder / "report.json"
     if not path.is_file():
         raise UserError(f"{folder} has no report.json; pass a folder written by `edgeprune prune`")
-    try:
-        report = json.loads(path.read_bytes()[: 64 << 20].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON or a 5000-digit number
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:120]
-        raise UserError(f"{path} is not valid JSON ({reason}); run `edgeprune prune` again to rewrite the folder") from None
+    report = read_json(path, "run `edgeprune prune` again to rewrite the folder")
     missing = [k for k in ("data", "preprocess", "target", "input_shape", "artifacts", "pruned") if not isinstance(report, dict) or k not in report]
     if missing:
         raise UserError(f"{path} lacks {', '.join(missing)}; it was not written by this edgeprune, run `edgeprune prune` again")

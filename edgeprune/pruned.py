@@ -8,7 +8,6 @@ the same way, load the weights" (``weights_only=True``), and the result is bitwi
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import UserError
+from edgeprune.jsonfile import read_json
 from edgeprune.space import PLAN_FORMAT_VERSION, ChannelPlan, apply_plan
 
 
@@ -57,11 +57,7 @@ def read_plan(plan_path: str | Path) -> ChannelPlan:
     path = Path(plan_path)
     if not path.is_file():
         raise UserError(f"plan file {path} not found; pass the plan.json from an edgeprune output folder")
-    try:
-        data = json.loads(path.read_bytes()[: 64 << 20].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON or a 5000-digit number
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:120]
-        raise UserError(f"{path} is not valid JSON ({reason}); pass the plan.json edgeprune wrote") from None
+    data = read_json(path, "pass the plan.json edgeprune wrote")
     if not isinstance(data, dict) or data.get("format_version") != PLAN_FORMAT_VERSION:
         found = data.get("format_version") if isinstance(data, dict) else None
         raise UserError(

@@ -18,6 +18,7 @@ import tempfile
 import textwrap
 
 import pytest
+from torch_block import BLOCK_TORCH
 import yaml
 import torch
 from torch import nn
@@ -34,17 +35,10 @@ from edgeprune.targets import MeasureSpec, load_profile
 SHAPE = (1, 3, 32, 32)
 TOKEN = "test-token-0123456789abcdef"
 
-_BLOCKED_TORCH = textwrap.dedent(
+_BLOCKED_TORCH = BLOCK_TORCH + textwrap.dedent(
     """
     import sys
 
-    class BlockTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked: the agent must run without it")
-            return None
-
-    sys.meta_path.insert(0, BlockTorch())
     from edgeprune.cli import main
     code = main(sys.argv[1:])
     assert "torch" not in sys.modules

@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from tiny_models import TinyCNN
+from torch_block import BLOCK_TORCH
 
 from edgeprune.cli import VERBS, build_parser
 from edgeprune.exporters.onnx import export_onnx
@@ -16,17 +17,10 @@ PROFILE = str(Path(__file__).parent / "fixtures" / "fast-cpu.yaml")
 
 # Runs `edgeprune ARGV...` (one argv per line of stdin) in-process with torch blocked, printing
 # "exit-code torch-loaded" per argv: CI runners and devices have onnxruntime but no torch.
-_BLOCKED_TORCH = textwrap.dedent(
+_BLOCKED_TORCH = BLOCK_TORCH + textwrap.dedent(
     """
     import shlex, sys
 
-    class BlockTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked")
-            return None
-
-    sys.meta_path.insert(0, BlockTorch())
     from edgeprune.cli import main
     for line in sys.stdin.read().splitlines():
         try:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from torch_block import BLOCK_TORCH
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeprune.agent import INTERNAL_ERROR, make_server
@@ -38,17 +39,10 @@ SECRET = b"TOPSECRET-7f3a9c-" * 8  # 136 bytes: what a model must never get the 
 OCTET = "application/octet-stream"
 _REPO = str(Path(__file__).resolve().parents[2])  # an agent started in another folder still imports this checkout
 
-_BOOT = textwrap.dedent(
+_BOOT = BLOCK_TORCH + textwrap.dedent(
     """
     import json, sys
 
-    class BlockTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked: the agent must run without it")
-            return None
-
-    sys.meta_path.insert(0, BlockTorch())
     from edgeprune.agent import serve
     token_file, max_upload_mb, options = sys.argv[1] or None, float(sys.argv[2]), json.loads(sys.argv[3])
     serve("127.0.0.1", 0, token_file, max_upload_mb, **options)

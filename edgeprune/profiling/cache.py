@@ -545,17 +545,18 @@ def _fingerprint_problem(fp: Any, details: Any) -> str | None:
     """Why ``details`` cannot be trusted as the fingerprint ``fp``, or None."""
     if not isinstance(fp, str) or not _HASH_RE.fullmatch(fp):
         return "is not a fingerprint hash (16 lowercase hex digits)"
-    problem = _details_problem(details)
+    problem = details_problem(details)
     if problem is not None:
         return problem
     got = fingerprint_hash(details)
     return None if got == fp else f"does not match its details (they hash to {got})"
 
 
-def _details_problem(details: Any, depth: int = 0) -> str | None:
+def details_problem(details: Any, depth: int = 0) -> str | None:
     """Why ``details`` is not shaped like a fingerprint, or None. A fingerprint is an object of
     at most 64 short keys whose values are plain (null, boolean, number, short printable string)
-    or, one level deep only, such an object (the Jetson facts)."""
+    or, one level deep only, such an object (the Jetson facts). The remote backend holds a
+    device's facts to the same rule, so what an agent reports is what an export can carry."""
     if not isinstance(details, dict):
         return f"must be an object of plain values, got {_show(details)}"
     if len(details) > MAX_DETAIL_KEYS:
@@ -564,7 +565,7 @@ def _details_problem(details: Any, depth: int = 0) -> str | None:
         if not isinstance(key, str) or not _DETAIL_KEY_RE.fullmatch(key):
             return f"has a detail named {_show(key)} (1 to 64 letters, digits, '_', '.' or '-' expected)"
         if isinstance(value, dict) and depth == 0:
-            problem = _details_problem(value, depth + 1)
+            problem = details_problem(value, depth + 1)
             if problem is not None:
                 return f"detail '{key}' {problem}"
         elif not _is_plain(value):

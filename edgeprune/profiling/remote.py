@@ -18,6 +18,7 @@ from typing import Any
 
 from edgeprune.errors import UserError
 from edgeprune.profiling.backend import Backend
+from edgeprune.profiling.cache import details_problem
 from edgeprune.profiling.credentials import TOKEN_ENV, URL_ENV, config_path, token_for
 from edgeprune.profiling.fingerprint import compose_fingerprint
 from edgeprune.profiling.stats import LatencyStats, NodeTimes
@@ -178,24 +179,10 @@ def _json_reply(data: bytes, url: str) -> dict[str, Any]:
     return reply
 
 
-def _plain_facts(facts: Any, depth: int = 0) -> bool:
-    """A small object of plain values, nested at most once (a Jetson's facts hold a ``jetson`` object)."""
-    if not isinstance(facts, dict) or len(facts) > 64:
-        return False
-    for key, value in facts.items():
-        if not isinstance(key, str) or len(key) > 64:
-            return False
-        if isinstance(value, dict):
-            if depth or not _plain_facts(value, depth + 1):
-                return False
-        elif not (value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 500)):
-            return False
-    return True
-
-
 def _device_facts(reply: dict[str, Any], url: str) -> dict[str, Any]:
     """The agent's device facts, checked: they become part of every cache key of this device."""
     facts = reply.get("device")
-    if not _plain_facts(facts):
-        raise UserError(f"agent {url} sent malformed device facts; upgrade edgeprune on the device to this version")
+    problem = details_problem(facts)
+    if problem is not None:
+        raise UserError(f"agent {url} sent malformed device facts (they {problem[:120]}); upgrade edgeprune on the device to this version")
     return facts

@@ -96,12 +96,7 @@ def check_model_bytes(blob: bytes, max_input_elements: int = MAX_INPUT_ELEMENTS)
         raise ModelRejected(f"the model has {len(inputs)} inputs; edgeprune times single-input models")
     shape = inputs[0].type.tensor_type.shape
     dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in shape.dim)
-    known = [d for d in dims if d is not None]
-    if known and math.prod(known) > max_input_elements:
-        raise ModelRejected(
-            f"the input shape {'x'.join(str(d) for d in dims)} has more than {max_input_elements} elements; "
-            "export the model at the input size it runs at on the device"
-        )
+    check_input_size(tuple(d for d in dims if d is not None), max_input_elements)  # symbolic ones are checked once filled in
     return CheckedModel(proto=proto, input_name=inputs[0].name, dims=dims)
 
 

@@ -27,9 +27,9 @@ import typing
 from pathlib import Path
 
 from edgeprune.errors import UserError
-from edgeprune.fitness import Candidate
+from edgeprune.choice import Choice, Group, GroupLayout
 from edgeprune.profiling.stats import LatencyStats
-from edgeprune.space import ChannelSpace, Choice, Group
+from edgeprune.search.interface import Candidate
 
 CHECKPOINT_FORMAT_VERSION = 1
 
@@ -158,7 +158,7 @@ _EVALUATION = _object(
         "from_cache": _BOOL,
         "seconds": _NONNEG,
     },
-    {"predicted": _BOOL},
+    {"predicted": _BOOL, "scores": _values(_rule(_is_number, "a finite number"))},
 )
 _GENERATION = _object(
     {
@@ -269,7 +269,7 @@ class SearchJournal:
 
     Opening a journal readies its files for appending (see :func:`_cut_torn_tail`)."""
 
-    def __init__(self, folder: Path, space: ChannelSpace):
+    def __init__(self, folder: Path, space: GroupLayout):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.space = space
@@ -307,6 +307,7 @@ class SearchJournal:
                 "from_cache": cand.from_cache,
                 "seconds": cand.seconds,
                 "predicted": cand.predicted,
+                "scores": cand.scores,
             },
         )
 
@@ -321,6 +322,7 @@ class SearchJournal:
             from_cache=r["from_cache"],
             seconds=float(r["seconds"]),
             predicted=r.get("predicted", False),
+            scores={k: float(v) for k, v in r.get("scores", {}).items()},
         )
 
     def candidates(self) -> list[Candidate]:
@@ -484,7 +486,7 @@ class RunCheckpoint:
         _write_json_atomic(folder / "plan.json", plan)
         _write_json_atomic(folder / "done.json", summary)  # written last: marks the round complete
 
-    def finished_round(self, number: int, space: ChannelSpace | None = None) -> tuple[dict, dict, Path] | None:
+    def finished_round(self, number: int, space: GroupLayout | None = None) -> tuple[dict, dict, Path] | None:
         """``(summary, plan, state_dict_path)`` of a completed round, else None.
 
         Checked so that rebuilding the round cannot fail on them: the shapes, the round number,
@@ -505,7 +507,7 @@ class RunCheckpoint:
             raise _error(folder / "state_dict.pt", self.folder, "missing")
         return summary, plan, folder / "state_dict.pt"
 
-    def _check_plan(self, path: Path, kept: dict, space: ChannelSpace) -> None:
+    def _check_plan(self, path: Path, kept: dict, space: GroupLayout) -> None:
         """A round's plan is on the original model: the same groups, indices below their widths."""
         full = {g.name: g.full for g in space.groups}
         if set(kept) != set(full):

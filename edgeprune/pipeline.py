@@ -24,18 +24,19 @@ from edgeprune.budget import DEFAULT_POLICY
 from edgeprune.data import DataBundle, load_data
 from edgeprune.errors import UserError
 from edgeprune.exporters.package import ExportOptions, build_package, finalize
-from edgeprune.fitness import Evaluator
+from edgeprune.latency import ProfiledLatency
 from edgeprune.models import check_input, load_model, parse_shape
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.progress import console
 from edgeprune.report import plot_pareto, print_summary, write_json
 from edgeprune.rounds import round_budgets, run_rounds
-from edgeprune.search.checkpoint import RunCheckpoint
+from edgeprune.checkpoint import RunCheckpoint
+from edgeprune.problem import DEFAULT_OBJECTIVES, PruningProblem, parse_objectives
 from edgeprune.search.encoding import make_encoding
 from edgeprune.space import ChannelSpace, layer_widths, macs_and_params
 from edgeprune.targets import Profile, load_profile
-from edgeprune.training import evaluate
+from edgeprune.task import Classification, Recipe
 
 
 
@@ -71,6 +72,7 @@ class PruneConfig:
     rounds: int = 1
     strategy: str = "nsga2"
     encoding: str = "width"
+    objectives: str = ",".join(DEFAULT_OBJECTIVES)
     screen: bool = True
     resume: bool = False
 
@@ -100,6 +102,7 @@ def _validate(cfg: PruneConfig) -> None:
     for flag, value, ok, what in _numeric_rules(cfg):
         if not ok:
             raise UserError(f"{flag} must be {what}, got {value}")
+    parse_objectives(cfg.objectives)
     if cfg.strategy not in ("nsga2", "coevolution"):
         raise UserError(f"unknown --strategy {cfg.strategy!r}; choose nsga2 or coevolution")
     out = Path(cfg.out)
@@ -172,7 +175,8 @@ class _Job:
     spec: dict
     space: ChannelSpace
     profiler: Profiler
-    evaluator: Evaluator
+    task: Classification
+    problem: PruningProblem  # on the original model: the baseline, then round 1
     checkpoint: RunCheckpoint
     phases: dict
 
@@ -187,13 +191,16 @@ def run_prune(cfg: PruneConfig) -> dict:
     job.phases["baseline_s"] = time.perf_counter() - t
     budgets = round_budgets(baseline_latency.median_ms, budget_ms, cfg.rounds)
     t = time.perf_counter()
-    rounds = run_rounds(cfg, job.model, job.evaluator, budgets, DEFAULT_POLICY, job.checkpoint, lambda sp: make_encoding(cfg.encoding, sp))
+    rounds = run_rounds(
+        cfg, job.model, job.problem, budgets, DEFAULT_POLICY, job.checkpoint, lambda sp: make_encoding(cfg.encoding, sp),
+        lambda sp: ProfiledLatency(sp, job.profiler, job.profile.opset, job.profile.batch),
+    )
     job.phases["rounds_s"] = time.perf_counter() - t
     job.phases["search_s"] = sum(r.summary["search_s"] for r in rounds)
     job.phases["finetune_s"] = sum(r.summary["finetune_s"] for r in rounds)
     t = time.perf_counter()
     final = rounds[-1]
-    pruned_acc = evaluate(final.model, job.data.test)
+    pruned_acc = job.task.test_score(final.model)
     # Checked + slimmed ONNX, timed fresh next to the unpruned model, latency and fingerprint in
     # its metadata, parity and ONNX Runtime accuracy measured; manifest and card written below.
     package = build_package(
@@ -225,32 +232,35 @@ def _load(cfg: PruneConfig) -> _Job:
     if not space.groups:
         raise UserError(f"{cfg.model} has no prunable channel group wider than the target's step ({profile.channel_step})")
     profiler = Profiler(profile, cache_path=Path(cfg.cache) if cfg.cache else None, use_cache=not cfg.no_cache)
-    evaluator = Evaluator(space, data, profiler, profile.opset, batch=profile.batch, seed=cfg.seed)
+    task = Classification(data, Recipe.of(cfg), seed=cfg.seed)
+    latency = ProfiledLatency(space, profiler, profile.opset, profile.batch)
+    problem = PruningProblem(space, task, latency, objective_names=parse_objectives(cfg.objectives))
     phases = {"load_s": time.perf_counter() - t0}
-    return _Job(cfg, profile, data, model, spec, space, profiler, evaluator, RunCheckpoint(Path(cfg.out)), phases)
+    return _Job(cfg, profile, data, model, spec, space, profiler, task, problem, RunCheckpoint(Path(cfg.out)), phases)
 
 
 def _baseline(job: _Job) -> tuple[LatencyStats, float, object]:
     """The unpruned model's latency (the unit every later number is in) and the budget; both come
     back from the checkpoint on --resume, so a resumed search aims at exactly the same targets."""
-    cfg, space, evaluator = job.cfg, job.space, job.evaluator
+    cfg, space, problem = job.cfg, job.space, job.problem
     console.print(f"[bold]{cfg.model}[/bold] on [bold]{job.profile.name}[/bold]: {len(space.groups)} prunable groups; measuring baseline")
     full = space.widths_from_indices(space.full_indices())
     if cfg.resume:
         run = job.checkpoint.read_run()
-        baseline_latency = evaluator.set_reference(full, anchor=LatencyStats.from_dict(run["anchor"]))
+        baseline_latency = problem.latency.set_reference(full, anchor=LatencyStats.from_dict(run["anchor"]))
         budget_ms = run["budget_ms"]
     else:
-        baseline_latency = evaluator.set_reference(full)
+        baseline_latency = problem.latency.set_reference(full)
         budget_ms = cfg.budget_ms if cfg.budget_ms is not None else baseline_latency.median_ms / cfg.speedup
-    smallest = evaluator.evaluate_widths(space.widths_from_indices(space.min_indices()))
+    problem.reference_ms = baseline_latency.median_ms  # the hypervolume's unit
+    smallest = problem.evaluate_widths(space.widths_from_indices(space.min_indices()))
     if smallest.latency.median_ms > budget_ms:
         raise UserError(
             f"budget {budget_ms:.4g} ms is below what the smallest allowed network reaches on {job.profile.name} "
             f"({smallest.latency.median_ms:.4g} ms; unpruned {baseline_latency.median_ms:.4g} ms); "
             f"raise --budget-ms to at least {smallest.latency.median_ms * 1.05:.4g} or lower --speedup"
         )
-    baseline = evaluator.evaluate_widths(full)
+    baseline = problem.evaluate_widths(full)
     console.print(
         f"baseline {baseline_latency.median_ms:.4f} ms (p90 {baseline_latency.p90_ms:.4f}), "
         f"held-out accuracy {baseline.accuracy:.2%}; budget {budget_ms:.4f} ms"
@@ -291,7 +301,7 @@ def _report(job: _Job, rounds, package, baseline, baseline_latency: LatencyStats
         "data": job.data.describe(),
         "preprocess": job.data.preprocess.to_dict(),
         "baseline": {
-            "accuracy": evaluate(job.model, job.data.test), "holdout_accuracy": baseline.accuracy,
+            "accuracy": job.task.test_score(job.model), "holdout_accuracy": baseline.accuracy,
             "latency_ms": baseline_latency.to_dict(), "macs": base_macs, "params": base_params,
         },
         "pruned": {
@@ -321,16 +331,17 @@ def _search_section(job: _Job, rounds) -> dict:
     return {
         "strategy": cfg.strategy,
         "encoding": cfg.encoding,
+        "objectives": list(parse_objectives(cfg.objectives)),
         "population": cfg.population,
         "generations": rounds[-1].result.generations,
         "rounds": cfg.rounds,
         # evaluations: distinct networks scored in this process; restored: answered from the
         # checkpoint of an interrupted run (--resume).
-        "evaluations": sum(r.evaluator.evaluations for r in rounds),
-        "restored": sum(r.evaluator.restored for r in rounds),
+        "evaluations": sum(r.problem.evaluations for r in rounds),
+        "restored": sum(r.problem.restored_count for r in rounds),
         "latency_measurements": job.profiler.measurements,
         # candidates the surrogate predicted far over the limit, so neither timed nor scored
-        "surrogate_skips": sum(r.evaluator.screen.skips for r in rounds if r.evaluator.screen),
+        "surrogate_skips": sum(r.problem.screen.skips for r in rounds if r.problem.screen),
         "cache_hits": job.profiler.cache_hits,
         "wall_s": job.phases["search_s"],
         "seed": cfg.seed,

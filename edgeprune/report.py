@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # files only: no display on CI or edge build hosts
 import matplotlib.pyplot as plt  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from edgeprune.fitness import Candidate  # noqa: E402
+from edgeprune.search.interface import Candidate  # noqa: E402
 from edgeprune.progress import console  # noqa: E402
 
 

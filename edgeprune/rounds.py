@@ -19,26 +19,30 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from collections.abc import Callable
+
 from edgeprune.budget import BudgetPolicy
+from edgeprune.checkpoint import RunCheckpoint, SearchJournal
 from edgeprune.errors import UserError
-from edgeprune.fitness import Candidate, Evaluator
-from edgeprune.progress import console
-from edgeprune.search.checkpoint import RunCheckpoint, SearchJournal
-from edgeprune.search.coevolution import run_coevolution
-from edgeprune.search.nsga import SearchResult, run_nsga2
-from edgeprune.select import Recipe, Selection, ratio_seeds, select
-from edgeprune.search.screening import Screen
+from edgeprune.latency import LatencySource
+from edgeprune.problem import PruningProblem
 from edgeprune.profiling.surrogate import LatencySurrogate
+from edgeprune.progress import console
+from edgeprune.screening import Screen
+from edgeprune.search.coevolution import run_coevolution
+from edgeprune.search.interface import Candidate
+from edgeprune.search.nsga import SearchResult, run_nsga2
+from edgeprune.select import Selection, ratio_seeds, select
 from edgeprune.space import ChannelPlan, ChannelSpace, apply_plan
-from edgeprune.training import evaluate
+
 
 @dataclass
 class Round:
     number: int
     budget_ms: float
     space: ChannelSpace
-    evaluator: Evaluator
-    result: SearchResult
+    problem: PruningProblem
+    result: SearchResult | None
     picked: Candidate
     model: nn.Module
     plan: ChannelPlan  # relative to the original model
@@ -70,91 +74,106 @@ def rebuild(original: nn.Module, plan: ChannelPlan, state_dict: dict) -> nn.Modu
 def run_rounds(
     cfg,
     original: nn.Module,
-    first: Evaluator,
+    first: PruningProblem,
     budgets: list[float],
     policy: BudgetPolicy,
     checkpoint: RunCheckpoint,
     make_encoding,
+    latency_for: Callable[[ChannelSpace], LatencySource],
 ) -> list[Round]:
-    """Every round's search, selection and fine-tune; finished rounds come back from ``checkpoint``."""
+    """Every round's search, selection and fine-tune; finished rounds come back from ``checkpoint``.
+
+    ``first`` is the job's problem on the original model (it scored the baseline);
+    ``latency_for`` gives the latency source of a later round's space."""
     rounds: list[Round] = []
     plan = first.space.plan(first.space.widths_from_indices(first.space.full_indices()))
-    model, evaluator = original, first
+    model, space = original, first.space
     for number, budget in enumerate(budgets, 1):
         if number > 1:
             space = ChannelSpace(model, first.space.input_shape, first.space.step, model_spec=first.space.model_spec)
             if not space.groups:
                 console.print(f"round {number}: no group is wider than one step any more; stopping after round {number - 1}")
                 break
-            evaluator = Evaluator(space, first.data, first.profiler, first.opset, batch=first.batch, seed=cfg.seed)
+        latency = first.latency if number == 1 else latency_for(space)
         finished = checkpoint.finished_round(number, first.space)
         if finished is not None and number < len(budgets):
-            done = _restored(number, budget, evaluator, None, None, finished, original, plan)
+            problem = PruningProblem(space, first.task, latency, reference_ms=first.reference_ms)
+            done = _restored(number, budget, problem, None, None, finished, original, plan)
             console.print(f"round {number}: restored from the checkpoint ({done.summary['latency_ms']:.4f} ms)")
         else:
-            t = time.perf_counter()
-            result, seeded = _search(cfg, number, budgets, evaluator, first, policy, checkpoint, make_encoding)
-            if finished is not None:  # the last round finished before the kill: same pick, same weights
-                picked = next((c for c in evaluator.known() if list(c.widths) == finished[0]["group_widths_round"]), None)
-                if picked is None:
-                    raise UserError(
-                        f"checkpoint {checkpoint.round_folder(number)}/done.json names a pick the round never evaluated; "
-                        f"delete the checkpoint folder {checkpoint.folder} and start again"
-                    )
-                done = _restored(number, budget, evaluator, result, picked, finished, original, plan)
-            else:
-                selection = select(
-                    evaluator, result.candidates, seeded, budget, policy, Recipe.of(cfg), original,
-                    refine_top=cfg.refine_top, refine_epochs=cfg.refine_epochs, widen_passes=cfg.widen_passes, seed=cfg.seed,
-                )
-                done = _finish(cfg, number, budgets, evaluator, result, seeded, selection, original, plan, time.perf_counter() - t)
-                checkpoint.save_round(number, done.summary, done.plan.to_dict(), done.model.state_dict())
+            done = _round(cfg, number, budgets, space, latency, first, policy, checkpoint, make_encoding, finished, original, plan)
         rounds.append(done)
         model, plan = done.model, done.plan
     return rounds
 
 
-def _restored(number, budget, evaluator, result, picked, finished, original, plan) -> Round:
+def _round(cfg, number, budgets, space, latency, first, policy, checkpoint, make_encoding, finished, original, plan) -> Round:
+    """Search, then select and fine-tune, of a round that did not finish before a kill (or the
+    last round, whose pick is looked up again when it did)."""
+    t = time.perf_counter()
+    budget = budgets[number - 1]
+    problem = _problem(cfg, number, space, latency, first, policy.search_limit(budget), checkpoint, policy)
+    if len(budgets) > 1:
+        console.print(f"round {number}/{len(budgets)}: budget {budget:.4f} ms")
+    result, seeded = _search(cfg, problem, make_encoding)
+    if finished is not None:  # the last round finished before the kill: same pick, same weights
+        picked = next((c for c in problem.known_candidates() if list(c.widths) == finished[0]["group_widths_round"]), None)
+        if picked is None:
+            raise UserError(
+                f"checkpoint {checkpoint.round_folder(number)}/done.json names a pick the round never evaluated; "
+                f"delete the checkpoint folder {checkpoint.folder} and start again"
+            )
+        return _restored(number, budget, problem, result, picked, finished, original, plan)
+    selection = select(
+        problem, result.candidates, seeded, budget, policy, original,
+        refine_top=cfg.refine_top, refine_epochs=cfg.refine_epochs, widen_passes=cfg.widen_passes, seed=cfg.seed,
+    )
+    done = _finish(cfg, number, budgets, problem, result, seeded, selection, original, plan, time.perf_counter() - t)
+    checkpoint.save_round(number, done.summary, done.plan.to_dict(), done.model.state_dict())
+    return done
+
+
+def _problem(cfg, number, space, latency, first: PruningProblem, limit_ms, checkpoint, policy) -> PruningProblem:
+    """The round's problem against the search limit, journaled so that a kill can resume it: the
+    journal's candidates answer the replayed search, and its generations are written again."""
+    journal = SearchJournal(checkpoint.round_folder(number), space)
+    restored = journal.candidates()
+    journal.generations_path.unlink(missing_ok=True)
+    screen = None
+    if cfg.screen and cfg.strategy == "nsga2" and latency.has_node_times:
+        screen = Screen(LatencySurrogate(latency.shape), limit_ms=limit_ms)
+    return PruningProblem(
+        space, first.task, latency, limit_ms=limit_ms, focus=policy.focus, reference_ms=first.reference_ms,
+        objective_names=first.objective_names, model_scores=first.model_scores, journal=journal, screen=screen,
+        known=first.evaluated() if number == 1 else (), restored=restored,
+    )
+
+
+def _restored(number, budget, problem, result, picked, finished, original, plan) -> Round:
     summary, plan_dict, state_path = finished
     plan = ChannelPlan(kept=plan_dict["kept"], model_spec=plan.model_spec, input_shape=plan.input_shape)
     model = rebuild(original, plan, torch.load(state_path, map_location="cpu", weights_only=True))
-    return Round(number, budget, evaluator.space, evaluator, result, picked, model, plan, summary)
+    return Round(number, budget, problem.space, problem, result, picked, model, plan, summary)
 
 
-def _search(cfg, number, budgets, evaluator, first, policy, checkpoint, make_encoding) -> tuple[SearchResult, list[Candidate]]:
-    """One round's search against the policy's search limit, journaled so a kill can resume it;
-    returns the result and the evaluated ratio-profile seeds."""
-    budget, space = budgets[number - 1], evaluator.space
-    search_budget = policy.search_limit(budget)
-    journal = SearchJournal(checkpoint.round_folder(number), space)
-    evaluator.journal = journal
-    evaluator.restore(journal.candidates())
-    journal.generations_path.unlink(missing_ok=True)  # the replay writes them again
-    if len(budgets) > 1:
-        console.print(f"round {number}/{len(budgets)}: budget {budget:.4f} ms")
-    reference_ms = first.profiler.anchor.median_ms if first.profiler.anchor else None
-    if cfg.screen and cfg.strategy == "nsga2" and first.profiler.has_node_times:
-        evaluator.screen = Screen(LatencySurrogate(evaluator.shape), limit_ms=search_budget)
-    seeds = ratio_seeds(evaluator, search_budget)  # NSGA-II starts from them; both short-tune them
+def _search(cfg, problem: PruningProblem, make_encoding) -> tuple[SearchResult, list[Candidate]]:
+    """The round's search; returns the result and the evaluated ratio-profile seeds."""
+    seeds = ratio_seeds(problem, problem.limit_ms)  # NSGA-II starts from them; both short-tune them
     if cfg.strategy == "coevolution":
-        result = run_coevolution(
-            evaluator, search_budget, cfg.population, cfg.generations, cfg.seed, cfg.progress,
-            journal=journal, reference_ms=reference_ms,
-        )
+        result = run_coevolution(problem, cfg.population, cfg.generations, cfg.seed, cfg.progress, journal=problem.journal)
     else:
         result = run_nsga2(
-            evaluator, search_budget, cfg.population, cfg.generations, cfg.seed, cfg.progress,
-            encoding=make_encoding(space), journal=journal, reference_ms=reference_ms,
-            seeds=seeds, focus=policy.focus,
+            problem, cfg.population, cfg.generations, cfg.seed, cfg.progress,
+            encoding=make_encoding(problem.space), journal=problem.journal, seeds=seeds,
         )
-    seeded = [evaluator.evaluate_widths(space.widths_from_indices(s)) for s in seeds]  # evaluated already
+    seeded = [problem.evaluate_widths(problem.space.widths_from_indices(s)) for s in seeds]  # evaluated already
     return result, seeded
 
 
-def _finish(cfg, number, budgets, evaluator, result, seeded, selection: Selection, original, plan, search_s: float) -> Round:
+def _finish(cfg, number, budgets, problem, result, seeded, selection: Selection, original, plan, search_s: float) -> Round:
     """Fine-tune the pick, compose its plan onto the original model (checked to rebuild it
     exactly) and summarise the round."""
-    space, picked = evaluator.space, selection.picked
+    space, picked = problem.space, selection.picked
     round_plan = space.plan_of(picked.choice)
     pruned = space.shrink(round_plan)
     tuned = next((r["holdout_accuracy_short_tune"] for r in selection.short_tune if r.get("picked")), None)
@@ -166,8 +185,8 @@ def _finish(cfg, number, budgets, evaluator, result, seeded, selection: Selectio
     t = time.perf_counter()
     finetune = {"epochs": cfg.finetune_epochs, "lr": cfg.lr, "kd_alpha": cfg.kd_alpha, "kd_temperature": cfg.kd_temperature}
     if cfg.finetune_epochs > 0:
-        finetune |= Recipe.of(cfg).distill(
-            pruned, evaluator.data.train, cfg.finetune_epochs, original, cfg.seed + number - 1,
+        finetune |= problem.task.fine_tune(
+            pruned, original, cfg.finetune_epochs, cfg.seed + number - 1,
             f"fine-tune (round {number})" if len(budgets) > 1 else "fine-tune",
         )
     pruned.eval()
@@ -178,12 +197,12 @@ def _finish(cfg, number, budgets, evaluator, result, seeded, selection: Selectio
         "budget_ms": budgets[number - 1],
         "latency_ms": picked.latency.median_ms,
         "holdout_accuracy_before_finetune": picked.accuracy,
-        "holdout_accuracy": evaluate(pruned, evaluator.data.holdout),
+        "holdout_accuracy": problem.task.score(pruned),
         "macs": picked.macs,
         "params": picked.params,
         "group_widths_round": list(picked.widths),
-        "evaluations": len(evaluator.results),
-        "screen": evaluator.screen.to_dict() if evaluator.screen else None,
+        "evaluations": len(problem.results),
+        "screen": problem.screen.to_dict() if problem.screen else None,
         "seeds": [list(c.widths) for c in seeded],
         "short_tune": selection.short_tune,
         "widened": selection.widened,
@@ -193,7 +212,7 @@ def _finish(cfg, number, budgets, evaluator, result, seeded, selection: Selectio
         "finetune": finetune,
         "pareto": [c.summary(space) for c in result.pareto],
     }
-    return Round(number, budgets[number - 1], space, evaluator, result, picked, pruned, plan, summary)
+    return Round(number, budgets[number - 1], space, problem, result, picked, pruned, plan, summary)
 
 
 def _check_rebuilds(number: int, original: nn.Module, plan: ChannelPlan, pruned: nn.Module) -> None:

@@ -20,17 +20,18 @@ from collections.abc import Callable
 from torch import nn
 
 from edgeprune.budget import BudgetPolicy
-from edgeprune.fitness import Candidate, Evaluator
+from edgeprune.choice import Choice, Group
+from edgeprune.problem import PruningProblem
 from edgeprune.progress import console
-from edgeprune.space import Choice, Group, macs_and_params
-from edgeprune.training import evaluate, train
+from edgeprune.search.interface import Candidate
+from edgeprune.space import macs_and_params
 
 # How many candidates that fail their fresh re-measure the shortlist may skip.
 _PICK_TRIES = 5
 
 
 def shortlist(
-    evaluator: Evaluator, candidates: list[Candidate], limit_ms: float, size: int, seeds: list[Candidate] = ()
+    problem: PruningProblem, candidates: list[Candidate], limit_ms: float, size: int, seeds: list[Candidate] = ()
 ) -> list[Candidate]:
     """The feasible ``seeds``, in order, each unless a seed already taken is at least as wide in
     every group; then up to ``size`` of the most accurate other feasible candidates. Each one's
@@ -49,7 +50,7 @@ def shortlist(
         return not c.predicted and c.latency.median_ms <= limit_ms
 
     def passes(c: Candidate) -> bool:
-        fresh = evaluator.latency(c.widths, fresh=True)
+        fresh = problem.latency_of(c.widths, fresh=True)
         if fresh.median_ms > limit_ms:
             console.print(f"  re-measure of a candidate: {fresh.median_ms:.4f} ms > the search limit {limit_ms:.4f} ms; trying the next one")
         return fresh.median_ms <= limit_ms
@@ -71,38 +72,15 @@ def shortlist(
     return chosen or [min((c for c in candidates if not c.predicted), key=lambda c: c.latency.median_ms)]
 
 
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """The job's one fine-tune recipe (LR, batch, distillation from the original), for the short
-    tunes before the pick and the final fine-tune alike, so a short tune ranks candidates by how
-    they recover under exactly the training they will get."""
-
-    lr: float
-    batch_size: int
-    kd_alpha: float
-    kd_temperature: float
-    progress: bool = True
-
-    @classmethod
-    def of(cls, cfg) -> "Recipe":
-        return cls(cfg.lr, cfg.batch_size, cfg.kd_alpha, cfg.kd_temperature, cfg.progress)
-
-    def distill(self, model: nn.Module, split, epochs: float, teacher: nn.Module, seed: int, description: str) -> dict:
-        return train(
-            model, split, epochs, lr=self.lr, batch_size=self.batch_size, seed=seed, teacher=teacher,
-            kd_alpha=self.kd_alpha, kd_temperature=self.kd_temperature, progress=self.progress, description=description,
-        )
-
-
 def refine(
-    recipe: Recipe, epochs: float, seed: int, evaluator: Evaluator, teacher: nn.Module, shortlisted: list[Candidate]
+    epochs: float, seed: int, problem: PruningProblem, teacher: nn.Module, shortlisted: list[Candidate]
 ) -> tuple[list[Candidate], list[dict]]:
     """The shortlisted candidates, best after a short fine-tune first (NetAdapt's short-term
     fine-tune), with every candidate's numbers.
 
     Adaptive-BN accuracy ranks networks as they are right after the cut; which one recovers best
     under fine-tuning is what the job delivers. Every candidate gets the same ``epochs`` of the
-    same distillation recipe, same seed and batch order, and is scored on the holdout. The
+    task's fine-tune recipe, same seed and batch order, and the task's score. The
     picked network's final fine-tune starts again from its pruned weights, so it gets exactly
     ``finetune_epochs`` like any baseline it is compared with.
     """
@@ -110,13 +88,13 @@ def refine(
         return list(shortlisted), []
     rows = []
     for i, cand in enumerate(shortlisted, 1):
-        model = evaluator.space.shrink(evaluator.space.plan_of(cand.choice))
-        recipe.distill(model, evaluator.data.train, epochs, teacher, seed, f"short tune {i}/{len(shortlisted)}")
+        model = problem.space.shrink(problem.space.plan_of(cand.choice))
+        problem.task.fine_tune(model, teacher, epochs, seed, f"short tune {i}/{len(shortlisted)}")
         rows.append({
             "widths": list(cand.widths),
             "latency_ms": cand.latency.median_ms,
             "holdout_accuracy_adaptive_bn": cand.accuracy,
-            "holdout_accuracy_short_tune": evaluate(model, evaluator.data.holdout),
+            "holdout_accuracy_short_tune": problem.task.score(model),
         })
     order = sorted(range(len(rows)), key=lambda i: (-rows[i]["holdout_accuracy_short_tune"], rows[i]["latency_ms"]))
     return [shortlisted[i] for i in order], rows
@@ -180,7 +158,7 @@ class Confirmation:
 
 
 def confirm(
-    evaluator: Evaluator, widths: tuple[int, ...], budget_ms: float, policy: BudgetPolicy, noise: SessionNoise,
+    problem: PruningProblem, widths: tuple[int, ...], budget_ms: float, policy: BudgetPolicy, noise: SessionNoise,
     sessions: int = CONFIRM_SESSIONS,
 ) -> Confirmation:
     """``widths`` timed in ``sessions`` fresh sessions; it passes when their median is within the
@@ -193,20 +171,20 @@ def confirm(
     median of n sessions has a standard error of about 1.25 sigma / sqrt(n), and two such checks
     differ by sqrt(2) times that, so the margin grows with the spread ``noise`` has seen.
     """
-    runs = [evaluator.latency(widths, fresh=True).median_ms for _ in range(sessions)]
+    runs = [problem.latency_of(widths, fresh=True).median_ms for _ in range(sessions)]
     noise.add(runs)
     gap_se = 1.25 * noise.spread * math.sqrt(2 / sessions)
     return Confirmation(runs, noise.spread, policy.confirmation_limit(budget_ms, gap_se))
 
 
 def confirmed(
-    evaluator: Evaluator, ranked: list[Candidate], budget_ms: float, policy: BudgetPolicy, noise: SessionNoise
+    problem: PruningProblem, ranked: list[Candidate], budget_ms: float, policy: BudgetPolicy, noise: SessionNoise
 ) -> tuple[Candidate, Confirmation]:
     """The first of ``ranked`` (best first) that passes :func:`confirm`; when none does, the one
     whose sessions measured fastest, with a warning that its budget is not assured."""
     tried = []
     for cand in ranked:
-        check = confirm(evaluator, cand.widths, budget_ms, policy, noise)
+        check = confirm(problem, cand.widths, budget_ms, policy, noise)
         if check.passed:
             return cand, check
         console.print(
@@ -227,7 +205,7 @@ def confirmed(
 SEED_ALPHAS = (0.0, 1.0, 2.0)
 
 
-def ratio_seeds(evaluator: Evaluator, budget_ms: float, alphas: tuple[float, ...] = SEED_ALPHAS) -> list[list[int]]:
+def ratio_seeds(problem: PruningProblem, budget_ms: float, alphas: tuple[float, ...] = SEED_ALPHAS) -> list[list[int]]:
     """Width indices, for each exponent in ``alphas``, of the widest ratio (0.05 grid) of
     :meth:`ChannelSpace.scaled_indices` whose measured latency meets ``budget_ms`` and of the
     next narrower ratio (in case the widest fails its re-measure).
@@ -240,23 +218,23 @@ def ratio_seeds(evaluator: Evaluator, budget_ms: float, alphas: tuple[float, ...
     """
     seeds: list[list[int]] = []
     for alpha in alphas:
-        found = _widest_scaled(evaluator, budget_ms, alpha)
+        found = _widest_scaled(problem, budget_ms, alpha)
         if found is None:  # the unpruned model already meets the budget
-            return [evaluator.space.full_indices()]
+            return [problem.space.full_indices()]
         seeds += [s for s in found if s not in seeds]
     return seeds
 
 
-def _widest_scaled(evaluator: Evaluator, budget_ms: float, alpha: float) -> list[list[int]] | None:
+def _widest_scaled(problem: PruningProblem, budget_ms: float, alpha: float) -> list[list[int]] | None:
     """The widest ratio's indices meeting the budget and the next narrower one's (found by
     bisection: latency grows with the ratio, so a handful of measurements), or None when even
     full width meets it."""
-    space = evaluator.space
+    space = problem.space
     ratios = [round(0.05 * k, 2) for k in range(1, math.ceil(space.full_ratio(alpha) / 0.05 - 1e-9) + 1)]
 
     def meets(i: int) -> bool:
         widths = space.widths_from_indices(space.scaled_indices(ratios[i], alpha))
-        return evaluator.evaluate_widths(widths).latency.median_ms <= budget_ms
+        return problem.evaluate_widths(widths).latency.median_ms <= budget_ms
 
     if meets(len(ratios) - 1):
         return None
@@ -282,7 +260,7 @@ def _wider(group: Group, kept: tuple[int, ...]) -> tuple[int, ...] | None:
 
 
 def widen(
-    evaluator: Evaluator, picked: Candidate, limit_ms: float, check: Callable[[tuple[int, ...]], bool], passes: int = 3
+    problem: PruningProblem, picked: Candidate, limit_ms: float, check: Callable[[tuple[int, ...]], bool], passes: int = 3
 ) -> tuple[Candidate, list[dict]]:
     """The pick grown one grid step at a time while its measured latency stays within
     ``limit_ms``: NetAdapt's step run backwards, to spend the latency the search left.
@@ -302,23 +280,14 @@ def widen(
     that does (the pick itself already passed). Returns the (possibly unchanged) candidate,
     with adaptive-BN accuracy, and the accepted steps.
     """
-    space = evaluator.space
+    grow = _Growth(problem)
     base_ms = picked.latency.median_ms
     floor = 0.01 * base_ms  # a step that measures as free still costs something: rank, don't divide by noise
-
-    def grown(choice: Choice, g: int) -> Choice | None:
-        kept = _wider(space.groups[g], choice[g])
-        return None if kept is None else (*choice[:g], kept, *choice[g + 1:])
-
-    def cost(choice: Choice) -> tuple[float, int]:
-        widths = tuple(len(k) for k in choice)
-        return evaluator.latency(widths).median_ms, macs_and_params(space.shrink(space.plan_of(choice)), space.input_shape)[0]
-
     gain = {}
-    for g in range(len(space.groups)):
-        step = grown(picked.choice, g)
+    for g in range(len(problem.space.groups)):
+        step = grow.step(picked.choice, g)
         if step is not None:
-            ms, macs = cost(step)
+            ms, macs = grow.cost(step)
             if ms <= limit_ms:
                 gain[g] = (macs - picked.macs) / max(ms - base_ms, floor)
     order = sorted(gain, key=lambda g: -gain[g])
@@ -327,13 +296,13 @@ def widen(
     for _ in range(passes):
         grew = False
         for g in order:
-            step = grown(trail[-1], g)
+            step = grow.step(trail[-1], g)
             if step is None:
                 continue
-            ms, macs = cost(step)
+            ms, macs = grow.cost(step)
             if ms <= limit_ms:
                 trail.append(step)
-                steps.append({"group": space.groups[g].name, "width": len(step[g]), "latency_ms": ms, "macs": macs})
+                steps.append({"group": problem.space.groups[g].name, "width": len(step[g]), "latency_ms": ms, "macs": macs})
                 grew = True
         if not grew:
             break
@@ -341,7 +310,23 @@ def widen(
     keep = _most_steps_that_pass(trail, check)
     if keep == 0:
         return picked, []
-    return evaluator.evaluate(trail[keep]), steps[:keep]
+    return problem.evaluate(trail[keep]), steps[:keep]
+
+
+class _Growth:
+    """One grid step wider in one group, and what such a network costs (latency, MACs)."""
+
+    def __init__(self, problem: PruningProblem):
+        self.problem, self.space = problem, problem.space
+
+    def step(self, choice: Choice, g: int) -> Choice | None:
+        kept = _wider(self.space.groups[g], choice[g])
+        return None if kept is None else (*choice[:g], kept, *choice[g + 1:])
+
+    def cost(self, choice: Choice) -> tuple[float, int]:
+        space = self.space
+        ms = self.problem.latency_of(tuple(len(k) for k in choice)).median_ms
+        return ms, macs_and_params(space.shrink(space.plan_of(choice)), space.input_shape)[0]
 
 
 def _most_steps_that_pass(trail: list[Choice], check: Callable[[tuple[int, ...]], bool]) -> int:
@@ -373,28 +358,28 @@ class Selection:
 
 
 def select(
-    evaluator: Evaluator, candidates: list[Candidate], seeded: list[Candidate], budget_ms: float, policy: BudgetPolicy,
-    recipe: Recipe, teacher: nn.Module, *, refine_top: int, refine_epochs: float, widen_passes: int, seed: int,
+    problem: PruningProblem, candidates: list[Candidate], seeded: list[Candidate], budget_ms: float, policy: BudgetPolicy,
+    teacher: nn.Module, *, refine_top: int, refine_epochs: float, widen_passes: int, seed: int,
 ) -> Selection:
     """Shortlist (fresh re-measure within the search limit) → short tune → confirm in fresh
     sessions against the budget less a noise margin → widen into what the budget leaves."""
-    shortlisted = shortlist(evaluator, candidates, policy.search_limit(budget_ms), refine_top, seeded)
-    ranked, rows = refine(recipe, refine_epochs, seed, evaluator, teacher, shortlisted)
+    shortlisted = shortlist(problem, candidates, policy.search_limit(budget_ms), refine_top, seeded)
+    ranked, rows = refine(refine_epochs, seed, problem, teacher, shortlisted)
     noise = SessionNoise()
-    picked, confirmation = confirmed(evaluator, ranked, budget_ms, policy, noise)
+    picked, confirmation = confirmed(problem, ranked, budget_ms, policy, noise)
     for row in rows:
         row["picked"] = row["widths"] == list(picked.widths)
     checks = {picked.widths: confirmation}
 
     def check(widths: tuple[int, ...]) -> bool:
-        checks[widths] = confirm(evaluator, widths, budget_ms, policy, noise)
+        checks[widths] = confirm(problem, widths, budget_ms, policy, noise)
         return checks[widths].passed
 
     widened: list[dict] = []
     if widen_passes > 0:
         before = picked.latency.median_ms
         step_limit = min(policy.widen_limit(budget_ms), confirmation.limit_ms)
-        picked, widened = widen(evaluator, picked, step_limit, check, widen_passes)
+        picked, widened = widen(problem, picked, step_limit, check, widen_passes)
         if widened:
             console.print(f"widened the pick by {len(widened)} grid step(s): {before:.4f} → {picked.latency.median_ms:.4f} ms (budget {budget_ms:.4f} ms)")
     confirmation = checks[picked.widths]

@@ -37,13 +37,13 @@ def test_snap_lands_on_the_grid_and_prefers_important_channels():
     assert snap(group, live, bits, rng) == tuple(sorted(group.order[:16]))
 
 
-def test_coevolution_reaches_the_budget_with_measured_candidates(tiny_evaluator):
-    evaluator = tiny_evaluator
-    space = evaluator.space
-    full = evaluator.evaluate_widths(space.widths_from_indices(space.full_indices()))
-    smallest = evaluator.evaluate_widths(space.widths_from_indices(space.min_indices()))
-    budget = (full.latency.median_ms + smallest.latency.median_ms) / 2
-    result = run_coevolution(evaluator, budget, population=3, generations=1, seed=0, show_progress=False, tolerance=1.0)
+def test_coevolution_reaches_the_budget_with_measured_candidates(tiny_problem):
+    space = tiny_problem.space
+    full = tiny_problem.latency.measure(space.widths_from_indices(space.full_indices()))[0]
+    smallest = tiny_problem.latency.measure(space.widths_from_indices(space.min_indices()))[0]
+    budget = (full.median_ms + smallest.median_ms) / 2
+    problem = tiny_problem.make(limit_ms=budget)
+    result = run_coevolution(problem, population=3, generations=1, seed=0, show_progress=False, tolerance=1.0)
     assert result.history and result.pareto
     assert all(c.latency.median_ms <= budget for c in result.pareto)
-    assert all(c.choice in evaluator.results for c in result.candidates)  # every candidate was measured
+    assert all(c.choice in problem.results for c in result.candidates)  # every candidate was measured

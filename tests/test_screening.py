@@ -11,7 +11,7 @@ from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.profiling.ort import OrtBackend
 from edgeprune.profiling.surrogate import LatencySurrogate
 from edgeprune.search.nsga import run_nsga2
-from edgeprune.search.screening import Screen
+from edgeprune.screening import Screen
 from edgeprune.targets import load_profile
 
 
@@ -54,15 +54,14 @@ def test_an_inaccurate_surrogate_never_screens():
     assert screen.skip(_model(10_000)) is None
 
 
-def test_skipped_candidates_steer_the_search_but_are_never_reported(tiny_evaluator):
-    evaluator, profiler = tiny_evaluator, tiny_evaluator.profiler
-    space = evaluator.space
-    budget = 10 * evaluator.latency(space.widths_from_indices(space.full_indices())).median_ms
-    screen = Screen(_Surrogate(1.0, evaluator.shape), warmup=0, window=5, limit_ms=budget)
+def test_skipped_candidates_steer_the_search_but_are_never_reported(tiny_problem):
+    space, profiler = tiny_problem.space, tiny_problem.profiler
+    budget = 10 * tiny_problem.latency.measure(space.widths_from_indices(space.full_indices()))[0].median_ms
+    screen = Screen(_Surrogate(1.0, tiny_problem.latency.shape), warmup=0, window=5, limit_ms=budget)
     screen.errors.extend([0.0] * 5)  # trusted from the start; every model "predicts" ≫ budget
-    evaluator.screen = screen
-    result = run_nsga2(evaluator, budget, population=6, generations=2, seed=0, show_progress=False)
-    predicted = [c for c in evaluator.results.values() if c.predicted]
+    problem = tiny_problem.make(limit_ms=budget, screen=screen)
+    result = run_nsga2(problem, population=6, generations=2, seed=0, show_progress=False)
+    predicted = [c for c in problem.results.values() if c.predicted]
     assert predicted and screen.skips == len(predicted)
     assert profiler.measurements <= 1  # only the reference-free first latency above was timed
     assert not [c for c in result.pareto if c.predicted]

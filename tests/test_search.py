@@ -1,8 +1,9 @@
-"""The GA with real evaluations: a tiny residual net on sklearn's digits, measured in onnxruntime."""
+"""The searches and the selection stage on real pruning problems: a tiny residual net on sklearn's
+digits, timed in onnxruntime or, where a test needs latencies it chooses, by a formula (:class:`Clock`,
+a LatencySource like the profiler's)."""
 
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,15 +11,20 @@ from tiny_models import TinyResNet
 
 from edgeprune.budget import BudgetPolicy
 from edgeprune.data import load_data
-from edgeprune.fitness import Candidate, Evaluator, recalibrate_bn
-from edgeprune.profiling.stats import LatencyStats
+from edgeprune.errors import UserError
+from edgeprune.latency import ProfiledLatency
+from edgeprune.problem import PruningProblem, parse_objectives, recalibrate_bn
 from edgeprune.profiling.profiler import Profiler
-from edgeprune.search.nsga import objectives, run_nsga2
-from edgeprune.select import Recipe, SessionNoise, confirm, confirmed, ratio_seeds, refine, shortlist, widen
+from edgeprune.profiling.stats import LatencyStats
+from edgeprune.search.interface import Candidate
+from edgeprune.search.nsga import run_nsga2
+from edgeprune.select import SessionNoise, confirm, confirmed, ratio_seeds, refine, shortlist, widen
 from edgeprune.space import ChannelSpace, macs_and_params
 from edgeprune.targets import load_profile
+from edgeprune.task import Classification, Recipe
 
 PROFILE = Path(__file__).parent / "fixtures" / "fast-cpu.yaml"
+RECIPE = Recipe(lr=0.01, batch_size=64, kd_alpha=0.5, kd_temperature=4.0, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -30,25 +36,80 @@ def setup():
     return data, space
 
 
-def _search(setup, cache: Path, seed: int = 0):
+def _stats(ms: float) -> LatencyStats:
+    return LatencyStats(10, ms, ms, ms, ms, 0.0, 0.0)
+
+
+class Clock:
+    """A LatencySource whose target measures ``cached(widths)`` ms, and ``fresh(widths)`` ms in a
+    fresh session (each a function of the widths, or an iterator of values per widths)."""
+
+    has_node_times = False
+    shape = (1, 1, 8, 8)
+
+    def __init__(self, cached, fresh=None):
+        self.cached, self.fresh, self.asked = cached, fresh or cached, []
+
+    def measure(self, widths, model=None, fresh=False):
+        self.asked.append((tuple(widths), fresh))
+        source = self.fresh if fresh else self.cached
+        ms = next(source[tuple(widths)]) if isinstance(source, dict) else source(tuple(widths))
+        return _stats(ms), False
+
+    def peek(self, widths):
+        return None
+
+    def node_times(self, widths, model):
+        raise AssertionError("a clock has no node times")
+
+
+def _on_clock(setup, clock: Clock, **options) -> PruningProblem:
+    data, space = setup
+    return PruningProblem(space, Classification(data, RECIPE), clock, **options)
+
+
+def _search(setup, cache: Path, seed: int = 0, **options):
     data, space = setup
     profiler = Profiler(load_profile(str(PROFILE)), cache_path=cache)
-    evaluator = Evaluator(space, data, profiler, opset=17, seed=seed)
-    full_ms = evaluator.latency(space.widths_from_indices(space.full_indices())).median_ms
+    latency = ProfiledLatency(space, profiler, opset=17)
+    full_ms = latency.measure(space.widths_from_indices(space.full_indices()))[0].median_ms
     budget = 10 * full_ms  # generous: these tests check bookkeeping, not speed
-    result = run_nsga2(evaluator, budget, population=6, generations=3, seed=seed, show_progress=False)
+    problem = PruningProblem(space, Classification(data, RECIPE, seed=seed), latency, limit_ms=budget, **options)
+    result = run_nsga2(problem, population=6, generations=3, seed=seed, show_progress=False)
     profiler.close()
-    return evaluator, profiler, result, budget
+    return problem, profiler, result, budget
 
 
 def test_each_architecture_is_evaluated_and_measured_once(setup, tmp_path):
-    evaluator, profiler, result, budget = _search(setup, tmp_path / "c.sqlite")
-    assert evaluator.evaluations == len(evaluator.results) == len(result.candidates)
-    assert profiler.measurements == len(evaluator.results)  # the full model's was a memory hit
+    problem, profiler, result, budget = _search(setup, tmp_path / "c.sqlite")
+    assert problem.evaluations == len(problem.results) == len(result.candidates)
+    assert profiler.measurements == len(problem.results)  # the full model's was a memory hit
     assert result.history[-1]["generation"] == 3
     assert all(c.latency.median_ms <= budget for c in result.pareto)
     space = setup[1]
-    assert space.choice(space.widths_from_indices(space.full_indices())) in evaluator.results  # unpruned seeded
+    assert space.full_choice() in problem.results  # unpruned seeded
+
+
+def test_a_third_objective_is_a_plug_in_the_search_optimises_without_change(setup, tmp_path):
+    class Params:
+        """A model score (higher is better): fewer parameters."""
+
+        name = "small"
+
+        def measure(self, model):
+            return -sum(p.numel() for p in model.parameters())
+
+    problem, _, result, _ = _search(setup, tmp_path / "c.sqlite", objective_names=parse_objectives("accuracy,latency,macs"), model_scores=(Params(),))
+    assert problem.n_obj == 4
+    cands = result.candidates
+    F = problem.objectives(cands)
+    assert F.shape == (len(cands), 4)
+    assert F[:, 0].tolist() == [-c.accuracy for c in cands] and F[:, 2].tolist() == [c.macs for c in cands]
+    assert F[:, 3].tolist() == [-c.scores["small"] for c in cands] and all(c.scores["small"] < 0 for c in cands)
+    with pytest.raises(UserError, match="must name accuracy"):
+        parse_objectives("latency,macs")
+    with pytest.raises(UserError, match="known: accuracy, latency, macs"):
+        parse_objectives("accuracy,robustness")
 
 
 def test_a_second_run_on_the_same_cache_measures_nothing_and_repeats_the_result(setup, tmp_path):
@@ -70,27 +131,12 @@ def test_adaptive_bn_restores_statistics_of_a_pruned_model(setup):
     assert bn.running_mean.abs().max() < 50 and bn.momentum == 0.1
 
 
-class _WidthClock:
-    """Stands in for an Evaluator: the search's latency is the total width (deterministic); a
-    fresh re-measure is 1 ms, or far over any budget for the widths in ``over``."""
-
-    def __init__(self, space, over=()):
-        self.space, self.over, self.asked = space, set(over), []
-
-    def evaluate_widths(self, widths):
-        self.asked.append(tuple(widths))
-        return SimpleNamespace(latency=SimpleNamespace(median_ms=float(sum(widths))))
-
-    def latency(self, widths, fresh=False):
-        return SimpleNamespace(median_ms=1e9 if tuple(widths) in self.over else 1.0)
-
-
 def test_seeds_are_the_widest_ratio_of_each_profile_within_the_budget(setup):
     space = setup[1]
-    clock = _WidthClock(space)
+    clock = Clock(lambda w: float(sum(w)))  # latency = the total width
     widths = lambda r, a: space.widths_from_indices(space.scaled_indices(r, a))  # noqa: E731
     budget = sum(widths(0.5, 0.0)) + 0.5
-    seeds = [space.widths_from_indices(s) for s in ratio_seeds(clock, budget, alphas=(0.0, 1.0))]
+    seeds = [space.widths_from_indices(s) for s in ratio_seeds(_on_clock(setup, clock), budget, alphas=(0.0, 1.0))]
     grid = [round(0.05 * k, 2) for k in range(1, 61)]
     for alpha in (0.0, 1.0):
         widest = max((r for r in grid if sum(widths(r, alpha)) <= budget), key=lambda r: widths(r, alpha))
@@ -108,18 +154,22 @@ def test_seeds_are_the_widest_ratio_of_each_profile_within_the_budget(setup):
     assert space.scaled_indices(0.7 * space.full_ratio(1.0), 1.0) != space.full_indices()
 
 
+def _fresh_over(over=()):
+    """Every fresh session measures 1 ms, those of the widths in ``over`` far over any budget."""
+    return Clock(lambda w: 1.0, lambda w: 1e9 if w in set(over) else 1.0)
+
+
 def test_shortlist_always_short_tunes_the_seeds_and_a_narrower_one_only_in_place_of_a_wider(setup):
     space = setup[1]
-    stats = LatencyStats(10, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0)
-    cand = lambda w, acc: Candidate(space.choice(w), acc, stats, 0, 0)  # noqa: E731
+    cand = lambda w, acc: Candidate(space.choice(w), acc, _stats(1.0), 0, 0)  # noqa: E731
     full = space.widths_from_indices(space.full_indices())
     half = space.widths_from_indices(space.uniform_indices(0.5))
     small = space.widths_from_indices(space.min_indices())
     seeds = [cand(half, 0.1), cand(small, 0.1)]  # one profile's widest ratio, then its next narrower
     others = [cand(full, 0.9), *seeds]
-    picked = shortlist(_WidthClock(space), others, 2.0, size=1, seeds=seeds)
+    picked = shortlist(_on_clock(setup, _fresh_over()), others, 2.0, size=1, seeds=seeds)
     assert [c.widths for c in picked] == [half, full]  # the seed despite its accuracy, then the best other
-    picked = shortlist(_WidthClock(space, over=[half]), others, 2.0, size=1, seeds=seeds)
+    picked = shortlist(_on_clock(setup, _fresh_over([half])), others, 2.0, size=1, seeds=seeds)
     assert [c.widths for c in picked] == [small, full]  # the wider seed's re-measure missed
 
 
@@ -132,45 +182,39 @@ def test_shortlist_skips_candidates_whose_fresh_measurement_misses_the_budget(se
         Candidate(space.choice(w), acc, LatencyStats(10, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0), 0, 0)
         for w, acc in ((full, 0.9), (mid, 0.8), (small, 0.7))
     ]
-    picked = shortlist(_WidthClock(space, over=[full]), cands, 2.0, size=2)
+    picked = shortlist(_on_clock(setup, _fresh_over([full])), cands, 2.0, size=2)
     assert [c.widths for c in picked] == [mid, small]  # most accurate first; the lucky one dropped
 
 
 def test_refine_ranks_by_recovery_after_the_short_tune_and_reports_all(setup):
-    data, space = setup
-    evaluator = SimpleNamespace(space=space, data=data)
-    recipe = Recipe(lr=0.01, batch_size=64, kd_alpha=0.5, kd_temperature=4.0, progress=False)
+    space = setup[1]
+    problem = _on_clock(setup, Clock(lambda w: 1.0))
     tiny = space.widths_from_indices(space.min_indices())
     full = space.widths_from_indices(space.full_indices())
     stats = LatencyStats(10, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0)
     # Adaptive-BN says the narrowest network is best; after the short tune the full one wins.
     cands = [Candidate(space.choice(tiny), 0.99, stats, 0, 0), Candidate(space.choice(full), 0.10, stats, 0, 0)]
-    ranked, rows = refine(recipe, 2, 0, evaluator, space.model, cands)
+    ranked, rows = refine(2, 0, problem, space.model, cands)
     assert [r["holdout_accuracy_adaptive_bn"] for r in rows] == [0.99, 0.10]
     assert rows[1]["holdout_accuracy_short_tune"] > rows[0]["holdout_accuracy_short_tune"]
     assert ranked == [cands[1], cands[0]]  # best after the short tune first
     # 0 epochs: off, the shortlist's order (most accurate by adaptive BN first)
-    assert refine(recipe, 0, 0, evaluator, space.model, cands) == (cands, [])
+    assert refine(0, 0, problem, space.model, cands) == (cands, [])
 
 
-class _SessionClock:
-    """Stands in for an Evaluator in ``confirm``: fresh sessions of ``widths`` measure the next
-    values of ``sessions[widths]`` in turn."""
-
-    def __init__(self, sessions):
-        self.sessions = {w: iter(v) for w, v in sessions.items()}
-
-    def latency(self, widths, fresh=False):
-        assert fresh  # a confirmation never takes a cached number
-        return SimpleNamespace(median_ms=next(self.sessions[tuple(widths)]))
+def _sessions(setup, sessions: dict) -> PruningProblem:
+    """Fresh sessions of ``widths`` measure the next values of ``sessions[widths]`` in turn; the
+    cache is never asked (a confirmation takes no cached number)."""
+    clock = Clock(lambda w: pytest.fail("a confirmation asked for a cached latency"), {w: iter(v) for w, v in sessions.items()})
+    return _on_clock(setup, clock)
 
 
-def test_confirm_margin_grows_with_the_spread_between_fresh_sessions():
-    quiet = confirm(_SessionClock({(1,): [0.95, 0.951, 0.949, 0.95, 0.95]}), (1,), 1.0, BudgetPolicy(search_margin=0.03), SessionNoise())
+def test_confirm_margin_grows_with_the_spread_between_fresh_sessions(setup):
+    quiet = confirm(_sessions(setup, {(1,): [0.95, 0.951, 0.949, 0.95, 0.95]}), (1,), 1.0, BudgetPolicy(search_margin=0.03), SessionNoise())
     assert quiet.median_ms == 0.95 and quiet.limit_ms == pytest.approx(0.97)  # spread ~0: the fixed margin
     assert quiet.passed and quiet.to_dict()["sessions_ms"] == [0.95, 0.951, 0.949, 0.95, 0.95]
     # The same median with sessions 5 % apart: 2 standard errors of the gap to another such check.
-    noisy = confirm(_SessionClock({(1,): [0.90, 0.95, 1.00, 0.95, 0.95 * 0.95]}), (1,), 1.0, BudgetPolicy(search_margin=0.03), SessionNoise())
+    noisy = confirm(_sessions(setup, {(1,): [0.90, 0.95, 1.00, 0.95, 0.95 * 0.95]}), (1,), 1.0, BudgetPolicy(search_margin=0.03), SessionNoise())
     assert noisy.spread == pytest.approx(1.4826 * math.log(1.00 / 0.95))  # robust: the median |log deviation|
     assert noisy.limit_ms == pytest.approx(1 - 2 * 1.25 * noisy.spread * (2 / 5) ** 0.5)
     assert noisy.limit_ms < 0.95 and not noisy.passed
@@ -178,58 +222,46 @@ def test_confirm_margin_grows_with_the_spread_between_fresh_sessions():
 
 def test_confirmed_takes_the_best_ranked_that_passes_else_the_fastest(setup):
     space = setup[1]
-    stats = LatencyStats(10, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0)
     a, b, c = (space.widths_from_indices(space.uniform_indices(r)) for r in (1.0, 0.5, 0.0))
-    ranked = [Candidate(space.choice(w), 0.5, stats, 0, 0) for w in (a, b, c)]
-    clock = _SessionClock({a: [1.0] * 5, b: [0.9] * 5, c: [0.5] * 5})
+    ranked = [Candidate(space.choice(w), 0.5, _stats(1.0), 0, 0) for w in (a, b, c)]
+    clock = _sessions(setup, {a: [1.0] * 5, b: [0.9] * 5, c: [0.5] * 5})
     picked, check = confirmed(clock, ranked, 1.0, BudgetPolicy(search_margin=0.03), SessionNoise())
     assert picked is ranked[1] and check.median_ms == 0.9  # the first was over budget less 3 %
-    clock = _SessionClock({a: [1.2] * 5, b: [1.1] * 5, c: [1.3] * 5})
+    clock = _sessions(setup, {a: [1.2] * 5, b: [1.1] * 5, c: [1.3] * 5})
     picked, check = confirmed(clock, ranked, 1.0, BudgetPolicy(search_margin=0.03), SessionNoise())
     assert picked is ranked[1] and not check.passed  # none passes: the fastest, flagged
 
 
 def test_seeds_join_the_first_population(setup, tmp_path):
-    data, space = setup
-    profiler = Profiler(load_profile(str(PROFILE)), cache_path=tmp_path / "c.sqlite")
-    evaluator = Evaluator(space, data, profiler, opset=17, seed=0)
+    space = setup[1]
+    problem = _on_clock(setup, Clock(lambda w: float(sum(w))), limit_ms=1e9, focus=0.9)
     seed = [0] * len(space.groups)
     seed[-1] = len(space.groups[-1].options) - 1
-    run_nsga2(evaluator, 1e9, population=4, generations=1, seed=0, show_progress=False, seeds=[seed], focus=0.9)
-    profiler.close()
-    assert space.choice(space.widths_from_indices(seed)) in evaluator.results
+    run_nsga2(problem, population=4, generations=1, seed=0, show_progress=False, seeds=[seed])
+    assert space.choice(space.widths_from_indices(seed)) in problem.results
 
 
 def test_focus_ties_latencies_under_the_floor_but_keeps_the_constraint(setup):
     space = setup[1]
-    stats = lambda ms: LatencyStats(10, ms, ms, ms, ms, 0.0, 0.0)  # noqa: E731
-    choice = space.choice(space.widths_from_indices(space.full_indices()))
-    cands = [Candidate(choice, 0.8, stats(ms), 0, 0) for ms in (0.2, 0.5, 0.95, 1.2)]
-    F, G = objectives(cands, budget_ms=1.0, focus=0.9)
+    choice = space.full_choice()
+    cands = [Candidate(choice, 0.8, _stats(ms), 0, 0) for ms in (0.2, 0.5, 0.95, 1.2)]
+    problem = _on_clock(setup, Clock(lambda w: 1.0), limit_ms=1.0, focus=0.9)
+    F, G = problem.objectives(cands), problem.constraints(cands)
     assert F[:, 1].tolist() == [0.9, 0.9, 0.95, 1.2]  # far under the budget: no better than 0.9
     assert G[:, 0].tolist() == pytest.approx([-0.8, -0.5, -0.05, 0.2])  # feasibility: real latency
-    assert objectives(cands, 1.0)[0][:, 1].tolist() == [0.2, 0.5, 0.95, 1.2]  # focus off
+    unfocused = _on_clock(setup, Clock(lambda w: 1.0), limit_ms=1.0)
+    assert unfocused.objectives(cands)[:, 1].tolist() == [0.2, 0.5, 0.95, 1.2]  # focus off
 
 
-class _SumClock:
-    """Stands in for an Evaluator in ``widen``: a network's latency is its total width / 16 ms
-    (each grid step costs 1 ms); a fresh re-measure of the widths in ``over`` is far over."""
-
-    def __init__(self, space, over=()):
-        self.space, self.over = space, set(over)
-
-    def latency(self, widths, fresh=False):
-        return SimpleNamespace(median_ms=1e9 if fresh and tuple(widths) in self.over else sum(widths) / 16)
-
-    def evaluate(self, choice):
-        widths = tuple(len(k) for k in choice)
-        stats = LatencyStats(10, *(self.latency(widths).median_ms,) * 4, 0.0, 0.0)
-        return Candidate(choice, 0.5, stats, macs_and_params(self.space.shrink(self.space.plan_of(choice)), (1, 8, 8))[0], 0)
+def _sum_clock(setup, over=()) -> PruningProblem:
+    """A network's latency is its total width / 16 ms (each grid step costs 1 ms); a fresh
+    session of the widths in ``over`` measures far over."""
+    return _on_clock(setup, Clock(lambda w: sum(w) / 16, lambda w: 1e9 if w in set(over) else sum(w) / 16))
 
 
 def test_widen_spends_the_budget_the_pick_leaves_most_macs_first(setup):
     space = setup[1]
-    clock = _SumClock(space)
+    clock = _sum_clock(setup)
     picked = clock.evaluate(space.choice(space.widths_from_indices(space.min_indices())))  # 3 ms
     widened, steps = widen(clock, picked, 5.5, _within(clock, 5.5))
     assert sum(widened.widths) == 80 and len(steps) == 2  # two 1-ms steps fit under 5.5 ms, a third does not
@@ -246,27 +278,27 @@ def test_widen_spends_the_budget_the_pick_leaves_most_macs_first(setup):
 def test_widen_undoes_a_step_whose_fresh_measurement_misses_and_keeps_a_pick_with_no_room(setup):
     space = setup[1]
     small = space.widths_from_indices(space.min_indices())
-    picked = _SumClock(space).evaluate(space.choice(small))
-    first, _ = widen(_SumClock(space), picked, 5.5, _within(_SumClock(space), 5.5))
-    clock = _SumClock(space, over=[first.widths])  # the final widths re-measure over the budget
+    picked = _sum_clock(setup).evaluate(space.choice(small))
+    first, _ = widen(_sum_clock(setup), picked, 5.5, _within(_sum_clock(setup), 5.5))
+    clock = _sum_clock(setup, over=[first.widths])  # the final widths re-measure over the budget
     undone, steps = widen(clock, picked, 5.5, _within(clock, 5.5))
     assert sum(undone.widths) == 64 and len(steps) == 1
-    assert widen(_SumClock(space), picked, 3.5, _within(_SumClock(space), 3.5)) == (picked, [])  # no step fits
+    assert widen(_sum_clock(setup), picked, 3.5, _within(_sum_clock(setup), 3.5)) == (picked, [])  # no step fits
 
 
 def test_widen_keeps_the_most_steps_whose_fresh_check_passes(setup):
     space = setup[1]
-    picked = _SumClock(space).evaluate(space.choice(space.widths_from_indices(space.min_indices())))  # 3 ms
+    picked = _sum_clock(setup).evaluate(space.choice(space.widths_from_indices(space.min_indices())))  # 3 ms
     checked = []
 
     def check(widths):  # steps cost 1 ms each on the cached clock; fresh sessions say 1.5 ms each
         checked.append(widths)
         return 3 + (sum(widths) / 16 - 3) * 1.5 <= 6.5
 
-    widened, steps = widen(_SumClock(space), picked, 9.5, check, passes=3)
+    widened, steps = widen(_sum_clock(setup), picked, 9.5, check, passes=3)
     assert sum(widened.widths) / 16 == 5 and len(steps) == 2  # 3 + 2 x 1.5 = 6 fits, 7.5 does not
     assert len(checked) <= 4  # the last widths, then a bisection over the accepted steps
 
 
-def _within(clock, limit_ms):
-    return lambda widths: clock.latency(widths, fresh=True).median_ms <= limit_ms
+def _within(problem, limit_ms):
+    return lambda widths: problem.latency_of(widths, fresh=True).median_ms <= limit_ms

@@ -25,6 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--generations", type=int, default=8, help="GA generations (default 8)")
     p.add_argument("--strategy", choices=("nsga2", "coevolution"), default="nsga2", help="nsga2: multi-objective GA over all groups (default); coevolution: CCSRP-style EA per group, --population = subpopulation d, --generations = G")
     p.add_argument("--encoding", choices=("width", "mask"), default="width", help="genome: width = kept count per group (default); mask = one bit per channel with CCEP's ratio-bounded bit-flip mutation")
+    p.add_argument("--objectives", default="accuracy,latency", help="what NSGA-II trades off, comma-separated: accuracy (always), latency, macs; the latency budget is a constraint whatever is named (default accuracy,latency)")
     p.add_argument("--no-screen", action="store_true", help="measure every candidate; by default the latency surrogate skips candidates it predicts far over the budget once its recent error is ≤ 10%%")
     p.add_argument("--rounds", type=int, default=1, help="prune → fine-tune → search again from the fine-tuned model, T times; budgets step down geometrically (default 1)")
     p.add_argument("--resume", metavar="OUT_DIR", help="continue an interrupted run from OUT_DIR.checkpoint (no other options needed)")
@@ -51,13 +52,26 @@ def config(args: argparse.Namespace):
     return from_args(PruneConfig, args, progress=not args.no_progress, screen=not args.no_screen, resume=False)
 
 
+def _options_besides_resume(args: argparse.Namespace) -> list[str]:
+    """The options given that a resumed run would not use: those whose value is not prune's default."""
+    root = argparse.ArgumentParser()
+    add_parser(root.add_subparsers())
+    defaults = vars(root.parse_args(["prune"]))
+    keep = ("model", "resume", "no_progress", "trust_model_code")
+    return [f"--{k.replace('_', '-')}" for k, v in defaults.items() if k not in keep and getattr(args, k, v) != v]
+
+
 def run(args: argparse.Namespace) -> int:
     """0 when the pruned model meets the budget, 1 when it does not."""
     from edgeprune.pipeline import resume_config, run_prune
 
     if args.resume:
-        if args.model:
-            raise UserError("--resume takes its settings from the checkpoint; drop the model argument (and other options)")
+        ignored = (["the model argument"] if args.model else []) + _options_besides_resume(args)
+        if ignored:
+            raise UserError(
+                f"--resume takes its settings from the checkpoint; drop {', '.join(ignored)} "
+                "(only --no-progress and --trust-model-code apply to a resumed run)"
+            )
         report = run_prune(resume_config(args.resume, progress=not args.no_progress, trust_model_code=args.trust_model_code))
         return 0 if report["budget_met"] else 1
     if args.trust_model_code:

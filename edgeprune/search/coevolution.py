@@ -7,7 +7,7 @@ offspring by bit flips at rate ``p2`` under the same bound; each offspring is sc
 its mask into the base network (every other group as in the base); the best ``d`` of parents and
 offspring survive. The best mask of each group is combined into the next network.
 
-Two adaptations to a latency budget, both documented in README:
+Two adaptations to a latency budget, both described in docs/how-it-works.md:
 
 * Ranking: the paper ranks by accuracy and breaks ties by FLOPs. With adaptive-BN accuracy on
   thousands of images exact ties are rare, so masks within ``tolerance`` of the subpopulation's
@@ -28,11 +28,10 @@ import time
 
 import numpy as np
 
-from edgeprune.fitness import Evaluator
+from edgeprune.choice import Choice, Group
 from edgeprune.progress import progress_bar
-from edgeprune.search.checkpoint import SearchJournal
+from edgeprune.search.interface import GenerationLog, SearchProblem
 from edgeprune.search.nsga import SearchResult, finish, record_generation
-from edgeprune.space import Choice, Group
 
 # CCSRP's settings (section 4): p1 = 0.05, p2 = 0.1, r = 0.1.
 P1, P2, RATIO_BOUND = 0.05, 0.1, 0.1
@@ -73,47 +72,46 @@ def snap(group: Group, live: np.ndarray, bits: np.ndarray, rng: np.random.Genera
 
 
 def run_coevolution(
-    evaluator: Evaluator,
-    budget_ms: float,
+    problem: SearchProblem,
     population: int,
     generations: int,
     seed: int,
     show_progress: bool = True,
-    journal: SearchJournal | None = None,
-    reference_ms: float | None = None,
+    journal: GenerationLog | None = None,
     p1: float = P1,
     p2: float = P2,
     ratio_bound: float = RATIO_BOUND,
     tolerance: float = TOLERANCE,
     max_passes: int = MAX_PASSES,
 ) -> SearchResult:
-    """Co-evolve group masks pass after pass until the combined network meets ``budget_ms``."""
-    space = evaluator.space
+    """Co-evolve group masks pass after pass until the combined network meets the problem's
+    latency limit."""
+    layout = problem.layout
     rng = np.random.default_rng(seed)
-    base: Choice = space.choice(space.widths_from_indices(space.full_indices()))
+    base: Choice = layout.full_choice()
     start = time.perf_counter()
     history: list[dict] = []
-    combined = evaluator.evaluate(base)
+    combined = problem.evaluate(base)
     with progress_bar(show_progress) as bar:
         task = bar.add_task("co-evolution", total=max_passes, status="")
         for number in range(1, max_passes + 1):
-            if combined.latency.median_ms <= budget_ms:
+            if combined.latency.median_ms <= problem.limit_ms:
                 break
             chosen = []
-            for gi, group in enumerate(space.groups):
-                chosen.append(_evolve_group(evaluator, base, gi, group, population, generations, p1, p2, ratio_bound, tolerance, rng))
-                bar.update(task, status=f"pass {number} · group {gi + 1}/{len(space.groups)}")
+            for gi, group in enumerate(layout.groups):
+                chosen.append(_evolve_group(problem, base, gi, group, population, generations, p1, p2, ratio_bound, tolerance, rng))
+                bar.update(task, status=f"pass {number} · group {gi + 1}/{len(layout.groups)}")
             new = tuple(chosen)
             if new == base:
                 break  # every group kept its mask: more passes would repeat this one
             base = new
-            combined = evaluator.evaluate(base)
-            record_generation(number, evaluator, budget_ms, reference_ms, start, history, journal)
+            combined = problem.evaluate(base)
+            record_generation(number, problem, start, history, journal)
             bar.update(task, advance=1, status=f"pass {number}: {combined.latency.median_ms:.4f} ms, acc {combined.accuracy:.4f}")
-    return finish(evaluator, budget_ms, history, start)
+    return finish(problem, history, start)
 
 
-def _evolve_group(evaluator, base, gi, group, d, generations, p1, p2, bound, tolerance, rng) -> tuple[int, ...]:
+def _evolve_group(problem: SearchProblem, base, gi, group, d, generations, p1, p2, bound, tolerance, rng) -> tuple[int, ...]:
     """Algorithm 1, lines 7-19, for one group: the best mask of the group's final subpopulation.
 
     Masks cover the channels the base network still has, so the ratio bound limits what one pass
@@ -124,7 +122,7 @@ def _evolve_group(evaluator, base, gi, group, d, generations, p1, p2, bound, tol
 
     def score(bits: np.ndarray) -> tuple[tuple[int, ...], float, int]:
         kept = snap(group, live, bits, rng)
-        accuracy, macs = evaluator.score(base[:gi] + (kept,) + base[gi + 1 :])
+        accuracy, macs = problem.partial_score(base[:gi] + (kept,) + base[gi + 1 :])
         return kept, accuracy, macs
 
     def rank(pool):

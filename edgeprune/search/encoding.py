@@ -1,6 +1,6 @@
 """Genome encodings: how the GA's integer vectors map onto channels to keep.
 
-Both decode to a :data:`~edgeprune.space.Choice` (kept channel indices per group) whose widths
+Both decode to a :data:`~edgeprune.choice.Choice` (kept channel indices per group) whose widths
 lie on the target's step grid, so every genome is a network the target runs on fast kernels.
 
 * *width* (default) holds, per prunable group, an index into that group's allowed widths; the
@@ -22,7 +22,7 @@ from pymoo.operators.mutation.pm import PM
 from pymoo.operators.repair.rounding import RoundingRepair
 
 from edgeprune.errors import UserError
-from edgeprune.space import ChannelSpace, Choice, Group
+from edgeprune.choice import Choice, Group, GroupLayout
 
 ENCODINGS = ("width", "mask")
 UNIFORM_SEEDS = (0.75, 0.5, 0.35, 0.25)
@@ -31,7 +31,7 @@ UNIFORM_SEEDS = (0.75, 0.5, 0.35, 0.25)
 class WidthEncoding:
     """Genome = one integer per group: the index of its kept width on the step grid."""
 
-    def __init__(self, space: ChannelSpace):
+    def __init__(self, space: GroupLayout):
         self.space = space
         self.upper = np.array([len(g.options) - 1 for g in space.groups], dtype=int)
 
@@ -143,7 +143,7 @@ class MaskEncoding:
 
     name = "mask"
 
-    def __init__(self, space: ChannelSpace, mutation_rate: float = 0.05, ratio_bound: float = 0.1):
+    def __init__(self, space: GroupLayout, mutation_rate: float = 0.05, ratio_bound: float = 0.1):
         if not 0.0 < mutation_rate <= 0.5:
             raise UserError(f"mask mutation rate {mutation_rate} must be in (0, 0.5]; the papers use 0.05-0.1")
         if not 0.0 <= ratio_bound < 1.0:
@@ -202,7 +202,7 @@ class MaskEncoding:
         return np.array(unique, dtype=int)
 
 
-def make_encoding(name: str, space: ChannelSpace, **opts):
+def make_encoding(name: str, space: GroupLayout, **opts):
     """The encoding called ``name`` over ``space`` (``opts`` go to its constructor)."""
     if name == "width":
         return WidthEncoding(space, **opts)

@@ -1,8 +1,10 @@
-"""NSGA-II over channel widths: maximise accuracy, minimise measured latency, latency <= budget.
+"""NSGA-II over channel choices: the problem's objectives (accuracy, latency, ...) under its
+latency constraint.
 
 pymoo supplies the algorithm (constraint domination, crowding, elitism, duplicate elimination);
 this module only runs it in ask-and-tell form so that each generation shows progress and every
-genome goes through :class:`edgeprune.fitness.Evaluator`, which measures each architecture once.
+genome goes through the problem (:class:`~edgeprune.search.interface.SearchProblem`), which
+evaluates each choice once.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ from pymoo.indicators.hv import HV
 from pymoo.problems.static import StaticProblem
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from edgeprune.fitness import Candidate, Evaluator
 from edgeprune.progress import progress_bar
-from edgeprune.search.checkpoint import SearchJournal
 from edgeprune.search.encoding import WidthEncoding
+from edgeprune.search.interface import Candidate, GenerationLog, SearchProblem
 
 
 @dataclass
@@ -64,30 +65,21 @@ def hypervolume(candidates: list[Candidate], reference_ms: float) -> float:
 
 
 def run_nsga2(
-    evaluator: Evaluator,
-    budget_ms: float,
+    problem: SearchProblem,
     population: int,
     generations: int,
     seed: int,
     show_progress: bool = True,
     encoding=None,
-    journal: SearchJournal | None = None,
-    reference_ms: float | None = None,
+    journal: GenerationLog | None = None,
     seeds: list[list[int]] | None = None,
-    focus: float = 0.0,
 ) -> SearchResult:
     """Search ``generations`` generations; with a ``journal``, record each one (see checkpoint.py).
 
-    ``reference_ms`` (the unpruned model's latency) normalises the hypervolume; without it the
-    slowest candidate seen is used. ``seeds`` (width indices) join the first population.
-
-    ``focus`` (a fraction of the budget): latencies below ``focus * budget`` count as equal in
-    the selection. The job picks ONE network at the budget; a front spread down to tiny models
-    spends most evaluations where no pick will come from, while with a floor the population
-    crowds into the band just under the budget (the report's fronts use the real latencies).
+    ``seeds`` (width indices) join the first population.
     """
-    encoding = encoding or WidthEncoding(evaluator.space)
-    problem = Problem(n_var=encoding.n_var, n_obj=2, n_ieq_constr=1, xl=0, xu=encoding.upper, vtype=int)
+    encoding = encoding or WidthEncoding(problem.layout)
+    pymoo_problem = Problem(n_var=encoding.n_var, n_obj=problem.n_obj, n_ieq_constr=1, xl=0, xu=encoding.upper, vtype=int)
     rng = np.random.default_rng(seed)
     algorithm = NSGA2(
         pop_size=population,
@@ -96,7 +88,7 @@ def run_nsga2(
         mutation=encoding.mutation(),
         eliminate_duplicates=True,
     )
-    algorithm.setup(problem, termination=("n_gen", generations), seed=seed, verbose=False)
+    algorithm.setup(pymoo_problem, termination=("n_gen", generations), seed=seed, verbose=False)
     start = time.perf_counter()
     history = []
     with progress_bar(show_progress) as bar:
@@ -107,40 +99,33 @@ def run_nsga2(
                 # Every reachable genome was already evaluated (small spaces, late rounds).
                 bar.update(task, completed=generations, status=f"space exhausted after {gen} generations")
                 break
-            cands = [evaluator.evaluate(encoding.decode(x)) for x in pop.get("X")]
-            F, G = objectives(cands, budget_ms, focus)
-            PymooEvaluator().eval(StaticProblem(problem, F=F, G=G), pop)
+            cands = [problem.evaluate(encoding.decode(x)) for x in pop.get("X")]
+            F, G = problem.objectives(cands), problem.constraints(cands)
+            PymooEvaluator().eval(StaticProblem(pymoo_problem, F=F, G=G), pop)
             algorithm.tell(infills=pop)
-            entry = record_generation(gen + 1, evaluator, budget_ms, reference_ms, start, history, journal)
+            entry = record_generation(gen + 1, problem, start, history, journal)
             status = (
                 f"best feasible acc {entry['best_accuracy']:.4f} @ {entry['best_latency_ms']:.4f} ms"
                 if entry["best_accuracy"] is not None
                 else "no feasible yet"
             )
             bar.update(task, advance=1, status=f"gen {gen + 1}/{generations} · {entry['evaluations']} evals · {status}")
-    return finish(evaluator, budget_ms, history, start)
+    return finish(problem, history, start)
 
 
-def objectives(cands: list[Candidate], budget_ms: float, focus: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """pymoo's minimised objectives (-accuracy, latency floored at ``focus * budget``) and the
-    constraint (latency - budget <= 0) of each candidate."""
-    F = np.array([[-c.accuracy, max(c.latency.median_ms, focus * budget_ms)] for c in cands])
-    G = np.array([[c.latency.median_ms - budget_ms] for c in cands])
-    return F, G
-
-
-def record_generation(number, evaluator: Evaluator, budget_ms, reference_ms, start, history, journal) -> dict:
+def record_generation(number: int, problem: SearchProblem, start: float, history: list, journal: GenerationLog | None) -> dict:
     """One generation's summary (best feasible, Pareto front, hypervolume) into ``history`` and the
-    journal; shared by every strategy so that reports read the same."""
-    seen = list(evaluator.results.values())
-    best = best_feasible(seen, budget_ms)
+    journal; shared by every strategy so that reports read the same. The hypervolume's latency
+    unit is the problem's ``reference_ms`` (the unpruned model's), else the slowest seen."""
+    seen = problem.evaluated()
+    best = best_feasible(seen, problem.limit_ms)
     front = pareto_front(seen)
     entry = {
         "generation": number,
         "evaluations": len(seen),
         "best_accuracy": best.accuracy if best else None,
         "best_latency_ms": best.latency.median_ms if best else None,
-        "hypervolume": hypervolume(front, reference_ms or max(c.latency.median_ms for c in seen)),
+        "hypervolume": hypervolume(front, problem.reference_ms or max(c.latency.median_ms for c in seen)),
         "pareto": [{"accuracy": c.accuracy, "latency_ms": c.latency.median_ms, "macs": c.macs} for c in front],
         "wall_s": time.perf_counter() - start,
     }
@@ -150,11 +135,11 @@ def record_generation(number, evaluator: Evaluator, budget_ms, reference_ms, sta
     return entry
 
 
-def finish(evaluator: Evaluator, budget_ms: float, history: list[dict], start: float) -> SearchResult:
-    candidates = list(evaluator.results.values())
+def finish(problem: SearchProblem, history: list[dict], start: float) -> SearchResult:
+    candidates = problem.evaluated()
     return SearchResult(
         candidates=candidates,
-        pareto=pareto_front(candidates, budget_ms),
+        pareto=pareto_front(candidates, problem.limit_ms),
         history=history,
         generations=len(history),
         wall_s=time.perf_counter() - start,

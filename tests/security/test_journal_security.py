@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from edgeprune.errors import UserError
-from edgeprune.fitness import Candidate
+from edgeprune.search.interface import Candidate
 from edgeprune.pipeline import PruneConfig
 from edgeprune.profiling.stats import LatencyStats
-from edgeprune.search.checkpoint import RunCheckpoint, SearchJournal
+from edgeprune.checkpoint import RunCheckpoint, SearchJournal
 from edgeprune.space import ChannelSpace
 
 TESTS = Path(__file__).parent.parent

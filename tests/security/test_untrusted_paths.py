@@ -18,7 +18,7 @@ from edgeprune.errors import UserError
 from edgeprune.pipeline import PruneConfig, resume_config
 from edgeprune.profiling import credentials
 from edgeprune.profiling.stats import LatencyStats
-from edgeprune.search.checkpoint import RunCheckpoint
+from edgeprune.checkpoint import RunCheckpoint
 from edgeprune.targets import load_profile
 
 

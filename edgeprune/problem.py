@@ -1,0 +1,217 @@
+"""The pruning problem: channel choices → objectives and a latency constraint (pymoo's split).
+
+:class:`PruningProblem` owns the channel space, the task (accuracy), the latency source and the
+round's latency limit, and exposes to the searches only what :class:`edgeprune.search.interface.
+SearchProblem` declares: evaluate a choice, and the candidates' objectives ``F`` and constraints
+``G``. New objectives are plug-ins (:data:`OBJECTIVES` and :class:`ModelScore`), never edits of
+an algorithm.
+
+Accuracy proxy (EagleEye): a freshly pruned network's BatchNorm statistics belong to the unpruned
+network, which makes raw accuracy of candidates almost meaningless. Re-estimating the statistics on
+a few hundred training images (train-mode forward, no gradient) and scoring on a held-out split of
+TRAIN ranks candidates the way fine-tuning will. The test split is never looked at here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeprune.choice import Choice, widths_of
+from edgeprune.errors import UserError
+from edgeprune.latency import LatencySource
+from edgeprune.profiling.stats import LatencyStats
+from edgeprune.screening import Screen
+from edgeprune.search.interface import Candidate
+from edgeprune.space import ChannelSpace, macs_and_params
+from edgeprune.task import Task
+
+
+def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
+    """Adaptive-BN: replace running statistics by a cumulative average over ``batches``."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average: every batch counts equally
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    return model.eval()
+
+
+class ModelScore(Protocol):
+    """A further objective measured on each candidate network (higher is better), e.g. robust
+    accuracy; its value lands in ``Candidate.scores[name]`` and becomes a column of ``F``."""
+
+    name: str
+
+    def measure(self, model: nn.Module) -> float: ...
+
+
+class CandidateLog(Protocol):
+    """Where each evaluated candidate is recorded as it completes (the checkpoint journal)."""
+
+    def record(self, cand: Candidate) -> None: ...
+
+
+# The built-in objectives, each a minimised column of F. Latency is floored at ``focus`` of the
+# limit (see PruningProblem); MACs stand in for energy and memory traffic where those matter.
+OBJECTIVES: dict[str, Callable[[Candidate, "PruningProblem"], float]] = {
+    "accuracy": lambda c, p: -c.accuracy,
+    "latency": lambda c, p: max(c.latency.median_ms, p.focus * p.limit_ms),
+    "macs": lambda c, p: float(c.macs),
+}
+DEFAULT_OBJECTIVES = ("accuracy", "latency")
+
+
+def parse_objectives(text: str) -> tuple[str, ...]:
+    """``accuracy,latency,macs`` → the names, checked: known, no repeats, accuracy included (the
+    pick is made by accuracy within the budget; latency is always a constraint)."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown or "accuracy" not in names or len(set(names)) != len(names):
+        raise UserError(
+            f"--objectives {text!r} must name accuracy and optionally latency and macs, each once "
+            f"(known: {', '.join(OBJECTIVES)}), e.g. accuracy,latency"
+        )
+    return names
+
+
+@dataclass
+class PruningProblem:
+    """Scores channel choices of ``space``; each is evaluated once, whatever the search asks.
+
+    ``limit_ms`` is the constraint (latency <= limit); ``focus`` (a fraction of the limit) makes
+    latencies below ``focus * limit`` count as equal in the latency objective: the job picks ONE
+    network at the budget, and a front spread down to tiny models spends most evaluations where
+    no pick will come from (the report's fronts use the real latencies). ``known`` candidates
+    (evaluated by the job before this problem, e.g. the baseline) answer repeats without being
+    journaled; ``restored`` ones (from the journal of an interrupted run) are handed out as the
+    replayed search asks for them, in the original order, so that the screen learns from them
+    exactly as it did before the interruption.
+    """
+
+    space: ChannelSpace
+    task: Task
+    latency: LatencySource
+    limit_ms: float = math.inf
+    focus: float = 0.0
+    reference_ms: float | None = None
+    objective_names: tuple[str, ...] = DEFAULT_OBJECTIVES
+    model_scores: tuple[ModelScore, ...] = ()
+    journal: CandidateLog | None = None
+    screen: Screen | None = None
+    known: Iterable[Candidate] = ()
+    restored: Iterable[Candidate] = ()
+
+    def __post_init__(self):
+        self.layout = self.space
+        self.results: dict[Choice, Candidate] = {c.choice: c for c in self.known}
+        self._restored = {c.choice: c for c in self.restored if c.choice not in self.results}
+        self.restored_count = len(self._restored)
+        self.evaluations = 0
+        self._scores: dict[Choice, tuple[float, int]] = {}
+        self._columns = [OBJECTIVES[n] for n in self.objective_names]
+        self._columns += [(lambda c, p, name=s.name: -c.scores[name]) for s in self.model_scores]
+
+    # --- what a search sees (SearchProblem) ---------------------------------------------------
+
+    @property
+    def n_obj(self) -> int:
+        return len(self._columns)
+
+    def objectives(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        return np.array([[column(c, self) for column in self._columns] for c in candidates], dtype=float)
+
+    def constraints(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        return np.array([[c.latency.median_ms - self.limit_ms] for c in candidates], dtype=float)
+
+    def evaluated(self) -> list[Candidate]:
+        return list(self.results.values())
+
+    def partial_score(self, choice: Choice) -> tuple[float, int]:
+        choice = _normal(choice)
+        if choice in self.results:
+            return self.results[choice].accuracy, self.results[choice].macs
+        if choice not in self._scores:
+            model = self._calibrated(self.space.shrink(self.space.plan_of(choice)))
+            self._scores[choice] = (self.task.score(model), macs_and_params(model, self.space.input_shape)[0])
+        return self._scores[choice]
+
+    def evaluate(self, choice: Choice) -> Candidate:
+        """Latency first (on an idle CPU: nothing else of ours runs while the profiler times),
+        then accuracy after BN recalibration; a candidate the screen predicts far over the
+        limit is neither timed nor scored."""
+        choice = _normal(choice)
+        if choice in self.results:
+            return self.results[choice]
+        start = time.perf_counter()
+        widths = widths_of(choice)
+        model = self.space.shrink(self.space.plan_of(choice))
+        restored = self._restored.pop(choice, None)
+        if restored is not None:
+            self._teach_screen(widths, model, restored)
+            self.results[choice] = restored
+            return restored
+        if self.screen is not None and self.latency.peek(widths) is None:
+            predicted = self.screen.skip(model)
+            if predicted is not None:
+                macs, params = macs_and_params(model, self.space.input_shape)
+                stats = LatencyStats(0, predicted, predicted, predicted, predicted, 0.0, 0.0)
+                return self._keep(Candidate(choice, 0.0, stats, macs, params, False, time.perf_counter() - start, True))
+        stats, cached = self.latency.measure(widths, model)
+        if self.screen is not None:
+            self.screen.learn(model, stats.median_ms, lambda: self.latency.node_times(widths, model))
+        self._calibrated(model)
+        accuracy = self.task.score(model)
+        scores = {s.name: float(s.measure(model)) for s in self.model_scores}
+        macs, params = macs_and_params(model, self.space.input_shape)
+        return self._keep(Candidate(choice, accuracy, stats, macs, params, cached, time.perf_counter() - start, False, scores))
+
+    # --- what the job and the selection stage use -----------------------------------------------
+
+    def evaluate_widths(self, widths) -> Candidate:
+        """Evaluate the most important ``widths`` channels of every group."""
+        return self.evaluate(self.space.choice(widths))
+
+    def latency_of(self, widths: tuple[int, ...], fresh: bool = False) -> LatencyStats:
+        """Measured latency of an architecture (the cache answers repeats unless ``fresh``)."""
+        return self.latency.measure(tuple(widths), None, fresh)[0]
+
+    def known_candidates(self) -> list[Candidate]:
+        """Every candidate evaluated in this run or restored from its checkpoint: a resumed run
+        looks its finished pick up here (the pick may be a widened network the GA never saw)."""
+        return [*self.results.values(), *self._restored.values()]
+
+    def _calibrated(self, model: nn.Module) -> nn.Module:
+        return recalibrate_bn(model, self.task.calibration_batches())
+
+    def _teach_screen(self, widths, model, restored: Candidate) -> None:
+        if self.screen is not None and restored.predicted:
+            self.screen.replay_skip()
+        elif self.screen is not None:
+            self.screen.learn(model, restored.latency.median_ms, lambda: self.latency.node_times(widths, model))
+
+    def _keep(self, cand: Candidate) -> Candidate:
+        self.results[cand.choice] = cand
+        self.evaluations += 1
+        if self.journal is not None:
+            self.journal.record(cand)
+        return cand
+
+
+def _normal(choice) -> Choice:
+    return tuple(tuple(int(i) for i in idxs) for idxs in choice)

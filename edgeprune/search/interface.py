@@ -1,0 +1,92 @@
+"""What a search algorithm sees of the pruning problem (pymoo's split: algorithm vs problem).
+
+The algorithms in this package (NSGA-II, co-evolution) and the encodings know a
+:class:`~edgeprune.choice.GroupLayout` (the groups and their width grids), can ask the problem to
+evaluate a choice of channels, and read back each candidate's objectives and constraints as
+arrays. How a candidate is scored (a task on held-out data, a profiler on a device, a surrogate
+screen, a checkpoint that answers repeats) is :class:`edgeprune.problem.PruningProblem`'s
+business; nothing here imports torch, the channel space, the profiler or training, which an
+import-linter contract in pyproject.toml enforces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from edgeprune.choice import Choice, GroupLayout, widths_of
+
+
+class Latency(Protocol):
+    """A latency measurement as the search reads it (``edgeprune.profiling.stats.LatencyStats``)."""
+
+    median_ms: float
+
+
+@dataclass
+class Candidate:
+    """One evaluated network. ``latency`` is a measurement unless ``predicted`` (see below)."""
+
+    choice: Choice
+    accuracy: float
+    latency: Latency
+    macs: int
+    params: int
+    from_cache: bool = False
+    seconds: float = 0.0
+    # Not measured: the screen predicted it far over the latency limit. Such candidates steer the
+    # GA (as infeasible) but are never a Pareto point, a pick or a reported number.
+    predicted: bool = False
+    # Values of the problem's further objectives, by name (higher is better), e.g. robustness.
+    scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return widths_of(self.choice)
+
+    def summary(self, layout: GroupLayout) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "latency_ms": self.latency.median_ms,
+            "macs": self.macs,
+            "params": self.params,
+            "widths": {g.name: int(w) for g, w in zip(layout.groups, self.widths)},
+            **({"scores": dict(self.scores)} if self.scores else {}),
+        }
+
+
+class SearchProblem(Protocol):
+    """The problem an algorithm optimises: minimise every column of ``objectives``, subject to
+    every column of ``constraints`` being <= 0 (pymoo's convention)."""
+
+    layout: GroupLayout
+    limit_ms: float  # the latency constraint; a search stops or ranks against it
+    reference_ms: float | None  # the unpruned network's latency, the unit of the hypervolume
+
+    @property
+    def n_obj(self) -> int: ...
+
+    def evaluate(self, choice: Choice) -> Candidate:
+        """The candidate for ``choice`` (each choice is evaluated once per problem)."""
+
+    def partial_score(self, choice: Choice) -> tuple[float, int]:
+        """``(accuracy, MACs)`` without a latency measurement, for searches that rank partial
+        changes and measure only the networks they combine (co-evolution)."""
+
+    def evaluated(self) -> list[Candidate]:
+        """Every candidate evaluated so far, in order."""
+
+    def objectives(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        """One row per candidate, one minimised column per objective."""
+
+    def constraints(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        """One row per candidate, one column per constraint (feasible when <= 0)."""
+
+
+class GenerationLog(Protocol):
+    """Where a search records each finished generation (the run's checkpoint journal)."""
+
+    def record_generation(self, entry: dict) -> None: ...

@@ -1,9 +1,6 @@
 """The command line as a user runs it: one end-to-end prune, and one-line errors for bad input."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +15,8 @@ TINY = ["tiny_models:tiny_resnet", "--data", "digits", "--holdout", "300", "--ta
 FAST = ["--population", "4", "--generations", "2", "--finetune-epochs", "1", "--no-progress"]
 
 
-def test_end_to_end_prune_writes_a_deployable_folder(tmp_path):
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "edgeprune", *TINY, "--budget-ms", "5", *FAST, "--refine-top", "3", "--refine-epochs", "0.2",
-           "--out", str(out), "--cache", str(tmp_path / "c.sqlite")]
-    run = subprocess.run(cmd, cwd=TESTS, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(TESTS)})
-    assert run.returncode == 0, run.stderr[-2000:]
+def test_end_to_end_prune_writes_a_deployable_folder(tiny_prune):
+    out = tiny_prune.out  # conftest.tiny_prune_command, run once for the session
     assert sorted(p.name for p in out.iterdir()) == [
         "MODEL_CARD.md", "manifest.json", "model.onnx", "pareto.png", "plan.json", "report.json", "state_dict.pt"
     ]
@@ -32,7 +25,7 @@ def test_end_to_end_prune_writes_a_deployable_folder(tmp_path):
         assert key in report
     assert report["budget_met"] is True and report["budget_ms"] == 5
     assert report["pruned"]["latency_ms"]["median"] <= 5
-    assert report["search"]["evaluations"] >= 4 and report["search"]["seed"] == 0
+    assert report["search"]["evaluations"] >= 6 and report["search"]["seed"] == 3
     assert report["preprocess"]["input_shape"] == [1, 8, 8]
     assert report["parity"]["top1_agreement"] == 1.0
     plan = json.loads((out / "plan.json").read_text())
@@ -54,7 +47,7 @@ def test_end_to_end_prune_writes_a_deployable_folder(tmp_path):
     assert logits.shape == (1, 10)
     meta = session.get_modelmeta().custom_metadata_map
     assert meta["target"] == "fast-cpu" and meta["input_shape"] == "1x1x8x8"
-    assert "edgeprune" in run.stderr and "budget" in run.stderr  # the before/after table
+    assert "edgeprune" in tiny_prune.stderr and "budget" in tiny_prune.stderr  # the before/after table
 
 
 def _run_bad(args, tmp_path, capsys):

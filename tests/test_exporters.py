@@ -24,17 +24,9 @@ SHAPE = (1, 1, 8, 8)
 
 
 @pytest.fixture(scope="module")
-def pruned_out(tmp_path_factory):
-    """A real prune of tiny_resnet on digits, as small as a prune gets (shared, never modified)."""
-    root = tmp_path_factory.mktemp("prune")
-    out, cache = root / "out", root / "latency.sqlite"
-    code = main([
-        "tiny_models:tiny_resnet", "--data", "digits", "--holdout", "300", "--target", PROFILE, "--budget-ms", "5",
-        "--population", "4", "--generations", "1", "--finetune-epochs", "0", "--no-progress",
-        "--out", str(out), "--cache", str(cache),
-    ])
-    assert code == 0
-    return out, cache
+def pruned_out(tiny_prune):
+    """The session's real prune of tiny_resnet on digits (conftest.tiny_prune; never modified)."""
+    return tiny_prune.out, tiny_prune.cache
 
 
 @pytest.fixture

@@ -4,26 +4,23 @@ uninterrupted run with the same seed ends, without re-evaluating what it had alr
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import tiny_prune_command
 
 TESTS = Path(__file__).parent
-PROFILE = str(TESTS / "fixtures" / "fast-cpu.yaml")
 ENV = {**os.environ, "PYTHONPATH": str(TESTS)}
 # The factory model is imported, so resuming it needs the user's say-so.
 RESUME = ["--no-progress", "--trust-model-code"]
 
 
 def _cmd(out: Path, cache: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "edgeprune", "tiny_models:tiny_resnet", "--data", "digits", "--holdout", "300",
-        "--target", PROFILE, "--budget-ms", "5", "--population", "6", "--generations", "4",
-        "--finetune-epochs", "0", "--no-progress", "--seed", "3", "--out", str(out), "--cache", str(cache), *extra,
-    ]
+    return tiny_prune_command(out, cache, *extra)
 
 
 def _resume(out: Path) -> subprocess.CompletedProcess:
@@ -34,16 +31,14 @@ def _resume(out: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """``(cache, report)`` of one uninterrupted run. Every run of this module shares its latency
-    cache, as runs on one device do: the latencies are then identical and any difference in the
-    result comes from the checkpoint/replay logic."""
-    folder = tmp_path_factory.mktemp("uninterrupted")
-    cache = folder / "c.sqlite"
-    full = subprocess.run(_cmd(folder / "full", cache), cwd=TESTS, env=ENV, capture_output=True, text=True, timeout=600)
-    assert full.returncode == 0, full.stderr[-2000:]
-    assert not (folder / "full.checkpoint").exists()  # a finished run leaves nothing to resume
-    return cache, json.loads((folder / "full" / "report.json").read_text())
+def uninterrupted(tiny_prune, tmp_path_factory):
+    """``(cache, report)`` of the session's uninterrupted run (conftest.tiny_prune). Every run of
+    this module shares a copy of its latency cache, as runs on one device do: the latencies are
+    then identical and any difference in the result comes from the checkpoint/replay logic."""
+    cache = tmp_path_factory.mktemp("uninterrupted") / "c.sqlite"
+    shutil.copy(tiny_prune.cache, cache)
+    assert not tiny_prune.out.with_name("out.checkpoint").exists()  # a finished run leaves nothing to resume
+    return cache, tiny_prune.report
 
 
 def _complete_lines(journal: Path) -> int:

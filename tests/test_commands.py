@@ -80,3 +80,14 @@ def test_every_export_option_reaches_the_config():
     assert _option_dests("export") - {"no_progress"} <= {f.name for f in fields(ExportConfig)}
     cfg = config(build_parser().parse_args(["export", "out", "--int8", "--opset", "17", "--no-progress"]))
     assert cfg == ExportConfig(out_dir="out", int8=True, opset=17, progress=False)
+
+
+def test_resume_refuses_options_it_would_ignore(tmp_path, capsys):
+    from edgeprune.cli import main
+
+    assert main(["--resume", str(tmp_path / "out"), "--population", "9", "--seed", "4", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "drop --population, --seed" in err and "--no-progress" not in err.split("(")[0] and len(err.splitlines()) == 1
+    # the options a resumed run does use pass the check (and then the missing checkpoint is the error)
+    assert main(["--resume", str(tmp_path / "out"), "--no-progress", "--trust-model-code"]) == 2
+    assert "no checkpoint to resume" in capsys.readouterr().err

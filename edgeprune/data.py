@@ -241,39 +241,11 @@ def load_data(
     if holdout < 1:
         raise UserError(f"--holdout {holdout} must be at least 1; pass the number of train images to score on")
     gen = torch.Generator().manual_seed(seed)
-    if spec == "fashion-mnist":
-        source, (train_x, train_y, test_x, test_y) = _load_fashion_mnist()
-        class_names = list(FASHION_MNIST_CLASSES)
-        resized_at_load = False
-    elif spec == "digits":
-        source, (train_x, train_y, test_x, test_y) = _load_digits(gen)
-        class_names = [str(d) for d in range(10)]
-        resized_at_load = False
-    elif spec.startswith("imagefolder:"):
-        source = spec.removeprefix("imagefolder:")
-        if not source:
-            raise UserError(f"imagefolder: needs a path; pass imagefolder:PATH with {_IMAGEFOLDER_LAYOUT}")
-        train_x, train_y, test_x, test_y, class_names, resized_at_load = _load_imagefolder(
-            Path(source), input_shape, pad
-        )
-    else:
-        raise UserError(f"unknown dataset {spec!r}; pass --data as one of: {', '.join(SPECS)}")
-
-    native_shape = tuple(train_x.shape[1:])
-    input_shape = native_shape if input_shape is None else tuple(input_shape)
-    same_size = input_shape[1:] == native_shape[1:]
-    preprocess = Preprocess(
-        native_shape=native_shape,
-        input_shape=input_shape,
-        resize_mode="none" if same_size else ("pad" if pad else "resize"),
-        mean=None if mean is None else tuple(float(m) for m in mean),
-        std=None if std is None else tuple(float(s) for s in std),
-        resized_at_load=resized_at_load,
+    source, (train_x, train_y, test_x, test_y), class_names, resized_at_load = _load_source(
+        spec, input_shape, pad, gen
     )
-    capped = holdout >= len(train_y) / 2
-    n_holdout = max(1, len(train_y) // 5) if capped else holdout
-    perm = torch.randperm(len(train_y), generator=gen)
-    hold_idx, train_idx = perm[:n_holdout].sort().values, perm[n_holdout:].sort().values
+    preprocess = _preprocess(tuple(train_x.shape[1:]), input_shape, pad, mean, std, resized_at_load)
+    capped, hold_idx, train_idx = _holdout_indices(len(train_y), holdout, gen)
     return DataBundle(
         name=spec.split(":", 1)[0],
         train=Split(train_x[train_idx], train_y[train_idx], preprocess),
@@ -286,6 +258,59 @@ def load_data(
         seed=seed,
         holdout_capped=capped,
     )
+
+
+def _load_source(
+    spec: str, input_shape: tuple[int, int, int] | None, pad: bool, gen: torch.Generator
+) -> tuple[str | Path, tuple[Tensor, Tensor, Tensor, Tensor], list[str], bool]:
+    """(source, (train_x, train_y, test_x, test_y), class names, resized at load) for ``spec``."""
+    if spec == "fashion-mnist":
+        source, tensors = _load_fashion_mnist()
+        return source, tensors, list(FASHION_MNIST_CLASSES), False
+    if spec == "digits":
+        source, tensors = _load_digits(gen)
+        return source, tensors, [str(d) for d in range(10)], False
+    if spec.startswith("imagefolder:"):
+        source = spec.removeprefix("imagefolder:")
+        if not source:
+            raise UserError(f"imagefolder: needs a path; pass imagefolder:PATH with {_IMAGEFOLDER_LAYOUT}")
+        train_x, train_y, test_x, test_y, class_names, resized_at_load = _load_imagefolder(
+            Path(source), input_shape, pad
+        )
+        return source, (train_x, train_y, test_x, test_y), class_names, resized_at_load
+    raise UserError(f"unknown dataset {spec!r}; pass --data as one of: {', '.join(SPECS)}")
+
+
+def _preprocess(
+    native_shape: tuple[int, ...],
+    input_shape: tuple[int, int, int] | None,
+    pad: bool,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    resized_at_load: bool,
+) -> Preprocess:
+    """What turns the loaded images into model input; ``input_shape`` None keeps the native one."""
+    input_shape = native_shape if input_shape is None else tuple(input_shape)
+    same_size = input_shape[1:] == native_shape[1:]
+    return Preprocess(
+        native_shape=native_shape,
+        input_shape=input_shape,
+        resize_mode="none" if same_size else ("pad" if pad else "resize"),
+        mean=None if mean is None else tuple(float(m) for m in mean),
+        std=None if std is None else tuple(float(s) for s in std),
+        resized_at_load=resized_at_load,
+    )
+
+
+def _holdout_indices(n_train: int, holdout: int, gen: torch.Generator) -> tuple[bool, Tensor, Tensor]:
+    """(capped, holdout indices, remaining train indices), both sorted, from one seeded permutation.
+
+    A holdout of half the training set or more is capped to 20 % of it (see :func:`load_data`).
+    """
+    capped = holdout >= n_train / 2
+    n_holdout = max(1, n_train // 5) if capped else holdout
+    perm = torch.randperm(n_train, generator=gen)
+    return capped, perm[:n_holdout].sort().values, perm[n_holdout:].sort().values
 
 
 # --- Fashion-MNIST ---------------------------------------------------------------------------
@@ -442,6 +467,25 @@ def _load_imagefolder(
     are read, so memory holds the model's size rather than the camera's. Without one, they must
     all share a size, which becomes the native shape.
     """
+    train, val = _scan_imagefolder(root)
+    headers = _read_headers([*train.values(), *val.values()])
+    grey = all(mode in _GREY_MODES for mode, _ in headers.values())
+    sizes = {size for _, size in headers.values()}
+    resize_to = None if input_shape is None or pad else (input_shape[2], input_shape[1])
+    if resize_to is None and len(sizes) > 1:
+        examples = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:3])
+        raise UserError(
+            f"images in {root} have different sizes (WxH {examples}, ...); pass --input-shape "
+            "CxHxW (without --pad) to resize them as they are loaded"
+        )
+    train_x, train_y = _read_images(train, grey, resize_to)
+    test_x, test_y = _read_images(val, grey, resize_to)
+    resized_at_load = resize_to is not None and sizes != {resize_to}
+    return train_x, train_y, test_x, test_y, list(train), resized_at_load
+
+
+def _scan_imagefolder(root: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """The train/ and val/ class folders of ``root``, checked for layout before any image is read."""
     if not root.is_dir():
         raise UserError(f"image folder {root} not found; pass imagefolder:PATH with {_IMAGEFOLDER_LAYOUT}")
     for sub in ("train", "val"):
@@ -462,42 +506,40 @@ def _load_imagefolder(
                 f"{root / sub} has class folders without images ({', '.join(empty)}); add images "
                 f"({', '.join(sorted(_IMAGE_SUFFIXES))}) or remove the folders"
             )
+    return train, val
 
+
+def _read_headers(file_lists: list[list[Path]]) -> dict[Path, tuple[str, tuple[int, int]]]:
+    """path -> (mode, size) from each image's header: enough to choose grey or RGB and to check
+    sizes before any pixels are decoded, and an unreadable file fails here, with its path."""
     from PIL import Image, UnidentifiedImageError
 
     headers = {}
-    for files in [*train.values(), *val.values()]:
+    for files in file_lists:
         for path in files:
             try:
                 with Image.open(path) as img:
                     headers[path] = (img.mode, img.size)
             except (UnidentifiedImageError, OSError) as exc:
                 raise UserError(f"cannot read image {path} ({exc}); fix or remove it") from exc
-    grey = all(mode in _GREY_MODES for mode, _ in headers.values())
-    sizes = {size for _, size in headers.values()}
-    resize_to = None if input_shape is None or pad else (input_shape[2], input_shape[1])
-    if resize_to is None and len(sizes) > 1:
-        examples = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:3])
-        raise UserError(
-            f"images in {root} have different sizes (WxH {examples}, ...); pass --input-shape "
-            "CxHxW (without --pad) to resize them as they are loaded"
-        )
+    return headers
 
-    def read(classes: dict[str, list[Path]]) -> tuple[Tensor, Tensor]:
-        arrays, labels = [], []
-        for label, files in enumerate(classes.values()):
-            for path in files:
-                with Image.open(path) as img:
-                    img = img.convert("L" if grey else "RGB")
-                    if resize_to is not None and img.size != resize_to:
-                        img = img.resize(resize_to, Image.BILINEAR)
-                    arrays.append(np.asarray(img, dtype=np.uint8))
-                labels.append(label)
-        x = torch.from_numpy(np.stack(arrays))
-        x = x.unsqueeze(1) if grey else x.permute(0, 3, 1, 2).contiguous()
-        return x, torch.tensor(labels, dtype=torch.int64)
 
-    train_x, train_y = read(train)
-    test_x, test_y = read(val)
-    resized_at_load = resize_to is not None and sizes != {resize_to}
-    return train_x, train_y, test_x, test_y, list(train), resized_at_load
+def _read_images(
+    classes: dict[str, list[Path]], grey: bool, resize_to: tuple[int, int] | None
+) -> tuple[Tensor, Tensor]:
+    """(N x C x H x W uint8 images, labels) with labels numbering the classes in order."""
+    from PIL import Image
+
+    arrays, labels = [], []
+    for label, files in enumerate(classes.values()):
+        for path in files:
+            with Image.open(path) as img:
+                img = img.convert("L" if grey else "RGB")
+                if resize_to is not None and img.size != resize_to:
+                    img = img.resize(resize_to, Image.BILINEAR)
+                arrays.append(np.asarray(img, dtype=np.uint8))
+            labels.append(label)
+    x = torch.from_numpy(np.stack(arrays))
+    x = x.unsqueeze(1) if grey else x.permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor(labels, dtype=torch.int64)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,9 @@ from torch import nn
 
 from edgeprune.data import Split
 from edgeprune.errors import UserError
+
+# loss(logits, x, y)
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def evaluate(model: nn.Module, split: Split, batch_size: int = 512) -> float:
@@ -74,11 +78,7 @@ def train(
     items = per_epoch * batch_size if len(split) >= batch_size else len(split)
     total = max(1, round(epochs * per_epoch))
     warmup_steps = min(100, total // 10) if warmup else 0
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("model has no trainable parameters")
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, warmup_steps))
+    optimizer, schedule = _sgd(model, lr, weight_decay, total, warmup_steps)
     teacher_was_training = teacher.training if teacher is not None else False
     if teacher is not None:
         teacher.eval()
@@ -88,39 +88,14 @@ def train(
     task = bar.add_task(description, total=total, loss=float("nan")) if bar is not None else None
     if own_bar:
         bar.start()
-    start, step, ema = time.perf_counter(), 0, None
+    advance = None if bar is None else (lambda ema: bar.update(task, advance=1, loss=ema))
+    start = time.perf_counter()
     model.train()
     try:
-        # Dropout and friends draw from the global RNG: fork it so a seeded run is repeatable
-        # without disturbing the caller's random state.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            epoch = 0
-            while step < total:
-                for x, y in split.batches(batch_size, shuffle=True, seed=seed + epoch, limit=items):
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y)
-                    if teacher is not None:
-                        with torch.no_grad():
-                            soft = F.softmax(teacher(x) / kd_temperature, dim=1)
-                        kd = F.kl_div(F.log_softmax(logits / kd_temperature, dim=1), soft, reduction="batchmean")
-                        loss = (1 - kd_alpha) * loss + kd_alpha * kd_temperature**2 * kd
-                    if not torch.isfinite(loss):
-                        raise UserError(
-                            f"training diverged at step {step + 1} of {total} (loss {loss.item()}); "
-                            f"lower the learning rate (now {lr})"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    schedule.step()
-                    step += 1
-                    ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
-                    if bar is not None:
-                        bar.update(task, advance=1, loss=ema)
-                    if step == total:
-                        break
-                epoch += 1
+        step, ema = _run_steps(
+            model, split, optimizer, schedule, _loss_fn(teacher, kd_alpha, kd_temperature),
+            total=total, batch_size=batch_size, items=items, seed=seed, lr=lr, advance=advance,
+        )
     finally:
         model.eval()
         if teacher is not None:
@@ -128,6 +103,79 @@ def train(
         if own_bar:
             bar.stop()
     return {"steps": step, "final_loss": ema, "seconds": time.perf_counter() - start}
+
+
+def _sgd(
+    model: nn.Module, lr: float, weight_decay: float, total: int, warmup_steps: int
+) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
+    """Nesterov SGD over the trainable parameters, with the per-step warm-up + cosine schedule."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, warmup_steps))
+    return optimizer, schedule
+
+
+def _loss_fn(teacher: nn.Module | None, kd_alpha: float, kd_temperature: float) -> LossFn:
+    """``loss(logits, x, y)``: cross-entropy, blended with the distillation term given a teacher."""
+
+    def loss(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(logits, y)
+        if teacher is None:
+            return ce
+        with torch.no_grad():
+            soft = F.softmax(teacher(x) / kd_temperature, dim=1)
+        kd = F.kl_div(F.log_softmax(logits / kd_temperature, dim=1), soft, reduction="batchmean")
+        return (1 - kd_alpha) * ce + kd_alpha * kd_temperature**2 * kd
+
+    return loss
+
+
+def _run_steps(
+    model: nn.Module,
+    split: Split,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LambdaLR,
+    loss_fn: LossFn,
+    *,
+    total: int,
+    batch_size: int,
+    items: int,
+    seed: int,
+    lr: float,
+    advance: Callable[[float], None] | None,
+) -> tuple[int, float]:
+    """Take ``total`` optimizer steps over seeded per-epoch shuffles; returns (steps, EMA loss).
+
+    ``advance(ema)``, when given, is called after every step.
+    """
+    step, ema = 0, None
+    # Dropout and friends draw from the global RNG: fork it so a seeded run is repeatable
+    # without disturbing the caller's random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        epoch = 0
+        while step < total:
+            for x, y in split.batches(batch_size, shuffle=True, seed=seed + epoch, limit=items):
+                loss = loss_fn(model(x), x, y)
+                if not torch.isfinite(loss):
+                    raise UserError(
+                        f"training diverged at step {step + 1} of {total} (loss {loss.item()}); "
+                        f"lower the learning rate (now {lr})"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                step += 1
+                ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
+                if advance is not None:
+                    advance(ema)
+                if step == total:
+                    break
+            epoch += 1
+    return step, ema
 
 
 def _new_progress() -> Progress:

@@ -36,6 +36,17 @@ def render_model_card(report: dict) -> str:
     baseline, pruned = report.get("baseline", {}), report.get("pruned", {})
 
     lines = [
+        *_intro_lines(report, export, spec, classes, shown_shape),
+        *_data_lines(data, pre, int8),
+        *_metrics_lines(export, baseline, fp32, int8),
+        *_latency_lines(report, export, baseline, pruned, fp32, int8),
+        *_caveat_lines(export),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _intro_lines(report: dict, export: dict, spec: str, classes: list[str], shown_shape: str) -> list[str]:
+    return [
         f"# Model card: {spec}, pruned for {report.get('target', export['target'])}",
         "",
         f"Produced by edgeprune {report.get('edgeprune_version', '')} · plan `{export['plan_sha256_16']}` · "
@@ -49,6 +60,11 @@ def render_model_card(report: dict) -> str:
         "Inputs must be preprocessed exactly as described under Data. Not validated for images unlike "
         "the training data, or for decisions where an error harms someone without further validation.",
         "",
+    ]
+
+
+def _data_lines(data: dict, pre: dict, int8: dict | None) -> list[str]:
+    return [
         "## Data",
         "",
         f"- dataset: `{data.get('name', '?')}` from `{data.get('source', '?')}`; sizes {data.get('sizes', {})} "
@@ -58,6 +74,12 @@ def render_model_card(report: dict) -> str:
         "- INT8 calibration: "
         + (f"{int8['calibration']['samples']} images of the TRAIN split" if int8 else "not quantized"),
         "",
+    ]
+
+
+def _metrics_lines(export: dict, baseline: dict, fp32: dict, int8: dict | None) -> list[str]:
+    """The test-accuracy table and the torch ↔ ONNX Runtime parity under it."""
+    lines = [
         "## Metrics (test split)",
         "",
         "| model | runtime | top-1 accuracy |",
@@ -80,6 +102,13 @@ def render_model_card(report: dict) -> str:
             else "."
         ),
         "",
+    ]
+    return lines
+
+
+def _latency_lines(report: dict, export: dict, baseline: dict, pruned: dict, fp32: dict, int8: dict | None) -> list[str]:
+    """The latency table, and whether the prune run's budget was met."""
+    lines = [
         "## Latency per target (ms, measured)",
         "",
         "| target | model | file | precision | median | p90 | p99 | runs | CV |",
@@ -93,8 +122,12 @@ def render_model_card(report: dict) -> str:
     if "budget_ms" in report:
         lines += ["", f"Budget of the prune run: {report['budget_ms']:.4g} ms median on {report['target']} "
                       f"({'met' if report.get('budget_met') else 'NOT met'}; pruned {_ms(pruned.get('latency_ms', {}).get('median'))} ms)."]
+    return lines
+
+
+def _caveat_lines(export: dict) -> list[str]:
     gate = export["int8_gate"]
-    lines += [
+    lines = [
         "",
         "## Caveats",
         "",
@@ -114,4 +147,4 @@ def render_model_card(report: dict) -> str:
             + " INT8 speed in ONNX Runtime on a CPU says little about INT8 speed in TensorRT."
         )
     lines.append("- No TensorRT engine is part of this export (`engine: null`).")
-    return "\n".join(lines) + "\n"
+    return lines

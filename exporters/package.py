@@ -28,6 +28,7 @@ from edgeprune.profiling.fingerprint import fingerprint_hash
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.progress import console, progress_bar
+from edgeprune.targets import Profile
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -162,71 +163,14 @@ def build_package(
     shape = (profile.batch, *input_shape)
     fingerprint = profiler.fingerprint
     pre = data.preprocess.to_dict()
-    shown_batch = BATCH_DIM if opts.dynamic_batch else str(profile.batch)
-    common = {
-        "edgeprune_version": edgeprune.__version__,
-        "target": profile.name,
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "input_shape": "x".join([shown_batch, *map(str, input_shape)]),
-        "batch": "dynamic" if opts.dynamic_batch else str(profile.batch),
-        "layout": "NCHW",
-        "mean": json.dumps(pre["mean"]),
-        "std": json.dumps(pre["std"]),
-        "preprocess": json.dumps(pre, sort_keys=True),
-        "class_names": json.dumps(list(data.class_names)),
-        "opset": str(opts.opset),
-        "plan_sha256_16": plan_digest,
-        "fingerprint": json.dumps(fingerprint, sort_keys=True),
-        "fingerprint_sha256_16": fingerprint_hash(fingerprint),
-    }
+    common = _common_metadata(profile, opts, input_shape, pre, data.class_names, plan_digest, fingerprint)
     test_inputs = torch.cat([x for x, _ in data.test.batches(PARITY_SAMPLES, limit=PARITY_SAMPLES)])
-
-    console.print(f"exporting ONNX (opset {opts.opset}, batch {common['batch']}) and timing it on {profile.name}")
-    blob = export_onnx(model, shape, opts.opset, dynamic_batch=opts.dynamic_batch)
-    latency, cached = _measure(profiler, blob, shape)
-    blob = with_metadata(blob, _metadata(common, profile.precision, latency))
-    fp32 = Variant(
-        precision=profile.precision,
-        file=FP32_FILE,
-        blob=blob,
-        latency=latency,
-        latency_from_cache=cached,
-        accuracy=_accuracy(blob, data.test, "ONNX FP32", opts.progress),
-        parity=parity(model, blob, test_inputs),
-    )
-
-    int8, accepted, gate, calibration = None, False, None, None
+    fp32 = _fp32_variant(model, data.test, profiler, opts, common, shape, test_inputs)
+    int8, gate, calibration = None, None, None
     if opts.int8:
-        items = calibration_items(data.train, opts.calibration_samples, profile.batch, seed=opts.seed)
-        calibration = {"split": "train", "samples": sum(len(i) for i in items), "method": "nncf.quantize (PTQ, QDQ, fast bias correction)"}
-        console.print(f"quantizing to INT8 with NNCF on {calibration['samples']} train images")
-        q = quantize_int8(fp32.blob, items, INPUT_NAME, progress=opts.progress)
-        q_latency, _ = _measure(profiler, q, shape)
-        q = with_metadata(q, _metadata(common, "int8", q_latency))
-        q_accuracy = _accuracy(q, data.test, "ONNX INT8", opts.progress)
-        drop_pp = 100.0 * (fp32.accuracy - q_accuracy)
-        accepted = opts.max_int8_drop_pp is None or drop_pp <= opts.max_int8_drop_pp
-        int8 = Variant("int8", INT8_FILE if accepted else None, q, q_latency, False, q_accuracy, parity(model, q, test_inputs))
-        gate = {
-            "max_drop_pp": opts.max_int8_drop_pp,
-            "fp32_accuracy": fp32.accuracy,
-            "int8_accuracy": q_accuracy,
-            "drop_pp": drop_pp,
-            "accepted": accepted,
-        }
-
-    models = {"fp32": fp32.summary(), "int8": None, "engine": None}
-    if int8 is not None:
-        models["int8"] = int8.summary() | {
-            "accepted": accepted,
-            "calibration": calibration,
-            "vs_fp32": {
-                "accuracy_drop_pp": gate["drop_pp"],
-                "speedup_median": fp32.latency.median_ms / int8.latency.median_ms,
-                "speedup_p90": fp32.latency.p90_ms / int8.latency.p90_ms,
-            },
-        }
+        int8, gate, calibration = _int8_variant(model, data, profiler, opts, common, shape, test_inputs, fp32)
+    accepted = gate is not None and gate["accepted"]
+    models = _models_section(fp32, int8, gate, calibration)
     section = {
         "target": profile.name,
         "profile": profile.to_dict(),
@@ -250,6 +194,114 @@ def build_package(
         "int8_gate": gate,
     }
     return Package(fp32=fp32, int8=int8, int8_accepted=accepted, section=section)
+
+
+def _common_metadata(
+    profile: Profile,
+    opts: ExportOptions,
+    input_shape: tuple[int, ...],
+    pre: dict,
+    class_names: list[str],
+    plan_digest: str,
+    fingerprint: dict,
+) -> dict[str, str]:
+    """The metadata every exported file carries, whatever its precision."""
+    shown_batch = BATCH_DIM if opts.dynamic_batch else str(profile.batch)
+    return {
+        "edgeprune_version": edgeprune.__version__,
+        "target": profile.name,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "input_shape": "x".join([shown_batch, *map(str, input_shape)]),
+        "batch": "dynamic" if opts.dynamic_batch else str(profile.batch),
+        "layout": "NCHW",
+        "mean": json.dumps(pre["mean"]),
+        "std": json.dumps(pre["std"]),
+        "preprocess": json.dumps(pre, sort_keys=True),
+        "class_names": json.dumps(list(class_names)),
+        "opset": str(opts.opset),
+        "plan_sha256_16": plan_digest,
+        "fingerprint": json.dumps(fingerprint, sort_keys=True),
+        "fingerprint_sha256_16": fingerprint_hash(fingerprint),
+    }
+
+
+def _fp32_variant(
+    model: nn.Module,
+    test: Split,
+    profiler: Profiler,
+    opts: ExportOptions,
+    common: dict[str, str],
+    shape: tuple[int, ...],
+    test_inputs: torch.Tensor,
+) -> Variant:
+    """Export the FP32 ONNX file, time it, write the timing into it, then check it against torch."""
+    profile = profiler.profile
+    console.print(f"exporting ONNX (opset {opts.opset}, batch {common['batch']}) and timing it on {profile.name}")
+    blob = export_onnx(model, shape, opts.opset, dynamic_batch=opts.dynamic_batch)
+    latency, cached = _measure(profiler, blob, shape)
+    blob = with_metadata(blob, _metadata(common, profile.precision, latency))
+    return Variant(
+        precision=profile.precision,
+        file=FP32_FILE,
+        blob=blob,
+        latency=latency,
+        latency_from_cache=cached,
+        accuracy=_accuracy(blob, test, "ONNX FP32", opts.progress),
+        parity=parity(model, blob, test_inputs),
+    )
+
+
+def _int8_variant(
+    model: nn.Module,
+    data: DataBundle,
+    profiler: Profiler,
+    opts: ExportOptions,
+    common: dict[str, str],
+    shape: tuple[int, ...],
+    test_inputs: torch.Tensor,
+    fp32: Variant,
+) -> tuple[Variant, dict, dict]:
+    """Quantize ``fp32`` with NNCF and measure it like FP32; returns (variant, gate, calibration).
+
+    The gate accepts the INT8 file when its test accuracy drop is within ``opts.max_int8_drop_pp``;
+    a refused variant keeps its measurements but has no file name.
+    """
+    profile = profiler.profile
+    items = calibration_items(data.train, opts.calibration_samples, profile.batch, seed=opts.seed)
+    calibration = {"split": "train", "samples": sum(len(i) for i in items), "method": "nncf.quantize (PTQ, QDQ, fast bias correction)"}
+    console.print(f"quantizing to INT8 with NNCF on {calibration['samples']} train images")
+    q = quantize_int8(fp32.blob, items, INPUT_NAME, progress=opts.progress)
+    q_latency, _ = _measure(profiler, q, shape)
+    q = with_metadata(q, _metadata(common, "int8", q_latency))
+    q_accuracy = _accuracy(q, data.test, "ONNX INT8", opts.progress)
+    drop_pp = 100.0 * (fp32.accuracy - q_accuracy)
+    accepted = opts.max_int8_drop_pp is None or drop_pp <= opts.max_int8_drop_pp
+    int8 = Variant("int8", INT8_FILE if accepted else None, q, q_latency, False, q_accuracy, parity(model, q, test_inputs))
+    gate = {
+        "max_drop_pp": opts.max_int8_drop_pp,
+        "fp32_accuracy": fp32.accuracy,
+        "int8_accuracy": q_accuracy,
+        "drop_pp": drop_pp,
+        "accepted": accepted,
+    }
+    return int8, gate, calibration
+
+
+def _models_section(fp32: Variant, int8: Variant | None, gate: dict | None, calibration: dict | None) -> dict:
+    """report.json's ``export.models``: one summary per file, INT8 compared with FP32."""
+    models = {"fp32": fp32.summary(), "int8": None, "engine": None}
+    if int8 is not None:
+        models["int8"] = int8.summary() | {
+            "accepted": gate["accepted"],
+            "calibration": calibration,
+            "vs_fp32": {
+                "accuracy_drop_pp": gate["drop_pp"],
+                "speedup_median": fp32.latency.median_ms / int8.latency.median_ms,
+                "speedup_p90": fp32.latency.p90_ms / int8.latency.p90_ms,
+            },
+        }
+    return models
 
 
 def _json_bytes(payload: dict) -> bytes:

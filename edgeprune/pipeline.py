@@ -102,9 +102,11 @@ def _validate(cfg: PruneConfig) -> None:
     for flag, value, ok, what in _numeric_rules(cfg):
         if not ok:
             raise UserError(f"{flag} must be {what}, got {value}")
-    parse_objectives(cfg.objectives)
     if cfg.strategy not in ("nsga2", "coevolution"):
         raise UserError(f"unknown --strategy {cfg.strategy!r}; choose nsga2 or coevolution")
+    if cfg.strategy == "coevolution" and parse_objectives(cfg.objectives) != DEFAULT_OBJECTIVES:
+        raise UserError("--objectives applies to --strategy nsga2; co-evolution ranks by accuracy with fewer MACs breaking ties: drop --objectives")
+    parse_objectives(cfg.objectives)
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file; pass --out with a folder path")
@@ -295,6 +297,8 @@ def _report(job: _Job, rounds, package, baseline, baseline_latency: LatencyStats
         "profile": job.profile.to_dict(),
         "budget_ms": budget_ms,
         "budget_met": final_latency.median_ms <= budget_ms,
+        "budget_kind": "speedup" if cfg.speedup is not None else "absolute",
+        "drift": job.profiler.drift(),
         "budget_policy": DEFAULT_POLICY.describe(),
         "model": job.spec,
         "input_shape": list(input_shape),

@@ -70,8 +70,11 @@ def _run_bad(args, tmp_path, capsys):
         ([TINY[0], "--data", "imagefolder:/no/such/dir", "--target", PROFILE, "--budget-ms", "1"], ["/no/such/dir"]),
         ([*TINY, "--budget-ms", "0.00001", *FAST], ["smallest allowed network", "--budget-ms"]),
         ([*TINY], ["--budget-ms", "--speedup"]),
+        ([*TINY, "--budget-ms", "1", "--objectives", "latency,macs"], ["--objectives", "must name accuracy"]),
+        ([*TINY, "--budget-ms", "1", "--strategy", "coevolution", "--objectives", "accuracy,macs"], ["--objectives", "nsga2"]),
     ],
-    ids=["missing-file", "unknown-target", "bad-input-shape", "missing-data-path", "budget-too-low", "no-budget"],
+    ids=["missing-file", "unknown-target", "bad-input-shape", "missing-data-path", "budget-too-low", "no-budget",
+         "objectives-without-accuracy", "objectives-with-coevolution"],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, words, tmp_path, capsys):
     line = _run_bad(args, tmp_path, capsys)

@@ -68,3 +68,61 @@ def test_a_measurement_over_several_sessions_reports_and_caches_the_median_one(t
     again, cached = profiler.latency("a", SHAPE, lambda: b"onnx")
     assert cached and again.median_ms == 1.3  # what was reported is what the cache answers with
     profiler.close()
+
+
+class _SlowingMachine:
+    """The real ORT backend on a machine that becomes ``factor`` times slower after ``after``
+    paired measurements: candidate and reference alike, as a CPU hog or thermal throttling does."""
+
+    def __init__(self, real, after: int, factor: float):
+        self.real, self.after, self.factor, self.pairs = real, after, factor, 0
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def measure_pair(self, onnx_bytes, input_shape):
+        raw, ref = self.real.measure_pair(onnx_bytes, input_shape)
+        self.pairs += 1
+        if self.pairs <= self.after:
+            return raw, ref
+        return raw.scaled(self.factor), ref.scaled(self.factor)
+
+
+def test_a_machine_that_slows_mid_run_keeps_a_speedup_verdict_and_the_report_records_the_drift(tmp_path, monkeypatch, capsys):
+    from edgeprune.pipeline import PruneConfig, run_prune
+    from edgeprune.profiling import profiler as profiler_module
+
+    real_factory = profiler_module.make_backend
+    machine = {}
+
+    def slowing(profile):
+        machine["backend"] = _SlowingMachine(real_factory(profile), after=6, factor=2.0)
+        return machine["backend"]
+
+    monkeypatch.setattr(profiler_module, "make_backend", slowing)
+    cfg = PruneConfig(
+        model="tiny_models:tiny_resnet", target=str(PROFILE), data="digits", holdout=300, speedup=1.5,
+        population=4, generations=2, finetune_epochs=0, refine_epochs=0, widen_passes=0,
+        out=str(tmp_path / "out"), no_cache=True, progress=False,
+    )
+    report = run_prune(cfg)
+    assert machine["backend"].pairs > 6  # the slowdown did happen during the run
+    drift = report["drift"]
+    assert drift["first_factor"] < 1.5 and drift["last_factor"] > 1.5  # 2x slower at the end, and recorded
+    # Judged as ratios timed together, the pruned model is as fast relative to the baseline as
+    # before the slowdown: the speedup budget is met (exit 0), not failed by the machine.
+    assert report["budget_kind"] == "speedup" and report["budget_met"]
+    assert report["pruned"]["latency_ms"]["median"] <= report["budget_ms"]
+    assert "which drift does not change" in " ".join(capsys.readouterr().err.split())  # said at the end
+
+
+def test_an_absolute_verdict_on_a_drifting_machine_carries_a_warning_and_a_steady_one_none():
+    from edgeprune.report import drift_note
+
+    drift = {"anchor_ms": 1.0, "sessions": 20, "first_ms": 1.0, "last_ms": 1.6, "first_factor": 1.0, "last_factor": 1.6}
+    absolute = drift_note({"budget_kind": "absolute", "drift": drift})
+    assert absolute.startswith("[yellow]warning") and "1.60× at the end" in absolute and "baseline's speed" in absolute
+    assert "drift does not change" in drift_note({"budget_kind": "speedup", "drift": drift})
+    steady = drift | {"last_ms": 1.05, "last_factor": 1.05}
+    assert drift_note({"budget_kind": "absolute", "drift": steady}) is None
+    assert drift_note({"budget_kind": "absolute", "drift": None}) is None

@@ -5,6 +5,7 @@ populations, resumed runs); a measurement costs seconds, a lookup microseconds. 
 also deferred (``onnx_fn``) so a cache hit never pays for it.
 """
 
+import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -33,6 +34,9 @@ class Profiler:
         self.measurements = 0
         self.cache_hits = 0
         self.anchor: LatencyStats | None = None
+        # The reference's own median in every session timed next to it, in the order timed: how
+        # the machine's speed moved during the run (see drift).
+        self.reference_sessions: list[float] = []
 
     def set_reference(
         self, arch_key: str, input_shape: Sequence[int], onnx_bytes: bytes, anchor: LatencyStats | None = None
@@ -104,9 +108,32 @@ class Profiler:
         if self.anchor is None:
             return self.backend.measure(onnx, shape)
         raw, ref = self.backend.measure_pair(onnx, shape)
+        self.reference_sessions.append(ref.median_ms)
         stats = raw.scaled(self.anchor.median_ms / ref.median_ms)
         stats.noisy = raw.noisy or ref.noisy
         return stats
+
+    def drift(self, window: int = 5) -> dict | None:
+        """How fast the reference ran, relative to its anchor, in the first and the last
+        ``window`` sessions timed next to it (None before any).
+
+        Every latency is reported as ``candidate / reference x anchor``, so a ratio budget is
+        judged by ratios timed together whatever the machine does; an absolute budget is judged in
+        the anchor's units, i.e. at the speed the machine had when the anchor was timed. A factor
+        far from 1 says the machine (or, with a cached anchor, an earlier spell) ran at another
+        speed, and how far an absolute verdict leans on that assumption."""
+        if self.anchor is None or not self.reference_sessions:
+            return None
+        first = statistics.median(self.reference_sessions[:window])
+        last = statistics.median(self.reference_sessions[-window:])
+        return {
+            "anchor_ms": self.anchor.median_ms,
+            "sessions": len(self.reference_sessions),
+            "first_ms": first,
+            "last_ms": last,
+            "first_factor": first / self.anchor.median_ms,
+            "last_factor": last / self.anchor.median_ms,
+        }
 
     def peek(self, arch_key: str, input_shape: Sequence[int]) -> LatencyStats | None:
         """The known latency of ``arch_key`` (memory or cache), without measuring anything."""

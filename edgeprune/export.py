@@ -34,6 +34,7 @@ class ExportConfig:
     out_dir: str
     int8: bool = False
     max_int8_drop: float | None = None
+    int8_min_speedup: float = 1.0
     dynamic_batch: bool = False
     opset: int | None = None
     target: str | None = None
@@ -156,6 +157,10 @@ def _profile(cfg: ExportConfig, report: dict) -> Profile:
 def _validate(cfg: ExportConfig) -> None:
     if cfg.max_int8_drop is not None and not cfg.int8:
         raise UserError("--max-int8-drop only applies with --int8; add --int8 or drop --max-int8-drop")
+    if cfg.int8_min_speedup != 1.0 and not cfg.int8:
+        raise UserError("--int8-min-speedup only applies with --int8; add --int8 or drop --int8-min-speedup")
+    if not (math.isfinite(cfg.int8_min_speedup) and cfg.int8_min_speedup >= 0):
+        raise UserError(f"--int8-min-speedup is a ratio FP32 time / INT8 time (0 accepts any), got {cfg.int8_min_speedup}")
     if cfg.max_int8_drop is not None and cfg.max_int8_drop < 0:
         raise UserError(f"--max-int8-drop is a loss in percentage points and cannot be negative, got {cfg.max_int8_drop}")
     if cfg.opset is not None and not MIN_OPSET <= cfg.opset <= MAX_OPSET:
@@ -192,6 +197,7 @@ def run_export(cfg: ExportConfig) -> dict:
             dynamic_batch=cfg.dynamic_batch,
             int8=cfg.int8,
             max_int8_drop_pp=cfg.max_int8_drop,
+            int8_min_speedup=cfg.int8_min_speedup,
             calibration_samples=cfg.calibration_samples or DEFAULT_CALIBRATION_SAMPLES,
             seed=int(report["data"].get("seed", 0)),
             progress=cfg.progress,

@@ -142,7 +142,8 @@ def _caveat_lines(export: dict) -> list[str]:
     if gate is not None:
         limit = "no limit set" if gate["max_drop_pp"] is None else f"limit {gate['max_drop_pp']:g} pp"
         lines.append(
-            f"- INT8 (NNCF post-training quantization, QDQ) lost {gate['drop_pp']:.2f} pp of test accuracy ({limit}); "
+            f"- INT8 (NNCF post-training quantization, QDQ) lost {gate['drop_pp']:.2f} pp of test accuracy ({limit}) "
+            f"and ran {gate['speedup']:.2f}x as fast as FP32 (at least {gate['min_speedup']:g}x required); "
             + ("accepted." if gate["accepted"] else "REFUSED, so no INT8 file is shipped.")
             + " INT8 speed in ONNX Runtime on a CPU says little about INT8 speed in TensorRT."
         )

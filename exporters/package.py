@@ -43,6 +43,7 @@ class ExportOptions:
     dynamic_batch: bool = False
     int8: bool = False
     max_int8_drop_pp: float | None = None
+    int8_min_speedup: float = 1.0
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
     seed: int = 0
     progress: bool = True
@@ -95,11 +96,18 @@ class Package:
         gate = self.section["int8_gate"]
         if gate is None or gate["accepted"]:
             return None
-        return (
-            f"INT8 model REFUSED: test accuracy {gate['int8_accuracy']:.2%} is {gate['drop_pp']:.2f} pp below "
-            f"FP32 ({gate['fp32_accuracy']:.2%}), more than --max-int8-drop {gate['max_drop_pp']:g} pp; "
-            f"{INT8_FILE} was not written"
-        )
+        reasons = []
+        if not gate["accuracy_ok"]:
+            reasons.append(
+                f"test accuracy {gate['int8_accuracy']:.2%} is {gate['drop_pp']:.2f} pp below FP32 "
+                f"({gate['fp32_accuracy']:.2%}), more than --max-int8-drop {gate['max_drop_pp']:g} pp"
+            )
+        if not gate["speed_ok"]:
+            reasons.append(
+                f"it runs at {gate['int8_latency_ms']:.4f} ms against FP32's {gate['fp32_latency_ms']:.4f} ms "
+                f"({gate['speedup']:.2f}x), under --int8-min-speedup {gate['min_speedup']:g}"
+            )
+        return f"INT8 model REFUSED: {'; and '.join(reasons)}; {INT8_FILE} was not written"
 
 
 # Fresh sessions a finished file is timed in next to its reference (the median one is reported).
@@ -264,8 +272,11 @@ def _int8_variant(
 ) -> tuple[Variant, dict, dict]:
     """Quantize ``fp32`` with NNCF and measure it like FP32; returns (variant, gate, calibration).
 
-    The gate accepts the INT8 file when its test accuracy drop is within ``opts.max_int8_drop_pp``;
-    a refused variant keeps its measurements but has no file name.
+    The gate accepts the INT8 file when its test accuracy drop is within ``opts.max_int8_drop_pp``
+    and it is at least ``opts.int8_min_speedup`` times as fast as FP32 (both timed next to the same
+    reference): an INT8 file slower than FP32 on the target is no deliverable (on ORT CPU at
+    3x32x32, QDQ around depthwise convolutions ran several times slower). A refused variant keeps
+    its measurements but has no file name.
     """
     profile = profiler.profile
     items = calibration_items(data.train, opts.calibration_samples, profile.batch, seed=opts.seed)
@@ -276,13 +287,22 @@ def _int8_variant(
     q = with_metadata(q, _metadata(common, "int8", q_latency))
     q_accuracy = _accuracy(q, data.test, "ONNX INT8", opts.progress)
     drop_pp = 100.0 * (fp32.accuracy - q_accuracy)
-    accepted = opts.max_int8_drop_pp is None or drop_pp <= opts.max_int8_drop_pp
+    speedup = fp32.latency.median_ms / q_latency.median_ms
+    accuracy_ok = opts.max_int8_drop_pp is None or drop_pp <= opts.max_int8_drop_pp
+    speed_ok = speedup >= opts.int8_min_speedup
+    accepted = accuracy_ok and speed_ok
     int8 = Variant("int8", INT8_FILE if accepted else None, q, q_latency, False, q_accuracy, parity(model, q, test_inputs))
     gate = {
         "max_drop_pp": opts.max_int8_drop_pp,
         "fp32_accuracy": fp32.accuracy,
         "int8_accuracy": q_accuracy,
         "drop_pp": drop_pp,
+        "accuracy_ok": accuracy_ok,
+        "min_speedup": opts.int8_min_speedup,
+        "fp32_latency_ms": fp32.latency.median_ms,
+        "int8_latency_ms": q_latency.median_ms,
+        "speedup": speedup,
+        "speed_ok": speed_ok,
         "accepted": accepted,
     }
     return int8, gate, calibration

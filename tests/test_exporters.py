@@ -81,7 +81,8 @@ def test_prune_output_has_manifest_card_and_measured_metadata(pruned_out):
 def test_export_int8_puts_int8_next_to_fp32_in_the_manifest(out_copy, capsys):
     pytest.importorskip("nncf")  # in the dev and int8 extras
     out, cache = out_copy
-    code = main(["export", str(out), "--trust-model-code", "--int8", "--calibration-samples", "32", "--no-progress", "--cache", cache])
+    # --int8-min-speedup 0: this test is about the files; whether INT8 pays on this CPU is the next one's
+    code = main(["export", str(out), "--trust-model-code", "--int8", "--int8-min-speedup", "0", "--calibration-samples", "32", "--no-progress", "--cache", cache])
     printed = capsys.readouterr()
     assert code == 0, printed.err[-2000:]
     assert "Statistics collection" not in printed.out + printed.err  # NNCF's bar obeys --no-progress too
@@ -128,15 +129,28 @@ def test_int8_over_the_accuracy_gate_is_refused_and_not_written(out_copy, monkey
         return proto.SerializeToString()
 
     monkeypatch.setattr("edgeprune.exporters.package.quantize_int8", broken_quantizer)
-    code = main(["export", str(out), "--trust-model-code", "--int8", "--max-int8-drop", "1", "--calibration-samples", "8", "--no-progress", "--cache", cache])
+    code = main(["export", str(out), "--trust-model-code", "--int8", "--max-int8-drop", "1", "--int8-min-speedup", "0", "--calibration-samples", "8", "--no-progress", "--cache", cache])
     err = capsys.readouterr().err
-    assert code == 1 and "INT8 model REFUSED" in err and "--max-int8-drop 1" in err
+    assert code == 1 and "INT8 model REFUSED" in err and "--max-int8-drop 1" in err and "--int8-min-speedup" not in err
     assert not (out / "model.int8.onnx").exists()
     manifest = _check_manifest(out)
     report = json.loads((out / "report.json").read_text())
     assert report["artifacts"]["int8"] is None
     gate, int8 = manifest["int8_gate"], manifest["models"]["int8"]
     assert gate["accepted"] is False and gate["drop_pp"] > 1 and int8["file"] is None and int8["accepted"] is False
+    assert "REFUSED" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_int8_slower_than_asked_is_refused_with_both_latencies(out_copy, capsys):
+    pytest.importorskip("nncf")
+    out, cache = out_copy
+    code = main(["export", str(out), "--trust-model-code", "--int8", "--int8-min-speedup", "1000", "--calibration-samples", "8", "--no-progress", "--cache", cache])
+    err = " ".join(capsys.readouterr().err.split())
+    gate = json.loads((out / "manifest.json").read_text())["int8_gate"]
+    assert code == 1 and not (out / "model.int8.onnx").exists()
+    assert gate["accepted"] is False and gate["speed_ok"] is False and gate["accuracy_ok"] is True
+    assert gate["speedup"] == pytest.approx(gate["fp32_latency_ms"] / gate["int8_latency_ms"])
+    assert f"{gate['int8_latency_ms']:.4f} ms against FP32's {gate['fp32_latency_ms']:.4f} ms" in err and "--int8-min-speedup 1000" in err
     assert "REFUSED" in (out / "MODEL_CARD.md").read_text()
 
 
@@ -159,6 +173,8 @@ def test_export_dynamic_batch_and_opset(out_copy):
         (["export", "{empty}"], "no report.json"),
         (["export", "{out}", "--max-int8-drop", "1"], "--int8"),
         (["export", "{out}", "--int8", "--max-int8-drop", "-1"], "negative"),
+        (["export", "{out}", "--int8-min-speedup", "2"], "only applies with --int8"),
+        (["export", "{out}", "--int8", "--int8-min-speedup", "nan"], "0 accepts any"),
         (["export", "{out}", "--opset", "99"], "--opset 99"),
         (["export", "{out}", "--target", "no-such-target"], "unknown target"),
     ],

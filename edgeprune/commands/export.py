@@ -17,6 +17,7 @@ def add_parser(sub) -> None:
     e.add_argument("out_dir", metavar="OUT_DIR", help="folder written by `edgeprune prune` (plan.json, state_dict.pt, report.json)")
     e.add_argument("--int8", action="store_true", help="also write model.int8.onnx: NNCF post-training quantization (QDQ), calibrated on the train split")
     e.add_argument("--max-int8-drop", type=float, metavar="PP", help="refuse the INT8 model (exit 1) when its test accuracy is more than PP percentage points below FP32")
+    e.add_argument("--int8-min-speedup", type=float, default=1.0, metavar="X", help="refuse the INT8 model (exit 1) unless it runs at least X times as fast as FP32 on the target (default 1: never slower; 0 accepts any)")
     e.add_argument("--calibration-samples", type=int, help=f"train images used to calibrate INT8 (default {DEFAULT_CALIBRATION_SAMPLES})")
     e.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension instead of the target's fixed batch")
     e.add_argument("--engine", action="store_true", help="also build model.engine with this host's TensorRT (trtexec) for a TensorRT --target; run it on the device, engines are not portable")
@@ -36,5 +37,5 @@ def config(args: argparse.Namespace) -> ExportConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0 exported, 1 the INT8 model was refused by --max-int8-drop (the FP32 files are written)."""
+    """0 exported, 1 the INT8 model was refused by --max-int8-drop or --int8-min-speedup (the FP32 files are written)."""
     return 1 if run_export(config(args))["int8_refused"] else 0

@@ -25,7 +25,9 @@ from edgeprune.data import DataBundle, load_data
 from edgeprune.errors import UserError
 from edgeprune.exporters.package import ExportOptions, build_package, finalize
 from edgeprune.latency import ProfiledLatency
+from edgeprune.layer_times import layer_shares, per_layer_table
 from edgeprune.models import check_input, load_model, parse_shape
+from edgeprune.profiling.keys import graph_key
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.progress import console
@@ -210,9 +212,10 @@ def run_prune(cfg: PruneConfig) -> dict:
         ExportOptions(opset=job.profile.opset, seed=cfg.seed, progress=cfg.progress),
         torch_accuracy=pruned_acc, reference="the unpruned model",
     )
+    per_layer = _per_layer(job, final.model, package, baseline_latency)
     job.phases["export_s"] = time.perf_counter() - t
     job.phases["total_s"] = time.perf_counter() - t0
-    report = _report(job, rounds, package, baseline, baseline_latency, budget_ms, pruned_acc)
+    report = _report(job, rounds, package, baseline, baseline_latency, budget_ms, pruned_acc) | {"per_layer": per_layer}
     _write_outputs(job, rounds, package, report, baseline, budget_ms)
     job.checkpoint.clear()  # the run is complete: nothing left to resume
     job.profiler.close()
@@ -270,6 +273,22 @@ def _baseline(job: _Job) -> tuple[LatencyStats, float, object]:
     if not cfg.resume:
         job.checkpoint.start({"config": _checkpoint_config(cfg, job.spec), "budget_ms": budget_ms, "anchor": baseline_latency.to_dict()})
     return baseline_latency, budget_ms, baseline
+
+
+def _per_layer(job: _Job, pruned: torch.nn.Module, package, baseline_latency: LatencyStats) -> list[dict] | None:
+    """The per-layer table of report.json and the model card (None where the backend has no
+    per-node profile: TensorRT, an agent)."""
+    if not job.profiler.has_node_times:
+        return None
+    shape = (job.profile.batch, *job.space.input_shape)
+    full = job.space.widths_from_indices(job.space.full_indices())
+    before = job.problem.latency.node_times(full, job.model)
+    blob = package.fp32.blob
+    after = job.profiler.node_times(graph_key(blob), shape, lambda: blob)
+    return per_layer_table(
+        layer_shares(job.model, shape, before, baseline_latency.median_ms),
+        layer_shares(pruned, shape, after, package.fp32.latency.median_ms),
+    )
 
 
 def _checkpoint_config(cfg: PruneConfig, spec: dict) -> dict:

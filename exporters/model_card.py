@@ -40,6 +40,7 @@ def render_model_card(report: dict) -> str:
         *_data_lines(data, pre, int8),
         *_metrics_lines(export, baseline, fp32, int8),
         *_latency_lines(report, export, baseline, pruned, fp32, int8),
+        *_per_layer_lines(report.get("per_layer")),
         *_caveat_lines(export),
     ]
     return "\n".join(lines) + "\n"
@@ -122,6 +123,31 @@ def _latency_lines(report: dict, export: dict, baseline: dict, pruned: dict, fp3
     if "budget_ms" in report:
         lines += ["", f"Budget of the prune run: {report['budget_ms']:.4g} ms median on {report['target']} "
                       f"({'met' if report.get('budget_met') else 'NOT met'}; pruned {_ms(pruned.get('latency_ms', {}).get('median'))} ms)."]
+    return lines
+
+
+# Layers the card lists (the slowest of the unpruned model); report.json's per_layer has all.
+CARD_LAYERS = 12
+
+
+def _per_layer_lines(rows: list[dict] | None) -> list[str]:
+    """The slowest layers of the unpruned model, before and after, from report.json's per_layer."""
+    if not rows:
+        return []
+    slowest = sorted(rows, key=lambda r: -r["ms_before"])[:CARD_LAYERS]
+    lines = [
+        "",
+        "## Where the time goes (per layer)",
+        "",
+        f"The {len(slowest)} slowest layers of the unpruned model, from ONNX Runtime's per-node profile (each layer's share "
+        "of the profiled run times the measured median; pools and reorders count to the layer before them):",
+        "",
+        "| layer | kind | channels out before → after | ms before | ms after |",
+        "|---|---|---|---|---|",
+    ]
+    for r in slowest:
+        after = "–" if r["out_after"] is None else str(r["out_after"])
+        lines.append(f"| `{r['layer']}` | {r['kind']} | {r['out_before']} → {after} | {_ms(r['ms_before'])} | {_ms(r['ms_after'])} |")
     return lines
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
+from tiny_models import TinyResNet
 
 from edgeprune.cli import main
 
@@ -48,6 +50,14 @@ def test_end_to_end_prune_writes_a_deployable_folder(tiny_prune):
     meta = session.get_modelmeta().custom_metadata_map
     assert meta["target"] == "fast-cpu" and meta["input_shape"] == "1x1x8x8"
     assert "edgeprune" in tiny_prune.stderr and "budget" in tiny_prune.stderr  # the before/after table
+    # Per-layer latency before/after: every timed layer of the model, shares of each profile adding up.
+    rows = report["per_layer"]
+    timed = [n for n, m in TinyResNet().named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert [r["layer"] for r in rows] == [n for n in timed if n in {r["layer"] for r in rows}] and len(rows) >= len(timed) - 1
+    assert sum(r["share_before"] for r in rows) == pytest.approx(1.0)
+    assert sum(r["ms_before"] for r in rows) == pytest.approx(report["baseline"]["latency_ms"]["median"])
+    assert all(r["out_after"] <= r["out_before"] for r in rows if r["out_after"] is not None)
+    assert "Where the time goes" in (out / "MODEL_CARD.md").read_text()
 
 
 def _run_bad(args, tmp_path, capsys):

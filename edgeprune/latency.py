@@ -32,6 +32,9 @@ class LatencySource(Protocol):
     def node_times(self, widths: tuple[int, ...], model: nn.Module) -> NodeTimes:
         """Per-node times of ``widths`` (only when ``has_node_times``)."""
 
+    def set_reference(self, widths: tuple[int, ...], anchor: LatencyStats | None = None) -> LatencyStats:
+        """Time every later architecture next to ``widths``; returns the anchor (its latency)."""
+
 
 class ProfiledLatency:
     """:class:`LatencySource` over the target's Profiler, for the architectures of ``space``."""

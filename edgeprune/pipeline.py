@@ -106,7 +106,7 @@ def _validate(cfg: PruneConfig) -> None:
             raise UserError(f"{flag} must be {what}, got {value}")
     if cfg.strategy not in ("nsga2", "coevolution"):
         raise UserError(f"unknown --strategy {cfg.strategy!r}; choose nsga2 or coevolution")
-    if cfg.strategy == "coevolution" and parse_objectives(cfg.objectives) != DEFAULT_OBJECTIVES:
+    if cfg.strategy == "coevolution" and set(parse_objectives(cfg.objectives)) != set(DEFAULT_OBJECTIVES):
         raise UserError("--objectives applies to --strategy nsga2; co-evolution ranks by accuracy with fewer MACs breaking ties: drop --objectives")
     parse_objectives(cfg.objectives)
     out = Path(cfg.out)
@@ -360,7 +360,7 @@ def _search_section(job: _Job, rounds) -> dict:
         "rounds": cfg.rounds,
         # evaluations: distinct networks scored in this process; restored: answered from the
         # checkpoint of an interrupted run (--resume).
-        "evaluations": sum(r.problem.evaluations for r in rounds),
+        "evaluations": job.problem.evaluations + sum(r.problem.evaluations for r in rounds),
         "restored": sum(r.problem.restored_count for r in rounds),
         "latency_measurements": job.profiler.measurements,
         # candidates the surrogate predicted far over the limit, so neither timed nor scored

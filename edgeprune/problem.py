@@ -83,8 +83,9 @@ def parse_objectives(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in OBJECTIVES]
     if unknown or "accuracy" not in names or len(set(names)) != len(names):
+        others = " and ".join(n for n in OBJECTIVES if n != "accuracy")
         raise UserError(
-            f"--objectives {text!r} must name accuracy and optionally latency and macs, each once "
+            f"--objectives {text!r} must name accuracy and optionally {others}, each once "
             f"(known: {', '.join(OBJECTIVES)}), e.g. accuracy,latency"
         )
     return names
@@ -125,7 +126,8 @@ class PruningProblem:
         self.evaluations = 0
         self._scores: dict[Choice, tuple[float, int]] = {}
         self._columns = [OBJECTIVES[n] for n in self.objective_names]
-        self._columns += [(lambda c, p, name=s.name: -c.scores[name]) for s in self.model_scores]
+        # A screened candidate was never scored: 0, like its accuracy (it is infeasible anyway).
+        self._columns += [(lambda c, p, name=s.name: -c.scores.get(name, 0.0)) for s in self.model_scores]
 
     # --- what a search sees (SearchProblem) ---------------------------------------------------
 
@@ -144,8 +146,9 @@ class PruningProblem:
 
     def partial_score(self, choice: Choice) -> tuple[float, int]:
         choice = _normal(choice)
-        if choice in self.results:
-            return self.results[choice].accuracy, self.results[choice].macs
+        known = self.results.get(choice)
+        if known is not None and not known.predicted:
+            return known.accuracy, known.macs
         if choice not in self._scores:
             model = self._calibrated(self.space.shrink(self.space.plan_of(choice)))
             self._scores[choice] = (self.task.score(model), macs_and_params(model, self.space.input_shape)[0])

@@ -37,7 +37,7 @@ class Screen:
     warmup: int = WARMUP
     window: int = WINDOW
     max_error: float = MAX_ERROR
-    limit_ms: float | None = None  # set by the search: its latency constraint
+    limit_ms: float | None = None  # the round's latency constraint (PruningProblem.limit_ms)
     skips: int = 0
     _with_nodes: int = 0
 

@@ -1,10 +1,11 @@
 """What a network is pruned for: the Task interface, and image classification as its first kind.
 
-The pruning problem asks a task for four things and nothing else: batches to re-estimate
-BatchNorm statistics on after a cut, a score of a network (higher is better, on data the final
-test never sees), a fine-tune recipe that recovers a cut network (distilling from the unpruned
-one), and an example input to trace and export with. Detection or a user's own evaluator are
-further implementations of the same protocol.
+The pruning problem and the selection stage ask a task for three things and nothing else:
+batches to re-estimate BatchNorm statistics on after a cut, a score of a network (higher is
+better, on data the final test never sees), and a fine-tune recipe that recovers a cut network
+(distilling from the unpruned one). Detection or a user's own evaluator are further
+implementations of the same protocol; the prune job also reports the classification task's
+test-split accuracy (``Classification.test_score``).
 """
 
 from __future__ import annotations
@@ -30,9 +31,6 @@ class Task(Protocol):
 
     def fine_tune(self, model: nn.Module, teacher: nn.Module, epochs: float, seed: int, description: str) -> dict:
         """Train ``model`` in place for ``epochs``, learning from ``teacher``; returns its numbers."""
-
-    def example_input(self) -> torch.Tensor:
-        """One batch-of-one input of the shape the network runs at."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +82,3 @@ class Classification:
             model, self.data.train, epochs, lr=r.lr, batch_size=r.batch_size, seed=seed, teacher=teacher,
             kd_alpha=r.kd_alpha, kd_temperature=r.kd_temperature, progress=r.progress, description=description,
         )
-
-    def example_input(self) -> torch.Tensor:
-        return torch.zeros(1, *self.data.preprocess.input_shape)

@@ -28,6 +28,8 @@ def test_end_to_end_prune_writes_a_deployable_folder(tiny_prune):
     assert report["budget_met"] is True and report["budget_ms"] == 5
     assert report["pruned"]["latency_ms"]["median"] <= 5
     assert report["search"]["evaluations"] >= 6 and report["search"]["seed"] == 3
+    # every network scored in the run, the baseline's two included, is counted once
+    assert report["search"]["evaluations"] == report["rounds"][0]["evaluations"]
     assert report["preprocess"]["input_shape"] == [1, 8, 8]
     assert report["parity"]["top1_agreement"] == 1.0
     plan = json.loads((out / "plan.json").read_text())

@@ -103,7 +103,7 @@ def test_three_kills_at_random_moments_then_resume_matches_an_uninterrupted_run(
     holds was done exactly once."""
     cache, expected = uninterrupted
     rng = random.Random(3)
-    total = expected["search"]["evaluations"]  # the 2 baseline evaluations come before the journal
+    total = expected["search"]["evaluations"]  # includes the 2 baseline evaluations, made before the journal opens
     out = tmp_path / "killed"
     journal = tmp_path / "killed.checkpoint" / "round-1" / "evaluations.jsonl"
     resume = [sys.executable, "-m", "edgeprune", "--resume", str(out), *RESUME]

@@ -302,3 +302,23 @@ def test_widen_keeps_the_most_steps_whose_fresh_check_passes(setup):
 
 def _within(problem, limit_ms):
     return lambda widths: problem.latency_of(widths, fresh=True).median_ms <= limit_ms
+
+
+def test_a_screened_candidate_steers_as_infeasible_even_with_a_model_score_and_is_scored_again_for_coevolution(setup):
+    """A candidate the screen skipped has no scores: its objective row is still finite (0, like its
+    accuracy), and a partial score for co-evolution does not take its placeholder accuracy."""
+    space = setup[1]
+
+    class Width:
+        name = "width"
+
+        def measure(self, model):
+            return 1.0
+
+    problem = _on_clock(setup, Clock(lambda w: 1.0), limit_ms=1.0, model_scores=(Width(),))
+    choice = space.full_choice()
+    skipped = Candidate(choice, 0.0, _stats(9.0), 0, 0, predicted=True)
+    problem.results[choice] = skipped
+    assert problem.objectives([skipped]).tolist() == [[0.0, 9.0, 0.0]]
+    accuracy, macs = problem.partial_score(choice)
+    assert accuracy > 0.0 and macs > 0

@@ -52,6 +52,7 @@ class Profiler:
         """
         shape = tuple(int(d) for d in input_shape)
         self.anchor = None
+        self.reference_sessions = []  # drift is measured against this reference only
         if anchor is None:
             anchor, _ = self.latency(arch_key, shape, lambda: onnx_bytes)
         self.backend.set_reference(onnx_bytes, shape)

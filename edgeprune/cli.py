@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from edgeprune import __version__
-from edgeprune.commands import agent, cache, demo, export, gate, profile, prune, targets, train
+from edgeprune.commands import agent, cache, demo, export, gate, profile, prune, report, targets, train
 from edgeprune.errors import UserError
 
 # In the order `edgeprune --help` lists them.
@@ -24,6 +24,7 @@ VERBS = {
     "agent": agent,
     "cache": cache,
     "export": export,
+    "report": report,
     "gate": gate,
 }
 

@@ -208,6 +208,9 @@ def run_export(cfg: ExportConfig) -> dict:
     if cfg.engine:
         package.engine, package.section["models"]["engine"] = _build_engine(profile, package.fp32.blob)
     manifest = finalize(folder, report, package)
+    from edgeprune.html_report import write_report_html
+
+    write_report_html(folder)  # the page shows what the new report.json and manifest.json say
     _print_summary(folder, package)
     refusal = package.refusal()
     if refusal:

@@ -356,3 +356,51 @@ def junit_xml(results: list[GateResult]) -> bytes:
 def json_report(results: list[GateResult]) -> bytes:
     payload = {"passed": all(r.passed for r in results), "results": [r.to_dict() for r in results]}
     return (json.dumps(payload, indent=2) + "\n").encode()
+
+
+def html_page(results: list[GateResult]) -> bytes:
+    """The gate's table as one self-contained page (a CI artifact): per model its budget and
+    measured value, red or green, and a bar of measured against budget. Model names come from a
+    budgets file, which may be someone else's: every string is escaped by the page module."""
+    from edgeprune.html_report import page
+    from edgeprune.svg_charts import esc
+
+    failed = sum(not r.passed for r in results)
+    verdict = f"PASS: all {len(results)} within budget" if not failed else f"FAIL: {failed} of {len(results)} over budget"
+    rows = []
+    for r in results:
+        b = r.budget
+        stats = {k: r.stats.get(k) for k in ("median", "p90", "p99")}
+        detail = " · ".join(f"{k} {v:.4f}" for k, v in stats.items() if isinstance(v, (int, float)))
+        cells = [
+            f'<b class="{"ok" if r.passed else "bad"}">{"PASS" if r.passed else "FAIL"}</b>',
+            f"{esc(b.model)}<div class=note>{esc(detail)} ms · device {esc(r.fingerprint_hash or '–')}</div>",
+            esc(b.profile.name if b.profile else b.target), esc(f"p{b.percentile}"), esc(f"{r.measured_ms:.4f}"),
+            esc(f"{b.budget_ms:.4f}"), esc(f"{100 * (r.measured_ms / b.budget_ms - 1):+.1f} %"), _margin_bar(r),
+            esc(f"{len(r.measurements_ms)} ({r.source})"),
+        ]
+        rows.append(f'<tr class="{"pass" if r.passed else "fail"}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = ["verdict", "model", "target", "pct", "measured ms", "budget ms", "margin", "measured / budget", "runs"]
+    body = (
+        f'<header><h1>edgeprune gate</h1><p class="verdict {"bad" if failed else "ok"}" id="gate-verdict">{esc(verdict)}</p>'
+        "<p class=note>Each model timed on its target; a result within the tolerance band around its budget was measured "
+        "again and judged on the median of all its measurements. Exit code 0: all within budget, 1: any over.</p></header>"
+        '<section class=scroll><table class="num gate"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
+        + "".join(rows) + "</tbody></table></section>"
+    )
+    return page(f"edgeprune gate · {verdict}", body).encode("utf-8")
+
+
+def _margin_bar(r: GateResult) -> str:
+    """A 160 px bar of measured / budget (the tick is the budget, at two thirds of the width)."""
+    from edgeprune.svg_charts import GREEN, RED, svg
+
+    share = r.measured_ms / r.budget.budget_ms
+    width = 160 * min(share, 1.5) / 1.5
+    colour = GREEN if r.passed else RED
+    shapes = [
+        '<rect x="0" y="3" width="160" height="10" fill="#f3f4f6"/>',
+        f'<rect x="0" y="3" width="{width:.1f}" height="10" fill="{colour}"/>',
+        '<line x1="106.7" x2="106.7" y1="0" y2="16" stroke="#111827" stroke-width="1.5"/>',
+    ]
+    return svg(160, 16, shapes, f"measured {share:.0%} of the budget")

@@ -24,6 +24,7 @@ from edgeprune.budget import DEFAULT_POLICY
 from edgeprune.data import DataBundle, load_data
 from edgeprune.errors import UserError
 from edgeprune.exporters.package import ExportOptions, build_package, finalize
+from edgeprune.html_report import write_report_html
 from edgeprune.latency import ProfiledLatency
 from edgeprune.layer_times import layer_shares, per_layer_table
 from edgeprune.models import check_input, load_model, parse_shape
@@ -392,5 +393,8 @@ def _write_outputs(job: _Job, rounds, package, report: dict, baseline, budget_ms
             baseline,
             final.picked,
             f"{cfg.model} on {job.profile.name}",
+            final=(package.fp32.latency.median_ms, report["pruned"]["accuracy"]),
+            baseline_test=report["baseline"]["accuracy"],
         )
         finalize(tmp, report, package)  # model.onnx, report.json, MODEL_CARD.md, manifest.json
+        write_report_html(tmp)  # report.html, drawn from the report.json and manifest.json just written

@@ -1,4 +1,5 @@
-"""What a run hands over besides the model: report.json, pareto.png and the before/after table.
+"""What a run hands over besides the model: report.json, pareto.png and the before/after table
+(report.html is :mod:`edgeprune.html_report`).
 
 report.json keys follow DESIGN.md; CI jobs and users parse them, so keys are only ever added.
 """
@@ -12,10 +13,15 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on CI or edge build hosts
 import matplotlib.pyplot as plt  # noqa: E402
+from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from edgeprune.html_report import HTML_FILE, drift_text  # noqa: E402
 from edgeprune.search.interface import Candidate  # noqa: E402
 from edgeprune.progress import console  # noqa: E402
+
+# The widest the end-of-prune summary gets, whatever the terminal.
+SUMMARY_COLUMNS = 100
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -30,32 +36,42 @@ def plot_pareto(
     baseline: Candidate,
     picked: Candidate,
     title: str,
+    *,
+    final: tuple[float, float] | None = None,
+    baseline_test: float | None = None,
 ) -> None:
-    """Every evaluated candidate, the feasible front, the budget, the baseline and the pick."""
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ax.scatter(
-        [c.latency.median_ms for c in candidates],
-        [100 * c.accuracy for c in candidates],
-        s=12,
-        c="#9aa5b1",
-        label=f"evaluated ({len(candidates)})",
-    )
-    ax.plot(
-        [c.latency.median_ms for c in pareto],
-        [100 * c.accuracy for c in pareto],
-        "o-",
-        c="#1f77b4",
-        ms=5,
-        label="Pareto front (within budget)",
-    )
+    """Every evaluated candidate, the feasible front, the budget, the baseline and the pick.
+
+    The candidates' accuracies are the search's proxy (held-out TRAIN images after BatchNorm
+    recalibration, before any fine-tune), far below what a fine-tuned network scores: the plot
+    says so on every proxy mark, and draws the delivered model, ``final`` = (latency ms, test
+    accuracy after the final fine-tune), and the unpruned model's test accuracy where given, so
+    the pick is never read as the delivered model. Without ``final`` it points to report.html."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    ax.scatter([c.latency.median_ms for c in candidates], [100 * c.accuracy for c in candidates], s=12, c="#9aa5b1",
+               label=f"evaluated ({len(candidates)}) · proxy")
+    ax.plot([c.latency.median_ms for c in pareto], [100 * c.accuracy for c in pareto], "o-", c="#1f77b4", ms=5,
+            label="Pareto front within budget · proxy")
     ax.axvline(budget_ms, ls="--", c="#d62728", label=f"budget {budget_ms:.4g} ms")
-    ax.scatter([baseline.latency.median_ms], [100 * baseline.accuracy], marker="s", s=50, c="black", label="unpruned")
-    ax.scatter([picked.latency.median_ms], [100 * picked.accuracy], marker="*", s=160, c="#ff7f0e", label="picked")
+    ax.scatter([baseline.latency.median_ms], [100 * baseline.accuracy], marker="s", s=50, facecolors="none", edgecolors="black",
+               label="unpruned · proxy")
+    ax.scatter([picked.latency.median_ms], [100 * picked.accuracy], marker="*", s=170, facecolors="none", edgecolors="#ff7f0e",
+               linewidths=1.5, label="pick before its fine-tune · proxy")
+    if baseline_test is not None:
+        ax.scatter([baseline.latency.median_ms], [100 * baseline_test], marker="s", s=50, c="black", label=f"unpruned · test {baseline_test:.2%}")
+    if final is not None:
+        ax.annotate("", xy=(final[0], 100 * final[1]), xytext=(picked.latency.median_ms, 100 * picked.accuracy),
+                    arrowprops={"arrowstyle": "->", "color": "#ff7f0e", "ls": "--"})
+        ax.scatter([final[0]], [100 * final[1]], marker="*", s=200, c="#ff7f0e", edgecolors="#7c2d12", zorder=5,
+                   label=f"delivered · test {final[1]:.2%} after fine-tune")
+    else:
+        ax.text(0.01, 0.99, "proxy accuracies rank candidates only; the delivered model's\ntest accuracy after fine-tune: report.html",
+                transform=ax.transAxes, va="top", fontsize=7.5, color="#7c2d12")
     ax.set_xlabel("median latency on target (ms, measured)")
-    ax.set_ylabel("held-out accuracy after BN recalibration (%)")
+    ax.set_ylabel("accuracy (%): proxy = held-out after BN recalibration")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -67,49 +83,42 @@ def _fmt_change(before: float, after: float, unit: str) -> str:
     return f"{after / before:.2f}×" if before else "-"
 
 
-# How far the reference may run from its anchor before an absolute verdict is flagged: beyond the
-# session-to-session spread seen on a busy shared VM (4-5 %, docs/benchmarks.md).
-DRIFT_FLAG = 0.10
-
-
 def drift_note(report: dict) -> str | None:
-    """A line on the machine's drift during the run, when it is large enough to matter.
-
-    A ``--speedup`` budget is a ratio and every latency is a ratio timed next to the unpruned
-    model, so drift cannot change its verdict; an absolute budget is judged at the speed the
-    baseline was timed at, which a machine that ran at another speed at the end makes uncertain."""
-    drift = report.get("drift")
-    if not drift:
+    """:func:`edgeprune.html_report.drift_text` for the terminal: a doubtful verdict in yellow."""
+    found = drift_text(report)
+    if found is None:
         return None
-    factor = drift["last_factor"]
-    if abs(factor - 1) <= DRIFT_FLAG and abs(drift["first_factor"] - 1) <= DRIFT_FLAG:
-        return None
-    moved = f"the unpruned model ran at {drift['first_factor']:.2f}× its baseline time at the start and {factor:.2f}× at the end"
-    if report.get("budget_kind") == "speedup":
-        return f"{moved}; the speedup budget is judged by latencies timed next to it, which drift does not change"
-    return (
-        f"[yellow]warning:[/yellow] {moved}; the absolute budget is judged at the baseline's speed, "
-        f"so on this machine the verdict is only as good as that speed (re-check with `edgeprune gate`)"
-    )
+    text, doubtful = found
+    return f"[yellow]warning:[/yellow] {text}" if doubtful else text
 
 
-def print_summary(report: dict, out_dir: Path) -> None:
+def print_summary(report: dict, out_dir: Path, out: Console | None = None) -> None:
+    """The before/after table, the verdict and where the files are, at the end of a prune.
+
+    At most ``SUMMARY_COLUMNS`` wide whatever the terminal (CI logs keep long lines, narrow
+    terminals wrap them into noise), with report.html's path on a line of its own, never
+    wrapped, so it can be copied or clicked."""
+    out = out or console
+    width = min(out.width, SUMMARY_COLUMNS)
     base, pruned = report["baseline"], report["pruned"]
-    table = Table(title=f"edgeprune · {report['target']} · budget {report['budget_ms']:.4g} ms")
+    table = Table(title=f"edgeprune · {report['target']} · budget {report['budget_ms']:.4g} ms median", title_justify="left")
     for col in ("", "baseline", "pruned", "change"):
         table.add_column(col, justify="right" if col else "left")
     rows = [
         ("test accuracy", base["accuracy"], pruned["accuracy"], "{:.2%}", "pp"),
-        ("latency median (ms)", base["latency_ms"]["median"], pruned["latency_ms"]["median"], "{:.4f}", "x"),
-        ("latency p90 (ms)", base["latency_ms"]["p90"], pruned["latency_ms"]["p90"], "{:.4f}", "x"),
+        *((f"latency {k} (ms)", base["latency_ms"][k], pruned["latency_ms"][k], "{:.4f}", "x") for k in ("median", "p90", "p99")),
         ("MACs", base["macs"], pruned["macs"], "{:,}", "x"),
         ("params", base["params"], pruned["params"], "{:,}", "x"),
     ]
     for label, before, after, fmt, unit in rows:
         table.add_row(label, fmt.format(before), fmt.format(after), _fmt_change(before, after, unit))
-    console.print(table)
+    out.print(table, width=width)
     verdict = "[green]met[/green]" if report["budget_met"] else "[red]NOT met[/red]"
+    out.print(f"budget {verdict}: pruned {pruned['latency_ms']['median']:.4f} ms median against {report['budget_ms']:.4g} ms", width=width)
     note = drift_note(report)
     if note:
-        console.print(note)
-    console.print(f"budget {verdict}; files in {out_dir}/: " + ", ".join(sorted(p.name for p in out_dir.iterdir())))
+        out.print(note, width=width)
+    out.print("files: " + ", ".join(sorted(p.name for p in out_dir.iterdir())), width=width)
+    page = out_dir / HTML_FILE
+    if page.is_file():
+        out.print(f"report: {page}", soft_wrap=True, highlight=False)

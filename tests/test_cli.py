@@ -20,7 +20,7 @@ FAST = ["--population", "4", "--generations", "2", "--finetune-epochs", "1", "--
 def test_end_to_end_prune_writes_a_deployable_folder(tiny_prune):
     out = tiny_prune.out  # conftest.tiny_prune_command, run once for the session
     assert sorted(p.name for p in out.iterdir()) == [
-        "MODEL_CARD.md", "manifest.json", "model.onnx", "pareto.png", "plan.json", "report.json", "state_dict.pt"
+        "MODEL_CARD.md", "manifest.json", "model.onnx", "pareto.png", "plan.json", "report.html", "report.json", "state_dict.pt"
     ]
     report = json.loads((out / "report.json").read_text())
     for key in ("target", "fingerprint", "budget_ms", "budget_met", "baseline", "pruned", "pareto", "search", "artifacts", "preprocess"):

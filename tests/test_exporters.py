@@ -114,6 +114,7 @@ def test_export_int8_puts_int8_next_to_fp32_in_the_manifest(out_copy, capsys):
     assert int8["parity_vs_torch"]["samples"] == 64 and int8["parity_vs_torch"]["top1_agreement"] > 0.5
     card = (out / "MODEL_CARD.md").read_text()
     assert "pruned, INT8" in card and "model.int8.onnx" in card
+    assert "model.int8.onnx" in (out / "report.html").read_text()  # the page was rebuilt with the export
 
 
 def test_int8_over_the_accuracy_gate_is_refused_and_not_written(out_copy, monkeypatch, capsys):

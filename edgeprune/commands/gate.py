@@ -13,7 +13,8 @@ from edgeprune.commands.args import add_cache_args, add_progress_args
 from edgeprune.errors import UserError
 from edgeprune.exporters.files import atomic_write
 from edgeprune.gate import (
-    DEFAULT_PERCENTILE, DEFAULT_TARGET, DEFAULT_TOLERANCE, json_report, junit_xml, load_budgets, print_table, run_gate, single_budget,
+    DEFAULT_PERCENTILE, DEFAULT_TARGET, DEFAULT_TOLERANCE, html_page, json_report, junit_xml, load_budgets, print_table, run_gate,
+    single_budget,
 )
 
 
@@ -27,6 +28,7 @@ def add_parser(sub) -> None:
     g.add_argument("--tolerance", type=float, help=f"band around the budget, as a fraction of it, where a result is measured again (default {DEFAULT_TOLERANCE})")
     g.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (one testcase per model)")
     g.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    g.add_argument("--html", metavar="FILE", help="write the results as a self-contained web page (a CI artifact: red/green per model)")
     add_cache_args(g, no_cache_help="neither read nor write the latency cache file: measure every model")
     add_progress_args(g, help="no progress bar")
     g.add_argument(
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         budgets = [single_budget(args.model, args.budget_ms, args.target, args.percentile, args.tolerance)]
     else:
         raise UserError("nothing to gate; pass --budgets FILE, or MODEL.onnx --budget-ms X [--target T] [--percentile 90]")
-    for path, flag in ((args.junit, "--junit"), (args.json, "--json")):
+    for path, flag in ((args.junit, "--junit"), (args.json, "--json"), (args.html, "--html")):
         if path:
             check_output(path, flag)
     results = run_gate(
@@ -56,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         write_output(args.junit, junit_xml(results))
     if args.json:
         write_output(args.json, json_report(results))
+    if args.html:
+        write_output(args.html, html_page(results))
     return 0 if all(r.passed for r in results) else 1
 
 

@@ -58,6 +58,7 @@ class PruneConfig:
     speedup: float | None = None
     population: int = 16
     generations: int = 8
+    patience: int = 0
     finetune_epochs: float = 1.0
     refine_epochs: float = 0.2
     refine_top: int = 6
@@ -88,6 +89,7 @@ def _numeric_rules(cfg: PruneConfig) -> list[tuple[str, object, bool, str]]:
         ("--speedup", cfg.speedup, cfg.speedup is None or (fin(cfg.speedup) and cfg.speedup > 1), "above 1 (a latency target faster than the original)"),
         ("--population", cfg.population, cfg.population >= 4, "at least 4"),
         ("--generations", cfg.generations, cfg.generations >= 1, "at least 1"),
+        ("--patience", cfg.patience, cfg.patience >= 0, "0 (off) or more generations"),
         ("--rounds", cfg.rounds, cfg.rounds >= 1, "at least 1"),
         ("--finetune-epochs", cfg.finetune_epochs, fin(cfg.finetune_epochs) and 0 <= cfg.finetune_epochs <= 1000, "between 0 and 1000"),
         ("--refine-epochs", cfg.refine_epochs, fin(cfg.refine_epochs) and 0 <= cfg.refine_epochs <= 1000, "between 0 and 1000"),

@@ -164,7 +164,7 @@ def _search(cfg, problem: PruningProblem, make_encoding) -> tuple[SearchResult, 
     else:
         result = run_nsga2(
             problem, cfg.population, cfg.generations, cfg.seed, cfg.progress,
-            encoding=make_encoding(problem.space), journal=problem.journal, seeds=seeds,
+            encoding=make_encoding(problem.space), journal=problem.journal, seeds=seeds, patience=cfg.patience,
         )
     seeded = [problem.evaluate_widths(problem.space.widths_from_indices(s)) for s in seeds]  # evaluated already
     return result, seeded

@@ -322,3 +322,26 @@ def test_a_screened_candidate_steers_as_infeasible_even_with_a_model_score_and_i
     assert problem.objectives([skipped]).tolist() == [[0.0, 9.0, 0.0]]
     accuracy, macs = problem.partial_score(choice)
     assert accuracy > 0.0 and macs > 0
+
+
+def test_stagnation_counts_generations_that_improve_neither_accuracy_nor_hypervolume():
+    from edgeprune.search.nsga import Stagnation
+
+    gens = [(0.5, 0.1), (0.6, 0.1), (0.6, 0.1), (0.6, 0.12), (0.6, 0.12), (0.6, 0.12)]
+    stop = Stagnation(patience=2)
+    settled = [stop.settled({"best_accuracy": a, "hypervolume": hv}) for a, hv in gens]
+    assert settled == [False, False, False, False, False, True]  # two idle generations after the last gain
+    assert not any(Stagnation(0).settled({"best_accuracy": 0.5, "hypervolume": 0.1}) for _ in range(5))  # off
+    no_feasible = Stagnation(1)
+    assert [no_feasible.settled({"best_accuracy": None, "hypervolume": 0.0}) for _ in range(2)] == [False, True]
+
+
+def test_a_search_with_patience_stops_when_the_front_settles_and_not_before(setup):
+    problem = _on_clock(setup, Clock(lambda w: float(sum(w))), limit_ms=1e9)
+    result = run_nsga2(problem, population=4, generations=12, seed=0, show_progress=False, patience=1)
+    history = result.history
+    assert len(history) < 12  # a 3-group space settles long before 12 generations
+    last, before = history[-1], history[-2]
+    assert (last["best_accuracy"], last["hypervolume"]) == (before["best_accuracy"], before["hypervolume"])
+    for prev, gen in zip(history[:-2], history[1:-1]):  # every earlier generation improved something
+        assert gen["best_accuracy"] > prev["best_accuracy"] or gen["hypervolume"] > prev["hypervolume"]

@@ -23,6 +23,7 @@ def add_parser(sub) -> None:
     b.add_argument("--speedup", type=float, help="budget = measured baseline median / X")
     p.add_argument("--population", type=int, default=16, help="GA population (default 16)")
     p.add_argument("--generations", type=int, default=8, help="GA generations (default 8)")
+    p.add_argument("--patience", type=int, default=0, help="stop the search early after N generations in a row that improve neither the best feasible accuracy nor the hypervolume (default 0: run every generation)")
     p.add_argument("--strategy", choices=("nsga2", "coevolution"), default="nsga2", help="nsga2: multi-objective GA over all groups (default); coevolution: CCSRP-style EA per group, --population = subpopulation d, --generations = G")
     p.add_argument("--encoding", choices=("width", "mask"), default="width", help="genome: width = kept count per group (default); mask = one bit per channel with CCEP's ratio-bounded bit-flip mutation")
     p.add_argument("--objectives", default="accuracy,latency", help="what NSGA-II trades off, comma-separated: accuracy (always), latency, macs; the latency budget is a constraint whatever is named (default accuracy,latency)")

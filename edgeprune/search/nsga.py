@@ -73,10 +73,15 @@ def run_nsga2(
     encoding=None,
     journal: GenerationLog | None = None,
     seeds: list[list[int]] | None = None,
+    patience: int = 0,
 ) -> SearchResult:
     """Search ``generations`` generations; with a ``journal``, record each one (see checkpoint.py).
 
-    ``seeds`` (width indices) join the first population.
+    ``seeds`` (width indices) join the first population. With ``patience`` > 0 the search stops
+    early once that many generations in a row improved neither the best feasible accuracy nor
+    the hypervolume (:class:`Stagnation`): on a machine where an evaluation costs seconds, the
+    generations after the front has settled are the most expensive part of a run that changes
+    nothing. The stop depends only on the history, so a resumed run stops at the same point.
     """
     encoding = encoding or WidthEncoding(problem.layout)
     pymoo_problem = Problem(n_var=encoding.n_var, n_obj=problem.n_obj, n_ieq_constr=1, xl=0, xu=encoding.upper, vtype=int)
@@ -91,6 +96,7 @@ def run_nsga2(
     algorithm.setup(pymoo_problem, termination=("n_gen", generations), seed=seed, verbose=False)
     start = time.perf_counter()
     history = []
+    stagnation = Stagnation(patience)
     with progress_bar(show_progress) as bar:
         task = bar.add_task("search", total=generations, status="")
         for gen in range(generations):
@@ -110,7 +116,27 @@ def run_nsga2(
                 else "no feasible yet"
             )
             bar.update(task, advance=1, status=f"gen {gen + 1}/{generations} · {entry['evaluations']} evals · {status}")
+            if stagnation.settled(entry):
+                bar.update(task, completed=generations, status=f"front unchanged for {patience} generations: stopped after {gen + 1}")
+                break
     return finish(problem, history, start)
+
+
+class Stagnation:
+    """Whether the last ``patience`` generations improved neither the best feasible accuracy nor
+    the hypervolume (relative gains under ``tolerance`` count as none); never with patience 0."""
+
+    def __init__(self, patience: int, tolerance: float = 1e-4):
+        self.patience, self.tolerance = patience, tolerance
+        self.best: tuple[float, float] | None = None
+        self.idle = 0
+
+    def settled(self, entry: dict) -> bool:
+        now = (entry["best_accuracy"] if entry["best_accuracy"] is not None else -1.0, entry["hypervolume"])
+        better = self.best is None or any(n > b + self.tolerance * max(abs(b), 1e-12) for n, b in zip(now, self.best))
+        self.best = now if self.best is None else tuple(max(n, b) for n, b in zip(now, self.best))
+        self.idle = 0 if better else self.idle + 1
+        return self.patience > 0 and self.idle >= self.patience
 
 
 def record_generation(number: int, problem: SearchProblem, start: float, history: list, journal: GenerationLog | None) -> dict:

@@ -106,9 +106,10 @@ def test_a_machine_that_slows_mid_run_keeps_a_speedup_verdict_and_the_report_rec
         out=str(tmp_path / "out"), no_cache=True, progress=False,
     )
     report = run_prune(cfg)
-    assert machine["backend"].pairs > 6  # the slowdown did happen during the run
+    assert machine["backend"].pairs >= 6 + 5  # the first 5 sessions ran before the slowdown, the last 5 after
     drift = report["drift"]
-    assert drift["first_factor"] < 1.5 and drift["last_factor"] > 1.5  # 2x slower at the end, and recorded
+    # 2x slower at the end than at the start, and recorded (a tiny model's sessions scatter, hence 1.4)
+    assert drift["last_ms"] / drift["first_ms"] > 1.4 and drift["last_factor"] > drift["first_factor"]
     # Judged as ratios timed together, the pruned model is as fast relative to the baseline as
     # before the slowdown: the speedup budget is met (exit 0), not failed by the machine.
     assert report["budget_kind"] == "speedup" and report["budget_met"]

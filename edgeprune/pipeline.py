@@ -109,9 +109,9 @@ def _validate(cfg: PruneConfig) -> None:
             raise UserError(f"{flag} must be {what}, got {value}")
     if cfg.strategy not in ("nsga2", "coevolution"):
         raise UserError(f"unknown --strategy {cfg.strategy!r}; choose nsga2 or coevolution")
-    if cfg.strategy == "coevolution" and set(parse_objectives(cfg.objectives)) != set(DEFAULT_OBJECTIVES):
+    objectives = parse_objectives(cfg.objectives)
+    if cfg.strategy == "coevolution" and set(objectives) != set(DEFAULT_OBJECTIVES):
         raise UserError("--objectives applies to --strategy nsga2; co-evolution ranks by accuracy with fewer MACs breaking ties: drop --objectives")
-    parse_objectives(cfg.objectives)
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file; pass --out with a folder path")
@@ -283,7 +283,7 @@ def _per_layer(job: _Job, pruned: torch.nn.Module, package, baseline_latency: La
     per-node profile: TensorRT, an agent)."""
     if not job.profiler.has_node_times:
         return None
-    shape = (job.profile.batch, *job.space.input_shape)
+    shape = job.problem.latency.shape  # what the target runs, batch included
     full = job.space.widths_from_indices(job.space.full_indices())
     before = job.problem.latency.node_times(full, job.model)
     blob = package.fp32.blob
@@ -357,7 +357,7 @@ def _search_section(job: _Job, rounds) -> dict:
     return {
         "strategy": cfg.strategy,
         "encoding": cfg.encoding,
-        "objectives": list(parse_objectives(cfg.objectives)),
+        "objectives": list(job.problem.objective_names),
         "population": cfg.population,
         "generations": rounds[-1].result.generations,
         "rounds": cfg.rounds,

@@ -119,7 +119,6 @@ class PruningProblem:
     restored: Iterable[Candidate] = ()
 
     def __post_init__(self):
-        self.layout = self.space
         self.results: dict[Choice, Candidate] = {c.choice: c for c in self.known}
         self._restored = {c.choice: c for c in self.restored if c.choice not in self.results}
         self.restored_count = len(self._restored)
@@ -130,6 +129,11 @@ class PruningProblem:
         self._columns += [(lambda c, p, name=s.name: -c.scores.get(name, 0.0)) for s in self.model_scores]
 
     # --- what a search sees (SearchProblem) ---------------------------------------------------
+
+    @property
+    def layout(self) -> ChannelSpace:
+        """The space's groups and width grids (a ChannelSpace is a GroupLayout)."""
+        return self.space
 
     @property
     def n_obj(self) -> int:

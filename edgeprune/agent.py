@@ -212,10 +212,11 @@ def parse_content_length(values: list[str] | None) -> int | None:
 
 def measurement_timeout(spec, cap: float) -> float:
     """Seconds one measurement under ``spec`` (a MeasureSpec) may take before its process is
-    killed: the timed window, once per repeat, for the two models of a paired measurement,
-    doubled, plus a margin for set-up and slow models; at most ``cap``."""
+    killed: the timed window, once per repeat, for the two models of a paired measurement or the
+    pooled sessions of an absolute one, doubled, plus a margin for set-up and slow models; at
+    most ``cap``."""
     window = spec.max_seconds * (1 + spec.repeats_if_noisy)
-    return min(cap, _MEASURE_MARGIN_S + 2 * 2 * window)
+    return min(cap, _MEASURE_MARGIN_S + 2 * max(2, spec.sessions) * window)
 
 
 def log(message: str) -> None:
@@ -343,7 +344,7 @@ def _measurement_refusal(exc: Exception, profile) -> RequestError | None:
         return RequestError(
             422,
             f"timing the model took longer than the agent's limit of {exc.seconds:g} s for this profile "
-            f"({_MEASURE_MARGIN_S:g} s + 4 x measure.max_seconds x (1 + repeats_if_noisy), at most the agent's "
+            f"({_MEASURE_MARGIN_S:g} s + 2 x max(2, measure.sessions) x measure.max_seconds x (1 + repeats_if_noisy), at most the agent's "
             "--measure-timeout-s); the measurement was stopped: lower measure.max_seconds or min_runs, or time a smaller model",
         )
     if isinstance(exc, WorkerDied):

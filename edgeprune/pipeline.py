@@ -321,6 +321,7 @@ def _report(job: _Job, rounds, package, baseline, baseline_latency: LatencyStats
         "budget_met": final_latency.median_ms <= budget_ms,
         "budget_kind": "speedup" if cfg.speedup is not None else "absolute",
         "drift": job.profiler.drift(),
+        "anchor_check": job.profiler.anchor_check,
         "budget_policy": DEFAULT_POLICY.describe(),
         "model": job.spec,
         "input_shape": list(input_shape),

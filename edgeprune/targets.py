@@ -21,13 +21,13 @@ from edgeprune.errors import UserError
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
 # Numbers must be >= 0; below these minimums the measurement loop or the search is meaningless.
-_MINIMUM = {"min_runs": 1, "opset": 1, "batch": 1, "channel_step": 1, "workspace_mb": 1}
+_MINIMUM = {"min_runs": 1, "sessions": 1, "opset": 1, "batch": 1, "channel_step": 1, "workspace_mb": 1}
 # And at most these: a profile may arrive from anyone (a shared file, a request to the agent), and
 # 100000 threads or a 1e9 s window would tie up the device instead of measuring on it.
 _MAXIMUM = {
     "intra_op_threads": 1024, "inter_op_threads": 1024, "opset": 30, "batch": 1024, "channel_step": 1024,
     "warmup_runs": 100_000, "min_runs": 1_000_000, "max_runs": 1_000_000, "max_seconds": 300.0,
-    "cv_threshold": 1000.0, "repeats_if_noisy": 20, "workspace_mb": 1 << 20, "warmup_ms": 600_000,
+    "cv_threshold": 1000.0, "repeats_if_noisy": 20, "sessions": 20, "workspace_mb": 1 << 20, "warmup_ms": 600_000,
 }
 _MAX_TEXT = {"description": 2000, "agent": 500}  # every other string: 200 characters
 # Removed key: a profile is often someone else's file, and a credential source named there
@@ -54,6 +54,9 @@ class MeasureSpec:
     max_seconds: float
     cv_threshold: float
     repeats_if_noisy: int
+    # Fresh sessions whose runs an absolute measurement pools (a paired one uses one session per
+    # model, interleaved): one session's median swings with the spell it lands in.
+    sessions: int = 5
 
 
 @dataclass(frozen=True)

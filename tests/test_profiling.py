@@ -25,7 +25,7 @@ from edgeprune.profiling.factory import make_backend
 from edgeprune.profiling.fingerprint import fingerprint_hash, host_fingerprint
 from edgeprune.profiling.isolated import IsolatedOrtBackend
 from edgeprune.profiling.ort import OrtBackend
-from edgeprune.profiling.profiler import Profiler
+from edgeprune.profiling.profiler import ANCHOR_TOLERANCE, Profiler
 from edgeprune.profiling.remote import RemoteBackend
 from edgeprune.profiling.tensorrt import TensorRTBackend
 from edgeprune.profiling.stats import LatencyStats, summarize
@@ -49,7 +49,7 @@ def _tiny_net() -> nn.Module:
 def _profile(**measure):
     """x86-cpu with a measurement short enough for tests; never noisy unless asked."""
     spec = dict(warmup_runs=2, min_runs=10, max_runs=50, max_seconds=0.02, cv_threshold=100.0,
-                repeats_if_noisy=0)
+                repeats_if_noisy=0, sessions=1)
     return dataclasses.replace(load_profile("x86-cpu"), measure=MeasureSpec(**{**spec, **measure}))
 
 
@@ -126,9 +126,10 @@ def test_export_matches_torch_and_keeps_training_flags():
 # --- ORT backend -------------------------------------------------------------------------------
 
 def test_ort_measures_a_real_conv_net(onnx_bytes):
-    s = OrtBackend(_profile(cv_threshold=0.15, repeats_if_noisy=1)).measure(onnx_bytes, SHAPE)
-    assert 10 <= s.n <= 50
+    s = OrtBackend(_profile(cv_threshold=0.15, repeats_if_noisy=1, sessions=3)).measure(onnx_bytes, SHAPE)
+    assert 3 * 10 <= s.n <= 3 * 50  # the runs of three sessions, pooled
     assert 0 < s.median_ms <= s.p90_ms <= s.p99_ms < 1000
+    assert s.trimmed_ms is not None and 0 < s.trimmed_ms <= s.p90_ms
     assert s.mean_ms > 0 and s.std_ms >= 0 and s.cv == pytest.approx(s.std_ms / s.mean_ms)
 
 
@@ -136,8 +137,8 @@ def test_ort_repeats_noisy_measurements_and_flags_them(onnx_bytes, monkeypatch):
     phases = []
     real = ort_backend._timed_runs
     monkeypatch.setattr(ort_backend, "_timed_runs", lambda *a: phases.append(1) or real(*a))
-    s = OrtBackend(_profile(cv_threshold=1e-12, repeats_if_noisy=2)).measure(onnx_bytes, SHAPE)
-    assert len(phases) == 3 and s.noisy
+    s = OrtBackend(_profile(cv_threshold=1e-12, repeats_if_noisy=2, sessions=2)).measure(onnx_bytes, SHAPE)
+    assert len(phases) == 3 * 2 and s.noisy  # three tries of two sessions each
 
 
 def test_ort_measurements_never_overlap(onnx_bytes, monkeypatch):
@@ -328,6 +329,83 @@ def test_profiler_never_stores_noisy(tmp_path, monkeypatch):
     cache = LatencyCache(tmp_path / "c.sqlite")
     assert cache.count() == 0
     cache.close()
+
+
+class _Machine:
+    """A backend stand-in whose speed the test sets: the reference alone takes ``speed`` ms, a
+    candidate timed next to it ``ratio`` of whatever the reference took in that pair."""
+
+    def __init__(self, speed: float, ratio: float = 0.5):
+        self.speed, self.ratio, self.alone, self.pairs = speed, ratio, 0, 0
+
+    def measure(self, data, shape):
+        self.alone += 1
+        return _stats(median=self.speed)
+
+    def measure_pair(self, data, shape):
+        self.pairs += 1
+        ref = dataclasses.replace(_stats(median=self.speed * 1.3), trimmed_ms=self.speed * 1.2)
+        # The medians of the pair disagree with the trimmed means (a bimodal candidate): the
+        # ratio must come from the trimmed means.
+        cand = dataclasses.replace(_stats(median=self.speed * 0.9), trimmed_ms=self.speed * 1.2 * self.ratio)
+        return cand, ref
+
+    def set_reference(self, data, shape):
+        pass
+
+    def close(self):
+        pass
+
+
+def _with_machine(tmp_path, machine) -> Profiler:
+    prof = Profiler(_profile(), cache_path=tmp_path / "c.sqlite")
+    prof.backend.close()
+    prof.backend = machine
+    return prof
+
+
+def test_a_pair_is_compared_by_trimmed_means_and_reported_in_the_anchors_units(tmp_path):
+    prof = _with_machine(tmp_path, _Machine(speed=2.0, ratio=0.25))
+    anchor = prof.set_reference("ref", SHAPE, b"ref")
+    stats, _ = prof.latency("cand", SHAPE, lambda: b"cand")
+    assert anchor.median_ms == 2.0
+    assert stats.median_ms == pytest.approx(0.25 * 2.0)  # not 0.9 / 1.3 x 2.0 from the medians
+    assert stats.trimmed_ms is None  # what is reported equals what the cache will give back
+    prof.close()
+
+
+def test_a_cached_anchor_a_fresh_measurement_agrees_with_sets_the_units(tmp_path):
+    first = _with_machine(tmp_path, _Machine(speed=2.0))
+    first.set_reference("ref", SHAPE, b"ref")
+    cand, _ = first.latency("cand", SHAPE, lambda: b"cand")
+    first.close()
+    machine = _Machine(speed=2.0 * 1.1)  # within the tolerance: ordinary drift
+    later = _with_machine(tmp_path, machine)
+    assert later.set_reference("ref", SHAPE, b"ref").median_ms == 2.0
+    again, hit = later.latency("cand", SHAPE, lambda: b"cand")
+    assert hit and again == cand and machine.pairs == 0
+    assert later.anchor_check == {"cached_ms": 2.0, "fresh_ms": pytest.approx(2.2), "kept_cached": True, "tolerance": ANCHOR_TOLERANCE}
+    later.close()
+
+
+def test_a_cached_anchor_from_a_bad_spell_is_replaced_and_its_rows_timed_again(tmp_path):
+    """A slow spell cached 2.07 ms for a model that timed 1.2 ms later (issue 18): that anchor
+    must not set the units of later runs, nor the candidates timed against it."""
+    spell = _with_machine(tmp_path, _Machine(speed=2.07, ratio=0.5))
+    spell.set_reference("ref", SHAPE, b"ref")
+    assert spell.latency("cand", SHAPE, lambda: b"cand")[0].median_ms == pytest.approx(1.035)
+    spell.close()
+    machine = _Machine(speed=1.2, ratio=0.5)
+    later = _with_machine(tmp_path, machine)
+    assert later.set_reference("ref", SHAPE, b"ref").median_ms == 1.2
+    assert later.anchor_check["kept_cached"] is False and later.anchor_check["cached_ms"] == 2.07
+    stats, hit = later.latency("cand", SHAPE, lambda: b"cand")
+    assert not hit and stats.median_ms == pytest.approx(0.6) and machine.pairs == 1
+    later.close()
+    third = _with_machine(tmp_path, _Machine(speed=1.25))  # the replaced rows are what the cache now holds
+    assert third.set_reference("ref", SHAPE, b"ref").median_ms == 1.2
+    assert third.latency("cand", SHAPE, lambda: b"cand") == (stats, True)
+    third.close()
 
 
 def test_profiler_unknown_backend(tmp_path):

@@ -203,32 +203,59 @@ class LatencyCache:
                     raise
                 time.sleep(0.01)
 
-    def get(self, fp_hash: str, arch_key: str, input_shape: Sequence[int]) -> LatencyStats | None:
-        row = self._db.execute(
+    def get(
+        self, fp_hash: str, arch_key: str, input_shape: Sequence[int], not_before: float | None = None
+    ) -> LatencyStats | None:
+        """The stored latency, or None; ``not_before`` (a Unix time) ignores rows created earlier,
+        i.e. rows measured against an anchor that has since been replaced."""
+        sql = (
             "SELECT n, median, p90, p99, mean, std, cv FROM latency "
-            "WHERE fingerprint = ? AND arch = ? AND input_shape = ?",
-            (fp_hash, arch_key, _shape_key(input_shape)),
-        ).fetchone()
+            "WHERE fingerprint = ? AND arch = ? AND input_shape = ?"
+        )
+        params: tuple = (fp_hash, arch_key, _shape_key(input_shape))
+        if not_before is not None:
+            sql += " AND created >= ?"
+            params += (float(not_before),)
+        row = self._db.execute(sql, params).fetchone()
         if row is None:
             return None
         n, median, p90, p99, mean, std, cv = row
         return LatencyStats(n, median, p90, p99, mean, std, cv)
 
+    def created(self, fp_hash: str, arch_key: str, input_shape: Sequence[int]) -> float | None:
+        """When the row of this key was stored (Unix time), or None."""
+        row = self._db.execute(
+            "SELECT created FROM latency WHERE fingerprint = ? AND arch = ? AND input_shape = ?",
+            (fp_hash, arch_key, _shape_key(input_shape)),
+        ).fetchone()
+        return None if row is None else float(row[0])
+
     def put(
-        self, fp_hash: str, arch_key: str, input_shape: Sequence[int], stats: LatencyStats
+        self,
+        fp_hash: str,
+        arch_key: str,
+        input_shape: Sequence[int],
+        stats: LatencyStats,
+        replace_before: float | None = None,
     ) -> None:
         """Store ``stats`` unless the key is already there: the first measurement wins, so a
-        number that has been reported never changes under the user's feet."""
+        number that has been reported never changes under the user's feet. The one exception is
+        a row older than ``replace_before``: it was measured against an anchor that a fresh
+        measurement has since replaced, so it is in units nobody uses any more."""
         if stats.noisy:
             raise ValueError("refusing to cache a noisy measurement; re-measure it instead")
+        key = (fp_hash, arch_key, _shape_key(input_shape))
+        if replace_before is not None:
+            self._db.execute(
+                "DELETE FROM latency WHERE fingerprint = ? AND arch = ? AND input_shape = ? AND created < ?",
+                (*key, float(replace_before)),
+            )
         self._db.execute(
             "INSERT OR IGNORE INTO latency "
             "(fingerprint, arch, input_shape, n, median, p90, p99, mean, std, cv, created) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                fp_hash,
-                arch_key,
-                _shape_key(input_shape),
+                *key,
                 stats.n,
                 stats.median_ms,
                 stats.p90_ms,

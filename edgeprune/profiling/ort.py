@@ -24,8 +24,11 @@ from edgeprune.profiling.fingerprint import host_fingerprint
 from edgeprune.profiling.stats import LatencyStats, NodeTime, NodeTimes, summarize
 from edgeprune.targets import MeasureSpec, Profile
 
-# Interleaved blocks per model in measure_pair.
-_BLOCKS = 4
+# Interleaved blocks per model in measure_pair: 20 blocks of 30 ms (at a 0.6 s window) gave a
+# candidate/reference ratio with CV 2-4 % over fresh session pairs, 4 blocks of 150 ms 3-6 %;
+# 120 blocks of 5 ms moved the ratio itself (each block starts with the other model's weights
+# in the caches).
+_BLOCKS = 20
 
 # Two measurements running at once on the same cores would time each other, not the model.
 _MEASURE_LOCK = threading.Lock()
@@ -86,23 +89,34 @@ class OrtBackend(Backend):
         return dict(self._fingerprint)
 
     def measure(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> LatencyStats:
-        """Latency of one inference of ``onnx_bytes`` on a float32 input of ``input_shape``.
+        """Latency of one inference of ``onnx_bytes`` on a float32 input of ``input_shape``: the
+        runs of ``measure.sessions`` fresh sessions, each timed for the profile's window, pooled.
 
-        The result has ``noisy=True`` when even the least noisy of the repeats is above the
-        profile's CV threshold; callers report it but must not cache it.
+        One session's median on a shared CPU swings by a quarter from one second to the next
+        (measured, mobilenet_v2 at 3x32x32: 10 repeats of one 0.6 s session scatter with CV
+        0.11; of 5 pooled sessions, 0.034), so an absolute number, which anchors every later one,
+        pools several. The result has ``noisy=True`` when even the least noisy of the repeats is
+        above the profile's CV threshold; callers report it but must not cache it.
         """
         spec = self.profile.measure
         with _MEASURE_LOCK:  # session creation runs graph optimisation: keep it off timed cores
-            session, feed = self._warm_session(onnx_bytes, input_shape)
-            best = summarize(_timed_runs(session, feed, spec))
+            best = self._pooled(onnx_bytes, input_shape, spec)
             for _ in range(spec.repeats_if_noisy):
                 if best.cv <= spec.cv_threshold:
                     break
-                again = summarize(_timed_runs(session, feed, spec))
+                again = self._pooled(onnx_bytes, input_shape, spec)
                 if again.cv < best.cv:
                     best = again
         best.noisy = best.cv > spec.cv_threshold
         return best
+
+    def _pooled(self, onnx_bytes: bytes, input_shape: tuple[int, ...], spec: MeasureSpec) -> LatencyStats:
+        times: list[float] = []
+        for _ in range(spec.sessions):
+            session, feed = self._warm_session(onnx_bytes, input_shape)
+            times.extend(_timed_runs(session, feed, spec))
+            del session
+        return summarize(times)
 
     def set_reference(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> None:
         """The model that :meth:`measure_pair` times alongside every candidate."""
@@ -112,7 +126,9 @@ class OrtBackend(Backend):
         """Candidate and reference timed in alternating blocks, so both see the same CPU state.
 
         On shared or virtual CPUs the speed of the whole machine drifts by tens of percent from
-        minute to minute; the ratio of two models timed in interleaved blocks does not.
+        minute to minute; the ratio of two models timed in interleaved blocks does not. Short
+        blocks let both models see the same spells of a machine whose speed changes within a
+        second; compare the two by :func:`~edgeprune.profiling.stats.ratio`.
         """
         if self._reference is None:
             raise ValueError("set_reference() must be called before measure_pair()")

@@ -2,6 +2,10 @@
 
 The median is what the search optimises (robust to the odd descheduled run); p90/p99 are what a
 deployment budget is really about; CV is how we tell a trustworthy measurement from a noisy one.
+The trimmed mean is what two models timed together are compared by: on a shared CPU the per-run
+times are bimodal (measured: one mobilenet_v2 variant at 0.072 ms and 0.11-0.12 ms within one
+session, the mix shifting from second to second), so a median flips between the modes while a
+mean of the central runs moves smoothly with the mix (ratio CV 2-4 % against 5-10 %).
 Per-node times (:class:`NodeTimes`, from ONNX Runtime's profiler) say where that time goes; they
 live here, free of any runtime, because the cache, the latency surrogate and the backend
 interface all carry them.
@@ -27,10 +31,13 @@ class LatencyStats:
     std_ms: float
     cv: float
     noisy: bool = False
+    # Mean of the runs between the 5th and 90th percentiles; None where only a summary was
+    # given (a cache row, trtexec's own statistics).
+    trimmed_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report.json shape: ``latency_ms{median, p90, p99, mean, std, cv, n, noisy}``."""
-        return {
+        d = {
             "n": self.n,
             "median": self.median_ms,
             "p90": self.p90_ms,
@@ -40,6 +47,9 @@ class LatencyStats:
             "cv": self.cv,
             "noisy": self.noisy,
         }
+        if self.trimmed_ms is not None:
+            d["trimmed"] = self.trimmed_ms
+        return d
 
     def scaled(self, factor: float) -> "LatencyStats":
         """The same distribution with every time multiplied by ``factor`` (CV unchanged)."""
@@ -52,6 +62,7 @@ class LatencyStats:
             std_ms=self.std_ms * factor,
             cv=self.cv,
             noisy=self.noisy,
+            trimmed_ms=None if self.trimmed_ms is None else self.trimmed_ms * factor,
         )
 
     @classmethod
@@ -65,7 +76,16 @@ class LatencyStats:
             std_ms=float(d["std"]),
             cv=float(d["cv"]),
             noisy=bool(d.get("noisy", False)),
+            trimmed_ms=float(d["trimmed"]) if d.get("trimmed") is not None else None,
         )
+
+
+def ratio(candidate: LatencyStats, reference: LatencyStats) -> float:
+    """How much slower ``candidate`` ran than ``reference`` when the two were timed together: by
+    their trimmed means when both have one, else by their medians."""
+    if candidate.trimmed_ms is not None and reference.trimmed_ms is not None and reference.trimmed_ms > 0:
+        return candidate.trimmed_ms / reference.trimmed_ms
+    return candidate.median_ms / reference.median_ms
 
 
 def summarize(times_s: Sequence[float]) -> LatencyStats:
@@ -73,7 +93,8 @@ def summarize(times_s: Sequence[float]) -> LatencyStats:
     if len(times_s) == 0:
         raise ValueError("summarize() needs at least one timed run")
     ms = np.asarray(times_s, dtype=np.float64) * 1e3
-    median, p90, p99 = np.percentile(ms, [50, 90, 99])
+    p5, median, p90, p99 = np.percentile(ms, [5, 50, 90, 99])
+    central = ms[(ms >= p5) & (ms <= p90)]
     mean = float(ms.mean())
     std = float(ms.std())
     return LatencyStats(
@@ -84,6 +105,7 @@ def summarize(times_s: Sequence[float]) -> LatencyStats:
         mean_ms=mean,
         std_ms=std,
         cv=std / mean if mean > 0 else 0.0,
+        trimmed_ms=float(central.mean()) if central.size else float(median),
     )
 
 

@@ -35,6 +35,7 @@ class ExportConfig:
     int8: bool = False
     max_int8_drop: float | None = None
     int8_min_speedup: float = 1.0
+    int8_format: str = "auto"
     dynamic_batch: bool = False
     opset: int | None = None
     target: str | None = None
@@ -159,6 +160,8 @@ def _validate(cfg: ExportConfig) -> None:
         raise UserError("--max-int8-drop only applies with --int8; add --int8 or drop --max-int8-drop")
     if cfg.int8_min_speedup != 1.0 and not cfg.int8:
         raise UserError("--int8-min-speedup only applies with --int8; add --int8 or drop --int8-min-speedup")
+    if cfg.int8_format != "auto" and not cfg.int8:
+        raise UserError("--int8-format only applies with --int8; add --int8 or drop --int8-format")
     if not (math.isfinite(cfg.int8_min_speedup) and cfg.int8_min_speedup >= 0):
         raise UserError(f"--int8-min-speedup is a ratio FP32 time / INT8 time (0 accepts any), got {cfg.int8_min_speedup}")
     if cfg.max_int8_drop is not None and cfg.max_int8_drop < 0:
@@ -188,7 +191,7 @@ def run_export(cfg: ExportConfig) -> dict:
     data = data_from_report(report, cfg.data)
     if tuple(data.preprocess.input_shape) != tuple(report["input_shape"]):
         raise UserError(f"report.json's input_shape {report['input_shape']} differs from its preprocess; run `edgeprune prune` again")
-    if cfg.int8:
+    if cfg.int8 and cfg.int8_format == "nncf-qdq":
         require_nncf()  # fail before the export work when NNCF is missing
     profiler = Profiler(profile, cache_path=Path(cfg.cache) if cfg.cache else None, use_cache=not cfg.no_cache)
     try:
@@ -198,6 +201,7 @@ def run_export(cfg: ExportConfig) -> dict:
             int8=cfg.int8,
             max_int8_drop_pp=cfg.max_int8_drop,
             int8_min_speedup=cfg.int8_min_speedup,
+            int8_format=cfg.int8_format,
             calibration_samples=cfg.calibration_samples or DEFAULT_CALIBRATION_SAMPLES,
             seed=int(report["data"].get("seed", 0)),
             progress=cfg.progress,

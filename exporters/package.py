@@ -18,7 +18,7 @@ from torch import nn
 import edgeprune
 from edgeprune.data import DataBundle, Split
 from edgeprune.exporters.files import atomic_write_all
-from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES, calibration_items, quantize_int8
+from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES, INT8_FORMATS, QDQ_FORMATS, calibration_items, nncf_available, quantize_int8
 from edgeprune.exporters.manifest import MANIFEST, MODEL_CARD, REPORT, build_manifest
 from edgeprune.profiling.keys import graph_key
 from edgeprune.report_schema import check_report
@@ -44,6 +44,9 @@ class ExportOptions:
     int8: bool = False
     max_int8_drop_pp: float | None = None
     int8_min_speedup: float = 1.0
+    # "auto": every format the target can run is made and timed, the fastest that keeps the
+    # accuracy gate is shipped; or one of exporters.int8.INT8_FORMATS.
+    int8_format: str = "auto"
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
     seed: int = 0
     progress: bool = True
@@ -129,7 +132,7 @@ def _measure(profiler: Profiler, blob: bytes, shape: tuple[int, ...]) -> tuple[L
     if profiler.anchor is not None:
         return profiler.latency(key, shape, lambda: blob, fresh=True, sessions=FINAL_SESSIONS)
     hits = profiler.cache_hits
-    stats = profiler.set_reference(key, shape, blob)
+    stats = profiler.set_reference(key, shape, blob, recheck=False)
     return stats, profiler.cache_hits > hits
 
 
@@ -270,25 +273,27 @@ def _int8_variant(
     test_inputs: torch.Tensor,
     fp32: Variant,
 ) -> tuple[Variant, dict, dict]:
-    """Quantize ``fp32`` with NNCF and measure it like FP32; returns (variant, gate, calibration).
+    """Quantize ``fp32``, measure it like FP32; returns (variant, gate, calibration).
 
-    The gate accepts the INT8 file when its test accuracy drop is within ``opts.max_int8_drop_pp``
-    and it is at least ``opts.int8_min_speedup`` times as fast as FP32 (both timed next to the same
-    reference): an INT8 file slower than FP32 on the target is no deliverable (on ORT CPU at
-    3x32x32, QDQ around depthwise convolutions ran several times slower). A refused variant keeps
-    its measurements but has no file name.
+    Which INT8 format is fastest depends on the runtime and the shapes (docs/benchmarks.md: on
+    ORT's CPU provider QDQ around depthwise convolutions ran several times slower than FP32 at
+    3x32x32), so with ``int8_format="auto"`` every format the target can run is made, timed next
+    to the FP32 file and scored, and the fastest one that keeps the accuracy gate is the one
+    shipped (the fastest of all when none does). The gate accepts it when its test accuracy drop
+    is within ``opts.max_int8_drop_pp`` and it is at least ``opts.int8_min_speedup`` times as
+    fast as FP32: an INT8 file slower than FP32 on the target is no deliverable. A refused
+    variant keeps its measurements but has no file name; ``gate["tried"]`` lists every format.
     """
-    profile = profiler.profile
-    items = calibration_items(data.train, opts.calibration_samples, profile.batch, seed=opts.seed)
-    calibration = {"split": "train", "samples": sum(len(i) for i in items), "method": "nncf.quantize (PTQ, QDQ, fast bias correction)"}
-    console.print(f"quantizing to INT8 with NNCF on {calibration['samples']} train images")
-    q = quantize_int8(fp32.blob, items, INPUT_NAME, progress=opts.progress)
-    q_latency, _ = _measure(profiler, q, shape)
-    q = with_metadata(q, _metadata(common, "int8", q_latency))
-    q_accuracy = _accuracy(q, data.test, "ONNX INT8", opts.progress)
+    items = calibration_items(data.train, opts.calibration_samples, profiler.profile.batch, seed=opts.seed)
+    samples = sum(len(i) for i in items)
+    tried = _quantized(profiler, data, opts, shape, fp32, items)
+    within = [t for t in tried if _drop_ok(opts, fp32.accuracy, t[3])]
+    fmt, q, q_latency, q_accuracy = min(within or tried, key=lambda t: t[2].median_ms)
+    calibration = {"split": "train", "samples": samples, "method": _INT8_METHODS[fmt], "format": fmt}
+    q = with_metadata(q, _metadata(common, "int8", q_latency) | {"int8_format": fmt})
     drop_pp = 100.0 * (fp32.accuracy - q_accuracy)
     speedup = fp32.latency.median_ms / q_latency.median_ms
-    accuracy_ok = opts.max_int8_drop_pp is None or drop_pp <= opts.max_int8_drop_pp
+    accuracy_ok = _drop_ok(opts, fp32.accuracy, q_accuracy)
     speed_ok = speedup >= opts.int8_min_speedup
     accepted = accuracy_ok and speed_ok
     int8 = Variant("int8", INT8_FILE if accepted else None, q, q_latency, False, q_accuracy, parity(model, q, test_inputs))
@@ -304,8 +309,50 @@ def _int8_variant(
         "speedup": speedup,
         "speed_ok": speed_ok,
         "accepted": accepted,
+        "format": fmt,
+        "tried": [
+            {"format": f, "latency_ms": lat.median_ms, "speedup": fp32.latency.median_ms / lat.median_ms, "accuracy": acc}
+            for f, _, lat, acc in tried
+        ],
     }
     return int8, gate, calibration
+
+
+def _quantized(profiler: Profiler, data: DataBundle, opts: ExportOptions, shape, fp32: Variant, items) -> list[tuple]:
+    """``(format, blob, latency, test accuracy)`` of every INT8 format asked for."""
+    formats = _int8_formats(opts.int8_format, profiler.profile)
+    console.print(f"quantizing to INT8 ({', '.join(formats)}) on {sum(len(i) for i in items)} train images")
+    tried = []
+    for fmt in formats:
+        blob = quantize_int8(fp32.blob, items, INPUT_NAME, progress=opts.progress, fmt=fmt)
+        latency, _ = _measure(profiler, blob, shape)
+        accuracy = _accuracy(blob, data.test, f"ONNX INT8 ({fmt})", opts.progress)
+        tried.append((fmt, blob, latency, accuracy))
+        console.print(f"  {fmt}: {latency.median_ms:.4f} ms ({fp32.latency.median_ms / latency.median_ms:.2f}x FP32), test accuracy {accuracy:.2%}")
+    return tried
+
+
+_INT8_METHODS = {
+    "nncf-qdq": "nncf.quantize (PTQ, QDQ, fast bias correction)",
+    "ort-qdq": "onnxruntime quantize_static (QDQ, MinMax, per-channel s8 weights, u8 activations)",
+    "ort-qoperator": "onnxruntime quantize_static (QOperator, MinMax, per-channel s8 weights, u8 activations)",
+}
+
+
+def _drop_ok(opts: ExportOptions, fp32_accuracy: float, accuracy: float) -> bool:
+    return opts.max_int8_drop_pp is None or 100.0 * (fp32_accuracy - accuracy) <= opts.max_int8_drop_pp
+
+
+def _int8_formats(choice: str, profile) -> tuple[str, ...]:
+    """The formats to make: the one asked for, or for ``auto`` those the target runs (TensorRT
+    imports QDQ only) and whose library is installed (NNCF is an optional extra)."""
+    if choice != "auto":
+        return (choice,)
+    formats = QDQ_FORMATS if profile.backend == "tensorrt" else INT8_FORMATS
+    if not nncf_available():
+        console.print("NNCF is not installed (`pip install 'edgeprune[int8]'`): its format is not tried")
+        formats = tuple(f for f in formats if f != "nncf-qdq")
+    return formats
 
 
 def _models_section(fp32: Variant, int8: Variant | None, gate: dict | None, calibration: dict | None) -> dict:

@@ -1,6 +1,7 @@
 """Export pipeline: checked/slimmed ONNX with metadata, parity, INT8 with its accuracy gate,
 manifest.json + MODEL_CARD.md, and `edgeprune export` on a real (tiny) prune output folder."""
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -95,7 +96,11 @@ def test_export_int8_puts_int8_next_to_fp32_in_the_manifest(out_copy, capsys):
     # ONNX Runtime's FP32 test accuracy is the torch model's (parity), and INT8 stays within a few points of it.
     assert fp32["accuracy"]["test"] == pytest.approx(report["pruned"]["accuracy"], abs=0.005)
     assert abs(int8["accuracy"]["test"] - fp32["accuracy"]["test"]) < 0.05
-    assert int8["accepted"] is True and int8["calibration"] == {"split": "train", "samples": 32, "method": int8["calibration"]["method"]}
+    assert int8["accepted"] is True and int8["calibration"]["split"] == "train" and int8["calibration"]["samples"] == 32
+    # every format was made and timed, and the one shipped is the fastest of those that pass the gate
+    gate = manifest["int8_gate"]
+    assert {t["format"] for t in gate["tried"]} == {"nncf-qdq", "ort-qdq", "ort-qoperator"}
+    assert gate["format"] == int8["calibration"]["format"] == min(gate["tried"], key=lambda t: t["latency_ms"])["format"]
     assert int8["vs_fp32"]["accuracy_drop_pp"] == pytest.approx(100 * (fp32["accuracy"]["test"] - int8["accuracy"]["test"]))
     # the FP32 file was the timing reference: its number is the one the prune run cached for this graph
     assert fp32["latency_from_cache"] is True and fp32["latency_ms"] == report["pruned"]["latency_ms"]
@@ -121,7 +126,7 @@ def test_int8_over_the_accuracy_gate_is_refused_and_not_written(out_copy, monkey
     out, cache = out_copy
     (out / "model.int8.onnx").write_bytes(b"stale file from an earlier export")
 
-    def broken_quantizer(onnx_bytes, calibration, input_name="input", progress=True):
+    def broken_quantizer(onnx_bytes, calibration, input_name="input", progress=True, fmt="nncf-qdq"):
         """A real, runnable model whose classifier is zeroed: every image gets class 0."""
         proto = onnx.load_from_string(onnx_bytes)
         for init in proto.graph.initializer:
@@ -130,7 +135,7 @@ def test_int8_over_the_accuracy_gate_is_refused_and_not_written(out_copy, monkey
         return proto.SerializeToString()
 
     monkeypatch.setattr("edgeprune.exporters.package.quantize_int8", broken_quantizer)
-    code = main(["export", str(out), "--trust-model-code", "--int8", "--max-int8-drop", "1", "--int8-min-speedup", "0", "--calibration-samples", "8", "--no-progress", "--cache", cache])
+    code = main(["export", str(out), "--trust-model-code", "--int8", "--int8-format", "ort-qdq", "--max-int8-drop", "1", "--int8-min-speedup", "0", "--calibration-samples", "8", "--no-progress", "--cache", cache])
     err = capsys.readouterr().err
     assert code == 1 and "INT8 model REFUSED" in err and "--max-int8-drop 1" in err and "--int8-min-speedup" not in err
     assert not (out / "model.int8.onnx").exists()
@@ -175,6 +180,7 @@ def test_export_dynamic_batch_and_opset(out_copy):
         (["export", "{out}", "--max-int8-drop", "1"], "--int8"),
         (["export", "{out}", "--int8", "--max-int8-drop", "-1"], "negative"),
         (["export", "{out}", "--int8-min-speedup", "2"], "only applies with --int8"),
+        (["export", "{out}", "--int8-format", "ort-qoperator"], "only applies with --int8"),
         (["export", "{out}", "--int8", "--int8-min-speedup", "nan"], "0 accepts any"),
         (["export", "{out}", "--opset", "99"], "--opset 99"),
         (["export", "{out}", "--target", "no-such-target"], "unknown target"),
@@ -194,7 +200,7 @@ def test_export_bad_input_is_exit_2(args, words, pruned_out, tmp_path, capsys):
 def test_int8_without_nncf_is_a_one_line_error(pruned_out, monkeypatch, capsys):
     out, _ = pruned_out
     monkeypatch.setitem(sys.modules, "nncf", None)  # what `import nncf` sees when it is not installed
-    assert main(["export", str(out), "--trust-model-code", "--int8", "--no-progress"]) == 2
+    assert main(["export", str(out), "--trust-model-code", "--int8", "--int8-format", "nncf-qdq", "--no-progress"]) == 2
     assert "pip install 'edgeprune[int8]'" in capsys.readouterr().err
 
 
@@ -243,3 +249,16 @@ def test_the_written_report_matches_its_schema_and_a_broken_one_does_not(pruned_
     assert any(p.startswith("pruned/accuracy:") for p in problems) and any(p.startswith("artifacts/onnx:") for p in problems)
     with pytest.raises(RuntimeError, match="report.schema.json"):
         check_report(broken)
+
+
+def test_int8_auto_makes_the_formats_the_target_runs(monkeypatch):
+    from edgeprune.exporters.package import _int8_formats
+    from edgeprune.targets import load_profile
+
+    cpu = load_profile("x86-cpu")
+    assert _int8_formats("auto", cpu) == ("nncf-qdq", "ort-qdq", "ort-qoperator")
+    assert _int8_formats("ort-qoperator", cpu) == ("ort-qoperator",)
+    trt = dataclasses.replace(cpu, backend="tensorrt")
+    assert "ort-qoperator" not in _int8_formats("auto", trt)  # TensorRT imports QDQ only
+    monkeypatch.setitem(sys.modules, "nncf", None)  # not installed: auto goes on without it
+    assert _int8_formats("auto", cpu) == ("ort-qdq", "ort-qoperator")

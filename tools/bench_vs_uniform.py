@@ -84,9 +84,11 @@ def blob_digest(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def uniform_prune(model, ratio: float, step: int):
+def uniform_prune(model, ratio: float, step: int | None, shape: tuple[int, ...] = SHAPE):
+    """Torch-Pruning's uniform L1 pruning at ``ratio``, channel counts rounded to ``step``
+    (None: unrounded, as Torch-Pruning does by default)."""
     pruned = copy.deepcopy(model).eval()
-    example = torch.zeros(1, *SHAPE)
+    example = torch.zeros(1, *shape)
     pruner = tp.pruner.MagnitudePruner(
         pruned, example, importance=tp.importance.MagnitudeImportance(p=1),
         pruning_ratio=ratio, round_to=step, ignored_layers=[output_layer(pruned, example)],

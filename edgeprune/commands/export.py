@@ -9,13 +9,17 @@ import argparse
 
 from edgeprune.commands.args import add_cache_args, add_progress_args, from_args
 from edgeprune.export import MAX_OPSET, MIN_OPSET, ExportConfig, run_export
-from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES
+from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES, INT8_FORMATS
 
 
 def add_parser(sub) -> None:
     e = sub.add_parser("export", help="re-export an edgeprune output folder: ONNX (opset, dynamic batch), INT8, manifest, model card")
     e.add_argument("out_dir", metavar="OUT_DIR", help="folder written by `edgeprune prune` (plan.json, state_dict.pt, report.json)")
-    e.add_argument("--int8", action="store_true", help="also write model.int8.onnx: NNCF post-training quantization (QDQ), calibrated on the train split")
+    e.add_argument("--int8", action="store_true", help="also write model.int8.onnx: post-training quantization calibrated on the train split, in the format that runs fastest on the target")
+    e.add_argument(
+        "--int8-format", choices=("auto", *INT8_FORMATS), default="auto",
+        help="auto (default): make every format the target runs (NNCF QDQ when installed, ONNX Runtime QDQ and QOperator; QDQ only for TensorRT), time each, ship the fastest that keeps --max-int8-drop; or just one",
+    )
     e.add_argument("--max-int8-drop", type=float, metavar="PP", help="refuse the INT8 model (exit 1) when its test accuracy is more than PP percentage points below FP32")
     e.add_argument("--int8-min-speedup", type=float, default=1.0, metavar="X", help="refuse the INT8 model (exit 1) unless it runs at least X times as fast as FP32 on the target (default 1: never slower; 0 accepts any)")
     e.add_argument("--calibration-samples", type=int, help=f"train images used to calibrate INT8 (default {DEFAULT_CALIBRATION_SAMPLES})")

@@ -53,7 +53,12 @@ class Profiler:
         self.reference_sessions: list[float] = []
 
     def set_reference(
-        self, arch_key: str, input_shape: Sequence[int], onnx_bytes: bytes, anchor: LatencyStats | None = None
+        self,
+        arch_key: str,
+        input_shape: Sequence[int],
+        onnx_bytes: bytes,
+        anchor: LatencyStats | None = None,
+        recheck: bool = True,
     ) -> LatencyStats:
         """Time every later candidate next to this model and report it in this model's units.
 
@@ -63,12 +68,17 @@ class Profiler:
         own latency: the cached one if this fingerprint has it and a fresh measurement agrees
         with it (so every number in the cache stays in one unit across runs), else the fresh one,
         which then replaces it and retires every row measured against the old one. A resumed run
-        passes the ``anchor`` it used before. Returns the anchor.
+        passes the ``anchor`` it used before; ``recheck=False`` takes a cached anchor as it is
+        (an export timing its files next to the FP32 file the prune run already timed, so that
+        the manifest and the report agree). Returns the anchor.
         """
         shape = tuple(int(d) for d in input_shape)
         self.anchor, self.anchor_check, self._not_before = None, None, None
         self.reference_sessions = []  # drift is measured against this reference only
-        if anchor is None:
+        if anchor is None and not recheck:
+            anchor, _ = self.latency(arch_key, shape, lambda: onnx_bytes)
+            self._not_before = self._created(arch_key, shape)
+        elif anchor is None:
             anchor = self._checked_anchor(arch_key, shape, onnx_bytes)
         else:
             self._not_before = self._rows_valid_since(arch_key, shape, anchor)
@@ -88,6 +98,7 @@ class Profiler:
         kept = abs(math.log(fresh.median_ms / cached.median_ms)) <= math.log1p(ANCHOR_TOLERANCE) or fresh.noisy
         self.anchor_check = {"cached_ms": cached.median_ms, "fresh_ms": fresh.median_ms, "kept_cached": kept, "tolerance": ANCHOR_TOLERANCE}
         if kept:
+            self.cache_hits += 1
             self._not_before = self._created(arch_key, shape)
             return cached
         self._memory.clear()  # anything remembered so far is in the retired unit

@@ -165,6 +165,20 @@ def drift_text(report: dict) -> tuple[str, bool] | None:
     ), True
 
 
+def anchor_text(report: dict) -> str | None:
+    """A sentence when the cached baseline was re-timed and replaced (None otherwise): every
+    latency of the run is in the baseline's units, so the user should know they changed."""
+    check = _d(report.get("anchor_check"))
+    cached, fresh = num(check.get("cached_ms")), num(check.get("fresh_ms"))
+    if check.get("kept_cached") is not False or cached is None or fresh is None:
+        return None
+    return (
+        f"the cached baseline ({cached:.4f} ms) timed {fresh:.4f} ms now, twice more than "
+        f"{100 * (num(check.get('tolerance')) or 0):g} % off: the fresh one set this run's units and the latencies "
+        "cached against the old one were timed again"
+    )
+
+
 def _table(head: list[str], rows: list[list[str]], css: str = "") -> str:
     """An HTML table; ``head`` and ``rows`` hold already-escaped cell markup."""
     cls = f' class="{css}"' if css else ""
@@ -204,6 +218,9 @@ def _header(r: dict, manifest: dict | None) -> str:
     drift = drift_text(r)
     if drift:
         out.append(f'<p class="{"warn" if drift[1] else "note"}">Drift: {esc(drift[0])}.</p>')
+    anchor = anchor_text(r)
+    if anchor:
+        out.append(f'<p class="note">Baseline: {esc(anchor)}.</p>')
     fp_hash = _d(r.get("export")).get("fingerprint_hash") or _d(manifest).get("fingerprint_hash")
     out.append(
         f"<p class=meta>edgeprune {esc(r.get('edgeprune_version', '?'))} · plan {esc(_d(r.get('export')).get('plan_sha256_16', '–'))}"

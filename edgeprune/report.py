@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from edgeprune.html_report import HTML_FILE, drift_text  # noqa: E402
+from edgeprune.html_report import HTML_FILE, anchor_text, drift_text  # noqa: E402
 from edgeprune.search.interface import Candidate  # noqa: E402
 from edgeprune.progress import console  # noqa: E402
 
@@ -115,9 +115,9 @@ def print_summary(report: dict, out_dir: Path, out: Console | None = None) -> No
     out.print(table, width=width)
     verdict = "[green]met[/green]" if report["budget_met"] else "[red]NOT met[/red]"
     out.print(f"budget {verdict}: pruned {pruned['latency_ms']['median']:.4f} ms median against {report['budget_ms']:.4g} ms", width=width)
-    note = drift_note(report)
-    if note:
-        out.print(note, width=width)
+    for note in (drift_note(report), anchor_text(report)):
+        if note:
+            out.print(note, width=width)
     out.print("files: " + ", ".join(sorted(p.name for p in out_dir.iterdir())), width=width)
     page = out_dir / HTML_FILE
     if page.is_file():

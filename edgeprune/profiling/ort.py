@@ -24,10 +24,10 @@ from edgeprune.profiling.fingerprint import host_fingerprint
 from edgeprune.profiling.stats import LatencyStats, NodeTime, NodeTimes, summarize
 from edgeprune.targets import MeasureSpec, Profile
 
-# Interleaved blocks per model in measure_pair: 20 blocks of 30 ms (at a 0.6 s window) gave a
-# candidate/reference ratio with CV 2-4 % over fresh session pairs, 4 blocks of 150 ms 3-6 %;
-# 120 blocks of 5 ms moved the ratio itself (each block starts with the other model's weights
-# in the caches).
+# Interleaved blocks per model in measure_pair: 20 blocks of 30 ms (at a 0.6 s window), compared
+# by trimmed means, gave a candidate/reference ratio with CV 2-4 % over fresh session pairs; 4
+# blocks of 150 ms compared by medians 6-8 %. 120 blocks of 5 ms moved the ratio itself (each
+# block starts with the other model's weights in the caches).
 _BLOCKS = 20
 
 # Two measurements running at once on the same cores would time each other, not the model.

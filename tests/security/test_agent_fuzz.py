@@ -178,7 +178,7 @@ def bogus_profiles(rng):
         key = rng.choice([k for k in section if k != "source"])
         if rng.random() < 0.15:
             del section[key]
-            if key in ("agent", "tensorrt"):  # optional: deleting it changes nothing
+            if key in ("agent", "tensorrt", "sessions", "anchor_tolerance"):  # optional: deleting it changes nothing
                 section["unknown_key"] = 1
         elif isinstance(section[key], (int, float)) and not isinstance(section[key], bool):
             section[key] = rng.choice(numeric)

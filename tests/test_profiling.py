@@ -526,3 +526,13 @@ def test_isolated_node_times_and_measure_share_the_worker(onnx_bytes):
             backend.node_times(onnx_bytes, SHAPE, runs=0)
     finally:
         backend.close()
+
+
+def test_the_ratio_falls_back_to_medians_without_usable_trimmed_means():
+    from edgeprune.profiling.stats import ratio
+
+    cand = dataclasses.replace(_stats(median=1.0), trimmed_ms=0.8)
+    ref = dataclasses.replace(_stats(median=2.0), trimmed_ms=1.0)
+    assert ratio(cand, ref) == 0.8
+    for bad in (None, float("nan"), 0.0, -1.0):  # e.g. an agent that sends none, or nonsense
+        assert ratio(cand, dataclasses.replace(ref, trimmed_ms=bad)) == 0.5

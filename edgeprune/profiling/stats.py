@@ -12,6 +12,7 @@ interface all carry them.
 """
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,9 +83,11 @@ class LatencyStats:
 
 def ratio(candidate: LatencyStats, reference: LatencyStats) -> float:
     """How much slower ``candidate`` ran than ``reference`` when the two were timed together: by
-    their trimmed means when both have one, else by their medians."""
-    if candidate.trimmed_ms is not None and reference.trimmed_ms is not None and reference.trimmed_ms > 0:
-        return candidate.trimmed_ms / reference.trimmed_ms
+    their trimmed means when both have a usable one (a remote agent's reply may lack it), else
+    by their medians."""
+    pair = (candidate.trimmed_ms, reference.trimmed_ms)
+    if all(t is not None and math.isfinite(t) and t > 0 for t in pair):
+        return pair[0] / pair[1]
     return candidate.median_ms / reference.median_ms
 
 

@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     pr = sub.add_parser("profile", help="measure an ONNX model's latency on a target (the cache answers repeats)")
     pr.add_argument("onnx", help="ONNX file with a fixed input shape, or a symbolic batch timed at the target's batch (with --validate-surrogate: a model spec such as torchvision:mobilenet_v2)")
     pr.add_argument("--target", default="x86-cpu", help="target profile name or YAML path (default x86-cpu)")
-    pr.add_argument("--repeats", type=int, default=1, help="independent measurements (fresh sessions); the median of medians is shown (default 1)")
+    pr.add_argument("--repeats", type=int, default=1, help="independent measurements (each pools the profile's measure.sessions fresh sessions); the median of their medians is shown (default 1)")
     pr.add_argument("--json", action="store_true", help="print the stats as JSON")
     add_cache_args(pr)
     pr.add_argument("--fresh", action="store_true", help="measure even when the cache has the model (the result is still stored if new)")

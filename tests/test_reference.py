@@ -108,7 +108,7 @@ def test_a_machine_that_slows_mid_run_keeps_a_speedup_verdict_and_the_report_rec
 
     monkeypatch.setattr(profiler_module, "make_backend", slowing)
     cfg = PruneConfig(
-        model="tiny_models:tiny_resnet", target=str(PROFILE), data="digits", holdout=300, speedup=1.5,
+        model="tiny_models:tiny_resnet", target=str(PROFILE), data="digits", holdout=300, speedup=2.0,
         population=4, generations=2, finetune_epochs=0, refine_epochs=0, widen_passes=0,
         out=str(tmp_path / "out"), no_cache=True, progress=False,
     )

@@ -502,14 +502,18 @@ class RunCheckpoint:
             raise _error(folder / "done.json", self.folder, f"round is {summary['round']}, not {number}")
         plan = self._read_json(folder / "plan.json", _PLAN)
         if space is not None:
-            self._check_plan(folder / "plan.json", plan["kept"], space)
+            self._check_plan(folder / "plan.json", plan["kept"], space, plan.get("dropped", []))
         if not (folder / "state_dict.pt").is_file():
             raise _error(folder / "state_dict.pt", self.folder, "missing")
         return summary, plan, folder / "state_dict.pt"
 
-    def _check_plan(self, path: Path, kept: dict, space: GroupLayout) -> None:
-        """A round's plan is on the original model: the same groups, indices below their widths."""
-        full = {g.name: g.full for g in space.groups}
+    def _check_plan(self, path: Path, kept: dict, space: GroupLayout, dropped) -> None:
+        """A round's plan is on the original model: the same groups, indices below their widths,
+        dropped blocks among its depth groups (a plan lists them apart from ``kept``)."""
+        full = {g.name: g.full for g in space.groups if not g.depth}
+        blocks = {g.coupled[0] for g in space.groups if g.depth}
+        if not isinstance(dropped, list) or not all(isinstance(n, str) and n in blocks for n in dropped):
+            raise _error(path, self.folder, "'dropped' must list residual blocks of the model's depth groups")
         if set(kept) != set(full):
             raise _error(path, self.folder, f"the plan's groups are not the model's {len(full)} channel groups")
         for name, idxs in kept.items():

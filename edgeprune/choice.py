@@ -20,13 +20,18 @@ Choice = tuple[tuple[int, ...], ...]
 
 @dataclass(frozen=True)
 class Group:
-    """One prunable channel group, named after its root layer (the layer whose outputs it prunes)."""
+    """One prunable channel group, named after its root layer (the layer whose outputs it prunes).
+
+    A *depth* group is a whole residual block instead (``depth=True``, named ``depth:BLOCK``):
+    width 1 keeps it, width 0 replaces it by the identity, so a genome of widths carries depth
+    genes without the searches knowing the difference."""
 
     name: str
     full: int
     options: tuple[int, ...]
     order: tuple[int, ...]  # channel indices of the root layer, most important first
     coupled: tuple[str, ...]
+    depth: bool = False
 
     def nearest_option(self, width: float) -> int:
         """Index of the allowed width closest to ``width`` (ties go to the wider option)."""
@@ -77,15 +82,19 @@ class GroupLayout:
         alike: 90.61 %). ResNet-18 at 0.5x barely cares: 91.77 % uniform, 91.93 % at ``alpha`` 1.
         """
         median = self._median_width
-        return [g.nearest_option(min(1.0, keep_ratio * (median / g.full) ** alpha) * g.full) for g in self.groups]
+        return [
+            len(g.options) - 1 if g.depth else g.nearest_option(min(1.0, keep_ratio * (median / g.full) ** alpha) * g.full)
+            for g in self.groups
+        ]  # channel profiles: every block kept
 
     def full_ratio(self, alpha: float) -> float:
         """The smallest ``keep_ratio`` at which :meth:`scaled_indices` keeps every group whole."""
-        return max(((g.full / self._median_width) ** alpha for g in self.groups), default=1.0)
+        return max(((g.full / self._median_width) ** alpha for g in self.groups if not g.depth), default=1.0)
 
     @property
     def _median_width(self) -> float:
-        return statistics.median(g.full for g in self.groups) if self.groups else 1.0
+        widths = [g.full for g in self.groups if not g.depth]
+        return statistics.median(widths) if widths else 1.0
 
     def choice(self, widths) -> Choice:
         """The ``widths`` most important channels of every group (what the width encoding keeps)."""

@@ -218,6 +218,9 @@ def _header(r: dict, manifest: dict | None) -> str:
     drift = drift_text(r)
     if drift:
         out.append(f'<p class="{"warn" if drift[1] else "note"}">Drift: {esc(drift[0])}.</p>')
+    dropped = [str(b) for b in _d(r.get("pruned")).get("dropped_blocks") or []]
+    if dropped:
+        out.append(f'<p class="note">Dropped residual blocks ({len(dropped)}): {esc(", ".join(dropped))}.</p>')
     anchor = anchor_text(r)
     if anchor:
         out.append(f'<p class="note">Baseline: {esc(anchor)}.</p>')

@@ -78,6 +78,7 @@ class PruneConfig:
     encoding: str = "width"
     objectives: str = ",".join(DEFAULT_OBJECTIVES)
     screen: bool = True
+    depth: bool = False
     resume: bool = False
 
 
@@ -112,6 +113,8 @@ def _validate(cfg: PruneConfig) -> None:
     objectives = parse_objectives(cfg.objectives)
     if cfg.strategy == "coevolution" and set(objectives) != set(DEFAULT_OBJECTIVES):
         raise UserError("--objectives applies to --strategy nsga2; co-evolution ranks by accuracy with fewer MACs breaking ties: drop --objectives")
+    if cfg.depth and (cfg.strategy != "nsga2" or cfg.encoding != "width" or cfg.rounds != 1):
+        raise UserError("--depth works with --strategy nsga2, --encoding width and one round; drop --depth or those options")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file; pass --out with a folder path")
@@ -236,7 +239,7 @@ def _load(cfg: PruneConfig) -> _Job:
     input_shape = tuple(data.preprocess.input_shape)
     model, spec = load_model(cfg.model, num_classes=cfg.num_classes or data.num_classes, weights=cfg.weights)
     check_input(model, input_shape, data.num_classes)
-    space = ChannelSpace(model, input_shape, profile.channel_step, model_spec=spec)
+    space = ChannelSpace(model, input_shape, profile.channel_step, model_spec=spec, depth=cfg.depth)
     if not space.groups:
         raise UserError(f"{cfg.model} has no prunable channel group wider than the target's step ({profile.channel_step})")
     profiler = Profiler(profile, cache_path=Path(cfg.cache) if cfg.cache else None, use_cache=not cfg.no_cache)
@@ -335,6 +338,7 @@ def _report(job: _Job, rounds, package, baseline, baseline_latency: LatencyStats
             "accuracy": pruned_acc, "holdout_accuracy_before_finetune": final.picked.accuracy,
             "latency_ms": final_latency.to_dict(), "macs": macs, "params": params,
             "widths": layer_widths(final.model), "group_widths": final.plan.widths,
+            "dropped_blocks": list(final.plan.dropped),
         },
         "pareto": [c.summary(final.space) for c in final.result.pareto],
         "search": _search_section(job, rounds),

@@ -16,7 +16,7 @@ from torch import nn
 
 from edgeprune.errors import UserError
 from edgeprune.jsonfile import read_json
-from edgeprune.space import PLAN_FORMAT_VERSION, ChannelPlan, apply_plan
+from edgeprune.space import PLAN_FORMATS, ChannelPlan, apply_plan
 
 
 _KINDS = ("torchvision", "factory", "file")
@@ -49,6 +49,11 @@ def _plan_problem(data: dict) -> str | None:
             return f"'kept.{name[:60]}' must be a non-empty list of channel indices"
         if not all(_int(i, 0, _MAX_CHANNELS) for i in idxs) or len(set(idxs)) != len(idxs):
             return f"'kept.{name[:60]}' must hold distinct channel indices from 0 to {_MAX_CHANNELS}"
+    dropped = data.get("dropped", [])
+    if not isinstance(dropped, list) or len(dropped) > _MAX_GROUPS or not all(isinstance(n, str) and 0 < len(n) <= 200 for n in dropped):
+        return f"'dropped' must be a list of at most {_MAX_GROUPS} module names"
+    if (data["format_version"] == PLAN_FORMATS[1]) != bool(dropped):
+        return "'dropped' must be non-empty in a format 2 plan and absent from a format 1 plan"
     return None
 
 
@@ -58,10 +63,10 @@ def read_plan(plan_path: str | Path) -> ChannelPlan:
     if not path.is_file():
         raise UserError(f"plan file {path} not found; pass the plan.json from an edgeprune output folder")
     data = read_json(path, "pass the plan.json edgeprune wrote")
-    if not isinstance(data, dict) or data.get("format_version") != PLAN_FORMAT_VERSION:
-        found = data.get("format_version") if isinstance(data, dict) else None
+    found = data.get("format_version") if isinstance(data, dict) else None
+    if isinstance(found, bool) or found not in PLAN_FORMATS:
         raise UserError(
-            f"{path} has plan format {str(found)[:20]}, this edgeprune reads format {PLAN_FORMAT_VERSION}; "
+            f"{path} has plan format {str(found)[:20]}, this edgeprune reads formats {' and '.join(map(str, PLAN_FORMATS))}; "
             "re-run the prune with this version"
         )
     missing = [k for k in ("model", "input_shape", "kept") if k not in data]
@@ -71,7 +76,9 @@ def read_plan(plan_path: str | Path) -> ChannelPlan:
     if problem:
         raise UserError(f"{path}: {problem}; pass the plan.json edgeprune wrote")
     kept = {str(name): list(idxs) for name, idxs in data["kept"].items()}
-    return ChannelPlan(kept=kept, model_spec=dict(data["model"]), input_shape=tuple(data["input_shape"]))
+    return ChannelPlan(
+        kept=kept, model_spec=dict(data["model"]), input_shape=tuple(data["input_shape"]), dropped=list(data.get("dropped", []))
+    )
 
 
 def original_model(spec: dict, trust_code: bool = False) -> nn.Module:

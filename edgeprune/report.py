@@ -115,6 +115,9 @@ def print_summary(report: dict, out_dir: Path, out: Console | None = None) -> No
     out.print(table, width=width)
     verdict = "[green]met[/green]" if report["budget_met"] else "[red]NOT met[/red]"
     out.print(f"budget {verdict}: pruned {pruned['latency_ms']['median']:.4f} ms median against {report['budget_ms']:.4g} ms", width=width)
+    dropped = report["pruned"].get("dropped_blocks") or []
+    if dropped:
+        out.print(f"dropped residual blocks ({len(dropped)}): {', '.join(dropped)}", width=width)
     for note in (drift_note(report), anchor_text(report)):
         if note:
             out.print(note, width=width)

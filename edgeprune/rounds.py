@@ -61,7 +61,8 @@ def compose(outer: ChannelPlan, inner: ChannelPlan) -> ChannelPlan:
         if name not in kept:
             raise RuntimeError(f"group {name} of a later round has no counterpart in the first round's plan")
         kept[name] = [kept[name][i] for i in idxs]
-    return ChannelPlan(kept=kept, model_spec=outer.model_spec, input_shape=outer.input_shape)
+    dropped = [*outer.dropped, *(n for n in inner.dropped if n not in outer.dropped)]
+    return ChannelPlan(kept=kept, model_spec=outer.model_spec, input_shape=outer.input_shape, dropped=dropped)
 
 
 def rebuild(original: nn.Module, plan: ChannelPlan, state_dict: dict) -> nn.Module:
@@ -151,7 +152,7 @@ def _problem(cfg, number, space, latency, first: PruningProblem, limit_ms, check
 
 def _restored(number, budget, problem, result, picked, finished, original, plan) -> Round:
     summary, plan_dict, state_path = finished
-    plan = ChannelPlan(kept=plan_dict["kept"], model_spec=plan.model_spec, input_shape=plan.input_shape)
+    plan = ChannelPlan(kept=plan_dict["kept"], model_spec=plan.model_spec, input_shape=plan.input_shape, dropped=list(plan_dict.get("dropped", [])))
     model = rebuild(original, plan, torch.load(state_path, map_location="cpu", weights_only=True))
     return Round(number, budget, problem.space, problem, result, picked, model, plan, summary)
 

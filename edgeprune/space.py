@@ -23,6 +23,10 @@ from torch_pruning.dependency import index_mapping
 from edgeprune.choice import Choice, Group, GroupLayout
 
 PLAN_FORMAT_VERSION = 1
+# Plans that drop residual blocks: a reader of format 1 would rebuild them with the blocks in.
+PLAN_FORMAT_DEPTH = 2
+PLAN_FORMATS = (PLAN_FORMAT_VERSION, PLAN_FORMAT_DEPTH)
+DEPTH_PREFIX = "depth:"
 
 @dataclass
 class ChannelPlan:
@@ -31,19 +35,24 @@ class ChannelPlan:
     kept: dict[str, list[int]]
     model_spec: dict = field(default_factory=dict)
     input_shape: tuple[int, ...] = ()
+    # Residual blocks replaced by the identity (module names), after the channels are removed.
+    dropped: list[str] = field(default_factory=list)
 
     @property
     def widths(self) -> dict[str, int]:
         return {name: len(idxs) for name, idxs in self.kept.items()}
 
     def to_dict(self) -> dict:
-        return {
-            "format_version": PLAN_FORMAT_VERSION,
+        d = {
+            "format_version": PLAN_FORMAT_DEPTH if self.dropped else PLAN_FORMAT_VERSION,
             "model": self.model_spec,
             "input_shape": list(self.input_shape),
             "widths": self.widths,
             "kept": self.kept,
         }
+        if self.dropped:
+            d["dropped"] = list(self.dropped)
+        return d
 
     def digest(self) -> str:
         """Stable hash of the plan, written into artifacts so a deployment can be traced back."""
@@ -72,6 +81,42 @@ def output_layer(model: nn.Module, example: torch.Tensor) -> nn.Module:
     if not seen:
         raise ValueError("the model has no Conv2d or Linear layer to prune")
     return seen[-1]
+
+
+def residual_blocks(model: nn.Module) -> list[str]:
+    """Names of the blocks of ``model`` that compute ``act(x + f(x))`` with ``f(x)`` shaped like
+    ``x``, so that the identity can stand in for them (MDP-style depth pruning): torchvision's
+    MobileNetV2/EfficientNet/MnasNet inverted residuals with a skip, ResNet basic and bottleneck
+    blocks and RegNet bottlenecks without a projection. Their input comes out of an activation
+    that is at least 0 where theirs is a ReLU, so dropping the final ReLU with ``f`` changes
+    nothing else. Other architectures have no depth genes (rather none than a wrong one)."""
+    from torchvision.models import efficientnet, mnasnet, mobilenetv2, regnet, resnet  # noqa: PLC0415
+
+    def skips(m: nn.Module) -> bool:
+        if isinstance(m, (mobilenetv2.InvertedResidual, efficientnet.MBConv)):
+            return bool(m.use_res_connect)
+        if isinstance(m, mnasnet._InvertedResidual):
+            return bool(m.apply_residual)
+        if isinstance(m, (resnet.BasicBlock, resnet.Bottleneck)):
+            return m.downsample is None
+        if isinstance(m, regnet.ResBottleneckBlock):
+            return m.proj is None
+        return False
+
+    return [name for name, m in model.named_modules() if name and skips(m)]
+
+
+def drop_blocks(model: nn.Module, names: list[str]) -> nn.Module:
+    """Replace the residual blocks ``names`` of ``model`` by the identity, in place. A name that
+    is not one of :func:`residual_blocks` (a plan someone else wrote) is refused, not obeyed."""
+    allowed = set(residual_blocks(model))
+    for name in names:
+        if name not in allowed:
+            raise ValueError(f"{name!r} is not a residual block of this model that can be dropped")
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, nn.Identity())
+    return model
 
 
 def _width_options(full: int, step: int) -> tuple[int, ...]:
@@ -252,6 +297,7 @@ class ChannelSpace(GroupLayout):
         step: int,
         model_spec: dict | None = None,
         probe: bool = True,
+        depth: bool = False,
     ):
         self.model = model.eval()
         self.input_shape = tuple(input_shape)
@@ -265,7 +311,8 @@ class ChannelSpace(GroupLayout):
         self.skipped: list[dict] = []
         with _tolerant_reshape_mapping([]) as broken:
             groups = self._candidates(build_graph(model, self.example), broken, names)
-        super().__init__(self._working(groups) if probe and groups else groups)
+        groups = self._working(groups) if probe and groups else groups
+        super().__init__(groups + (self._depth_groups() if depth else []))
         self.base_signature = hashlib.sha256((repr(model) + str(self.input_shape)).encode()).hexdigest()[:16]
 
     def _candidates(self, graph: tp.DependencyGraph, broken: list, names: dict) -> list[Group]:
@@ -295,6 +342,24 @@ class ChannelSpace(GroupLayout):
                 dict.fromkeys(names[item.dep.target.module] for item in group if item.dep.target.module in names)
             )
             groups.append(Group(name, full, options, order, coupled))
+        return groups
+
+    def _depth_groups(self) -> list[Group]:
+        """One keep/drop gene per residual block whose removal leaves a model that runs with the
+        same output shape (checked on the original, one forward per block)."""
+        groups = []
+        for name in residual_blocks(self.model):
+            try:
+                model = drop_blocks(copy.deepcopy(self.model), [name])
+                with torch.no_grad():
+                    out = model.eval()(self.example)
+            except Exception as exc:  # noqa: BLE001 - any failure means "not droppable": the text says why
+                self.skipped.append({"group": DEPTH_PREFIX + name, "reason": f"dropping it breaks the forward pass: {_one_line(exc)}"})
+                continue
+            if tuple(out.shape) != self._output_shape():
+                self.skipped.append({"group": DEPTH_PREFIX + name, "reason": "dropping it changes the output shape"})
+                continue
+            groups.append(Group(DEPTH_PREFIX + name, 1, (0, 1), (0,), (name,), depth=True))
         return groups
 
     # --- probing: a group is in the space only if pruning it gives a model that runs -------------
@@ -365,8 +430,9 @@ class ChannelSpace(GroupLayout):
         return self.plan_of(self.choice(widths))
 
     def plan_of(self, choice: Choice) -> ChannelPlan:
-        kept = {g.name: [int(i) for i in idxs] for g, idxs in zip(self.groups, choice)}
-        return ChannelPlan(kept=kept, model_spec=self.model_spec, input_shape=self.input_shape)
+        kept = {g.name: [int(i) for i in idxs] for g, idxs in zip(self.groups, choice) if not g.depth}
+        dropped = [g.name.removeprefix(DEPTH_PREFIX) for g, idxs in zip(self.groups, choice) if g.depth and not idxs]
+        return ChannelPlan(kept=kept, model_spec=self.model_spec, input_shape=self.input_shape, dropped=dropped)
 
     def arch_key(self, widths) -> str:
         """Cache key of an architecture: the original's structure plus every group's width."""
@@ -383,7 +449,9 @@ class ChannelSpace(GroupLayout):
 
 
 def apply_plan(model: nn.Module, plan: ChannelPlan, example: torch.Tensor) -> nn.Module:
-    """Prune ``model`` in place so each group keeps exactly ``plan.kept[group]`` channels."""
+    """Prune ``model`` in place so each group keeps exactly ``plan.kept[group]`` channels, then
+    replace the blocks ``plan.dropped`` by the identity (their channels went with the residual
+    stream's group, so what flows around them still fits)."""
     modules = dict(model.named_modules())
     with _tolerant_reshape_mapping([]):
         graph = build_graph(model, example)
@@ -396,7 +464,7 @@ def apply_plan(model: nn.Module, plan: ChannelPlan, example: torch.Tensor) -> nn
             pruner = graph.get_pruner_of_module(root)
             group = graph.get_pruning_group(root, pruner.prune_out_channels, idxs=removed)
             group.prune()
-    return model
+    return drop_blocks(model, plan.dropped)
 
 
 def layer_widths(model: nn.Module) -> dict[str, int]:

@@ -60,3 +60,24 @@ class TinyResNet(nn.Module):
 def tiny_resnet(num_classes: int = 10) -> TinyResNet:
     """Factory used by the ``tiny_models:tiny_resnet`` spec (prunable on a 16-channel grid)."""
     return TinyResNet(num_classes=num_classes)
+
+
+class TinyBlockNet(nn.Module):
+    """Stem and two of torchvision's ResNet basic blocks without projection: two depth genes."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10):
+        from torchvision.models.resnet import BasicBlock
+
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.blocks = nn.Sequential(BasicBlock(32, 32), BasicBlock(32, 32))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.head(self.pool(self.blocks(self.stem(x))).flatten(1))
+
+
+def tiny_blocknet(num_classes: int = 10) -> TinyBlockNet:
+    """Factory used by the ``tiny_models:tiny_blocknet`` spec (``prune --depth``)."""
+    return TinyBlockNet(num_classes=num_classes)

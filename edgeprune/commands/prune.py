@@ -27,6 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--strategy", choices=("nsga2", "coevolution"), default="nsga2", help="nsga2: multi-objective GA over all groups (default); coevolution: CCSRP-style EA per group, --population = subpopulation d, --generations = G")
     p.add_argument("--encoding", choices=("width", "mask"), default="width", help="genome: width = kept count per group (default); mask = one bit per channel with CCEP's ratio-bounded bit-flip mutation")
     p.add_argument("--objectives", default="accuracy,latency", help="what NSGA-II trades off, comma-separated: accuracy (always), latency, macs; the latency budget is a constraint whatever is named (default accuracy,latency)")
+    p.add_argument("--depth", action="store_true", help="also search depth: one keep/drop gene per residual block whose input and output shapes match (torchvision MobileNetV2, ResNet, RegNet, EfficientNet, MnasNet), so budgets below what channels alone reach become reachable; report.json names the dropped blocks")
     p.add_argument("--no-screen", action="store_true", help="measure every candidate; by default the latency surrogate skips candidates it predicts far over the budget once its recent error is ≤ 10%%")
     p.add_argument("--rounds", type=int, default=1, help="prune → fine-tune → search again from the fine-tuned model, T times; budgets step down geometrically (default 1)")
     p.add_argument("--resume", metavar="OUT_DIR", help="continue an interrupted run from OUT_DIR.checkpoint (no other options needed)")

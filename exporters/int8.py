@@ -27,7 +27,13 @@ if TYPE_CHECKING:  # the CLI reads DEFAULT_CALIBRATION_SAMPLES without importing
 
 # NNCF's own default calibration size: enough for stable activation ranges on CNNs.
 DEFAULT_CALIBRATION_SAMPLES = 300
-INT8_FORMATS = ("nncf-qdq", "ort-qdq", "ort-qoperator")
+# Each format and how it is made (the manifest's calibration.method).
+INT8_METHODS = {
+    "nncf-qdq": "nncf.quantize (PTQ, QDQ, fast bias correction)",
+    "ort-qdq": "onnxruntime quantize_static (QDQ, MinMax, per-channel s8 weights, u8 activations)",
+    "ort-qoperator": "onnxruntime quantize_static (QOperator, MinMax, per-channel s8 weights, u8 activations)",
+}
+INT8_FORMATS = tuple(INT8_METHODS)
 # What TensorRT can import: explicit quantization is QDQ only.
 QDQ_FORMATS = ("nncf-qdq", "ort-qdq")
 
@@ -54,8 +60,8 @@ def calibration_items(split: Split, samples: int, batch: int, seed: int = 0) -> 
 
 def nncf_available() -> bool:
     try:
-        import nncf  # noqa: F401
-    except ImportError:
+        require_nncf()
+    except UserError:
         return False
     return True
 

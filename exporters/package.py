@@ -18,7 +18,7 @@ from torch import nn
 import edgeprune
 from edgeprune.data import DataBundle, Split
 from edgeprune.exporters.files import atomic_write_all
-from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES, INT8_FORMATS, QDQ_FORMATS, calibration_items, nncf_available, quantize_int8
+from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES, INT8_FORMATS, INT8_METHODS, QDQ_FORMATS, calibration_items, nncf_available, quantize_int8
 from edgeprune.exporters.manifest import MANIFEST, MODEL_CARD, REPORT, build_manifest
 from edgeprune.profiling.keys import graph_key
 from edgeprune.report_schema import check_report
@@ -286,10 +286,12 @@ def _int8_variant(
     """
     items = calibration_items(data.train, opts.calibration_samples, profiler.profile.batch, seed=opts.seed)
     samples = sum(len(i) for i in items)
-    tried = _quantized(profiler, data, opts, shape, fp32, items)
+    formats = _int8_formats(opts.int8_format, profiler.profile)
+    console.print(f"quantizing to INT8 ({', '.join(formats)}) on {samples} train images")
+    tried = _quantized(profiler, data, opts, shape, fp32, items, formats)
     within = [t for t in tried if _drop_ok(opts, fp32.accuracy, t[3])]
     fmt, q, q_latency, q_accuracy = min(within or tried, key=lambda t: t[2].median_ms)
-    calibration = {"split": "train", "samples": samples, "method": _INT8_METHODS[fmt], "format": fmt}
+    calibration = {"split": "train", "samples": samples, "method": INT8_METHODS[fmt], "format": fmt}
     q = with_metadata(q, _metadata(common, "int8", q_latency) | {"int8_format": fmt})
     drop_pp = 100.0 * (fp32.accuracy - q_accuracy)
     speedup = fp32.latency.median_ms / q_latency.median_ms
@@ -318,10 +320,8 @@ def _int8_variant(
     return int8, gate, calibration
 
 
-def _quantized(profiler: Profiler, data: DataBundle, opts: ExportOptions, shape, fp32: Variant, items) -> list[tuple]:
-    """``(format, blob, latency, test accuracy)`` of every INT8 format asked for."""
-    formats = _int8_formats(opts.int8_format, profiler.profile)
-    console.print(f"quantizing to INT8 ({', '.join(formats)}) on {sum(len(i) for i in items)} train images")
+def _quantized(profiler: Profiler, data: DataBundle, opts: ExportOptions, shape, fp32: Variant, items, formats) -> list[tuple]:
+    """``(format, blob, latency, test accuracy)`` of each INT8 format in ``formats``."""
     tried = []
     for fmt in formats:
         blob = quantize_int8(fp32.blob, items, INPUT_NAME, progress=opts.progress, fmt=fmt)
@@ -330,13 +330,6 @@ def _quantized(profiler: Profiler, data: DataBundle, opts: ExportOptions, shape,
         tried.append((fmt, blob, latency, accuracy))
         console.print(f"  {fmt}: {latency.median_ms:.4f} ms ({fp32.latency.median_ms / latency.median_ms:.2f}x FP32), test accuracy {accuracy:.2%}")
     return tried
-
-
-_INT8_METHODS = {
-    "nncf-qdq": "nncf.quantize (PTQ, QDQ, fast bias correction)",
-    "ort-qdq": "onnxruntime quantize_static (QDQ, MinMax, per-channel s8 weights, u8 activations)",
-    "ort-qoperator": "onnxruntime quantize_static (QOperator, MinMax, per-channel s8 weights, u8 activations)",
-}
 
 
 def _drop_ok(opts: ExportOptions, fp32_accuracy: float, accuracy: float) -> bool:

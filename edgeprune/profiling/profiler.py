@@ -19,7 +19,6 @@ from edgeprune.profiling.stats import LatencyStats, NodeTimes, ratio
 from edgeprune.targets import Profile
 
 
-
 class Profiler:
     """Latency of architectures on one target, measured at most once per (arch, input shape)."""
 
@@ -40,7 +39,6 @@ class Profiler:
         self.anchor: LatencyStats | None = None
         # What the re-check of a cached anchor found (see set_reference); None when none was cached.
         self.anchor_check: dict | None = None
-        self._rechecks: list[LatencyStats] = []
         # Cache rows created before this (Unix time) were measured against an anchor that is no
         # longer the one in use: ignored on read, replaced on write.
         self._not_before: float | None = None
@@ -71,53 +69,46 @@ class Profiler:
         shape = tuple(int(d) for d in input_shape)
         self.anchor, self.anchor_check, self._not_before = None, None, None
         self.reference_sessions = []  # drift is measured against this reference only
-        if anchor is None and not recheck:
+        if anchor is not None:
+            self._not_before = self._rows_valid_since(arch_key, shape, anchor)
+        elif recheck and (cached := self.peek(arch_key, shape)) is not None:
+            anchor = self._checked_anchor(cached, arch_key, shape, onnx_bytes)
+        else:
             anchor, _ = self.latency(arch_key, shape, lambda: onnx_bytes)
             self._not_before = self._created(arch_key, shape)
-        elif anchor is None:
-            anchor = self._checked_anchor(arch_key, shape, onnx_bytes)
-        else:
-            self._not_before = self._rows_valid_since(arch_key, shape, anchor)
         self.backend.set_reference(onnx_bytes, shape)
         self.anchor = anchor
         return anchor
 
-    def _checked_anchor(self, arch_key: str, shape: tuple[int, ...], onnx_bytes: bytes) -> LatencyStats:
-        """The reference's latency: the cached one while a fresh measurement agrees with it."""
-        cached = self.peek(arch_key, shape)
-        if cached is None:
-            anchor, _ = self.latency(arch_key, shape, lambda: onnx_bytes)
-            self._not_before = self._created(arch_key, shape)
-            return anchor
-        fresh = self._recheck(cached, onnx_bytes, shape)
-        kept = fresh is None
-        fresh_ms = self._rechecks[-1].median_ms
-        self.anchor_check = {"cached_ms": cached.median_ms, "fresh_ms": fresh_ms, "kept_cached": kept, "tolerance": self.profile.measure.anchor_tolerance}
-        if kept:
+    def _checked_anchor(self, cached: LatencyStats, arch_key: str, shape: tuple[int, ...], onnx_bytes: bytes) -> LatencyStats:
+        """``cached`` while a fresh measurement agrees with it, else the fresh one, which then
+        replaces it in the cache and retires the rows created before it."""
+        fresh, agreed = self._recheck(cached, onnx_bytes, shape)
+        tolerance = self.profile.measure.anchor_tolerance
+        self.anchor_check = {"cached_ms": cached.median_ms, "fresh_ms": fresh.median_ms, "kept_cached": agreed, "tolerance": tolerance}
+        if agreed:
             self.cache_hits += 1
             self._not_before = self._created(arch_key, shape)
             return cached
         self._memory.clear()  # anything remembered so far is in the retired unit
         self._memory[(arch_key, shape)] = fresh
-        self._not_before = time.time()
         if self._cache is not None:
-            self._cache.put(self.fingerprint_hash, arch_key, shape, fresh, replace_before=self._not_before)
-            self._not_before = self._created(arch_key, shape)
+            self._cache.put(self.fingerprint_hash, arch_key, shape, fresh, replace_before=time.time())
+        self._not_before = self._created(arch_key, shape)
         return fresh
 
-    def _recheck(self, cached: LatencyStats, onnx_bytes: bytes, shape: tuple[int, ...]) -> LatencyStats | None:
-        """A fresh measurement of the reference when two in a row disagree with ``cached``
-        beyond the tolerance, else None (keep it). One pooled measurement of a tiny model still
-        lands 25 % off the next now and then on a shared VM; a cached spell the machine has left
-        disagrees every time. A noisy measurement never overturns the cache."""
-        self._rechecks = []
+    def _recheck(self, cached: LatencyStats, onnx_bytes: bytes, shape: tuple[int, ...]) -> tuple[LatencyStats, bool]:
+        """``(the last fresh measurement of the reference, whether it agrees with cached)``:
+        it disagrees only when two in a row are off beyond the tolerance. One pooled measurement
+        of a tiny model still lands 25 % off the next now and then on a shared VM; a cached spell
+        the machine has left disagrees every time. A noisy measurement never overturns the cache.
+        Called before the anchor is set, so these are absolute measurements."""
+        bound = math.log1p(self.profile.measure.anchor_tolerance)
         for _ in range(2):
-            self.measurements += 1
-            fresh = dataclasses.replace(self.backend.measure(onnx_bytes, shape), trimmed_ms=None)
-            self._rechecks.append(fresh)
-            if fresh.noisy or abs(math.log(fresh.median_ms / cached.median_ms)) <= math.log1p(self.profile.measure.anchor_tolerance):
-                return None
-        return fresh
+            fresh = self._measure(onnx_bytes, shape)
+            if fresh.noisy or abs(math.log(fresh.median_ms / cached.median_ms)) <= bound:
+                return fresh, True
+        return fresh, False
 
     def _rows_valid_since(self, arch_key: str, shape: tuple[int, ...], anchor: LatencyStats) -> float | None:
         """For a resumed run: rows are in its units from its anchor's row on; if that row has

@@ -175,7 +175,7 @@ def _validate(cfg: ExportConfig) -> None:
 def run_export(cfg: ExportConfig) -> dict:
     """Rebuild, export and measure; returns ``{"report", "manifest", "int8_refused"}``."""
     from edgeprune.exporters.int8 import require_nncf
-    from edgeprune.exporters.package import ExportOptions, build_package, finalize
+    from edgeprune.exporters.package import ExportOptions, PackageInputs, build_package, finalize
     from edgeprune.profiling.profiler import Profiler
     from edgeprune.pruned import load_pruned
     from edgeprune.training import evaluate
@@ -183,6 +183,12 @@ def run_export(cfg: ExportConfig) -> dict:
     _validate(cfg)
     folder = Path(cfg.out_dir)
     report = read_report(folder)
+    task = report.get("task") or {}
+    if task.get("kind", "classification") != "classification":
+        raise UserError(
+            f"{folder} was pruned for task {str(task.get('spec'))[:120]}: `edgeprune export` re-scores with the "
+            "classification data only; use the model.onnx the prune run wrote (scored by your task), or prune again with other --target"
+        )
     profile = _profile(cfg, report)
     artifacts = report["artifacts"]
     model = load_pruned(
@@ -206,7 +212,9 @@ def run_export(cfg: ExportConfig) -> dict:
             seed=int(report["data"].get("seed", 0)),
             progress=cfg.progress,
         )
-        package = build_package(model, data, profiler, _plan_digest(folder, artifacts), opts, evaluate(model, data.test))
+        package = build_package(
+            model, PackageInputs.classification(data, cfg.progress), profiler, _plan_digest(folder, artifacts), opts, evaluate(model, data.test)
+        )
     finally:
         profiler.close()
     if cfg.engine:

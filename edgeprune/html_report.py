@@ -211,8 +211,8 @@ def _header(r: dict, manifest: dict | None) -> str:
         f"<header><h1>{esc(spec)} <span class=sub>pruned for</span> {esc(target)}</h1>",
         f'<p class="verdict {"ok" if met else "bad"}">{verdict}: {esc(ms(lat.get("median")))} ms median against '
         f"{esc(ms(r.get('budget_ms')))} ms ({esc(kind)})</p>",
-        f'<p class=lede>The delivered model scores <b id="final-accuracy">{esc(pct(pruned.get("accuracy")))}</b> on the test split '
-        f"after fine-tuning (unpruned: {esc(pct(base.get('accuracy')))}) and takes {esc(speed)} the unpruned model's median "
+        f'<p class=lede>The delivered model scores <b id="final-accuracy">{esc(pct(pruned.get("accuracy")))}</b> '
+        f"{esc(_metric(r))} on {esc(_scored_on(r))} after fine-tuning (unpruned: {esc(pct(base.get('accuracy')))}) and takes {esc(speed)} the unpruned model's median "
         f"latency ({esc(ms(base_lat.get('median')))} ms), with {esc(ratio(base.get('macs'), pruned.get('macs')))} its MACs.</p>",
     ]
     drift = drift_text(r)
@@ -235,6 +235,15 @@ def _header(r: dict, manifest: dict | None) -> str:
     return "".join(out)
 
 
+def _metric(r: dict) -> str:
+    """What the report's accuracy fields measure: top-1 for classification, the task's metric else."""
+    return str(_d(r.get("task")).get("metric") or "top-1 accuracy")
+
+
+def _scored_on(r: dict) -> str:
+    return "the test split" if _d(r.get("task")).get("test_split", True) is not False else "the task's score data"
+
+
 def _compare(r: dict, manifest: dict | None) -> str:
     """The before/after table: test accuracy, latency with the budget, MACs, params, file sizes."""
     base, pruned = _d(r.get("baseline")), _d(r.get("pruned"))
@@ -247,8 +256,8 @@ def _compare(r: dict, manifest: dict | None) -> str:
         f"{100 * (pruned['accuracy'] - base['accuracy']):+.2f} pp")
     onnx_name, int8_name = _d(r.get("artifacts")).get("onnx"), _d(r.get("artifacts")).get("int8")
     rows = [
-        ["test accuracy (torch)", pct(base.get("accuracy")), pct(pruned.get("accuracy")), acc_change, "–"],
-        ["test accuracy (ONNX Runtime)", "–", pct(_d(fp32.get("accuracy")).get("test")), "", pct(_d(_d(int8).get("accuracy")).get("test"))],
+        [f"{_metric(r)} (torch)", pct(base.get("accuracy")), pct(pruned.get("accuracy")), acc_change, "–"],
+        [f"{_metric(r)} (ONNX Runtime)", "–", pct(_d(fp32.get("accuracy")).get("test")), "", pct(_d(_d(int8).get("accuracy")).get("test"))],
         *([f"latency {k} (ms)", ms(bl.get(k)), ms(pl.get(k)), ratio(bl.get(k), pl.get(k)), ms(il.get(k))] for k in ("median", "p90", "p99")),
         ["latency budget (median, ms)", "", f"{ms(budget)} · {'met' if r.get('budget_met') is True else 'NOT met'}", "",
          "–" if not il else f"{ms(budget)} · {'met' if (num(il.get('median')) or 0) <= (budget or 0) else 'NOT met'}"],

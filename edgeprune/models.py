@@ -1,9 +1,10 @@
 """Turn a model spec from the command line into an eval-mode CPU ``nn.Module``.
 
-Three spec forms:
+Four spec forms:
 
 * ``path/to/model.pt`` -- a whole module saved with ``torch.save(model)``;
 * ``torchvision:NAME`` -- an architecture from torchvision, optionally with ``weights=FILE``;
+* ``timm:NAME`` -- an architecture from timm (optional extra ``edgeprune[timm]``), likewise;
 * ``package.module:factory`` -- a function that returns the module, optionally with weights.
 
 ``load_model`` also returns a small JSON-able spec dict. A pruned model is stored as a plan plus
@@ -19,7 +20,7 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ from edgeprune.errors import UserError
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _PATH_LIKE = re.compile(r"[/\\]|\.(pt|pth|pkl|ckpt|bin)$")
-_FORMS = "a torch.save()d model file, torchvision:NAME, or package.module:factory"
+_FORMS = "a torch.save()d model file, torchvision:NAME, timm:NAME, or package.module:factory"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -49,6 +50,8 @@ def load_model(
     """
     if spec.startswith("torchvision:"):
         kind, model = "torchvision", torchvision_model(spec.removeprefix("torchvision:"), num_classes)
+    elif spec.startswith("timm:"):
+        kind, model = "timm", timm_model(spec.removeprefix("timm:"), num_classes)
     elif os.path.exists(spec):
         kind, model = "file", file_model(spec)
         spec = os.path.abspath(spec)
@@ -61,6 +64,8 @@ def load_model(
     if weights is not None:
         _load_weights(model, weights)
         weights = os.path.abspath(weights)
+    if kind == "timm":
+        model = deploy_form(model)  # after the weights: they are the training-time branches'
     model = model.cpu().eval()
     return model, {"kind": kind, "spec": spec, "num_classes": num_classes, "weights": weights}
 
@@ -105,14 +110,14 @@ def torchvision_model(name: str, num_classes: int | None) -> nn.Module:
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes or 1000)
 
 
-def factory_model(spec: str, num_classes: int | None) -> nn.Module:
-    """Import ``package.module`` and call ``factory`` (with ``num_classes=`` only if given).
+def import_factory(spec: str, what: str = "model") -> Callable:
+    """The function ``package.module:factory`` names, imported (which runs the module's code).
 
     The current directory is searched first, as ``python -m`` would, because the ``edgeprune``
-    console script otherwise cannot see a models file sitting next to the user.
+    console script otherwise cannot see a file sitting next to the user.
     """
     if not _FACTORY.match(spec):
-        raise UserError(f"{spec[:80]!r} is not package.module:factory; pass a factory spec such as mymodels:build")
+        raise UserError(f"{spec[:80]!r} is not package.module:factory; pass a factory spec such as my{what}s:build")
     module_name, attr = spec.split(":", 1)
     cwd = os.getcwd()
     sys.path.insert(0, cwd)
@@ -120,7 +125,7 @@ def factory_model(spec: str, num_classes: int | None) -> nn.Module:
         module = importlib.import_module(module_name)
     except Exception as exc:  # an import runs arbitrary module code
         raise UserError(
-            f"cannot import {module_name} for model {spec} ({_first_line(exc)}); install it, run "
+            f"cannot import {module_name} for {what} {spec} ({_first_line(exc)}); install it, run "
             "from the folder that holds it, or add that folder to PYTHONPATH"
         ) from exc
     finally:
@@ -132,6 +137,36 @@ def factory_model(spec: str, num_classes: int | None) -> nn.Module:
             raise UserError(f"{module_name} has no {attr}; pass package.module:factory naming a function in it")
     if not callable(factory):
         raise UserError(f"{spec} is not callable; pass package.module:factory naming a function")
+    return factory
+
+
+def timm_model(name: str, num_classes: int | None) -> nn.Module:
+    """timm's ``name`` with random weights (nothing is downloaded) and ``num_classes`` outputs."""
+    try:
+        import timm
+    except ImportError:
+        raise UserError("timm:NAME models need timm; install it with pip install 'edgeprune[timm]'") from None
+    known = timm.list_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.6) or timm.list_models("mobilenetv3*")[:5]
+        raise UserError(f"timm has no model {name!r}; pass timm:NAME with NAME such as {', '.join(close)}")
+    return timm.create_model(name, pretrained=False, num_classes=num_classes or 1000)
+
+
+def deploy_form(model: nn.Module) -> nn.Module:
+    """A timm model with its structural re-parameterisation applied (RepVGG, MobileOne, FastViT:
+    the training-time parallel branches merged into one conv), the form that ships and so the form
+    that is pruned and timed. Models without such blocks are returned unchanged."""
+    if not any(hasattr(m, "reparameterize") or hasattr(m, "switch_to_deploy") for m in model.modules()):
+        return model
+    from timm.utils.model import reparameterize_model
+
+    return reparameterize_model(model, inplace=True)
+
+
+def factory_model(spec: str, num_classes: int | None) -> nn.Module:
+    """Call the model factory ``spec`` names (with ``num_classes=`` only if given)."""
+    factory = import_factory(spec)
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     call = f"{spec}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
     try:

@@ -23,7 +23,7 @@ import edgeprune
 from edgeprune.budget import DEFAULT_POLICY
 from edgeprune.data import DataBundle, load_data
 from edgeprune.errors import UserError
-from edgeprune.exporters.package import ExportOptions, build_package, finalize
+from edgeprune.exporters.package import ExportOptions, PackageInputs, build_package, finalize
 from edgeprune.html_report import write_report_html
 from edgeprune.latency import ProfiledLatency
 from edgeprune.layer_times import layer_shares, per_layer_table
@@ -39,13 +39,15 @@ from edgeprune.problem import DEFAULT_OBJECTIVES, PruningProblem, parse_objectiv
 from edgeprune.search.encoding import make_encoding
 from edgeprune.space import ChannelSpace, layer_widths, macs_and_params
 from edgeprune.targets import Profile, load_profile
-from edgeprune.task import Classification, Recipe
+from edgeprune.task import Classification, Recipe, Task
+from edgeprune.user_task import load_task
 
 
 
 @dataclass
 class PruneConfig:
     model: str
+    task: str = "classification"
     target: str = "x86-cpu"
     data: str = "fashion-mnist"
     input_shape: str | None = None
@@ -102,7 +104,16 @@ def _numeric_rules(cfg: PruneConfig) -> list[tuple[str, object, bool, str]]:
     ]
 
 
+# Settings a --task package.module:factory brings itself: its data, preprocessing and fine-tune recipe.
+_CLASSIFICATION_ONLY = ("data", "input_shape", "pad", "mean", "std", "holdout", "lr", "batch_size", "kd_alpha", "kd_temperature")
+
+
 def _validate(cfg: PruneConfig) -> None:
+    if cfg.task != "classification":
+        defaults = PruneConfig(model="")
+        given = [f"--{k.replace('_', '-')}" for k in _CLASSIFICATION_ONLY if getattr(cfg, k) != getattr(defaults, k)]
+        if given:
+            raise UserError(f"--task {cfg.task} brings its own data and training; drop {', '.join(given)}")
     if (cfg.budget_ms is None) == (cfg.speedup is None):
         raise UserError("give exactly one of --budget-ms MS or --speedup X (e.g. --speedup 2)")
     for flag, value, ok, what in _numeric_rules(cfg):
@@ -146,11 +157,12 @@ def _untrusted_settings(config: dict) -> list[str]:
     """The checkpoint settings that would run code or reach files outside the checkpoint."""
     target = str(config.get("target", ""))
     named = {
-        "model": not str(config["model"]).startswith("torchvision:"),
+        "model": not str(config["model"]).startswith(("torchvision:", "timm:")),
         "target": target.endswith((".yaml", ".yml")) or "/" in target or os.sep in target,
         "weights": config.get("weights") is not None,
         "data": str(config.get("data", "")).startswith("imagefolder:"),
         "cache": config.get("cache") is not None,
+        "task": config.get("task", "classification") != "classification",
     }
     return [f"{key} {str(config.get(key))[:120]!r}" for key, flagged in named.items() if flagged]
 
@@ -180,12 +192,12 @@ class _Job:
 
     cfg: PruneConfig
     profile: Profile
-    data: DataBundle
+    data: DataBundle | None  # None for a user task: its data is its own
     model: torch.nn.Module
     spec: dict
     space: ChannelSpace
     profiler: Profiler
-    task: Classification
+    task: Task
     problem: PruningProblem  # on the original model: the baseline, then round 1
     checkpoint: RunCheckpoint
     phases: dict
@@ -213,8 +225,9 @@ def run_prune(cfg: PruneConfig) -> dict:
     pruned_acc = job.task.test_score(final.model)
     # Checked + slimmed ONNX, timed fresh next to the unpruned model, latency and fingerprint in
     # its metadata, parity and ONNX Runtime accuracy measured; manifest and card written below.
+    inputs = PackageInputs.classification(job.data, cfg.progress) if job.data is not None else PackageInputs.for_task(job.task, final.model)
     package = build_package(
-        final.model, job.data, job.profiler, final.plan.digest(),
+        final.model, inputs, job.profiler, final.plan.digest(),
         ExportOptions(opset=job.profile.opset, seed=cfg.seed, progress=cfg.progress),
         torch_accuracy=pruned_acc, reference="the unpruned model",
     )
@@ -234,16 +247,21 @@ def _load(cfg: PruneConfig) -> _Job:
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     profile = load_profile(cfg.target)
-    shape = parse_shape(cfg.input_shape) if cfg.input_shape else None
-    data = load_data(cfg.data, input_shape=shape, pad=cfg.pad, mean=cfg.mean, std=cfg.std, holdout=cfg.holdout, seed=cfg.seed)
-    input_shape = tuple(data.preprocess.input_shape)
-    model, spec = load_model(cfg.model, num_classes=cfg.num_classes or data.num_classes, weights=cfg.weights)
-    check_input(model, input_shape, data.num_classes)
+    if cfg.task == "classification":
+        shape = parse_shape(cfg.input_shape) if cfg.input_shape else None
+        data = load_data(cfg.data, input_shape=shape, pad=cfg.pad, mean=cfg.mean, std=cfg.std, holdout=cfg.holdout, seed=cfg.seed)
+        model, spec = load_model(cfg.model, num_classes=cfg.num_classes or data.num_classes, weights=cfg.weights)
+        check_input(model, tuple(data.preprocess.input_shape), data.num_classes)
+        task = Classification(data, Recipe.of(cfg), seed=cfg.seed)
+    else:
+        data, task = None, load_task(cfg.task)
+        model, spec = load_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights)
+        task.check_model(model)
+    input_shape = tuple(task.example_input().shape[1:])
     space = ChannelSpace(model, input_shape, profile.channel_step, model_spec=spec, depth=cfg.depth)
     if not space.groups:
         raise UserError(f"{cfg.model} has no prunable channel group wider than the target's step ({profile.channel_step})")
     profiler = Profiler(profile, cache_path=Path(cfg.cache) if cfg.cache else None, use_cache=not cfg.no_cache)
-    task = Classification(data, Recipe.of(cfg), seed=cfg.seed)
     latency = ProfiledLatency(space, profiler, profile.opset, profile.batch)
     problem = PruningProblem(space, task, latency, objective_names=parse_objectives(cfg.objectives))
     phases = {"load_s": time.perf_counter() - t0}
@@ -274,7 +292,7 @@ def _baseline(job: _Job) -> tuple[LatencyStats, float, object]:
     baseline = problem.evaluate_widths(full)
     console.print(
         f"baseline {baseline_latency.median_ms:.4f} ms (p90 {baseline_latency.p90_ms:.4f}), "
-        f"held-out accuracy {baseline.accuracy:.2%}; budget {budget_ms:.4f} ms"
+        f"held-out {job.task.metric} {baseline.accuracy:.2%}; budget {budget_ms:.4f} ms"
     )
     if not cfg.resume:
         job.checkpoint.start({"config": _checkpoint_config(cfg, job.spec), "budget_ms": budget_ms, "anchor": baseline_latency.to_dict()})
@@ -311,7 +329,7 @@ def _checkpoint_config(cfg: PruneConfig, spec: dict) -> dict:
 def _report(job: _Job, rounds, package, baseline, baseline_latency: LatencyStats, budget_ms: float, pruned_acc: float) -> dict:
     """report.json (its schema: edgeprune/report.schema.json)."""
     cfg, final = job.cfg, rounds[-1]
-    input_shape = tuple(job.data.preprocess.input_shape)
+    input_shape = job.space.input_shape
     macs, params = macs_and_params(final.model, input_shape)
     base_macs, base_params = macs_and_params(job.model, input_shape)
     final_latency = package.fp32.latency
@@ -327,9 +345,10 @@ def _report(job: _Job, rounds, package, baseline, baseline_latency: LatencyStats
         "anchor_check": job.profiler.anchor_check,
         "budget_policy": DEFAULT_POLICY.describe(),
         "model": job.spec,
+        "task": job.task.describe(),
         "input_shape": list(input_shape),
-        "data": job.data.describe(),
-        "preprocess": job.data.preprocess.to_dict(),
+        "data": job.data.describe() if job.data is not None else {"name": f"task {cfg.task}", "source": cfg.task, "seed": cfg.seed},
+        "preprocess": job.data.preprocess.to_dict() if job.data is not None else {"input_shape": list(input_shape), "by": "the task"},
         "baseline": {
             "accuracy": job.task.test_score(job.model), "holdout_accuracy": baseline.accuracy,
             "latency_ms": baseline_latency.to_dict(), "macs": base_macs, "params": base_params,

@@ -19,7 +19,7 @@ from edgeprune.jsonfile import read_json
 from edgeprune.space import PLAN_FORMATS, ChannelPlan, apply_plan
 
 
-_KINDS = ("torchvision", "factory", "file")
+_KINDS = ("torchvision", "timm", "factory", "file")
 # Far above any real network (mobilenet_v2: 52 groups, widest 1280): bounds what a file can ask for.
 _MAX_GROUPS, _MAX_CHANNELS, _MAX_DIM, _MAX_INPUT_ELEMENTS = 4096, 1 << 16, 1 << 14, 1 << 26
 
@@ -84,7 +84,8 @@ def read_plan(plan_path: str | Path) -> ChannelPlan:
 def original_model(spec: dict, trust_code: bool = False) -> nn.Module:
     """The unpruned model a plan names, chosen by its ``kind`` (never by the look of ``spec``).
 
-    A ``torchvision`` plan builds a torchvision architecture by name and runs nothing from outside.
+    A ``torchvision`` or ``timm`` plan builds a library architecture by name (timm's in its
+    re-parameterised deploy form, as it was pruned) and runs nothing from outside.
     A ``factory`` plan imports a module and a ``file`` plan unpickles a model file: both run code
     that the plan's author chose, so they need ``trust_code`` (``--trust-model-code``).
     """
@@ -95,6 +96,10 @@ def original_model(spec: dict, trust_code: bool = False) -> nn.Module:
         if not text.startswith("torchvision:"):
             raise UserError(f"plan's torchvision model spec {text[:80]!r} does not start with 'torchvision:'; pass the plan.json edgeprune wrote")
         return models.torchvision_model(text.removeprefix("torchvision:"), num_classes)
+    if kind == "timm":
+        if not text.startswith("timm:"):
+            raise UserError(f"plan's timm model spec {text[:80]!r} does not start with 'timm:'; pass the plan.json edgeprune wrote")
+        return models.deploy_form(models.timm_model(text.removeprefix("timm:"), num_classes))
     if not trust_code:
         what = "imports and runs the module" if kind == "factory" else "unpickles the model file, which runs any code in it"
         raise UserError(

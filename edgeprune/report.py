@@ -92,6 +92,14 @@ def drift_note(report: dict) -> str | None:
     return f"[yellow]warning:[/yellow] {text}" if doubtful else text
 
 
+def _score_label(report: dict) -> str:
+    """``test accuracy`` for classification; a user task's metric, and where it was scored."""
+    task = report.get("task") or {}
+    if task.get("kind", "classification") == "classification":
+        return "test accuracy"
+    return f"{'test ' if task.get('test_split') else ''}{task.get('metric', 'score')}"
+
+
 def print_summary(report: dict, out_dir: Path, out: Console | None = None) -> None:
     """The before/after table, the verdict and where the files are, at the end of a prune.
 
@@ -105,7 +113,7 @@ def print_summary(report: dict, out_dir: Path, out: Console | None = None) -> No
     for col in ("", "baseline", "pruned", "change"):
         table.add_column(col, justify="right" if col else "left")
     rows = [
-        ("test accuracy", base["accuracy"], pruned["accuracy"], "{:.2%}", "pp"),
+        (_score_label(report), base["accuracy"], pruned["accuracy"], "{:.2%}", "pp"),
         *((f"latency {k} (ms)", base["latency_ms"][k], pruned["latency_ms"][k], "{:.4f}", "x") for k in ("median", "p90", "p99")),
         ("MACs", base["macs"], pruned["macs"], "{:,}", "x"),
         ("params", base["params"], pruned["params"], "{:,}", "x"),

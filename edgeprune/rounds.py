@@ -21,6 +21,7 @@ from torch import nn
 
 from collections.abc import Callable
 
+from edgeprune import outputs
 from edgeprune.budget import BudgetPolicy
 from edgeprune.checkpoint import RunCheckpoint, SearchJournal
 from edgeprune.errors import UserError
@@ -179,12 +180,12 @@ def _finish(cfg, number, budgets, problem, result, seeded, selection: Selection,
     pruned = space.shrink(round_plan)
     tuned = next((r["holdout_accuracy_short_tune"] for r in selection.short_tune if r.get("picked")), None)
     console.print(
-        f"picked {picked.latency.median_ms:.4f} ms, held-out {picked.accuracy:.2%} after BN recalibration"
+        f"picked {picked.latency.median_ms:.4f} ms, held-out {problem.task.metric} {picked.accuracy:.2%} after BN recalibration"
         + (f", {tuned:.2%} after the short fine-tune" if tuned is not None else "")
-        + f"; fine-tuning {cfg.finetune_epochs:g} epoch(s) with distillation from the original"
+        + f"; fine-tuning {cfg.finetune_epochs:g} epoch(s), learning from the original"
     )
     t = time.perf_counter()
-    finetune = {"epochs": cfg.finetune_epochs, "lr": cfg.lr, "kd_alpha": cfg.kd_alpha, "kd_temperature": cfg.kd_temperature}
+    finetune = {"epochs": cfg.finetune_epochs}
     if cfg.finetune_epochs > 0:
         finetune |= problem.task.fine_tune(
             pruned, original, cfg.finetune_epochs, cfg.seed + number - 1,
@@ -220,5 +221,5 @@ def _check_rebuilds(number: int, original: nn.Module, plan: ChannelPlan, pruned:
     check = rebuild(original, plan, pruned.state_dict())
     probe = torch.randn(2, *plan.input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        if not torch.equal(check(probe), pruned(probe)):
+        if not outputs.equal(check(probe), pruned(probe)):
             raise RuntimeError(f"round {number}: the composed plan does not rebuild the pruned model")

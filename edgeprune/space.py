@@ -20,6 +20,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.dependency import index_mapping
 
+from edgeprune import outputs
 from edgeprune.choice import Choice, Group, GroupLayout
 
 PLAN_FORMAT_VERSION = 1
@@ -60,27 +61,8 @@ class ChannelPlan:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def output_layer(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """The last Conv/Linear layer that runs in a forward pass: the classifier's output layer.
-
-    Found by execution order rather than by name, so it works for any architecture; pruning its
-    outputs would delete classes, so it is never part of the space.
-    """
-    seen: list[nn.Module] = []
-    hooks = [
-        m.register_forward_hook(lambda mod, _i, _o: seen.append(mod))
-        for m in model.modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    if not seen:
-        raise ValueError("the model has no Conv2d or Linear layer to prune")
-    return seen[-1]
+def _shown(shapes: tuple[tuple[int, ...], ...]) -> str:
+    return str(shapes[0]) if len(shapes) == 1 else str(list(shapes))
 
 
 def residual_blocks(model: nn.Module) -> list[str]:
@@ -306,9 +288,10 @@ class ChannelSpace(GroupLayout):
         self.step = step
         self.model_spec = model_spec or {}
         self.example = torch.zeros(1, *self.input_shape)
-        self.output_layer = output_layer(model, self.example)
+        # Layers whose output channels are the model's outputs (classes, boxes, masks): never pruned.
+        self.output_layers = outputs.output_layers(model, self.example)
         names = {m: n for n, m in model.named_modules()}
-        self.output_layer_name = names[self.output_layer]
+        self.output_layer_names = [names[m] for m in self.output_layers]
         # Groups Torch-Pruning cannot prune correctly, with the reason: reported, never fatal.
         self.skipped: list[dict] = []
         with _tolerant_reshape_mapping([]) as broken:
@@ -321,7 +304,7 @@ class ChannelSpace(GroupLayout):
         """Every group Torch-Pruning traces, minus those known to be unprunable (into ``skipped``)."""
         importance = tp.importance.GroupMagnitudeImportance(p=1)
         groups = []
-        for root, group, error in _all_groups(graph, [self.output_layer]):
+        for root, group, error in _all_groups(graph, self.output_layers):
             name = names.get(root, repr(root))
             if error is not None:
                 self.skipped.append({"group": name, "reason": f"Torch-Pruning cannot trace its coupling: {error}"})
@@ -358,7 +341,7 @@ class ChannelSpace(GroupLayout):
             except Exception as exc:  # noqa: BLE001 - any failure means "not droppable": the text says why
                 self.skipped.append({"group": DEPTH_PREFIX + name, "reason": f"dropping it breaks the forward pass: {_one_line(exc)}"})
                 continue
-            if tuple(out.shape) != self._output_shape():
+            if outputs.shapes(out) != self._output_shape():
                 self.skipped.append({"group": DEPTH_PREFIX + name, "reason": "dropping it changes the output shape"})
                 continue
             groups.append(Group(DEPTH_PREFIX + name, 1, (0, 1), (0,), (name,), depth=True))
@@ -382,14 +365,15 @@ class ChannelSpace(GroupLayout):
         except Exception as exc:  # any failure means "not prunable this way"; the text is the reason
             return _one_line(exc)
         expected = self._output_shape()
-        if tuple(out.shape) != expected:
-            return f"output shape changes from {expected} to {tuple(out.shape)}"
+        if outputs.shapes(out) != expected:
+            return f"output shape changes from {_shown(expected)} to {_shown(outputs.shapes(out))}"
         return None
 
-    def _output_shape(self) -> tuple[int, ...]:
+    def _output_shape(self) -> tuple[tuple[int, ...], ...]:
+        """The shape of every output tensor (see :mod:`edgeprune.outputs`)."""
         if not hasattr(self, "_out_shape"):
             with torch.no_grad():
-                self._out_shape = tuple(self.model(self.example).shape)
+                self._out_shape = outputs.shapes(self.model(self.example))
         return self._out_shape
 
     def _working(self, groups: list[Group]) -> list[Group]:

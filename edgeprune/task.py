@@ -3,9 +3,11 @@
 The pruning problem and the selection stage ask a task for three things and nothing else:
 batches to re-estimate BatchNorm statistics on after a cut, a score of a network (higher is
 better, on data the final test never sees), and a fine-tune recipe that recovers a cut network
-(distilling from the unpruned one). Detection or a user's own evaluator are further
-implementations of the same protocol; the prune job also reports the classification task's
-test-split accuracy (``Classification.test_score``).
+(distilling from the unpruned one). The prune job also asks for an example input (the shape
+the network is traced, timed and exported at), a score on data the search never saw for the
+report (``test_score``), and what to call the score (``metric``). A user's own evaluator
+(``--task package.module:factory``, :mod:`edgeprune.user_task`) is another implementation of
+the same protocol.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from edgeprune.training import evaluate, train
 
 class Task(Protocol):
     name: str
+    metric: str  # what score() measures, for reports: "top-1 accuracy", "mIoU", ...
+
+    def example_input(self) -> torch.Tensor:
+        """One input ``[1, ...]``: the shape the network is traced, timed and exported at."""
 
     def calibration_batches(self) -> list[torch.Tensor]:
         """Inputs to re-estimate BatchNorm statistics on (adaptive BN, see problem.py)."""
@@ -31,6 +37,9 @@ class Task(Protocol):
 
     def fine_tune(self, model: nn.Module, teacher: nn.Module, epochs: float, seed: int, description: str) -> dict:
         """Train ``model`` in place for ``epochs``, learning from ``teacher``; returns its numbers."""
+
+    def test_score(self, model: nn.Module) -> float:
+        """The score the report gives (on data the search never saw, where the task has some)."""
 
 
 @dataclass(frozen=True)
@@ -61,10 +70,14 @@ class Classification:
     calib_batch: int = 128
     seed: int = 0
     name: str = "classification"
+    metric: str = "top-1 accuracy"
 
     def __post_init__(self):
         calib = self.data.train.subset(min(self.calib_images, len(self.data.train)), seed=self.seed)
         self._calib = [x for x, _ in calib.batches(self.calib_batch)]
+
+    def example_input(self) -> torch.Tensor:
+        return torch.zeros(1, *self.data.preprocess.input_shape)
 
     def calibration_batches(self) -> list[torch.Tensor]:
         return self._calib
@@ -76,9 +89,13 @@ class Classification:
         """Accuracy on the test split: for the report only."""
         return evaluate(model, self.data.test)
 
+    def describe(self) -> dict:
+        """The task section of report.json."""
+        return {"kind": "classification", "metric": self.metric, "test_split": True, "fine_tune": True}
+
     def fine_tune(self, model: nn.Module, teacher: nn.Module, epochs: float, seed: int, description: str) -> dict:
         r = self.recipe
-        return train(
+        return {"lr": r.lr, "kd_alpha": r.kd_alpha, "kd_temperature": r.kd_temperature} | train(
             model, self.data.train, epochs, lr=r.lr, batch_size=r.batch_size, seed=seed, teacher=teacher,
             kd_alpha=r.kd_alpha, kd_temperature=r.kd_temperature, progress=r.progress, description=description,
         )

@@ -29,16 +29,18 @@ def render_model_card(report: dict) -> str:
     fp32, int8 = models["fp32"], models["int8"]
     data = report.get("data", {})
     pre = export["input"]["preprocess"]
-    classes = export["output"]["class_names"]
+    task = report.get("task") or {"kind": "classification"}
+    classes = export["output"].get("class_names", [])
     spec = (report.get("model") or {}).get("spec", "the original model")
     shape = export["input"]["shape"]
     shown_shape = "×".join("N" if d is None else str(d) for d in shape)
     baseline, pruned = report.get("baseline", {}), report.get("pruned", {})
 
     lines = [
-        *_intro_lines(report, export, spec, classes, shown_shape),
-        *_data_lines(data, pre, int8),
-        *_metrics_lines(export, baseline, fp32, int8),
+        *(_intro_lines(report, export, spec, classes, shown_shape) if task["kind"] == "classification"
+          else _task_intro_lines(report, export, spec, task, shown_shape)),
+        *(_data_lines(data, pre, int8) if pre is not None else _task_data_lines(task)),
+        *_metrics_lines(export, baseline, fp32, int8, task),
         *_latency_lines(report, export, baseline, pruned, fp32, int8),
         *_per_layer_lines(report.get("per_layer")),
         *_caveat_lines(export),
@@ -64,6 +66,35 @@ def _intro_lines(report: dict, export: dict, spec: str, classes: list[str], show
     ]
 
 
+def _task_intro_lines(report: dict, export: dict, spec: str, task: dict, shown_shape: str) -> list[str]:
+    names = export["output"].get("names", [export["output"].get("name", "?")])
+    return [
+        f"# Model card: {spec}, pruned for {report.get('target', export['target'])}",
+        "",
+        f"Produced by edgeprune {report.get('edgeprune_version', '')} · plan `{export['plan_sha256_16']}` · "
+        f"files pinned by sha256 in `manifest.json`.",
+        "",
+        "## Intended use",
+        "",
+        f"The user's task `{task.get('spec', '?')}` ({task.get('name', '')}), scored by its {task.get('metric', 'score')}, "
+        f"on the edge target `{export['target']}`, from a single {shown_shape} float32 tensor named "
+        f"`{export['input']['name']}`; outputs {', '.join(f'`{n}`' for n in names)}, as the original model returns them. "
+        "Inputs must be prepared exactly as the task prepares them. Not validated beyond the task's own data.",
+        "",
+    ]
+
+
+def _task_data_lines(task: dict) -> list[str]:
+    where = "its test split (`test_score`)" if task.get("test_split") else "the data its `score` uses (the task has no test_score: the search saw the same data)"
+    return [
+        "## Data",
+        "",
+        f"- the task's own: calibration batches for BatchNorm re-estimation and parity, scored on {where}",
+        f"- fine-tuning: {'the task' + chr(39) + 's fine_tune' if task.get('fine_tune') else 'none (the task has no fine_tune)'}",
+        "",
+    ]
+
+
 def _data_lines(data: dict, pre: dict, int8: dict | None) -> list[str]:
     return [
         "## Data",
@@ -78,12 +109,13 @@ def _data_lines(data: dict, pre: dict, int8: dict | None) -> list[str]:
     ]
 
 
-def _metrics_lines(export: dict, baseline: dict, fp32: dict, int8: dict | None) -> list[str]:
-    """The test-accuracy table and the torch ↔ ONNX Runtime parity under it."""
+def _metrics_lines(export: dict, baseline: dict, fp32: dict, int8: dict | None, task: dict) -> list[str]:
+    """The test-score table and the torch ↔ ONNX Runtime parity under it."""
+    where = "test split" if task.get("test_split", True) else "the task's score data"
     lines = [
-        "## Metrics (test split)",
+        f"## Metrics ({where})",
         "",
-        "| model | runtime | top-1 accuracy |",
+        f"| model | runtime | {export.get('metric', 'top-1 accuracy')} |",
         "|---|---|---|",
     ]
     if "accuracy" in baseline:
@@ -92,19 +124,15 @@ def _metrics_lines(export: dict, baseline: dict, fp32: dict, int8: dict | None) 
     lines.append(f"| `{fp32['file']}` ({fp32['precision']}) | onnxruntime | {_pct(fp32['accuracy']['test'])} |")
     if int8:
         lines.append(f"| INT8 ({'accepted' if int8['accepted'] else 'REFUSED'}) | onnxruntime | {_pct(int8['accuracy']['test'])} |")
-    lines += [
-        "",
-        f"Parity torch ↔ ONNX Runtime on {fp32['parity_vs_torch']['samples']} test images: max abs error "
-        f"{fp32['parity_vs_torch']['max_abs_error']:.3g}, top-1 agreement {fp32['parity_vs_torch']['top1_agreement']:.2%}"
-        + (
-            f"; INT8: max abs error {int8['parity_vs_torch']['max_abs_error']:.3g}, "
-            f"top-1 agreement {int8['parity_vs_torch']['top1_agreement']:.2%}."
-            if int8
-            else "."
-        ),
-        "",
-    ]
+    lines += ["", f"Parity torch ↔ ONNX Runtime on {fp32['parity_vs_torch']['samples']} inputs: {_parity(fp32)}"
+              + (f"; INT8: {_parity(int8)}." if int8 else "."), ""]
     return lines
+
+
+def _parity(variant: dict) -> str:
+    p = variant["parity_vs_torch"]
+    top1 = p.get("top1_agreement")
+    return f"max abs error {p['max_abs_error']:.3g}" + ("" if top1 is None else f", top-1 agreement {top1:.2%}")
 
 
 def _latency_lines(report: dict, export: dict, baseline: dict, pruned: dict, fp32: dict, int8: dict | None) -> list[str]:

@@ -17,6 +17,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from edgeprune import outputs
 from edgeprune.data import Split
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 
@@ -58,14 +59,15 @@ def _dynamic_batch_bytes(model: nn.Module, shape: tuple[int, ...], opset: int) -
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            names = outputs.names(model(torch.zeros(shape)))
             torch.onnx.export(
                 model,
                 (torch.zeros(shape),),
                 buffer,
                 opset_version=opset,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}},
+                output_names=names,
+                dynamic_axes={INPUT_NAME: {0: BATCH_DIM}} | {n: {0: BATCH_DIM} for n in names},
                 dynamo=False,
             )
     finally:
@@ -98,7 +100,13 @@ def _session(blob: bytes) -> tuple[ort.InferenceSession, str, int | None]:
 
 
 def _run_batches(runner: tuple[ort.InferenceSession, str, int | None], inputs: np.ndarray, dynamic_batch_size: int = 256):
-    """ORT outputs for ``inputs`` ``[N, ...]``, fed in whatever batches the model accepts.
+    """ORT's first output for ``inputs`` ``[N, ...]``, batch by batch (see :func:`_run_all`)."""
+    for outs in _run_all(runner, inputs, dynamic_batch_size):
+        yield outs[0]
+
+
+def _run_all(runner: tuple[ort.InferenceSession, str, int | None], inputs: np.ndarray, dynamic_batch_size: int = 256):
+    """Every ORT output for ``inputs`` ``[N, ...]``, fed in whatever batches the model accepts.
 
     A fixed-batch model gets exactly its batch; the last partial batch is padded with copies of
     its first item and the padding's outputs dropped.
@@ -110,27 +118,52 @@ def _run_batches(runner: tuple[ort.InferenceSession, str, int | None], inputs: n
         n = len(chunk)
         if fixed and n < fixed:
             chunk = np.concatenate([chunk, np.repeat(chunk[:1], fixed - n, axis=0)])
-        yield session.run(None, {name: np.ascontiguousarray(chunk, dtype=np.float32)})[0][:n]
+        yield [o[:n] for o in session.run(None, {name: np.ascontiguousarray(chunk, dtype=np.float32)})]
+
+
+def _onnx_outputs(runner, inputs: np.ndarray) -> list[np.ndarray]:
+    """Every output of the file for all of ``inputs``, each concatenated over the batches."""
+    chunks = list(_run_all(runner, inputs))
+    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))] if chunks else []
 
 
 def parity(model: nn.Module, onnx_bytes: bytes, inputs: torch.Tensor) -> dict:
-    """Max abs / relative error and top-1 agreement between torch and onnxruntime on ``inputs``.
+    """Max abs / relative error between torch and onnxruntime on ``inputs``, over every output,
+    and the top-1 agreement of a classifier's logits (None for other outputs).
 
     A dynamic-batch model is fed in batches, so the symbolic batch is exercised, not just declared.
     """
     model.eval()
     with torch.no_grad():  # one batch: eval-mode outputs do not depend on the batch
-        ref = model(inputs).numpy()
-    got = np.concatenate(list(_run_batches(_session(onnx_bytes), inputs.numpy())))
-    max_abs = float(np.abs(ref - got).max()) if len(ref) else 0.0
-    scale = float(np.abs(ref).max()) if len(ref) else 0.0
+        ref = [t.numpy() for t in outputs.flatten(model(inputs))]
+    got = _onnx_outputs(_session(onnx_bytes), inputs.numpy())
+    if len(got) != len(ref) or any(r.shape != g.shape for r, g in zip(ref, got)):
+        raise ValueError(f"ONNX outputs {[g.shape for g in got]} do not match torch's {[r.shape for r in ref]}")
     n = len(inputs)
+    max_abs = max((float(np.abs(r - g).max()) for r, g in zip(ref, got) if r.size), default=0.0)
+    scale = max((float(np.abs(r).max()) for r in ref if r.size), default=0.0)
+    logits = len(ref) == 1 and ref[0].ndim == 2
     return {
         "samples": n,
         "max_abs_error": max_abs,
         "max_rel_error": max_abs / scale if scale else 0.0,
-        "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean()) if n else 1.0,
+        "top1_agreement": (float((ref[0].argmax(1) == got[0].argmax(1)).mean()) if n else 1.0) if logits else None,
     }
+
+
+class OnnxModule(nn.Module):
+    """An ONNX file run by onnxruntime behind ``nn.Module``'s call, returning what the torch model
+    returns (same tuple or dict structure): a task's ``score(model)`` then scores the file that
+    ships, not the torch model it came from."""
+
+    def __init__(self, onnx_bytes: bytes, template):
+        super().__init__()
+        self._runner = _session(onnx_bytes)
+        self._template = template  # the torch model's output on one input: its structure
+
+    def forward(self, x: torch.Tensor):
+        got = _onnx_outputs(self._runner, x.detach().cpu().numpy())
+        return outputs.unflatten(self._template, [torch.from_numpy(g) for g in got])
 
 
 def onnx_accuracy(onnx_bytes: bytes, split: Split, advance: Callable[[int], None] | None = None) -> float:

@@ -13,15 +13,19 @@ import warnings
 
 import torch
 
+from edgeprune import outputs
+
 
 def export_onnx_bytes(
     model: torch.nn.Module,
     input_shape: tuple[int, ...],
     opset: int,
     input_name: str = "input",
-    output_name: str = "logits",
 ) -> bytes:
     """ONNX serialisation of ``model`` in eval mode for a fixed ``input_shape``.
+
+    A classifier's one output is named ``logits``; a model returning a tuple or dict gets one
+    ONNX output per tensor, named by :func:`edgeprune.outputs.names`.
 
     Every module's training flag is restored afterwards (not just the root's), so exporting in
     the middle of fine-tuning leaves e.g. deliberately frozen BatchNorm layers as they were.
@@ -44,7 +48,7 @@ def export_onnx_bytes(
                 buffer,
                 opset_version=opset,
                 input_names=[input_name],
-                output_names=[output_name],
+                output_names=outputs.names(model(dummy)),
                 dynamo=False,
             )
     finally:

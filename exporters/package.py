@@ -9,6 +9,7 @@ and held to an accuracy gate → report.json's ``export`` section, ``MODEL_CARD.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from edgeprune.exporters.manifest import MANIFEST, MODEL_CARD, REPORT, build_man
 from edgeprune.profiling.keys import graph_key
 from edgeprune.report_schema import check_report
 from edgeprune.exporters.model_card import render_model_card
-from edgeprune.exporters.onnx import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_accuracy, parity, with_metadata
+from edgeprune.exporters.onnx import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, OnnxModule, export_onnx, onnx_accuracy, parity, with_metadata
+from edgeprune import outputs
 from edgeprune.profiling.fingerprint import fingerprint_hash
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.stats import LatencyStats
@@ -50,6 +52,45 @@ class ExportOptions:
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
     seed: int = 0
     progress: bool = True
+
+
+@dataclass
+class PackageInputs:
+    """What the export needs from the task: the input, parity inputs and a score of a file.
+
+    A classification run builds it from its data (:meth:`classification`: ONNX Runtime top-1 on
+    the test split, INT8 calibration on train); a user's task from its own calibration batches and
+    ``test_score`` run on the file (:meth:`for_task`). INT8 needs the classification data.
+    """
+
+    input_shape: tuple[int, ...]
+    preprocess: dict | None
+    class_names: list[str]
+    metric: str
+    parity_inputs: torch.Tensor
+    score_file: Callable[[bytes, str], float]  # (ONNX bytes, label) → the task's score of the file
+    data: DataBundle | None = None
+
+    @classmethod
+    def classification(cls, data: DataBundle, progress: bool = True) -> "PackageInputs":
+        test_inputs = torch.cat([x for x, _ in data.test.batches(PARITY_SAMPLES, limit=PARITY_SAMPLES)])
+        return cls(
+            tuple(data.preprocess.input_shape), data.preprocess.to_dict(), list(data.class_names), "top-1 accuracy",
+            test_inputs, lambda blob, label: _accuracy(blob, data.test, label, progress), data,
+        )
+
+    @classmethod
+    def for_task(cls, task, model: nn.Module) -> "PackageInputs":
+        """``task`` is a :class:`~edgeprune.user_task.UserTask`; ``model`` gives the outputs' structure."""
+        with torch.no_grad():
+            template = model.eval()(task.example_input())
+
+        def score_file(blob: bytes, label: str) -> float:
+            console.print(f"{label}: the task's {task.metric} of the file, run by onnxruntime")
+            return task.test_score(OnnxModule(blob, template))
+
+        parity_inputs = torch.cat(task.calibration_batches())[:PARITY_SAMPLES]
+        return cls(tuple(task.input_shape), None, [], task.metric, parity_inputs, score_file)
 
 
 @dataclass
@@ -155,7 +196,7 @@ def _metadata(common: dict[str, str], precision: str, latency: LatencyStats) -> 
 
 def build_package(
     model: nn.Module,
-    data: DataBundle,
+    inputs: PackageInputs,
     profiler: Profiler,
     plan_digest: str,
     opts: ExportOptions,
@@ -169,17 +210,20 @@ def build_package(
     """
     if (reference is None) != (profiler.anchor is None):
         raise ValueError("pass reference exactly when the profiler has a reference model set")
+    if opts.int8 and inputs.data is None:
+        raise ValueError("INT8 export needs the classification data (calibration and the accuracy gate)")
     profile = profiler.profile
-    input_shape = tuple(data.preprocess.input_shape)
+    input_shape = inputs.input_shape
     shape = (profile.batch, *input_shape)
     fingerprint = profiler.fingerprint
-    pre = data.preprocess.to_dict()
-    common = _common_metadata(profile, opts, input_shape, pre, data.class_names, plan_digest, fingerprint)
-    test_inputs = torch.cat([x for x, _ in data.test.batches(PARITY_SAMPLES, limit=PARITY_SAMPLES)])
-    fp32 = _fp32_variant(model, data.test, profiler, opts, common, shape, test_inputs)
+    pre = inputs.preprocess
+    with torch.no_grad():
+        names = outputs.names(model.eval()(torch.zeros(1, *input_shape)))
+    common = _common_metadata(profile, opts, input_shape, pre, inputs.class_names, plan_digest, fingerprint, names)
+    fp32 = _fp32_variant(model, inputs, profiler, opts, common, shape)
     int8, gate, calibration = None, None, None
     if opts.int8:
-        int8, gate, calibration = _int8_variant(model, data, profiler, opts, common, shape, test_inputs, fp32)
+        int8, gate, calibration = _int8_variant(model, inputs.data, profiler, opts, common, shape, inputs.parity_inputs, fp32)
     accepted = gate is not None and gate["accepted"]
     models = _models_section(fp32, int8, gate, calibration)
     section = {
@@ -199,7 +243,11 @@ def build_package(
             "layout": "NCHW",
             "preprocess": pre,
         },
-        "output": {"name": OUTPUT_NAME, "kind": "logits", "class_names": list(data.class_names)},
+        "output": (
+            {"name": OUTPUT_NAME, "kind": "logits", "class_names": list(inputs.class_names)}
+            if names == [OUTPUT_NAME] else {"names": names, "kind": "task outputs"}
+        ),
+        "metric": inputs.metric,
         "accuracy_torch_test": torch_accuracy,
         "models": models,
         "int8_gate": gate,
@@ -211,24 +259,29 @@ def _common_metadata(
     profile: Profile,
     opts: ExportOptions,
     input_shape: tuple[int, ...],
-    pre: dict,
+    pre: dict | None,
     class_names: list[str],
     plan_digest: str,
     fingerprint: dict,
+    output_names: list[str],
 ) -> dict[str, str]:
-    """The metadata every exported file carries, whatever its precision."""
+    """The metadata every exported file carries, whatever its precision (a user task's run has no
+    preprocessing of ours to describe: its data is the task's)."""
     shown_batch = BATCH_DIM if opts.dynamic_batch else str(profile.batch)
+    described = {
+        "mean": json.dumps(pre["mean"]),
+        "std": json.dumps(pre["std"]),
+        "preprocess": json.dumps(pre, sort_keys=True),
+    } if pre is not None else {"preprocess": "the task's own"}
     return {
         "edgeprune_version": edgeprune.__version__,
         "target": profile.name,
         "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
+        "output_name": ",".join(output_names),
         "input_shape": "x".join([shown_batch, *map(str, input_shape)]),
         "batch": "dynamic" if opts.dynamic_batch else str(profile.batch),
         "layout": "NCHW",
-        "mean": json.dumps(pre["mean"]),
-        "std": json.dumps(pre["std"]),
-        "preprocess": json.dumps(pre, sort_keys=True),
+        **described,
         "class_names": json.dumps(list(class_names)),
         "opset": str(opts.opset),
         "plan_sha256_16": plan_digest,
@@ -239,12 +292,11 @@ def _common_metadata(
 
 def _fp32_variant(
     model: nn.Module,
-    test: Split,
+    inputs: PackageInputs,
     profiler: Profiler,
     opts: ExportOptions,
     common: dict[str, str],
     shape: tuple[int, ...],
-    test_inputs: torch.Tensor,
 ) -> Variant:
     """Export the FP32 ONNX file, time it, write the timing into it, then check it against torch."""
     profile = profiler.profile
@@ -258,8 +310,8 @@ def _fp32_variant(
         blob=blob,
         latency=latency,
         latency_from_cache=cached,
-        accuracy=_accuracy(blob, test, "ONNX FP32", opts.progress),
-        parity=parity(model, blob, test_inputs),
+        accuracy=inputs.score_file(blob, "ONNX FP32"),
+        parity=parity(model, blob, inputs.parity_inputs),
     )
 
 

@@ -51,7 +51,8 @@ from edgeprune.models import load_model
 from edgeprune.pipeline import PruneConfig, run_prune
 from edgeprune.profiling.cache import default_cache_path
 from edgeprune.profiling.profiler import Profiler
-from edgeprune.space import ChannelSpace, macs_and_params, output_layer
+from edgeprune.outputs import output_layers
+from edgeprune.space import ChannelSpace, macs_and_params
 from edgeprune.targets import load_profile
 from edgeprune.training import train
 
@@ -91,7 +92,7 @@ def uniform_prune(model, ratio: float, step: int | None, shape: tuple[int, ...] 
     example = torch.zeros(1, *shape)
     pruner = tp.pruner.MagnitudePruner(
         pruned, example, importance=tp.importance.MagnitudeImportance(p=1),
-        pruning_ratio=ratio, round_to=step, ignored_layers=[output_layer(pruned, example)],
+        pruning_ratio=ratio, round_to=step, ignored_layers=output_layers(pruned, example),
     )
     pruner.step()
     return pruned.eval()

@@ -8,6 +8,11 @@ after. One line per model, then ``N passed, M failed`` and the wall time.
     python tools/zoo_sweep.py                       # all 80 models
     python tools/zoo_sweep.py resnet18 vit_b_16     # a subset
     python tools/zoo_sweep.py --json sweep.json     # also write the rows as JSON
+    python tools/zoo_sweep.py --timm                # timm's edge families instead (TIMM_EDGE)
+    python tools/zoo_sweep.py --timm --size 128     # ... at 128x128 instead of each one's native size
+
+timm models are built as ``edgeprune prune timm:NAME`` builds them: random weights, in their
+re-parameterised deploy form where they have one (RepVGG, MobileOne, FastViT).
 
 Random-weight networks have nearly tied logits, so "identical top-1" is only checked on samples
 whose top-2 gap is clearly above the numeric error (``TIE_FACTOR`` times the largest absolute
@@ -32,6 +37,7 @@ import torchvision
 
 from edgeprune.data import load_data
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
+from edgeprune.models import deploy_form, timm_model as timm_model_of
 from edgeprune.space import ChannelSpace, macs_and_params
 
 STEP = 8  # round_to=8, the TensorRT FP16 grid: the setting of the issue's failing check
@@ -41,6 +47,15 @@ TIE_FACTOR = 10.0
 OPSET = 17
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# timm's common edge families: MobileNet v2/v3/v4, EfficientNet(-Lite), GhostNet, RepVGG, MobileOne,
+# FBNet, MnasNet, LCNet, HardCoReNAS, TinyNet, ResNet, RegNet, ConvNeXt, LeViT, EfficientViT,
+# MobileViT, FastViT, ReXNet, MixNet.
+TIMM_EDGE = (
+    "mobilenetv3_small_100 mobilenetv3_large_100 mobilenetv2_100 tf_mobilenetv3_small_100 mobilenetv4_conv_small "
+    "efficientnet_b0 efficientnet_lite0 tf_efficientnet_lite0 ghostnet_100 ghostnetv2_100 repvgg_a0 mobileone_s0 "
+    "mobileone_s1 fbnetc_100 mnasnet_100 semnasnet_100 lcnet_050 lcnet_100 hardcorenas_a tinynet_a resnet18 resnet18d "
+    "regnetx_002 regnety_002 convnext_atto levit_128s efficientvit_m0 mobilevit_xxs fastvit_t8 rexnet_100 mixnet_s"
+).split()
 
 
 def native_size(name: str, model: torch.nn.Module) -> int:
@@ -83,7 +98,7 @@ def check_model(name: str, images_for, seed: int = 0, model: torch.nn.Module | N
     shape = (3, size, size)
     row["input"] = f"{size}x{size}"
     space = ChannelSpace(model, shape, STEP, model_spec={"kind": "torchvision", "spec": f"torchvision:{name}"})
-    head = space.output_layer
+    head = space.output_layers[-1]
     if not head.weight.detach().any():
         # torchvision zero-initialises ViT's head: all logits would be 0 and parity vacuous.
         with torch.no_grad():
@@ -98,7 +113,7 @@ def check_model(name: str, images_for, seed: int = 0, model: torch.nn.Module | N
     x = images_for(size)
     with torch.no_grad():
         expected = pruned(x).numpy()
-    classes = space.output_layer.out_features if isinstance(space.output_layer, torch.nn.Linear) else space.output_layer.out_channels
+    classes = head.out_features if isinstance(head, torch.nn.Linear) else head.out_channels
     if expected.shape != (len(x), classes):
         raise RuntimeError(f"pruned output shape {expected.shape}, expected {(len(x), classes)}")
     onnx = export_onnx_bytes(pruned, tuple(x.shape), OPSET)  # handles nn.MultiheadAttention's fast path
@@ -117,18 +132,37 @@ def check_model(name: str, images_for, seed: int = 0, model: torch.nn.Module | N
     return row
 
 
+def timm_model(name: str) -> torch.nn.Module:
+    """timm's ``name`` as ``edgeprune prune timm:NAME`` builds it (deploy form, random weights)."""
+    return deploy_form(timm_model_of(name, None))
+
+
+def timm_size(name: str) -> int:
+    import timm
+
+    return int(timm.get_pretrained_cfg(name).input_size[-1]) if timm.get_pretrained_cfg(name) else 224
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", help="model names (default: every torchvision classification model)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--threads", type=int, default=2, help="torch/onnxruntime threads (default 2)")
+    parser.add_argument("--timm", action="store_true", help="sweep timm models (default: TIMM_EDGE) instead of torchvision's")
+    parser.add_argument("--size", type=int, help="input size for every model (default: each model's native size)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    everything = torchvision.models.list_models(module=torchvision.models)
-    names = args.models or everything
+    if args.timm:
+        import timm
+
+        everything = timm.list_models()
+        names = args.models or TIMM_EDGE
+    else:
+        everything = torchvision.models.list_models(module=torchvision.models)
+        names = args.models or everything
     unknown = [n for n in names if n not in everything]
     if unknown:
-        print(f"unknown model(s) {', '.join(unknown)}; pick from torchvision.models.list_models()", file=sys.stderr)
+        print(f"unknown model(s) {', '.join(unknown)}; pick from {'timm' if args.timm else 'torchvision.models'}.list_models()", file=sys.stderr)
         return 2
     data = load_data("fashion-mnist", holdout=1)
     raw = data.test.images[:BATCH]
@@ -149,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         start = time.perf_counter()
         try:
-            row = check_model(name, images_for)
+            row = check_model(name, images_for, model=timm_model(name) if args.timm else None, size=args.size or (timm_size(name) if args.timm else None))
         except Exception as exc:  # a failing model is a row in the table, not the end of the sweep
             row = {"model": name, "ok": False, "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}"}
             row["seconds"] = round(time.perf_counter() - start, 1)

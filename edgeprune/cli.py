@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from edgeprune import __version__
-from edgeprune.commands import agent, cache, demo, export, gate, profile, prune, report, targets, train
+from edgeprune.commands import agent, cache, data, demo, export, gate, profile, prune, report, targets, train
 from edgeprune.errors import UserError
 
 # In the order `edgeprune --help` lists them.
@@ -19,6 +19,7 @@ VERBS = {
     "prune": prune,
     "demo": demo,
     "train": train,
+    "data": data,
     "profile": profile,
     "targets": targets,
     "agent": agent,

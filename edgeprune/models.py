@@ -5,6 +5,7 @@ Four spec forms:
 * ``path/to/model.pt`` -- a whole module saved with ``torch.save(model)``;
 * ``torchvision:NAME`` -- an architecture from torchvision, optionally with ``weights=FILE``;
 * ``timm:NAME`` -- an architecture from timm (optional extra ``edgeprune[timm]``), likewise;
+* ``yolo:yolov8n.yaml`` or ``yolo:FILE.pt`` -- an ultralytics detector (``--task detection``);
 * ``package.module:factory`` -- a function that returns the module, optionally with weights.
 
 ``load_model`` also returns a small JSON-able spec dict. A pruned model is stored as a plan plus
@@ -30,7 +31,7 @@ from edgeprune.errors import UserError
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _PATH_LIKE = re.compile(r"[/\\]|\.(pt|pth|pkl|ckpt|bin)$")
-_FORMS = "a torch.save()d model file, torchvision:NAME, timm:NAME, or package.module:factory"
+_FORMS = "a torch.save()d model file, torchvision:NAME, timm:NAME, yolo:yolov8n.yaml, or package.module:factory"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -52,6 +53,10 @@ def load_model(
         kind, model = "torchvision", torchvision_model(spec.removeprefix("torchvision:"), num_classes)
     elif spec.startswith("timm:"):
         kind, model = "timm", timm_model(spec.removeprefix("timm:"), num_classes)
+    elif spec.startswith("yolo:"):
+        from edgeprune import yolo
+
+        kind, model = "yolo", yolo.build(spec.removeprefix("yolo:"), num_classes)
     elif os.path.exists(spec):
         kind, model = "file", file_model(spec)
         spec = os.path.abspath(spec)

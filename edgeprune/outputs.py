@@ -76,8 +76,9 @@ def output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
     element-wise, resize, reshape and concat operations and stop at the first convolution or linear
     layer on each path. A classifier's head, a segmenter's two classifier convs summed into its
     mask, every conv of a detector's head that feeds the concatenated predictions are all found,
-    whatever the architecture. Without autograd (all parameters frozen) it falls back to the last
-    Conv/Linear that runs.
+    whatever the architecture. A frozen layer (weights that do not train, like YOLO's DFL integral
+    behind its box convs) is walked through: it decodes outputs, the trainable layer before it
+    makes them. With every weight frozen it falls back to the last Conv/Linear that runs.
     """
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     made_by: dict[object, nn.Module] = {}
@@ -85,7 +86,7 @@ def output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
 
     def record(module, _inputs, output):
         order.append(module)
-        if isinstance(output, torch.Tensor) and output.grad_fn is not None:
+        if isinstance(output, torch.Tensor) and output.grad_fn is not None and module.weight.requires_grad:
             made_by[output.grad_fn] = module
 
     hooks = [m.register_forward_hook(record) for m in layers]

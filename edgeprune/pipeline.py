@@ -40,6 +40,7 @@ from edgeprune.search.encoding import make_encoding
 from edgeprune.space import ChannelSpace, layer_widths, macs_and_params
 from edgeprune.targets import Profile, load_profile
 from edgeprune.task import Classification, Recipe, Task
+from edgeprune.pruned import yolo_packaged
 from edgeprune.user_task import load_task
 
 
@@ -81,6 +82,7 @@ class PruneConfig:
     objectives: str = ",".join(DEFAULT_OBJECTIVES)
     screen: bool = True
     depth: bool = False
+    detection_metric: str = "mAP50-95"
     resume: bool = False
 
 
@@ -108,12 +110,22 @@ def _numeric_rules(cfg: PruneConfig) -> list[tuple[str, object, bool, str]]:
 _CLASSIFICATION_ONLY = ("data", "input_shape", "pad", "mean", "std", "holdout", "lr", "batch_size", "kd_alpha", "kd_temperature")
 
 
+# What --task detection takes from the classification flags: the data set, the input size, the holdout.
+_DETECTION_KEEPS = ("data", "input_shape", "holdout")
+
+
 def _validate(cfg: PruneConfig) -> None:
     if cfg.task != "classification":
         defaults = PruneConfig(model="")
-        given = [f"--{k.replace('_', '-')}" for k in _CLASSIFICATION_ONLY if getattr(cfg, k) != getattr(defaults, k)]
+        keeps = _DETECTION_KEEPS if cfg.task == "detection" else ()
+        given = [f"--{k.replace('_', '-')}" for k in _CLASSIFICATION_ONLY if k not in keeps and getattr(cfg, k) != getattr(defaults, k)]
         if given:
-            raise UserError(f"--task {cfg.task} brings its own data and training; drop {', '.join(given)}")
+            what = "ultralytics' training recipe" if cfg.task == "detection" else "its own data and training"
+            raise UserError(f"--task {cfg.task} brings {what}; drop {', '.join(given)}")
+    if cfg.task == "detection":
+        _validate_detection(cfg)
+    elif cfg.detection_metric != "mAP50-95":
+        raise UserError("--detection-metric applies to --task detection; drop it")
     if (cfg.budget_ms is None) == (cfg.speedup is None):
         raise UserError("give exactly one of --budget-ms MS or --speedup X (e.g. --speedup 2)")
     for flag, value, ok, what in _numeric_rules(cfg):
@@ -132,6 +144,19 @@ def _validate(cfg: PruneConfig) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / "report.json").exists():
         # The folder is replaced as a whole at the end: never do that to a folder we did not write.
         raise UserError(f"output folder {out} holds files that are not an edgeprune output; pass a new or empty --out")
+
+
+def _validate_detection(cfg: PruneConfig) -> None:
+    if not cfg.data.startswith("yolo:"):
+        raise UserError("--task detection reads a YOLO data set: pass --data yolo:PATH/data.yaml (make one with `edgeprune data make-detection OUT`)")
+    if not cfg.model.startswith("yolo:"):
+        raise UserError(f"--task detection prunes ultralytics detectors: pass yolo:yolov8n.yaml (or yolo:FILE.pt) instead of {cfg.model[:80]}")
+    if cfg.input_shape:
+        c, h, w = parse_shape(cfg.input_shape)
+        if c != 3 or h != w or h % 32:
+            raise UserError(f"--input-shape {cfg.input_shape}: a YOLO input is 3xSxS with S a multiple of 32, e.g. 3x640x640")
+    if cfg.depth:
+        raise UserError("--depth has no depth genes for YOLO (its blocks are not torchvision's); drop --depth")
 
 
 @contextlib.contextmanager
@@ -157,12 +182,12 @@ def _untrusted_settings(config: dict) -> list[str]:
     """The checkpoint settings that would run code or reach files outside the checkpoint."""
     target = str(config.get("target", ""))
     named = {
-        "model": not str(config["model"]).startswith(("torchvision:", "timm:")),
+        "model": not (str(config["model"]).startswith(("torchvision:", "timm:")) or yolo_packaged(str(config["model"]))),
         "target": target.endswith((".yaml", ".yml")) or "/" in target or os.sep in target,
         "weights": config.get("weights") is not None,
-        "data": str(config.get("data", "")).startswith("imagefolder:"),
+        "data": str(config.get("data", "")).startswith(("imagefolder:", "yolo:")),
         "cache": config.get("cache") is not None,
-        "task": config.get("task", "classification") != "classification",
+        "task": config.get("task", "classification") not in ("classification", "detection"),
     }
     return [f"{key} {str(config.get(key))[:120]!r}" for key, flagged in named.items() if flagged]
 
@@ -208,6 +233,15 @@ def run_prune(cfg: PruneConfig) -> dict:
     _validate(cfg)
     t0 = time.perf_counter()
     job = _load(cfg)
+    try:
+        return _run(job, t0)
+    finally:
+        if hasattr(job.task, "close"):
+            job.task.close()  # e.g. detection's work folder of split lists and trainer runs
+
+
+def _run(job: _Job, t0: float) -> dict:
+    cfg = job.cfg
     t = time.perf_counter()
     baseline_latency, budget_ms, baseline = _baseline(job)
     job.phases["baseline_s"] = time.perf_counter() - t
@@ -253,6 +287,14 @@ def _load(cfg: PruneConfig) -> _Job:
         model, spec = load_model(cfg.model, num_classes=cfg.num_classes or data.num_classes, weights=cfg.weights)
         check_input(model, tuple(data.preprocess.input_shape), data.num_classes)
         task = Classification(data, Recipe.of(cfg), seed=cfg.seed)
+    elif cfg.task == "detection":
+        from edgeprune.detection import Detection
+
+        size = parse_shape(cfg.input_shape)[1] if cfg.input_shape else 640
+        data = None
+        task = Detection(cfg.data.removeprefix("yolo:"), size, cfg.holdout, cfg.seed, cfg.detection_metric, cfg.progress)
+        model, spec = load_model(cfg.model, num_classes=cfg.num_classes or task.num_classes, weights=cfg.weights)
+        model.model.names = dict(task.names)
     else:
         data, task = None, load_task(cfg.task)
         model, spec = load_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights)
@@ -321,8 +363,9 @@ def _checkpoint_config(cfg: PruneConfig, spec: dict) -> dict:
     config |= {"out": str(Path(cfg.out).resolve()), "model": spec["spec"], "weights": spec["weights"]}
     if cfg.cache:
         config["cache"] = str(Path(cfg.cache).resolve())
-    if cfg.data.startswith("imagefolder:"):
-        config["data"] = "imagefolder:" + str(Path(cfg.data.removeprefix("imagefolder:")).resolve())
+    for prefix in ("imagefolder:", "yolo:"):
+        if cfg.data.startswith(prefix):
+            config["data"] = prefix + str(Path(cfg.data.removeprefix(prefix)).resolve())
     return config
 
 
@@ -347,7 +390,7 @@ def _report(job: _Job, rounds, package, baseline, baseline_latency: LatencyStats
         "model": job.spec,
         "task": job.task.describe(),
         "input_shape": list(input_shape),
-        "data": job.data.describe() if job.data is not None else {"name": f"task {cfg.task}", "source": cfg.task, "seed": cfg.seed},
+        "data": _data_section(job),
         "preprocess": job.data.preprocess.to_dict() if job.data is not None else {"input_shape": list(input_shape), "by": "the task"},
         "baseline": {
             "accuracy": job.task.test_score(job.model), "holdout_accuracy": baseline.accuracy,
@@ -374,6 +417,14 @@ def _report(job: _Job, rounds, package, baseline, baseline_latency: LatencyStats
             "engine": None, "int8": None, "manifest": None, "pareto_plot": "pareto.png",
         },
     }
+
+
+def _data_section(job: _Job) -> dict:
+    if job.data is not None:
+        return job.data.describe()
+    if hasattr(job.task, "describe_data"):
+        return job.task.describe_data(job.cfg.seed)
+    return {"name": f"task {job.cfg.task}", "source": job.cfg.task, "seed": job.cfg.seed}
 
 
 def _search_section(job: _Job, rounds) -> dict:
@@ -422,5 +473,8 @@ def _write_outputs(job: _Job, rounds, package, report: dict, baseline, budget_ms
             final=(package.fp32.latency.median_ms, report["pruned"]["accuracy"]),
             baseline_test=report["baseline"]["accuracy"],
         )
+        for role, (name, blob) in (job.task.extra_files(final.model) if hasattr(job.task, "extra_files") else {}).items():
+            (tmp / name).write_bytes(blob)  # e.g. detection's ultralytics checkpoint
+            report["artifacts"][role] = name
         finalize(tmp, report, package)  # model.onnx, report.json, MODEL_CARD.md, manifest.json
         write_report_html(tmp)  # report.html, drawn from the report.json and manifest.json just written

@@ -19,7 +19,7 @@ from edgeprune.jsonfile import read_json
 from edgeprune.space import PLAN_FORMATS, ChannelPlan, apply_plan
 
 
-_KINDS = ("torchvision", "timm", "factory", "file")
+_KINDS = ("torchvision", "timm", "yolo", "factory", "file")
 # Far above any real network (mobilenet_v2: 52 groups, widest 1280): bounds what a file can ask for.
 _MAX_GROUPS, _MAX_CHANNELS, _MAX_DIM, _MAX_INPUT_ELEMENTS = 4096, 1 << 16, 1 << 14, 1 << 26
 
@@ -100,15 +100,35 @@ def original_model(spec: dict, trust_code: bool = False) -> nn.Module:
         if not text.startswith("timm:"):
             raise UserError(f"plan's timm model spec {text[:80]!r} does not start with 'timm:'; pass the plan.json edgeprune wrote")
         return models.deploy_form(models.timm_model(text.removeprefix("timm:"), num_classes))
+    if kind == "yolo" and yolo_packaged(text):
+        from edgeprune import yolo
+
+        return yolo.build(text.removeprefix("yolo:"), num_classes)
     if not trust_code:
-        what = "imports and runs the module" if kind == "factory" else "unpickles the model file, which runs any code in it"
+        what = {
+            "factory": "imports and runs the module",
+            "yolo": "builds from a yaml file or unpickles a checkpoint, which can run code",
+        }.get(kind, "unpickles the model file, which runs any code in it")
         raise UserError(
             f"the plan rebuilds its model from {kind} {text[:120]!r}: that {what}; pass --trust-model-code "
             "(load_pruned(..., trust_code=True)) only if you trust whoever wrote this plan.json"
         )
     if kind == "factory":
         return models.factory_model(text, num_classes)
+    if kind == "yolo":
+        if not text.startswith("yolo:"):
+            raise UserError(f"plan's yolo model spec {text[:80]!r} does not start with 'yolo:'; pass the plan.json edgeprune wrote")
+        from edgeprune import yolo
+
+        return yolo.build(text.removeprefix("yolo:"), num_classes)
     return models.file_model(text)
+
+
+def yolo_packaged(spec: str) -> bool:
+    """``yolo:NAME.yaml`` naming a model yaml that ships inside ultralytics (no path): built by
+    name like a torchvision model. A yaml path or a ``.pt`` is a file someone wrote."""
+    name = spec.removeprefix("yolo:")
+    return name.endswith((".yaml", ".yml")) and "/" not in name and "\\" not in name
 
 
 def build_pruned(plan: ChannelPlan, trust_code: bool = False) -> nn.Module:

@@ -182,7 +182,7 @@ def _finish(cfg, number, budgets, problem, result, seeded, selection: Selection,
     console.print(
         f"picked {picked.latency.median_ms:.4f} ms, held-out {problem.task.metric} {picked.accuracy:.2%} after BN recalibration"
         + (f", {tuned:.2%} after the short fine-tune" if tuned is not None else "")
-        + f"; fine-tuning {cfg.finetune_epochs:g} epoch(s), learning from the original"
+        + f"; fine-tuning {cfg.finetune_epochs:g} epoch(s)"
     )
     t = time.perf_counter()
     finetune = {"epochs": cfg.finetune_epochs}

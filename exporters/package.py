@@ -81,11 +81,15 @@ class PackageInputs:
 
     @classmethod
     def for_task(cls, task, model: nn.Module) -> "PackageInputs":
-        """``task`` is a :class:`~edgeprune.user_task.UserTask`; ``model`` gives the outputs' structure."""
+        """``task`` is a user's task or detection; ``model`` gives the outputs' structure. The file is
+        scored by the task's ``score_file(blob, label)`` where it has one, else by its ``test_score``
+        of the file behind an :class:`OnnxModule`."""
         with torch.no_grad():
             template = model.eval()(task.example_input())
 
         def score_file(blob: bytes, label: str) -> float:
+            if hasattr(task, "score_file"):  # a task that knows how to run the file itself
+                return task.score_file(blob, label)
             console.print(f"{label}: the task's {task.metric} of the file, run by onnxruntime")
             return task.test_score(OnnxModule(blob, template))
 

@@ -41,12 +41,12 @@ def add_progress_args(p: argparse.ArgumentParser, help: str = NO_PROGRESS_HELP) 
 def add_data_args(p: argparse.ArgumentParser) -> None:
     """The dataset and its preprocessing, for the verbs that train or score a model."""
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="fashion-mnist", help="fashion-mnist | imagefolder:PATH (train/ and val/ inside) | digits (default: fashion-mnist)")
-    g.add_argument("--input-shape", help="CxHxW the model takes, e.g. 3x32x32 (default: the dataset's own shape); grey is replicated to 3 channels")
+    g.add_argument("--data", default="fashion-mnist", help="fashion-mnist | imagefolder:PATH (train/ and val/ inside) | digits | yolo:PATH/data.yaml (--task detection) (default: fashion-mnist)")
+    g.add_argument("--input-shape", help="CxHxW the model takes, e.g. 3x32x32 (default: the dataset's own shape; 3x640x640 for detection); grey is replicated to 3 channels")
     g.add_argument("--pad", action="store_true", help="zero-pad to --input-shape instead of resizing")
     g.add_argument("--mean", type=floats, help="per-channel mean subtracted after scaling to [0,1], e.g. 0.5 or 0.485,0.456,0.406")
     g.add_argument("--std", type=floats, help="per-channel std divided after --mean")
-    g.add_argument("--holdout", type=int, default=5000, help="images held out of TRAIN to score candidates (default 5000)")
+    g.add_argument("--holdout", type=int, default=5000, help="images held out of TRAIN to score candidates (default 5000; detection: at most a fifth of train)")
 
 
 def add_model_args(p: argparse.ArgumentParser, optional: bool = False) -> None:

@@ -16,7 +16,8 @@ from edgeprune.errors import UserError
 def add_parser(sub) -> None:
     p = sub.add_parser("prune", help="search, prune, fine-tune and export a model for a target (the default command)")
     add_model_args(p, optional=True)
-    p.add_argument("--task", default="classification", help="what the model is pruned for: classification (default: top-1 on --data) or package.module:factory, your own task object with example_input(), calibration_batches(), score(model) in [0, 1] and optionally fine_tune(model, teacher, epochs) and test_score(model); it brings its own data, so --data and the fine-tune recipe flags do not apply (importing it runs its code; see docs/usage.md)")
+    p.add_argument("--task", default="classification", help="what the model is pruned for: classification (default: top-1 on --data); detection (a yolo: model on --data yolo:PATH/data.yaml, scored by ultralytics' mAP, fine-tuned by its trainer; needs edgeprune[yolo]); or package.module:factory, your own task object with example_input(), calibration_batches(), score(model) in [0, 1] and optionally fine_tune(model, teacher, epochs) and test_score(model), which brings its own data, so --data and the fine-tune recipe flags do not apply (importing it runs its code; see docs/usage.md)")
+    p.add_argument("--detection-metric", choices=("mAP50-95", "mAP50"), default="mAP50-95", help="with --task detection: the score candidates are ranked by and the report gives (default mAP50-95)")
     p.add_argument("--target", default="x86-cpu", help="target profile name or YAML path (see `edgeprune targets`; default x86-cpu)")
     add_data_args(p)
     b = p.add_mutually_exclusive_group()

@@ -135,8 +135,12 @@ class Detection:
         return dict(data=yaml, imgsz=self.imgsz, batch=batch, device="cpu", workers=0, plots=False, verbose=False, rect=False, save_json=False, **more)
 
     def score_file(self, blob: bytes, label: str) -> float:
-        """The test-split mAP of an exported file, run by ultralytics' ONNX Runtime backend (the
-        file gets the metadata ultralytics reads: stride, names, input size)."""
+        """The test-split score of an exported file (see :meth:`file_maps`)."""
+        return self.file_maps(blob, label)[self.metric]
+
+    def file_maps(self, blob: bytes, label: str) -> dict[str, float]:
+        """mAP50 and mAP50-95 of an exported file on the test split, run by ultralytics' ONNX
+        Runtime backend (the file gets the metadata ultralytics reads: stride, names, input size)."""
         from ultralytics.models.yolo.detect import DetectionValidator
 
         from edgeprune.exporters.onnx import with_metadata
@@ -146,7 +150,7 @@ class Detection:
         meta = {"stride": "32", "task": "detect", "batch": "1", "channels": "3", "imgsz": str([self.imgsz, self.imgsz]), "names": repr(self.names)}
         path.write_bytes(with_metadata(blob, meta))
         stats = DetectionValidator(args=self._val_args(self.test_yaml, 1, model=str(path)), save_dir=self.workdir / "val")()
-        return float(stats[METRICS[self.metric]])
+        return {name: float(stats[key]) for name, key in METRICS.items()}
 
     def fine_tune(self, net: YoloNet, teacher: nn.Module, epochs: float, seed: int, description: str) -> dict:
         """ultralytics' trainer on the pruned module in place; the EMA weights are kept (what

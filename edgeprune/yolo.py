@@ -87,7 +87,7 @@ class SplitFreeC2f(nn.Module):
         for attr in ("i", "f", "type", "np"):  # ultralytics' graph bookkeeping (BaseModel._predict_once)
             if hasattr(old, attr):
                 setattr(module, attr, getattr(old, attr))
-        return module
+        return module.train(old.training)  # new convs start in train mode: BatchNorm would use batch statistics
 
 
 def split_free(module: nn.Module) -> int:

@@ -55,7 +55,7 @@ def test_unloadable_and_non_module_files(tmp_path):
 def test_missing_file_and_unknown_form():
     with pytest.raises(UserError, match="model file missing/model.pt not found"):
         load_model("missing/model.pt")
-    with pytest.raises(UserError, match="timm:NAME, or package.module:factory"):
+    with pytest.raises(UserError, match="yolo:yolov8n.yaml, or package.module:factory"):
         load_model("just-a-word")
 
 

@@ -53,7 +53,7 @@ class Detection:
 
     name = "detection"
 
-    def __init__(self, data_yaml: str, imgsz: int, holdout: int, seed: int, metric: str = "mAP50-95", progress: bool = True):
+    def __init__(self, data_yaml: str, imgsz: int, holdout: int, seed: int, metric: str = "mAP50-95"):
         require_ultralytics()
         from ultralytics.data.utils import check_det_dataset
 
@@ -65,7 +65,7 @@ class Detection:
             info = check_det_dataset(str(data_yaml), autodownload=False)
         except Exception as exc:  # ultralytics raises assorted errors for a bad yaml or missing folders
             raise UserError(f"ultralytics cannot read {data_yaml} ({str(exc).strip().splitlines()[0][:200]}); fix the data.yaml") from None
-        self.metric, self.imgsz, self.progress = metric, int(imgsz), progress
+        self.metric, self.imgsz = metric, int(imgsz)
         self.data_yaml = str(Path(data_yaml).resolve())
         self.names = {int(k): str(v) for k, v in info["names"].items()}
         self.num_classes = len(self.names)

@@ -292,13 +292,13 @@ def _load(cfg: PruneConfig) -> _Job:
 
         size = parse_shape(cfg.input_shape)[1] if cfg.input_shape else 640
         data = None
-        task = Detection(cfg.data.removeprefix("yolo:"), size, cfg.holdout, cfg.seed, cfg.detection_metric, cfg.progress)
+        task = Detection(cfg.data.removeprefix("yolo:"), size, cfg.holdout, cfg.seed, cfg.detection_metric)
         model, spec = load_model(cfg.model, num_classes=cfg.num_classes or task.num_classes, weights=cfg.weights)
         model.model.names = dict(task.names)
     else:
         data, task = None, load_task(cfg.task)
         model, spec = load_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights)
-        task.check_model(model)
+        task.check_model(model, profile.opset)
     input_shape = tuple(task.example_input().shape[1:])
     space = ChannelSpace(model, input_shape, profile.channel_step, model_spec=spec, depth=cfg.depth)
     if not space.groups:

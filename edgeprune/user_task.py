@@ -34,6 +34,7 @@ from torch import nn
 
 from edgeprune import outputs
 from edgeprune.errors import UserError
+from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.models import import_factory
 
 REQUIRED = ("example_input", "calibration_batches", "score")
@@ -97,9 +98,10 @@ class UserTask:
                 )
         return [b.detach().float().cpu() for b in batches]
 
-    def check_model(self, model: nn.Module) -> None:
-        """Run ``model`` on the example input: a model that cannot take the task's input, or that
-        returns something other than tensors, fails here in one line instead of in the search."""
+    def check_model(self, model: nn.Module, opset: int) -> None:
+        """Run ``model`` on the example input and export it to ONNX: a model that cannot take the
+        task's input, returns something other than tensors or uses an operator ONNX lacks fails
+        here in one line instead of in the search."""
         try:
             with torch.no_grad():
                 out = model.eval()(self._example)
@@ -112,6 +114,13 @@ class UserTask:
             outputs.flatten(out)
         except TypeError as exc:
             raise UserError(f"task {self.spec}: {exc}; wrap the model so that forward returns only tensors") from None
+        try:
+            export_onnx_bytes(model, tuple(self._example.shape), opset)
+        except Exception as exc:  # the exporter raises many types, one per unsupported construct
+            raise UserError(
+                f"the model of task {self.spec} cannot be exported to ONNX ({_first_line(exc)[:200]}); replace that "
+                "operation in the model's forward, or move it out of the model into the task's score"
+            ) from exc
 
     # --- the Task protocol -----------------------------------------------------------------
 

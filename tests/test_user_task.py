@@ -136,7 +136,22 @@ def test_a_model_returning_a_non_tensor_is_refused_naming_the_fix():
             return {"boxes": x, "count": 3}
 
     with pytest.raises(UserError, match="wrap the model so that forward returns only tensors"):
-        UserTask(_task(), "mine:make").check_model(Odd())
+        UserTask(_task(), "mine:make").check_model(Odd(), 17)
+
+
+def test_a_model_onnx_cannot_express_is_refused_before_the_search_naming_the_operator():
+    class Spectral(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return {"values": torch.linalg.svdvals(self.conv(x))}
+
+    with pytest.raises(UserError) as err:
+        UserTask(_task(), "mine:make").check_model(Spectral(), 17)
+    text = str(err.value)
+    assert "task mine:make cannot be exported to ONNX" in text and "linalg_svdvals" in text and "\n" not in text
 
 
 @pytest.fixture(scope="module")

@@ -317,8 +317,12 @@ class ChannelSpace(GroupLayout):
             options = _width_options(full, self.step)
             if len(options) < 2:
                 continue  # already at or below one step: nothing to choose
-            with torch.no_grad():
-                scores = importance(group)
+            try:
+                with torch.no_grad():
+                    scores = importance(group)
+            except (IndexError, RuntimeError) as exc:  # index mappings Torch-Pruning got wrong (FastViT's stems)
+                self.skipped.append({"group": name, "reason": f"Torch-Pruning cannot score its channels: {_one_line(exc)}"})
+                continue
             if scores is None or len(scores) != full:
                 self.skipped.append({"group": name, "reason": "no per-channel importance (coupled layers disagree on width)"})
                 continue

@@ -25,6 +25,7 @@ import argparse
 import gc
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -132,6 +133,10 @@ def check_model(name: str, images_for, seed: int = 0, model: torch.nn.Module | N
     return row
 
 
+def _out_of_time(_signum, _frame):
+    raise TimeoutError("took longer than --timeout (Torch-Pruning's dependency tracing did not finish)")
+
+
 def timm_model(name: str) -> torch.nn.Module:
     """timm's ``name`` as ``edgeprune prune timm:NAME`` builds it (deploy form, random weights)."""
     return deploy_form(timm_model_of(name, None))
@@ -150,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch/onnxruntime threads (default 2)")
     parser.add_argument("--timm", action="store_true", help="sweep timm models (default: TIMM_EDGE) instead of torchvision's")
     parser.add_argument("--size", type=int, help="input size for every model (default: each model's native size)")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds one model may take before it counts as failed (default 300)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.timm:
@@ -182,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     for name in names:
         start = time.perf_counter()
+        # Torch-Pruning can loop for ever on some graphs (index mappings that grow); the alarm turns
+        # that into a failed row instead of a hung sweep.
+        signal.signal(signal.SIGALRM, _out_of_time)
+        signal.alarm(args.timeout)
         try:
             row = check_model(name, images_for, model=timm_model(name) if args.timm else None, size=args.size or (timm_size(name) if args.timm else None))
         except Exception as exc:  # a failing model is a row in the table, not the end of the sweep
@@ -189,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             row["seconds"] = round(time.perf_counter() - start, 1)
             if os.environ.get("ZOO_SWEEP_TRACEBACK"):
                 traceback.print_exc()
+        finally:
+            signal.alarm(0)
         rows.append(row)
         gc.collect()
         if "rel_err" in row:

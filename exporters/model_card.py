@@ -48,7 +48,7 @@ def render_model_card(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _intro_lines(report: dict, export: dict, spec: str, classes: list[str], shown_shape: str) -> list[str]:
+def _title_lines(report: dict, export: dict, spec: str) -> list[str]:
     return [
         f"# Model card: {spec}, pruned for {report.get('target', export['target'])}",
         "",
@@ -57,6 +57,12 @@ def _intro_lines(report: dict, export: dict, spec: str, classes: list[str], show
         "",
         "## Intended use",
         "",
+    ]
+
+
+def _intro_lines(report: dict, export: dict, spec: str, classes: list[str], shown_shape: str) -> list[str]:
+    return [
+        *_title_lines(report, export, spec),
         f"Image classification into {len(classes)} classes ({', '.join(classes)}) on the edge target "
         f"`{export['target']}`, from a single {shown_shape} float32 NCHW tensor named `{export['input']['name']}`; "
         f"the output `{export['output']['name']}` holds one logit per class (argmax = prediction). "
@@ -69,13 +75,7 @@ def _intro_lines(report: dict, export: dict, spec: str, classes: list[str], show
 def _task_intro_lines(report: dict, export: dict, spec: str, task: dict, shown_shape: str) -> list[str]:
     names = export["output"].get("names", [export["output"].get("name", "?")])
     return [
-        f"# Model card: {spec}, pruned for {report.get('target', export['target'])}",
-        "",
-        f"Produced by edgeprune {report.get('edgeprune_version', '')} · plan `{export['plan_sha256_16']}` · "
-        f"files pinned by sha256 in `manifest.json`.",
-        "",
-        "## Intended use",
-        "",
+        *_title_lines(report, export, spec),
         f"The user's task `{task.get('spec', '?')}` ({task.get('name', '')}), scored by its {task.get('metric', 'score')}, "
         f"on the edge target `{export['target']}`, from a single {shown_shape} float32 tensor named "
         f"`{export['input']['name']}`; outputs {', '.join(f'`{n}`' for n in names)}, as the original model returns them. "

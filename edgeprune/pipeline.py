@@ -293,7 +293,11 @@ def _load(cfg: PruneConfig) -> _Job:
         size = parse_shape(cfg.input_shape)[1] if cfg.input_shape else 640
         data = None
         task = Detection(cfg.data.removeprefix("yolo:"), size, cfg.holdout, cfg.seed, cfg.detection_metric)
-        model, spec = load_model(cfg.model, num_classes=cfg.num_classes or task.num_classes, weights=cfg.weights)
+        try:
+            model, spec = load_model(cfg.model, num_classes=cfg.num_classes or task.num_classes, weights=cfg.weights)
+        except BaseException:
+            task.close()  # its work folder: nothing of a failed run is left behind
+            raise
         model.model.names = dict(task.names)
     else:
         data, task = None, load_task(cfg.task)

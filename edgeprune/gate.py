@@ -30,7 +30,9 @@ DEFAULT_PERCENTILE = 90
 DEFAULT_TOLERANCE = 0.05
 # Fresh measurements added to a result inside the tolerance band (the verdict is the median of 3).
 REMEASURES = 2
-_KEYS = ("model", "target", "percentile", "budget_ms", "tolerance")
+_KEYS = ("model", "target", "percentile", "budget_ms", "tolerance", "min_robust_accuracy")
+# report.json and manifest.json beside a gated model are read whole: bound them.
+_MAX_SIDECAR_BYTES = 16 << 20
 
 
 @dataclass
@@ -48,18 +50,31 @@ class Budget:
     profile: Profile | None = None
     onnx_bytes: bytes = b""
     shape: tuple[int, ...] = ()
+    # The least robust accuracy the model may have (its prune run's report.json, PGD on the test
+    # split); None: robustness is not gated.
+    min_robust_accuracy: float | None = None
+    robust_accuracy: float | None = None
 
 
 @dataclass
 class GateResult:
     budget: Budget
     measured_ms: float
-    passed: bool
+    passed: bool  # within the latency budget and, where set, at or above min_robust_accuracy
     source: str  # "cache" or "measured"
     measurements_ms: list[float] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
     fingerprint_hash: str = ""
     seconds: float = 0.0
+
+    @property
+    def robust_passed(self) -> bool | None:
+        b = self.budget
+        return None if b.min_robust_accuracy is None else b.robust_accuracy >= b.min_robust_accuracy
+
+    @property
+    def latency_passed(self) -> bool:
+        return self.measured_ms <= self.budget.budget_ms
 
     def to_dict(self) -> dict:
         b = self.budget
@@ -78,6 +93,9 @@ class GateResult:
             "stats": self.stats,
             "input_shape": list(b.shape),
             "fingerprint_hash": self.fingerprint_hash,
+            "min_robust_accuracy": b.min_robust_accuracy,
+            "robust_accuracy": b.robust_accuracy,
+            "robust_passed": self.robust_passed,
             "seconds": self.seconds,
         }
 
@@ -106,7 +124,17 @@ def _check_tolerance(value, where: str) -> float:
     return float(value)
 
 
-def single_budget(model: str, budget_ms: float, target: str | None, percentile: int | None, tolerance: float | None) -> Budget:
+def _check_min_robust(value, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
+        raise UserError(f"{where}: min_robust_accuracy is a fraction in [0, 1] (0.6 = 60 %), got {value!r}; fix it")
+    return float(value)
+
+
+def single_budget(
+    model: str, budget_ms: float, target: str | None, percentile: int | None, tolerance: float | None, min_robust_accuracy: float | None = None
+) -> Budget:
     """The budget given on the command line (``MODEL.onnx --budget-ms X``)."""
     return Budget(
         model=model,
@@ -117,14 +145,17 @@ def single_budget(model: str, budget_ms: float, target: str | None, percentile: 
         tolerance=_check_tolerance(DEFAULT_TOLERANCE if tolerance is None else tolerance, "--tolerance"),
         where=f"model {model}",
         target_where="--target",
+        min_robust_accuracy=_check_min_robust(min_robust_accuracy, "--min-robust-accuracy"),
     )
 
 
 def load_budgets(
-    path: str, target: str | None = None, percentile: int | None = None, tolerance: float | None = None
+    path: str, target: str | None = None, percentile: int | None = None, tolerance: float | None = None,
+    min_robust_accuracy: float | None = None,
 ) -> list[Budget]:
     """Parse a budgets file: a YAML list of mappings with the keys model and budget_ms, and
-    optionally target, percentile and tolerance (else the command line's or the defaults).
+    optionally target, percentile, tolerance and min_robust_accuracy (else the command line's or
+    the defaults).
 
     Errors name the file and the line of the offending entry or value (taken from YAML node marks,
     so they point at what the user wrote). Relative model and profile paths are resolved from
@@ -173,6 +204,7 @@ def load_budgets(
                 tolerance=_check_tolerance(*values.get("tolerance", (DEFAULT_TOLERANCE if tolerance is None else tolerance, "--tolerance"))),
                 where=model_at,
                 target_where=target_at,
+                min_robust_accuracy=_check_min_robust(*values.get("min_robust_accuracy", (min_robust_accuracy, "--min-robust-accuracy"))),
             )
         )
     return budgets
@@ -250,6 +282,40 @@ def prepare(budgets: list[Budget], allow_external_data: bool = False) -> None:
                 raise UserError(f"{b.target_where or b.where}: {exc}") from None
         b.profile = profiles[b.target]
         b.onnx_bytes, b.shape = _read_model(b, allow_external_data)
+        if b.min_robust_accuracy is not None:
+            b.robust_accuracy = _robust_accuracy(b)
+
+
+def _sidecar(budget: Budget, name: str, fix: str) -> tuple[bytes, dict]:
+    """``name`` beside the model (its prune run's output folder): bytes and parsed JSON."""
+    import json
+
+    path = budget.path.parent / name
+    if not path.is_file() or path.is_symlink() or path.stat().st_size > _MAX_SIDECAR_BYTES:
+        raise UserError(f"{budget.where}: min_robust_accuracy reads {name} beside {budget.path.name}, and there is none{fix}")
+    raw = path.read_bytes()
+    try:
+        return raw, json.loads(raw)
+    except (ValueError, RecursionError):
+        raise UserError(f"{budget.where}: {path} is not valid JSON{fix}") from None
+
+
+def _robust_accuracy(budget: Budget) -> float:
+    """The model's robust accuracy as its prune run's report.json gives it, once manifest.json
+    (beside both) pins both files by sha256: a report of another model is never read as this one's."""
+    import hashlib
+
+    fix = "; gate the model.onnx of a prune run with robustness (--objectives ...,robustness or --adv-finetune) in its own output folder, or drop min_robust_accuracy"
+    _, manifest = _sidecar(budget, "manifest.json", fix)
+    report_raw, report = _sidecar(budget, "report.json", fix)
+    pinned = {a.get("file"): a.get("sha256") for a in manifest.get("artifacts", []) if isinstance(a, dict)} if isinstance(manifest, dict) else {}
+    for name, blob in ((budget.path.name, budget.onnx_bytes), ("report.json", report_raw)):
+        if pinned.get(name) != hashlib.sha256(blob).hexdigest():
+            raise UserError(f"{budget.where}: manifest.json beside the model does not pin this {name} (sha256 differs or is missing){fix}")
+    value = report.get("pruned", {}).get("robust_accuracy") if isinstance(report, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise UserError(f"{budget.where}: report.json beside the model records no robust accuracy{fix}")
+    return float(value)
 
 
 # --- measuring ---------------------------------------------------------------------------------
@@ -292,10 +358,11 @@ def _judge(profiler, b: Budget) -> GateResult:
             fresh, _ = profiler.latency(key, b.shape, lambda: b.onnx_bytes, fresh=True)
             values.append(percentile_ms(fresh, b.percentile))
     measured = statistics.median(values)
+    robust_ok = b.min_robust_accuracy is None or b.robust_accuracy >= b.min_robust_accuracy
     return GateResult(
         budget=b,
         measured_ms=measured,
-        passed=measured <= b.budget_ms,
+        passed=measured <= b.budget_ms and robust_ok,
         source="cache" if cached else "measured",
         measurements_ms=values,
         stats=stats.to_dict(),
@@ -331,8 +398,22 @@ def print_table(results: list[GateResult]) -> None:
     if not console.is_terminal:  # CI logs: do not squeeze the table into 80 columns
         console.width = max(console.width, 140)
     console.print(table)
-    failed = sum(not r.passed for r in results)
-    console.print(f"{len(results) - failed} of {len(results)} within budget" + (f"; {failed} over budget" if failed else ""))
+    over = sum(not r.latency_passed for r in results)
+    fragile = sum(r.robust_passed is False for r in results)
+    console.print(
+        f"{len(results) - over} of {len(results)} within budget" + (f"; {over} over budget" if over else "")
+        + (f"; {fragile} below the least robust accuracy" if fragile else "")
+    )
+    for r in results:
+        if r.robust_passed is not None:
+            console.print(f"{r.budget.model}: {_robust_text(r).removeprefix('; ')} ({'PASS' if r.robust_passed else 'FAIL'})")
+
+
+def _robust_text(r: GateResult) -> str:
+    b = r.budget
+    if b.min_robust_accuracy is None:
+        return ""
+    return f"; robust accuracy {b.robust_accuracy:.2%} (report.json, PGD on the test split) vs at least {b.min_robust_accuracy:.2%}"
 
 
 def junit_xml(results: list[GateResult]) -> bytes:
@@ -344,9 +425,10 @@ def junit_xml(results: list[GateResult]) -> bytes:
     for r in results:
         b = r.budget
         case = ET.SubElement(suite, "testcase", classname=f"edgeprune.gate.{b.profile.name}", name=b.model, time=f"{r.seconds:.3f}")
-        summary = f"p{b.percentile} {r.measured_ms:.4f} ms vs budget {b.budget_ms:.4f} ms on {b.profile.name}"
+        summary = f"p{b.percentile} {r.measured_ms:.4f} ms vs budget {b.budget_ms:.4f} ms on {b.profile.name}" + _robust_text(r)
         if not r.passed:
-            failure = ET.SubElement(case, "failure", message=f"over budget: {summary}", type="LatencyBudgetExceeded")
+            what, kind = ("over budget", "LatencyBudgetExceeded") if not r.latency_passed else ("below the least robust accuracy", "RobustAccuracyTooLow")
+            failure = ET.SubElement(case, "failure", message=f"{what}: {summary}", type=kind)
             failure.text = json.dumps(r.to_dict(), indent=2)
         ET.SubElement(case, "system-out").text = f"{summary} ({r.source}, measurements {r.measurements_ms})"
     ET.indent(suites)

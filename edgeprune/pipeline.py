@@ -35,13 +35,16 @@ from edgeprune.progress import console
 from edgeprune.report import plot_pareto, print_summary, write_json
 from edgeprune.rounds import round_budgets, run_rounds
 from edgeprune.checkpoint import RunCheckpoint
-from edgeprune.problem import DEFAULT_OBJECTIVES, PruningProblem, parse_objectives
+from edgeprune.problem import DEFAULT_OBJECTIVES, PruningProblem, parse_objectives, recalibrate_bn
 from edgeprune.search.encoding import make_encoding
 from edgeprune.space import ChannelSpace, layer_widths, macs_and_params
 from edgeprune.targets import Profile, load_profile
 from edgeprune.task import Classification, Recipe, Task
 from edgeprune.pruned import yolo_packaged
 from edgeprune.user_task import load_task
+from edgeprune.robustness import (
+    DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_SAMPLES, DEFAULT_STEPS, DEFAULT_SUBNETS, DEFAULT_TEST_SAMPLES, Attack, RobustPruning,
+)
 
 
 
@@ -83,7 +86,20 @@ class PruneConfig:
     screen: bool = True
     depth: bool = False
     detection_metric: str = "mAP50-95"
+    attack_eps: float = DEFAULT_EPS
+    attack_steps: int = DEFAULT_STEPS
+    attack_alpha: float = DEFAULT_ALPHA
+    adv_finetune: bool = False
+    adv_ratio: float = 0.5
+    adv_samples: int = DEFAULT_SAMPLES
+    adv_subnets: int = DEFAULT_SUBNETS
+    robust_test_samples: int = DEFAULT_TEST_SAMPLES
     resume: bool = False
+
+    @property
+    def robust(self) -> bool:
+        """Whether the run measures robustness: an objective, or adversarial fine-tuning."""
+        return self.adv_finetune or "robustness" in parse_objectives(self.objectives)
 
 
 def _numeric_rules(cfg: PruneConfig) -> list[tuple[str, object, bool, str]]:
@@ -103,11 +119,17 @@ def _numeric_rules(cfg: PruneConfig) -> list[tuple[str, object, bool, str]]:
         ("--lr", cfg.lr, fin(cfg.lr) and 0 < cfg.lr <= 10, "a learning rate above 0 and at most 10 (e.g. 0.01)"),
         ("--kd-alpha", cfg.kd_alpha, fin(cfg.kd_alpha) and 0 <= cfg.kd_alpha <= 1, "a weight between 0 (plain labels) and 1"),
         ("--kd-temperature", cfg.kd_temperature, fin(cfg.kd_temperature) and 0 < cfg.kd_temperature <= 100, "above 0 and at most 100 (e.g. 4)"),
+        ("--adv-ratio", cfg.adv_ratio, fin(cfg.adv_ratio) and 0 < cfg.adv_ratio <= 1, "the share of each batch attacked, above 0 and at most 1 (e.g. 0.5)"),
+        ("--adv-samples", cfg.adv_samples, cfg.adv_samples >= 1, "at least 1 held-out image"),
+        ("--adv-subnets", cfg.adv_subnets, cfg.adv_subnets >= 1, "at least 1"),
+        ("--robust-test-samples", cfg.robust_test_samples, cfg.robust_test_samples >= 1, "at least 1 test image"),
     ]
 
 
-# Settings a --task package.module:factory brings itself: its data, preprocessing and fine-tune recipe.
-_CLASSIFICATION_ONLY = ("data", "input_shape", "pad", "mean", "std", "holdout", "lr", "batch_size", "kd_alpha", "kd_temperature")
+# Settings a --task package.module:factory brings itself: its data, preprocessing and fine-tune
+# recipe; the robustness settings attack a classifier's logits on classification data.
+_ROBUSTNESS = ("attack_eps", "attack_steps", "attack_alpha", "adv_finetune", "adv_ratio", "adv_samples", "adv_subnets", "robust_test_samples")
+_CLASSIFICATION_ONLY = ("data", "input_shape", "pad", "mean", "std", "holdout", "lr", "batch_size", "kd_alpha", "kd_temperature", *_ROBUSTNESS)
 
 
 # What --task detection takes from the classification flags: the data set, the input size, the holdout.
@@ -134,8 +156,20 @@ def _validate(cfg: PruneConfig) -> None:
     if cfg.strategy not in ("nsga2", "coevolution"):
         raise UserError(f"unknown --strategy {cfg.strategy!r}; choose nsga2 or coevolution")
     objectives = parse_objectives(cfg.objectives)
-    if cfg.strategy == "coevolution" and set(objectives) != set(DEFAULT_OBJECTIVES):
-        raise UserError("--objectives applies to --strategy nsga2; co-evolution ranks by accuracy with fewer MACs breaking ties: drop --objectives")
+    if cfg.task != "classification" and "robustness" in objectives:
+        raise UserError(f"the robustness objective attacks a classifier on classification data; --task {cfg.task} has neither: drop robustness from --objectives")
+    if cfg.strategy == "coevolution" and set(objectives) not in (set(DEFAULT_OBJECTIVES), {*DEFAULT_OBJECTIVES, "robustness"}):
+        raise UserError(
+            "--strategy coevolution ranks by accuracy (or, with robustness, by (accuracy + robust accuracy) / 2) "
+            "with fewer MACs breaking ties: use --objectives accuracy,latency or accuracy,latency,robustness"
+        )
+    defaults = PruneConfig(model="")
+    robust_flags = [f"--{k.replace('_', '-')}" for k in _ROBUSTNESS if k != "adv_finetune" and getattr(cfg, k) != getattr(defaults, k)]
+    if robust_flags and not cfg.robust:
+        raise UserError(f"{', '.join(robust_flags)} apply with robustness in --objectives or with --adv-finetune; add one or drop them")
+    if cfg.adv_ratio != defaults.adv_ratio and not cfg.adv_finetune:
+        raise UserError("--adv-ratio applies to --adv-finetune; add it or drop --adv-ratio")
+    Attack(cfg.attack_eps, cfg.attack_steps, cfg.attack_alpha).check()
     if cfg.depth and (cfg.strategy != "nsga2" or cfg.encoding != "width" or cfg.rounds != 1):
         raise UserError("--depth works with --strategy nsga2, --encoding width and one round; drop --depth or those options")
     out = Path(cfg.out)
@@ -226,6 +260,7 @@ class _Job:
     problem: PruningProblem  # on the original model: the baseline, then round 1
     checkpoint: RunCheckpoint
     phases: dict
+    robust: RobustPruning | None = None  # robustness objective or adversarial fine-tuning
 
 
 def run_prune(cfg: PruneConfig) -> dict:
@@ -250,6 +285,7 @@ def _run(job: _Job, t0: float) -> dict:
     rounds = run_rounds(
         cfg, job.model, job.problem, budgets, DEFAULT_POLICY, job.checkpoint, lambda sp: make_encoding(cfg.encoding, sp),
         lambda sp: ProfiledLatency(sp, job.profiler, job.profile.opset, job.profile.batch),
+        scores_for=lambda number, sp: _round_scores(job, number, sp),
     )
     job.phases["rounds_s"] = time.perf_counter() - t
     job.phases["search_s"] = sum(r.summary["search_s"] for r in rounds)
@@ -269,11 +305,21 @@ def _run(job: _Job, t0: float) -> dict:
     job.phases["export_s"] = time.perf_counter() - t
     job.phases["total_s"] = time.perf_counter() - t0
     report = _report(job, rounds, package, baseline, baseline_latency, budget_ms, pruned_acc) | {"per_layer": per_layer}
+    if job.robust is not None:
+        _add_robustness(job, report, rounds, baseline)
     _write_outputs(job, rounds, package, report, baseline, budget_ms)
     job.checkpoint.clear()  # the run is complete: nothing left to resume
     job.profiler.close()
     print_summary(report, Path(cfg.out))
     return report
+
+
+def _round_scores(job: _Job, number: int, space: ChannelSpace) -> tuple:
+    """A later round's model scores: a shared adversarial set made from that round's base network."""
+    if not job.problem.model_scores:
+        return ()
+    calibrate = lambda m: recalibrate_bn(m, job.task.calibration_batches())  # noqa: E731
+    return (job.robust.round_set(number, space, calibrate, job.checkpoint.round_folder(number)),)
 
 
 def _load(cfg: PruneConfig) -> _Job:
@@ -286,7 +332,8 @@ def _load(cfg: PruneConfig) -> _Job:
         data = load_data(cfg.data, input_shape=shape, pad=cfg.pad, mean=cfg.mean, std=cfg.std, holdout=cfg.holdout, seed=cfg.seed)
         model, spec = load_model(cfg.model, num_classes=cfg.num_classes or data.num_classes, weights=cfg.weights)
         check_input(model, tuple(data.preprocess.input_shape), data.num_classes)
-        task = Classification(data, Recipe.of(cfg), seed=cfg.seed)
+        robust = _robust(cfg, data)
+        task = Classification(data, Recipe.of(cfg, robust.adversary() if cfg.adv_finetune else None), seed=cfg.seed)
     elif cfg.task == "detection":
         from edgeprune.detection import Detection
 
@@ -299,8 +346,9 @@ def _load(cfg: PruneConfig) -> _Job:
             task.close()  # its work folder: nothing of a failed run is left behind
             raise
         model.model.names = dict(task.names)
+        robust = None
     else:
-        data, task = None, load_task(cfg.task)
+        data, task, robust = None, load_task(cfg.task), None
         model, spec = load_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights)
         task.check_model(model, profile.opset)
     input_shape = tuple(task.example_input().shape[1:])
@@ -309,9 +357,22 @@ def _load(cfg: PruneConfig) -> _Job:
         raise UserError(f"{cfg.model} has no prunable channel group wider than the target's step ({profile.channel_step})")
     profiler = Profiler(profile, cache_path=Path(cfg.cache) if cfg.cache else None, use_cache=not cfg.no_cache)
     latency = ProfiledLatency(space, profiler, profile.opset, profile.batch)
-    problem = PruningProblem(space, task, latency, objective_names=parse_objectives(cfg.objectives))
+    checkpoint = RunCheckpoint(Path(cfg.out))
+    scores = ()
+    if robust is not None and "robustness" in parse_objectives(cfg.objectives):
+        # Round 1's shared set: the checkpoint's on --resume, else made now and saved once the
+        # checkpoint starts (_baseline); the baseline is scored on it like every candidate.
+        scores = (robust.round_set(1, space, lambda m: recalibrate_bn(m, task.calibration_batches()), checkpoint.round_folder(1) if cfg.resume else None),)
+    problem = PruningProblem(space, task, latency, objective_names=parse_objectives(cfg.objectives), model_scores=scores)
     phases = {"load_s": time.perf_counter() - t0}
-    return _Job(cfg, profile, data, model, spec, space, profiler, task, problem, RunCheckpoint(Path(cfg.out)), phases)
+    return _Job(cfg, profile, data, model, spec, space, profiler, task, problem, checkpoint, phases, robust)
+
+
+def _robust(cfg: PruneConfig, data: DataBundle) -> RobustPruning | None:
+    if not cfg.robust:
+        return None
+    attack = Attack(cfg.attack_eps, cfg.attack_steps, cfg.attack_alpha)
+    return RobustPruning(attack, data, cfg.adv_subnets, cfg.adv_samples, cfg.robust_test_samples, cfg.seed, cfg.progress)
 
 
 def _baseline(job: _Job) -> tuple[LatencyStats, float, object]:
@@ -342,6 +403,10 @@ def _baseline(job: _Job) -> tuple[LatencyStats, float, object]:
     )
     if not cfg.resume:
         job.checkpoint.start({"config": _checkpoint_config(cfg, job.spec), "budget_ms": budget_ms, "anchor": baseline_latency.to_dict()})
+        for adversarial in problem.model_scores:  # made before the checkpoint existed
+            folder = job.checkpoint.round_folder(1)
+            folder.mkdir(parents=True, exist_ok=True)
+            adversarial.save(folder / "adversarial.npz")
     return baseline_latency, budget_ms, baseline
 
 
@@ -423,6 +488,24 @@ def _report(job: _Job, rounds, package, baseline, baseline_latency: LatencyStats
     }
 
 
+def _add_robustness(job: _Job, report: dict, rounds, baseline) -> None:
+    """Clean and robust accuracy side by side: the baseline's and the pick's under a PGD attack on
+    each model itself (test split), and the shared-set scores the search ranked by (holdout)."""
+    robust, final = job.robust, rounds[-1]
+    console.print(f"measuring robust accuracy (PGD-{robust.attack.steps}, eps {robust.attack.eps:.4g}) on {robust.describe()['test_samples']} test images")
+    report["baseline"]["robust_accuracy"] = robust.test_accuracy(job.model)
+    report["pruned"]["robust_accuracy"] = robust.test_accuracy(final.model)
+    if "robustness" in baseline.scores:
+        report["baseline"]["holdout_robust_accuracy"] = baseline.scores["robustness"]
+        report["pruned"]["holdout_robust_accuracy_before_finetune"] = final.picked.scores.get("robustness", 0.0)
+    report["robustness"] = robust.describe() | {
+        "objective": "robustness" in job.problem.objective_names,
+        "adv_finetune": job.cfg.adv_finetune,
+        "adv_ratio": job.cfg.adv_ratio if job.cfg.adv_finetune else None,
+        "shared_sets": [{"round": r.number, **s.describe()} for r in rounds for s in r.problem.model_scores],
+    }
+
+
 def _data_section(job: _Job) -> dict:
     if job.data is not None:
         return job.data.describe()
@@ -476,6 +559,7 @@ def _write_outputs(job: _Job, rounds, package, report: dict, baseline, budget_ms
             f"{cfg.model} on {job.profile.name}",
             final=(package.fp32.latency.median_ms, report["pruned"]["accuracy"]),
             baseline_test=report["baseline"]["accuracy"],
+            final_robust=report["pruned"].get("robust_accuracy"),
         )
         for role, (name, blob) in (job.task.extra_files(final.model) if hasattr(job.task, "extra_files") else {}).items():
             (tmp / name).write_bytes(blob)  # e.g. detection's ultralytics checkpoint

@@ -73,20 +73,26 @@ OBJECTIVES: dict[str, Callable[[Candidate, "PruningProblem"], float]] = {
     "accuracy": lambda c, p: -c.accuracy,
     "latency": lambda c, p: max(c.latency.median_ms, p.focus * p.limit_ms),
     "macs": lambda c, p: float(c.macs),
+    # Accuracy on the round's shared adversarial set (edgeprune.robustness); needs that ModelScore.
+    "robustness": lambda c, p: -c.scores.get("robustness", 0.0),
 }
+# The objectives that say how good a network is; the pick ranks by their mean (CCSRP ranks by
+# (ACC + ACCr) / 2), latency and MACs only decide between equals.
+QUALITY = ("accuracy", "robustness")
 DEFAULT_OBJECTIVES = ("accuracy", "latency")
+_BUILT_IN = ("accuracy", "latency", "macs")
 
 
 def parse_objectives(text: str) -> tuple[str, ...]:
-    """``accuracy,latency,macs`` → the names, checked: known, no repeats, accuracy included (the
-    pick is made by accuracy within the budget; latency is always a constraint)."""
+    """``accuracy,latency,robustness`` → the names, checked: known, no repeats, accuracy or
+    robustness included (the pick is made by them within the budget; latency is always a
+    constraint, whether or not it is also an objective)."""
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in OBJECTIVES]
-    if unknown or "accuracy" not in names or len(set(names)) != len(names):
-        others = " and ".join(n for n in OBJECTIVES if n != "accuracy")
+    if unknown or not set(QUALITY) & set(names) or len(set(names)) != len(names):
         raise UserError(
-            f"--objectives {text!r} must name accuracy and optionally {others}, each once "
-            f"(known: {', '.join(OBJECTIVES)}), e.g. accuracy,latency"
+            f"--objectives {text!r} must name accuracy or robustness (or both) and optionally latency and macs, "
+            f"each once (known: {', '.join(OBJECTIVES)}), e.g. accuracy,latency,robustness"
         )
     return names
 
@@ -126,7 +132,11 @@ class PruningProblem:
         self._scores: dict[Choice, tuple[float, int]] = {}
         self._columns = [OBJECTIVES[n] for n in self.objective_names]
         # A screened candidate was never scored: 0, like its accuracy (it is infeasible anyway).
-        self._columns += [(lambda c, p, name=s.name: -c.scores.get(name, 0.0)) for s in self.model_scores]
+        self._columns += [(lambda c, p, name=s.name: -c.scores.get(name, 0.0)) for s in self.model_scores if s.name not in self.objective_names]
+        missing = [n for n in self.objective_names if n not in _BUILT_IN and n not in {s.name for s in self.model_scores}]
+        if missing:
+            raise ValueError(f"objectives {missing} need a model score of that name")
+        self.quality_names = tuple(n for n in QUALITY if n in self.objective_names) or ("accuracy",)
 
     # --- what a search sees (SearchProblem) ---------------------------------------------------
 
@@ -145,6 +155,23 @@ class PruningProblem:
     def constraints(self, candidates: Sequence[Candidate]) -> np.ndarray:
         return np.array([[c.latency.median_ms - self.limit_ms] for c in candidates], dtype=float)
 
+    @property
+    def front_scores(self) -> tuple[str, ...]:
+        """The model scores that are objectives: the Pareto front is non-dominated in them too."""
+        return tuple(n for n in self.objective_names if n not in _BUILT_IN)
+
+    def quality(self, cand: Candidate) -> float:
+        """How good a candidate is: the mean of its accuracy and robust accuracy where robustness
+        is an objective (CCSRP's (ACC + ACCr) / 2), else its accuracy."""
+        values = [cand.accuracy if n == "accuracy" else cand.scores.get(n, 0.0) for n in self.quality_names]
+        return sum(values) / len(values)
+
+    def model_quality(self, model: nn.Module) -> dict[str, float]:
+        """A network's accuracy and every model score, measured now (after a short tune), with
+        ``quality`` their mean as :meth:`quality` takes it."""
+        values = {"accuracy": self.task.score(model)} | {s.name: float(s.measure(model)) for s in self.model_scores}
+        return values | {"quality": sum(values[n] for n in self.quality_names) / len(self.quality_names)}
+
     def evaluated(self) -> list[Candidate]:
         return list(self.results.values())
 
@@ -152,10 +179,11 @@ class PruningProblem:
         choice = _normal(choice)
         known = self.results.get(choice)
         if known is not None and not known.predicted:
-            return known.accuracy, known.macs
+            return self.quality(known), known.macs
         if choice not in self._scores:
             model = self._calibrated(self.space.shrink(self.space.plan_of(choice)))
-            self._scores[choice] = (self.task.score(model), macs_and_params(model, self.space.input_shape)[0])
+            quality = self.model_quality(model)["quality"] if self.front_scores else self.task.score(model)
+            self._scores[choice] = (quality, macs_and_params(model, self.space.input_shape)[0])
         return self._scores[choice]
 
     def evaluate(self, choice: Choice) -> Candidate:

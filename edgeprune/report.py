@@ -39,6 +39,7 @@ def plot_pareto(
     *,
     final: tuple[float, float] | None = None,
     baseline_test: float | None = None,
+    final_robust: float | None = None,
 ) -> None:
     """Every evaluated candidate, the feasible front, the budget, the baseline and the pick.
 
@@ -46,7 +47,10 @@ def plot_pareto(
     recalibration, before any fine-tune), far below what a fine-tuned network scores: the plot
     says so on every proxy mark, and draws the delivered model, ``final`` = (latency ms, test
     accuracy after the final fine-tune), and the unpruned model's test accuracy where given, so
-    the pick is never read as the delivered model. Without ``final`` it points to report.html."""
+    the pick is never read as the delivered model. Without ``final`` it points to report.html.
+    Where robustness is an objective, the front's and the pick's robust accuracy on the shared
+    adversarial set are drawn as triangles, and ``final_robust`` (the delivered model's test
+    accuracy under PGD) beside the delivered model."""
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
     ax.scatter([c.latency.median_ms for c in candidates], [100 * c.accuracy for c in candidates], s=12, c="#9aa5b1",
                label=f"evaluated ({len(candidates)}) · proxy")
@@ -57,6 +61,16 @@ def plot_pareto(
                label="unpruned · proxy")
     ax.scatter([picked.latency.median_ms], [100 * picked.accuracy], marker="*", s=170, facecolors="none", edgecolors="#ff7f0e",
                linewidths=1.5, label="pick before its fine-tune · proxy")
+    robust = [c for c in pareto if "robustness" in c.scores]
+    if robust:  # robustness is an objective: the front's robust accuracy on the shared set, and the pick's
+        ax.plot([c.latency.median_ms for c in robust], [100 * c.scores["robustness"] for c in robust], "^:", c="#2ca02c", ms=5,
+                label="Pareto front · robust accuracy on the shared adversarial set")
+        if "robustness" in picked.scores:
+            ax.scatter([picked.latency.median_ms], [100 * picked.scores["robustness"]], marker="^", s=120, facecolors="none",
+                       edgecolors="#ff7f0e", linewidths=1.5, label="pick before its fine-tune · robust")
+    if final_robust is not None and final is not None:
+        ax.scatter([final[0]], [100 * final_robust], marker="^", s=150, c="#ff7f0e", edgecolors="#7c2d12", zorder=5,
+                   label=f"delivered · test robust accuracy {final_robust:.2%} (PGD)")
     if baseline_test is not None:
         ax.scatter([baseline.latency.median_ms], [100 * baseline_test], marker="s", s=50, c="black", label=f"unpruned · test {baseline_test:.2%}")
     if final is not None:
@@ -115,6 +129,8 @@ def print_summary(report: dict, out_dir: Path, out: Console | None = None) -> No
     rows = [
         (_score_label(report), base["accuracy"], pruned["accuracy"], "{:.2%}", "pp"),
         *((f"latency {k} (ms)", base["latency_ms"][k], pruned["latency_ms"][k], "{:.4f}", "x") for k in ("median", "p90", "p99")),
+        *((f"robust accuracy (PGD-{report['robustness']['attack']['steps']})", base["robust_accuracy"], pruned["robust_accuracy"], "{:.2%}", "pp")
+          for _ in ([1] if "robust_accuracy" in base else [])),
         ("MACs", base["macs"], pruned["macs"], "{:,}", "x"),
         ("params", base["params"], pruned["params"], "{:,}", "x"),
     ]

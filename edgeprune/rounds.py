@@ -82,11 +82,13 @@ def run_rounds(
     checkpoint: RunCheckpoint,
     make_encoding,
     latency_for: Callable[[ChannelSpace], LatencySource],
+    scores_for: Callable[[int, ChannelSpace], tuple] | None = None,
 ) -> list[Round]:
     """Every round's search, selection and fine-tune; finished rounds come back from ``checkpoint``.
 
     ``first`` is the job's problem on the original model (it scored the baseline);
-    ``latency_for`` gives the latency source of a later round's space."""
+    ``latency_for`` gives the latency source of a later round's space, ``scores_for`` its model
+    scores (a round's shared adversarial set is made from that round's base network)."""
     rounds: list[Round] = []
     plan = first.space.plan(first.space.widths_from_indices(first.space.full_indices()))
     model, space = original, first.space
@@ -103,18 +105,19 @@ def run_rounds(
             done = _restored(number, budget, problem, None, None, finished, original, plan)
             console.print(f"round {number}: restored from the checkpoint ({done.summary['latency_ms']:.4f} ms)")
         else:
-            done = _round(cfg, number, budgets, space, latency, first, policy, checkpoint, make_encoding, finished, original, plan)
+            scores = first.model_scores if number == 1 or scores_for is None else scores_for(number, space)
+            done = _round(cfg, number, budgets, space, latency, first, policy, checkpoint, make_encoding, finished, original, plan, scores)
         rounds.append(done)
         model, plan = done.model, done.plan
     return rounds
 
 
-def _round(cfg, number, budgets, space, latency, first, policy, checkpoint, make_encoding, finished, original, plan) -> Round:
+def _round(cfg, number, budgets, space, latency, first, policy, checkpoint, make_encoding, finished, original, plan, scores) -> Round:
     """Search, then select and fine-tune, of a round that did not finish before a kill (or the
     last round, whose pick is looked up again when it did)."""
     t = time.perf_counter()
     budget = budgets[number - 1]
-    problem = _problem(cfg, number, space, latency, first, policy.search_limit(budget), checkpoint, policy)
+    problem = _problem(cfg, number, space, latency, first, policy.search_limit(budget), checkpoint, policy, scores)
     if len(budgets) > 1:
         console.print(f"round {number}/{len(budgets)}: budget {budget:.4f} ms")
     result, seeded = _search(cfg, problem, make_encoding)
@@ -135,7 +138,7 @@ def _round(cfg, number, budgets, space, latency, first, policy, checkpoint, make
     return done
 
 
-def _problem(cfg, number, space, latency, first: PruningProblem, limit_ms, checkpoint, policy) -> PruningProblem:
+def _problem(cfg, number, space, latency, first: PruningProblem, limit_ms, checkpoint, policy, scores) -> PruningProblem:
     """The round's problem against the search limit, journaled so that a kill can resume it: the
     journal's candidates answer the replayed search, and its generations are written again."""
     journal = SearchJournal(checkpoint.round_folder(number), space)
@@ -146,7 +149,7 @@ def _problem(cfg, number, space, latency, first: PruningProblem, limit_ms, check
         screen = Screen(LatencySurrogate(latency.shape), limit_ms=limit_ms)
     return PruningProblem(
         space, first.task, latency, limit_ms=limit_ms, focus=policy.focus, reference_ms=first.reference_ms,
-        objective_names=first.objective_names, model_scores=first.model_scores, journal=journal, screen=screen,
+        objective_names=first.objective_names, model_scores=scores, journal=journal, screen=screen,
         known=first.evaluated() if number == 1 else (), restored=restored,
     )
 
@@ -200,6 +203,7 @@ def _finish(cfg, number, budgets, problem, result, seeded, selection: Selection,
         "latency_ms": picked.latency.median_ms,
         "holdout_accuracy_before_finetune": picked.accuracy,
         "holdout_accuracy": problem.task.score(pruned),
+        **({"holdout_scores": {m.name: float(m.measure(pruned)) for m in problem.model_scores}} if problem.model_scores else {}),
         "macs": picked.macs,
         "params": picked.params,
         "group_widths_round": list(picked.widths),

@@ -61,7 +61,7 @@ def shortlist(
         if not covered and passes(cand):
             chosen.append(cand)
     seeded = {c.choice for c in seeds}
-    ranked = sorted((c for c in candidates if fits(c) and c.choice not in seeded), key=lambda c: (-c.accuracy, c.latency.median_ms))
+    ranked = sorted((c for c in candidates if fits(c) and c.choice not in seeded), key=lambda c: (-problem.quality(c), c.latency.median_ms))
     taken = 0
     for tries, cand in enumerate(ranked):
         if taken == size or (tries >= size + _PICK_TRIES and taken):
@@ -76,7 +76,8 @@ def refine(
     epochs: float, seed: int, problem: PruningProblem, teacher: nn.Module, shortlisted: list[Candidate]
 ) -> tuple[list[Candidate], list[dict]]:
     """The shortlisted candidates, best after a short fine-tune first (NetAdapt's short-term
-    fine-tune), with every candidate's numbers.
+    fine-tune), with every candidate's numbers. "Best" is the problem's quality: accuracy, or
+    the mean of accuracy and robust accuracy where robustness is an objective.
 
     Adaptive-BN accuracy ranks networks as they are right after the cut; which one recovers best
     under fine-tuning is what the job delivers. Every candidate gets the same ``epochs`` of the
@@ -90,13 +91,16 @@ def refine(
     for i, cand in enumerate(shortlisted, 1):
         model = problem.space.shrink(problem.space.plan_of(cand.choice))
         problem.task.fine_tune(model, teacher, epochs, seed, f"short tune {i}/{len(shortlisted)}")
+        measured = problem.model_quality(model)
         rows.append({
             "widths": list(cand.widths),
             "latency_ms": cand.latency.median_ms,
             "holdout_accuracy_adaptive_bn": cand.accuracy,
-            "holdout_accuracy_short_tune": problem.task.score(model),
+            "holdout_accuracy_short_tune": measured["accuracy"],
+            **({"holdout_scores_short_tune": {k: v for k, v in measured.items() if k not in ("accuracy", "quality")}} if problem.model_scores else {}),
+            "quality_short_tune": measured["quality"],
         })
-    order = sorted(range(len(rows)), key=lambda i: (-rows[i]["holdout_accuracy_short_tune"], rows[i]["latency_ms"]))
+    order = sorted(range(len(rows)), key=lambda i: (-rows[i]["quality_short_tune"], rows[i]["latency_ms"]))
     return [shortlisted[i] for i in order], rows
 
 

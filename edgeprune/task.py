@@ -12,6 +12,7 @@ the same protocol.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,10 +54,13 @@ class Recipe:
     kd_alpha: float
     kd_temperature: float
     progress: bool = True
+    # Adversarial fine-tuning (--adv-finetune): PGD inputs for adv_ratio of every batch.
+    adversary: Callable | None = None
+    adv_ratio: float = 0.5
 
     @classmethod
-    def of(cls, cfg) -> "Recipe":
-        return cls(cfg.lr, cfg.batch_size, cfg.kd_alpha, cfg.kd_temperature, cfg.progress)
+    def of(cls, cfg, adversary: Callable | None = None) -> "Recipe":
+        return cls(cfg.lr, cfg.batch_size, cfg.kd_alpha, cfg.kd_temperature, cfg.progress, adversary, cfg.adv_ratio)
 
 
 @dataclass
@@ -95,7 +99,9 @@ class Classification:
 
     def fine_tune(self, model: nn.Module, teacher: nn.Module, epochs: float, seed: int, description: str) -> dict:
         r = self.recipe
-        return {"lr": r.lr, "kd_alpha": r.kd_alpha, "kd_temperature": r.kd_temperature} | train(
+        adversarial = {"adversarial": {"ratio": r.adv_ratio}} if r.adversary is not None else {}
+        return {"lr": r.lr, "kd_alpha": r.kd_alpha, "kd_temperature": r.kd_temperature} | adversarial | train(
             model, self.data.train, epochs, lr=r.lr, batch_size=r.batch_size, seed=seed, teacher=teacher,
             kd_alpha=r.kd_alpha, kd_temperature=r.kd_temperature, progress=r.progress, description=description,
+            adversary=r.adversary, adv_ratio=r.adv_ratio,
         )

@@ -21,6 +21,8 @@ from edgeprune.errors import UserError
 
 # loss(logits, x, y)
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# adversary(model, x, y, seed) -> adversarial x (edgeprune.robustness: PGD)
+Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 def evaluate(model: nn.Module, split: Split, batch_size: int = 512) -> float:
@@ -62,6 +64,8 @@ def train(
     kd_temperature: float = 4.0,
     progress: bool | Progress = True,
     description: str = "train",
+    adversary: Adversary | None = None,
+    adv_ratio: float = 0.5,
 ) -> dict:
     """Train ``model`` in place with SGD (Nesterov momentum 0.9) and a per-step cosine schedule.
 
@@ -71,7 +75,9 @@ def train(
     ``(1 - kd_alpha) * CE + kd_alpha * T^2 * KL(p_teacher || p_student)`` at temperature T
     (Hinton et al.; the T^2 keeps the soft term's gradient scale independent of T).
     ``progress`` is True for a bar of our own on stderr, False for none, or a rich ``Progress``
-    to add a task to. Returns ``{"steps", "final_loss", "seconds"}`` where ``final_loss`` is an
+    to add a task to. With ``adversary`` (adversarial training, Madry et al.), the first
+    ``adv_ratio`` of every batch is replaced by its adversarial version against the model as it
+    is at that step; the rest stays clean. Returns ``{"steps", "final_loss", "seconds"}`` where ``final_loss`` is an
     exponential moving average (0.9) of the step losses; the model is left in eval mode.
     """
     per_epoch = max(1, len(split) // batch_size)
@@ -95,6 +101,7 @@ def train(
         step, ema = _run_steps(
             model, split, optimizer, schedule, _loss_fn(teacher, kd_alpha, kd_temperature),
             total=total, batch_size=batch_size, items=items, seed=seed, lr=lr, advance=advance,
+            adversary=adversary, adv_ratio=adv_ratio,
         )
     finally:
         model.eval()
@@ -145,6 +152,8 @@ def _run_steps(
     seed: int,
     lr: float,
     advance: Callable[[float], None] | None,
+    adversary: Adversary | None = None,
+    adv_ratio: float = 0.5,
 ) -> tuple[int, float]:
     """Take ``total`` optimizer steps over seeded per-epoch shuffles; returns (steps, EMA loss).
 
@@ -158,6 +167,10 @@ def _run_steps(
         epoch = 0
         while step < total:
             for x, y in split.batches(batch_size, shuffle=True, seed=seed + epoch, limit=items):
+                if adversary is not None and adv_ratio > 0:
+                    k = max(1, round(adv_ratio * len(y)))
+                    x = torch.cat([adversary(model, x[:k], y[:k], seed * 1_000_003 + step), x[k:]])
+                    model.train()
                 loss = loss_fn(model(x), x, y)
                 if not torch.isfinite(loss):
                     raise UserError(

@@ -41,6 +41,7 @@ def render_model_card(report: dict) -> str:
           else _task_intro_lines(report, export, spec, task, shown_shape)),
         *(_data_lines(data, pre, int8) if pre is not None else _task_data_lines(task)),
         *_metrics_lines(export, baseline, fp32, int8, task),
+        *_robustness_lines(report.get("robustness"), baseline, pruned),
         *_latency_lines(report, export, baseline, pruned, fp32, int8),
         *_per_layer_lines(report.get("per_layer")),
         *_caveat_lines(export),
@@ -127,6 +128,32 @@ def _metrics_lines(export: dict, baseline: dict, fp32: dict, int8: dict | None, 
     lines += ["", f"Parity torch ↔ ONNX Runtime on {fp32['parity_vs_torch']['samples']} inputs: {_parity(fp32)}"
               + (f"; INT8: {_parity(int8)}." if int8 else "."), ""]
     return lines
+
+
+def _robustness_lines(robustness: dict | None, baseline: dict, pruned: dict) -> list[str]:
+    """Clean and robust test accuracy side by side, and how robustness was measured and used."""
+    if not robustness or "robust_accuracy" not in pruned:
+        return []
+    attack = robustness["attack"]
+    how = [
+        "objective of the search (accuracy on a shared adversarial set per round)" if robustness.get("objective") else None,
+        f"adversarial fine-tune ({robustness.get('adv_ratio', 0):.0%} of every batch attacked)" if robustness.get("adv_finetune") else None,
+    ]
+    return [
+        "## Robustness (test split, torch)",
+        "",
+        f"L∞ PGD, eps {attack['eps']:.4g}, {attack['steps']} steps of {attack['alpha']:.4g}, random start, on the model itself "
+        f"({attack.get('library', '')}), over {robustness['test_samples']} test images in pixel scale [0, 1].",
+        "",
+        "| model | clean accuracy | robust accuracy |",
+        "|---|---|---|",
+        f"| unpruned original | {_pct(baseline.get('accuracy', 0))} | {_pct(baseline['robust_accuracy'])} |",
+        f"| pruned | {_pct(pruned['accuracy'])} | {_pct(pruned['robust_accuracy'])} |",
+        "",
+        f"Robustness in this run: {'; '.join(h for h in how if h) or 'measured only'}. Robust accuracy holds for this attack "
+        "and radius only; it is not a certificate.",
+        "",
+    ]
 
 
 def _parity(variant: dict) -> str:

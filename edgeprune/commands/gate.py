@@ -21,11 +21,12 @@ from edgeprune.gate import (
 def add_parser(sub) -> None:
     g = sub.add_parser("gate", help="CI latency gate: exit 1 when a model is over its latency budget, 2 on bad input")
     g.add_argument("model", nargs="?", metavar="MODEL.onnx", help="one model to gate (with --budget-ms); or use --budgets")
-    g.add_argument("--budgets", metavar="FILE", help="YAML list of {model, budget_ms, target, percentile, tolerance}; paths relative to the file")
+    g.add_argument("--budgets", metavar="FILE", help="YAML list of {model, budget_ms, target, percentile, tolerance, min_robust_accuracy}; paths relative to the file")
     g.add_argument("--budget-ms", type=float, help="budget for MODEL.onnx in ms")
     g.add_argument("--target", help=f"target profile name or YAML path (default {DEFAULT_TARGET}; a default for --budgets entries without one)")
     g.add_argument("--percentile", type=int, help=f"latency percentile judged: 50, 90 or 99 (default {DEFAULT_PERCENTILE})")
     g.add_argument("--tolerance", type=float, help=f"band around the budget, as a fraction of it, where a result is measured again (default {DEFAULT_TOLERANCE})")
+    g.add_argument("--min-robust-accuracy", type=float, help="also fail a model whose robust accuracy (pruned.robust_accuracy in the report.json beside it, pinned with the model by its manifest.json) is below this fraction, e.g. 0.6; a default for --budgets entries without min_robust_accuracy")
     g.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (one testcase per model)")
     g.add_argument("--json", metavar="FILE", help="write the results as JSON")
     g.add_argument("--html", metavar="FILE", help="write the results as a self-contained web page (a CI artifact: red/green per model)")
@@ -42,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
     if args.budgets and (args.model or args.budget_ms is not None):
         raise UserError("pass either --budgets FILE or MODEL.onnx --budget-ms X, not both")
     if args.budgets:
-        budgets = load_budgets(args.budgets, args.target, args.percentile, args.tolerance)
+        budgets = load_budgets(args.budgets, args.target, args.percentile, args.tolerance, args.min_robust_accuracy)
     elif args.model and args.budget_ms is not None:
-        budgets = [single_budget(args.model, args.budget_ms, args.target, args.percentile, args.tolerance)]
+        budgets = [single_budget(args.model, args.budget_ms, args.target, args.percentile, args.tolerance, args.min_robust_accuracy)]
     else:
         raise UserError("nothing to gate; pass --budgets FILE, or MODEL.onnx --budget-ms X [--target T] [--percentile 90]")
     for path, flag in ((args.junit, "--junit"), (args.json, "--json"), (args.html, "--html")):

@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--patience", type=int, default=0, help="stop the search early after N generations in a row that improve neither the best feasible accuracy nor the hypervolume (default 0: run every generation)")
     p.add_argument("--strategy", choices=("nsga2", "coevolution"), default="nsga2", help="nsga2: multi-objective GA over all groups (default); coevolution: CCSRP-style EA per group, --population = subpopulation d, --generations = G")
     p.add_argument("--encoding", choices=("width", "mask"), default="width", help="genome: width = kept count per group (default); mask = one bit per channel with CCEP's ratio-bounded bit-flip mutation")
-    p.add_argument("--objectives", default="accuracy,latency", help="what NSGA-II trades off, comma-separated: accuracy (always), latency, macs; the latency budget is a constraint whatever is named (default accuracy,latency)")
+    p.add_argument("--objectives", default="accuracy,latency", help="what the search trades off, comma-separated: accuracy, robustness (accuracy on a shared PGD adversarial set; at least one of the two), latency, macs; the latency budget is a constraint whatever is named; the pick ranks by accuracy, or by (accuracy + robust accuracy) / 2 with robustness (default accuracy,latency)")
     p.add_argument("--depth", action="store_true", help="also search depth: one keep/drop gene per residual block whose input and output shapes match (torchvision MobileNetV2, ResNet, RegNet, EfficientNet, MnasNet), so budgets below what channels alone reach become reachable; report.json names the dropped blocks")
     p.add_argument("--no-screen", action="store_true", help="measure every candidate; by default the latency surrogate skips candidates it predicts far over the budget once its recent error is ≤ 10%%")
     p.add_argument("--rounds", type=int, default=1, help="prune → fine-tune → search again from the fine-tuned model, T times; budgets step down geometrically (default 1)")
@@ -41,10 +41,25 @@ def add_parser(sub) -> None:
     p.add_argument("--refine-epochs", type=float, default=0.2, help="epochs of that short fine-tune per candidate; 0 picks by adaptive-BN accuracy alone (default 0.2)")
     p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of distillation from the original model (default 0.5; 0 = plain labels)")
     p.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature (default 4)")
+    _add_robustness_args(p)
     p.add_argument("--out", default="edgeprune-out", help="output folder (replaced only when the run succeeds; default edgeprune-out)")
     p.add_argument("--seed", type=int, default=0, help="seed for data split, GA and fine-tuning (default 0)")
     add_cache_args(p)
     add_progress_args(p)
+
+
+def _add_robustness_args(p: argparse.ArgumentParser) -> None:
+    from edgeprune.attack import DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_SAMPLES, DEFAULT_STEPS, DEFAULT_SUBNETS, DEFAULT_TEST_SAMPLES
+
+    g = p.add_argument_group("robustness (classification; PGD from adversarial-robustness-toolbox, pixel scale [0, 1])")
+    g.add_argument("--attack-eps", type=float, default=DEFAULT_EPS, help="L-infinity radius of the PGD attack (default 8/255)")
+    g.add_argument("--attack-steps", type=int, default=DEFAULT_STEPS, help=f"PGD iterations (default {DEFAULT_STEPS})")
+    g.add_argument("--attack-alpha", type=float, default=DEFAULT_ALPHA, help="PGD step size (default 2/255)")
+    g.add_argument("--adv-samples", type=int, default=DEFAULT_SAMPLES, help=f"held-out images each sub-net attacks for the shared adversarial set (default {DEFAULT_SAMPLES})")
+    g.add_argument("--adv-subnets", type=int, default=DEFAULT_SUBNETS, help=f"mutated sub-nets of the round's base network the shared set is made from (CCSRP's k, default {DEFAULT_SUBNETS})")
+    g.add_argument("--adv-finetune", action="store_true", help="adversarial training in the short tunes and the final fine-tune: part of every batch is replaced by its PGD version")
+    g.add_argument("--adv-ratio", type=float, default=0.5, help="with --adv-finetune: the share of each batch attacked (default 0.5)")
+    g.add_argument("--robust-test-samples", type=int, default=DEFAULT_TEST_SAMPLES, help=f"test images the report's robust accuracy (PGD on each model itself) is measured on (default {DEFAULT_TEST_SAMPLES})")
 
 
 def config(args: argparse.Namespace):

@@ -65,6 +65,9 @@ class SearchProblem(Protocol):
     layout: GroupLayout
     limit_ms: float  # the latency constraint; a search stops or ranks against it
     reference_ms: float | None  # the unpruned network's latency, the unit of the hypervolume
+    # Names of Candidate.scores that are objectives (higher is better), e.g. ("robustness",): the
+    # Pareto front and its hypervolume span them as well as accuracy and latency.
+    front_scores: tuple[str, ...]
 
     @property
     def n_obj(self) -> int: ...
@@ -73,8 +76,9 @@ class SearchProblem(Protocol):
         """The candidate for ``choice`` (each choice is evaluated once per problem)."""
 
     def partial_score(self, choice: Choice) -> tuple[float, int]:
-        """``(accuracy, MACs)`` without a latency measurement, for searches that rank partial
-        changes and measure only the networks they combine (co-evolution)."""
+        """``(quality, MACs)`` without a latency measurement, for searches that rank partial
+        changes and measure only the networks they combine (co-evolution). Quality is accuracy,
+        or the mean of accuracy and robust accuracy where robustness is an objective."""
 
     def evaluated(self) -> list[Candidate]:
         """Every candidate evaluated so far, in order."""

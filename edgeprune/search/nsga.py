@@ -34,12 +34,13 @@ class SearchResult:
     wall_s: float = 0.0
 
 
-def pareto_front(candidates: list[Candidate], budget_ms: float | None = None) -> list[Candidate]:
-    """Non-dominated (accuracy up, latency down) candidates within the budget, fastest first."""
+def pareto_front(candidates: list[Candidate], budget_ms: float | None = None, scores: tuple[str, ...] = ()) -> list[Candidate]:
+    """Non-dominated (accuracy and each of ``scores`` up, latency down) candidates within the
+    budget, fastest first."""
     pool = [c for c in candidates if not c.predicted and (budget_ms is None or c.latency.median_ms <= budget_ms)]
     if not pool:
         return []
-    objectives = np.array([[-c.accuracy, c.latency.median_ms] for c in pool])
+    objectives = np.array([[-c.accuracy, c.latency.median_ms, *(-c.scores.get(n, 0.0) for n in scores)] for c in pool])
     front = NonDominatedSorting().do(objectives, only_non_dominated_front=True)
     return sorted((pool[i] for i in front), key=lambda c: c.latency.median_ms)
 
@@ -49,19 +50,21 @@ def best_feasible(candidates: list[Candidate], budget_ms: float) -> Candidate | 
     return max(feasible, key=lambda c: (c.accuracy, -c.latency.median_ms), default=None)
 
 
-def hypervolume(candidates: list[Candidate], reference_ms: float) -> float:
-    """Area dominated by the candidates in (error, latency / reference) space, ref point (1, 1.1).
+def hypervolume(candidates: list[Candidate], reference_ms: float, scores: tuple[str, ...] = ()) -> float:
+    """Volume dominated by the candidates in (error, latency / reference, 1 - score...) space,
+    reference point (1, 1.1, 1...).
 
     Normalising latency by the unpruned model's makes the number comparable across runs and
-    targets; 1.1 leaves the unpruned model itself a sliver of area.
+    targets; 1.1 leaves the unpruned model itself a sliver of volume.
     """
     if not candidates:
         return 0.0
-    points = np.array([[1.0 - c.accuracy, c.latency.median_ms / reference_ms] for c in candidates])
-    points = points[(points[:, 0] < 1.0) & (points[:, 1] < 1.1)]
+    ref = np.array([1.0, 1.1, *(1.0 for _ in scores)])
+    points = np.array([[1.0 - c.accuracy, c.latency.median_ms / reference_ms, *(1.0 - c.scores.get(n, 0.0) for n in scores)] for c in candidates])
+    points = points[(points < ref).all(axis=1)]
     if not len(points):
         return 0.0
-    return float(HV(ref_point=np.array([1.0, 1.1]))(points))
+    return float(HV(ref_point=ref)(points))
 
 
 def run_nsga2(
@@ -145,14 +148,15 @@ def record_generation(number: int, problem: SearchProblem, start: float, history
     unit is the problem's ``reference_ms`` (the unpruned model's), else the slowest seen."""
     seen = problem.evaluated()
     best = best_feasible(seen, problem.limit_ms)
-    front = pareto_front(seen)
+    scores = getattr(problem, "front_scores", ())
+    front = pareto_front(seen, scores=scores)
     entry = {
         "generation": number,
         "evaluations": len(seen),
         "best_accuracy": best.accuracy if best else None,
         "best_latency_ms": best.latency.median_ms if best else None,
-        "hypervolume": hypervolume(front, problem.reference_ms or max(c.latency.median_ms for c in seen)),
-        "pareto": [{"accuracy": c.accuracy, "latency_ms": c.latency.median_ms, "macs": c.macs} for c in front],
+        "hypervolume": hypervolume(front, problem.reference_ms or max(c.latency.median_ms for c in seen), scores),
+        "pareto": [{"accuracy": c.accuracy, "latency_ms": c.latency.median_ms, "macs": c.macs, **({"scores": dict(c.scores)} if c.scores else {})} for c in front],
         "wall_s": time.perf_counter() - start,
     }
     history.append(entry)
@@ -165,7 +169,7 @@ def finish(problem: SearchProblem, history: list[dict], start: float) -> SearchR
     candidates = problem.evaluated()
     return SearchResult(
         candidates=candidates,
-        pareto=pareto_front(candidates, problem.limit_ms),
+        pareto=pareto_front(candidates, problem.limit_ms, getattr(problem, "front_scores", ())),
         history=history,
         generations=len(history),
         wall_s=time.perf_counter() - start,

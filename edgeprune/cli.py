@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from edgeprune import __version__
-from edgeprune.commands import agent, cache, data, demo, export, gate, profile, prune, report, targets, train
+from edgeprune.commands import agent, cache, data, demo, ensemble, export, gate, profile, prune, report, targets, train
 from edgeprune.errors import UserError
 
 # In the order `edgeprune --help` lists them.
@@ -25,6 +25,7 @@ VERBS = {
     "agent": agent,
     "cache": cache,
     "export": export,
+    "ensemble": ensemble,
     "report": report,
     "gate": gate,
 }

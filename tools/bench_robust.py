@@ -1,0 +1,198 @@
+"""Robust pruning on MobileNetV2 / Fashion-MNIST (3×32×32) at 0.5× the measured latency.
+
+    python tools/bench_robust.py                 # about an hour on a 2-core VM
+    python tools/bench_robust.py --work DIR      # keep and reuse the runs' folders in DIR
+
+Rows, each measured in this one run, every file re-timed in alternating fresh sessions with the
+unpruned model (ratios, not absolute times): the unpruned model; (a) accuracy-only search, plain
+fine-tune; (b) accuracy-only search, adversarial fine-tune; (c) accuracy + latency + robustness
+search, adversarial fine-tune; (e) an ensemble of 3 networks from the front of a run at a third
+of the budget, fine-tuned adversarially, held to (c)'s budget as a whole. Clean accuracy on the
+whole test split, robust accuracy under PGD (L∞, 8/255, 10 steps of 2/255, random start) on
+1000 test images, both in torch. The base model is trained from scratch: 1 epoch clean, then a
+short adversarial training (robust pruning starts from a robust network, as CCSRP's does).
+
+Then the shared adversarial set's ranking against a per-candidate PGD attack: Spearman's rho of
+robust accuracy on round 1's shared set vs on a PGD attack on each candidate itself, over the
+same held-out images, for the (c) run's front plus random widths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import time_alternating  # noqa: E402
+
+from edgeprune.data import load_data  # noqa: E402
+from edgeprune.ensemble import SoftmaxEnsemble, LogProbabilities  # noqa: E402
+from edgeprune.exporters.onnx import export_onnx  # noqa: E402
+from edgeprune.models import load_model  # noqa: E402
+from edgeprune.pipeline import PruneConfig, run_prune  # noqa: E402
+from edgeprune.problem import recalibrate_bn  # noqa: E402
+from edgeprune.profiling.cache import default_cache_path  # noqa: E402
+from edgeprune.profiling.profiler import Profiler  # noqa: E402
+from edgeprune.pruned import load_pruned  # noqa: E402
+from edgeprune.robustness import Attack, RobustPruning, accuracy_on, pgd  # noqa: E402
+from edgeprune.space import ChannelSpace, macs_and_params  # noqa: E402
+from edgeprune.targets import load_profile  # noqa: E402
+from edgeprune.training import evaluate, train  # noqa: E402
+
+SHAPE = (3, 32, 32)
+MODEL = "torchvision:mobilenet_v2"
+
+
+def base_weights(clean_epochs: float, adv_epochs: float, seed: int) -> Path:
+    """MobileNetV2 trained clean, then adversarially (half of each batch PGD), cached."""
+    path = default_cache_path().parent / "bench-robust" / f"mobilenet_v2-e{clean_epochs:g}-adv{adv_epochs:g}-s{seed}.pt"
+    if path.exists():
+        print(f"reusing {path}")
+        return path
+    torch.manual_seed(seed)
+    data = load_data("fashion-mnist", input_shape=SHAPE, holdout=2000, seed=seed)
+    model, _ = load_model(MODEL, num_classes=10)
+    train(model, data.train, clean_epochs, lr=0.05, seed=seed, description="train clean")
+    if adv_epochs > 0:
+        robust = RobustPruning(Attack(), data, seed=seed)
+        train(model, data.train, adv_epochs, lr=0.02, seed=seed + 1, description="train adversarially", adversary=robust.adversary(), adv_ratio=0.5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def prune(out: Path, weights: Path, args, **overrides) -> dict:
+    if (out / "report.json").exists():
+        print(f"reusing {out}")
+        return json.loads((out / "report.json").read_text())
+    settings = dict(
+        model=MODEL, weights=str(weights), num_classes=10, data="fashion-mnist", input_shape="3x32x32", target="x86-cpu",
+        speedup=2.0, population=12, generations=6, patience=2, holdout=2000, refine_top=3, refine_epochs=0.05,
+        widen_passes=1, finetune_epochs=args.finetune_epochs, adv_samples=300, seed=args.seed, out=str(out),
+        cache=str(args.work / "latency.sqlite"), progress=args.progress,
+    )
+    return run_prune(PruneConfig(**(settings | overrides)))
+
+
+def spearman(report: dict, weights: Path, args, samples: int = 12) -> dict:
+    """Shared-set robust accuracy vs a PGD attack on each candidate, on the same held-out images."""
+    data = load_data("fashion-mnist", input_shape=SHAPE, holdout=2000, seed=args.seed)
+    model, _ = load_model(MODEL, num_classes=10, weights=str(weights))
+    profile = load_profile("x86-cpu")
+    space = ChannelSpace(model, SHAPE, profile.channel_step, model_spec={"kind": "torchvision", "spec": MODEL, "num_classes": 10})
+    robust = RobustPruning(Attack(), data, samples=300, seed=args.seed, progress=args.progress)
+    calib = data.train.subset(512, seed=args.seed)
+    batches = [x for x, _ in calib.batches(128)]
+    calibrate = lambda m: recalibrate_bn(m, batches)  # noqa: E731
+    shared = robust.round_set(1, space, calibrate, None)
+    x, y = next(data.holdout.subset(300, seed=args.seed + 1).batches(300))
+    names = [g.name for g in space.groups]
+    rng = np.random.default_rng(args.seed)
+    widths = [[p["widths"][n] for n in names] for p in report["pareto"]][: samples // 2]
+    while len(widths) < samples:
+        widths.append([int(rng.choice(g.options)) for g in space.groups])
+    shared_acc, own_acc = [], []
+    for i, w in enumerate(widths):
+        cand = calibrate(space.shrink(space.plan(w)))
+        shared_acc.append(shared.measure(cand))
+        own_acc.append(accuracy_on(cand, pgd(cand, x, y, robust.attack, robust.norm, args.seed + i, 10), y))
+        print(f"  candidate {i + 1}/{len(widths)}: shared set {shared_acc[-1]:.3f}, own PGD {own_acc[-1]:.3f}")
+    rho = spearmanr(shared_acc, own_acc)
+    return {"candidates": len(widths), "rho": float(rho.statistic), "p": float(rho.pvalue), "shared": shared_acc, "own": own_acc}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, help="folder for the runs (default: a temporary one)")
+    ap.add_argument("--clean-epochs", type=float, default=1.0)
+    ap.add_argument("--adv-epochs", type=float, default=0.3, help="adversarial training of the base model (default 0.3 epoch)")
+    ap.add_argument("--finetune-epochs", type=float, default=0.3)
+    ap.add_argument("--members", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-progress", dest="progress", action="store_false")
+    args = ap.parse_args(argv)
+    args.work = args.work or Path(tempfile.mkdtemp(prefix="bench-robust-"))
+    args.work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    weights = base_weights(args.clean_epochs, args.adv_epochs, args.seed)
+    runs = {
+        "a": prune(args.work / "a", weights, args),
+        "b": prune(args.work / "b", weights, args, adv_finetune=True),
+        "c": prune(args.work / "c", weights, args, adv_finetune=True, objectives="accuracy,latency,robustness"),
+    }
+    budget_ms = runs["c"]["budget_ms"]
+    # The ensemble's front: the same robust search at a third of the budget, members fine-tuned by `ensemble`.
+    prune(args.work / "d", weights, args, speedup=2.0 * args.members, adv_finetune=True, objectives="accuracy,latency,robustness",
+          finetune_epochs=0.0, refine_epochs=0.0, widen_passes=0)
+    if not (args.work / "d" / "ensemble" / "ensemble.json").exists():
+        from edgeprune.ensemble import EnsembleConfig, run_ensemble
+
+        run_ensemble(EnsembleConfig(str(args.work / "d"), members=args.members, budget_ms=budget_ms, weights=str(weights),
+                                    finetune_epochs=args.finetune_epochs, cache=str(args.work / "latency.sqlite"), progress=args.progress))
+
+    data = load_data("fashion-mnist", input_shape=SHAPE, holdout=2000, seed=args.seed)
+    robust = RobustPruning(Attack(), data, test_samples=1000, seed=args.seed, progress=args.progress)
+    unpruned, _ = load_model(MODEL, num_classes=10, weights=str(weights))
+    models = {"unpruned": unpruned.eval()}
+    for key in ("a", "b", "c"):
+        models[key] = load_pruned(args.work / key / "plan.json", args.work / key / "state_dict.pt")
+    folder = args.work / "d" / "ensemble"
+    members = [load_pruned(folder / f"member-{i}.plan.json", folder / f"member-{i}.state_dict.pt") for i in range(1, args.members + 1)]
+    models["ensemble"] = SoftmaxEnsemble(members).eval()
+
+    profile = load_profile("x86-cpu")
+    shape = (profile.batch, *SHAPE)
+    files = {name: export_onnx(m, shape, profile.opset) for name, m in models.items()}
+    profiler = Profiler(profile, use_cache=False)
+    profiler.set_reference("bench-robust-unpruned", shape, files["unpruned"], recheck=False)
+    latency = time_alternating(profiler, files, shape, tag="bench-robust")
+    profiler.close()
+
+    rows = []
+    labels = {
+        "unpruned": "unpruned (adversarially trained base)",
+        "a": "(a) accuracy search, plain fine-tune",
+        "b": "(b) accuracy search, --adv-finetune",
+        "c": "(c) accuracy+robustness search, --adv-finetune",
+        "ensemble": f"(e) ensemble of {args.members} from a 1/{args.members}-budget robust front",
+    }
+    for name, model in models.items():
+        attacked = LogProbabilities(model) if name == "ensemble" else model
+        rows.append({
+            "name": name, "label": labels[name], "ratio": latency[name] / latency["unpruned"],
+            "accuracy": evaluate(model, data.test), "robust_accuracy": robust.test_accuracy(attacked),
+            "macs": sum(macs_and_params(m, SHAPE)[0] for m in members) if name == "ensemble" else macs_and_params(model, SHAPE)[0],
+        })
+        print(f"scored {name}")
+    rank = spearman(runs["c"], weights, args)
+
+    print(f"\nMobileNetV2, Fashion-MNIST 3x32x32, x86-cpu, budget 0.5x the unpruned model; fine-tune {args.finetune_epochs:g} epoch "
+          f"(KD); PGD Linf 8/255, 10 steps, 2/255; {time.perf_counter() - t0:.0f} s")
+    print(f"{'model':<52}{'x unpruned':>11}{'meets':>7}{'test acc':>10}{'robust acc':>12}{'MMACs':>8}")
+    for r in rows:
+        meets = "-" if r["name"] == "unpruned" else ("yes" if r["ratio"] <= 0.5 else "no")
+        print(f"{r['label']:<52}{r['ratio']:>11.3f}{meets:>7}{r['accuracy']:>10.2%}{r['robust_accuracy']:>12.2%}{r['macs'] / 1e6:>8.2f}")
+    by = {r["name"]: r for r in rows}
+    print(f"(c) - (b): robust {100 * (by['c']['robust_accuracy'] - by['b']['robust_accuracy']):+.2f} pp, "
+          f"clean {100 * (by['c']['accuracy'] - by['b']['accuracy']):+.2f} pp (goal: robust >= +2 pp, clean within 1 pp)")
+    best = max((by[k] for k in ("a", "b", "c") if by[k]["ratio"] <= 0.5), key=lambda r: r["robust_accuracy"] + r["accuracy"], default=None)
+    if best is not None:
+        print(f"ensemble - best single in budget ({best['name']}): clean {100 * (by['ensemble']['accuracy'] - best['accuracy']):+.2f} pp, "
+              f"robust {100 * (by['ensemble']['robust_accuracy'] - best['robust_accuracy']):+.2f} pp")
+    print(f"shared-set ranking vs per-candidate PGD: Spearman rho {rank['rho']:.3f} (p {rank['p']:.2g}) over {rank['candidates']} candidates")
+    (args.work / "bench_robust.json").write_text(json.dumps({"rows": rows, "spearman": rank}, indent=2))
+    print(f"runs in {args.work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

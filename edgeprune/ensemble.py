@@ -141,7 +141,7 @@ def run_ensemble(cfg: EnsembleConfig) -> dict:
 
     ensemble = SoftmaxEnsemble([m for _, _, m in members]).eval()
     shape = (profile.batch, *report["input_shape"])
-    blob = export_onnx(ensemble, shape, profile.opset, {"edgeprune_ensemble_members": str(len(members))})
+    blob = _named_output(export_onnx(ensemble, shape, profile.opset, {"edgeprune_ensemble_members": str(len(members))}), "probabilities")
     probe = next(data.test.subset(64, seed=cfg.seed).batches(64))[0]
     check = parity(ensemble, blob, probe)
 
@@ -192,6 +192,21 @@ def run_ensemble(cfg: EnsembleConfig) -> dict:
     _write(folder / "ensemble", blob, members, result)
     _print(result)
     return result
+
+
+def _named_output(blob: bytes, name: str) -> bytes:
+    """The file with its one output renamed (the exporter calls a classifier's output ``logits``;
+    an ensemble's is the averaged probabilities)."""
+    import onnx
+
+    proto = onnx.load_from_string(blob)
+    old = proto.graph.output[0].name
+    for node in proto.graph.node:
+        node.output[:] = [name if o == old else o for o in node.output]
+        node.input[:] = [name if i == old else i for i in node.input]
+    proto.graph.output[0].name = name
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()
 
 
 def _check(cfg: EnsembleConfig, report: dict) -> None:

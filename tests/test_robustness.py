@@ -256,6 +256,7 @@ def test_ensemble_exports_one_file_averaging_the_members_and_scores_each(robust_
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(folder / "ensemble" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["probabilities"]
     probs = session.run(None, {session.get_inputs()[0].name: np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)})[0]
     assert probs.shape == (1, 10) and probs.sum() == pytest.approx(1.0, abs=1e-5) and (probs >= 0).all()
     assert result["ensemble"]["parity_vs_torch"]["max_abs_error"] < 1e-4
@@ -285,3 +286,20 @@ def test_resume_of_a_robust_run_reuses_the_saved_adversarial_set(robust_run, tmp
     assert "reusing the shared adversarial set of the checkpoint" in resumed.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["robustness"]["shared_sets"][0]["images"] == 120 and "robust_accuracy" in report["pruned"]
+
+
+def test_without_the_attack_library_the_error_names_the_package(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_art(name, *args, **kwargs):
+        if name.startswith("art"):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_art)
+    from edgeprune.attack import require_art
+
+    with pytest.raises(UserError, match="pip install 'adversarial-robustness-toolbox"):
+        require_art()

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import sys
 import tempfile
@@ -39,6 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch_pruning as tp
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import blob_digest, time_alternating  # noqa: E402
 
 from edgeprune.compose import Composition, make_detection_set
 from edgeprune.detection import Detection
@@ -56,8 +58,6 @@ SHAPE = (3, SIZE, SIZE)
 FINAL_SESSIONS = 5
 
 
-def blob_digest(blob: bytes) -> str:
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def data_set(root: Path) -> Path:
@@ -178,11 +178,7 @@ def main(argv=None) -> int:
     uniform_s = time.perf_counter() - t
     task.fine_tune(uniform, net, args.finetune_epochs, args.seed, "fine-tune uniform")
     uniform_bytes = export_onnx(uniform, (1, *SHAPE), profile.opset)
-    sessions = {"edgeprune": [], "uniform": []}
-    for _ in range(FINAL_SESSIONS):
-        for method, blob in (("edgeprune", ours_bytes), ("uniform", uniform_bytes)):
-            sessions[method].append(profiler.latency(f"bench-det-{method}-{blob_digest(blob)}", (1, *SHAPE), lambda b=blob: b, fresh=True)[0].median_ms)
-    latency = {m: float(np.median(v)) for m, v in sessions.items()}
+    latency = time_alternating(profiler, {"edgeprune": ours_bytes, "uniform": uniform_bytes}, (1, *SHAPE), FINAL_SESSIONS, tag="bench-det")
     unpruned_ms = profiler.anchor.median_ms
     profiler.close()
     rows[0]["latency_ms"] = unpruned_ms

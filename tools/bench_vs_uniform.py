@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import sys
 import tempfile
@@ -42,6 +41,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 import torch_pruning as tp
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import blob_digest, time_alternating  # noqa: E402
 
 from edgeprune.data import load_data
 from edgeprune.demo import train_and_save
@@ -81,8 +83,6 @@ def onnx_accuracy(onnx_bytes: bytes, split) -> float:
     return correct / total
 
 
-def blob_digest(blob: bytes) -> str:
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def uniform_prune(model, ratio: float, step: int | None, shape: tuple[int, ...] = SHAPE):
@@ -172,12 +172,7 @@ def main(argv=None) -> int:
             # The same protocol for both final models: fresh sessions, each timed in blocks alternating
             # with the unpruned model, the two models' sessions alternating too (A B A B ...), so
             # a burst of other tenants' load on this shared VM hits both alike.
-            sessions = {"edgeprune": [], "uniform": []}
-            for _ in range(FINAL_SESSIONS):
-                for method, blob in (("edgeprune", ours_bytes), ("uniform", uniform_bytes)):
-                    key = f"bench-{method}-{blob_digest(blob)}"
-                    sessions[method].append(profiler.latency(key, (1, *SHAPE), lambda b=blob: b, fresh=True)[0].median_ms)
-            lat = {method: float(np.median(v)) for method, v in sessions.items()}
+            lat = time_alternating(profiler, {"edgeprune": ours_bytes, "uniform": uniform_bytes}, (1, *SHAPE), FINAL_SESSIONS)
             profiler.close()
             for method, blob, macs, search_s, note in (
                 ("edgeprune", ours_bytes, report["pruned"]["macs"], report["phases"]["search_s"],

@@ -215,6 +215,7 @@ def test_a_robust_run_reports_clean_and_robust_accuracy_everywhere(robust_run):
     assert any("quality_short_tune" in row for r in report["rounds"] for row in r["short_tune"]) or report["rounds"][0]["short_tune"] == []
     card = (out / "MODEL_CARD.md").read_text()
     assert "## Robustness" in card and f"{report['pruned']['robust_accuracy']:.2%}" in card
+    assert "robust accuracy (PGD-3, torch)" in (out / "report.html").read_text()
 
 
 def test_gate_checks_the_least_robust_accuracy_from_the_pinned_report(robust_run, tmp_path):

@@ -61,11 +61,11 @@ def plot_pareto(
                label="unpruned · proxy")
     ax.scatter([picked.latency.median_ms], [100 * picked.accuracy], marker="*", s=170, facecolors="none", edgecolors="#ff7f0e",
                linewidths=1.5, label="pick before its fine-tune · proxy")
-    robust = [c for c in pareto if "robustness" in c.scores]
+    robust = [c for c in pareto if "robustness" in getattr(c, "scores", {})]
     if robust:  # robustness is an objective: the front's robust accuracy on the shared set, and the pick's
         ax.plot([c.latency.median_ms for c in robust], [100 * c.scores["robustness"] for c in robust], "^:", c="#2ca02c", ms=5,
                 label="Pareto front · robust accuracy on the shared adversarial set")
-        if "robustness" in picked.scores:
+        if "robustness" in getattr(picked, "scores", {}):
             ax.scatter([picked.latency.median_ms], [100 * picked.scores["robustness"]], marker="^", s=120, facecolors="none",
                        edgecolors="#ff7f0e", linewidths=1.5, label="pick before its fine-tune · robust")
     if final_robust is not None and final is not None:

@@ -83,7 +83,7 @@ def _run_bad(args, tmp_path, capsys):
         ([*TINY, "--budget-ms", "0.00001", *FAST], ["smallest allowed network", "--budget-ms"]),
         ([*TINY], ["--budget-ms", "--speedup"]),
         ([*TINY, "--budget-ms", "1", "--objectives", "latency,macs"], ["--objectives", "must name accuracy"]),
-        ([*TINY, "--budget-ms", "1", "--strategy", "coevolution", "--objectives", "accuracy,macs"], ["--objectives", "nsga2"]),
+        ([*TINY, "--budget-ms", "1", "--strategy", "coevolution", "--objectives", "accuracy,macs"], ["--objectives", "accuracy,latency,robustness"]),
     ],
     ids=["missing-file", "unknown-target", "bad-input-shape", "missing-data-path", "budget-too-low", "no-budget",
          "objectives-without-accuracy", "objectives-with-coevolution"],

@@ -42,9 +42,8 @@ from edgeprune.targets import Profile, load_profile
 from edgeprune.task import Classification, Recipe, Task
 from edgeprune.pruned import yolo_packaged
 from edgeprune.user_task import load_task
-from edgeprune.robustness import (
-    DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_SAMPLES, DEFAULT_STEPS, DEFAULT_SUBNETS, DEFAULT_TEST_SAMPLES, Attack, RobustPruning,
-)
+from edgeprune.attack import DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_SAMPLES, DEFAULT_STEPS, DEFAULT_SUBNETS, DEFAULT_TEST_SAMPLES, Attack
+from edgeprune.robustness import RobustPruning
 
 
 

@@ -30,9 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune.attack import (  # noqa: F401  (the defaults are re-exported for the job's config)
-    DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_SAMPLES, DEFAULT_STEPS, DEFAULT_SUBNETS, DEFAULT_TEST_SAMPLES, Attack, require_art,
-)
+from edgeprune.attack import DEFAULT_SAMPLES, DEFAULT_SUBNETS, DEFAULT_TEST_SAMPLES, Attack, require_art
 from edgeprune.errors import UserError
 from edgeprune.search.coevolution import P1, RATIO_BOUND, bounded_bit_flip
 

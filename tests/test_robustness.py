@@ -18,7 +18,7 @@ from tiny_models import TinyResNet
 from edgeprune.data import load_data
 from edgeprune.errors import UserError
 from edgeprune.pipeline import PruneConfig, _validate
-from edgeprune.problem import PruningProblem, parse_objectives, recalibrate_bn
+from edgeprune.problem import parse_objectives, recalibrate_bn
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.robustness import AdversarialSet, Attack, Normalisation, RobustPruning, accuracy_on, pgd, subnet_choice
 from edgeprune.search.interface import Candidate

@@ -49,6 +49,8 @@ from edgeprune.training import evaluate, train  # noqa: E402
 
 SHAPE = (3, 32, 32)
 MODEL = "torchvision:mobilenet_v2"
+# Held-out images each sub-net attacks for the shared set (5 sub-nets: 1500 adversarial images).
+SHARED_SAMPLES = 300
 
 
 def base_weights(clean_epochs: float, adv_epochs: float, seed: int) -> Path:
@@ -76,7 +78,7 @@ def prune(out: Path, weights: Path, args, **overrides) -> dict:
     settings = dict(
         model=MODEL, weights=str(weights), num_classes=10, data="fashion-mnist", input_shape="3x32x32", target="x86-cpu",
         speedup=2.0, population=12, generations=6, patience=2, holdout=2000, refine_top=3, refine_epochs=0.05,
-        widen_passes=1, finetune_epochs=args.finetune_epochs, adv_samples=300, seed=args.seed, out=str(out),
+        widen_passes=1, finetune_epochs=args.finetune_epochs, seed=args.seed, out=str(out),
         cache=str(args.work / "latency.sqlite"), progress=args.progress,
     )
     return run_prune(PruneConfig(**(settings | overrides)))
@@ -88,12 +90,12 @@ def spearman(report: dict, weights: Path, args, samples: int = 12) -> dict:
     model, _ = load_model(MODEL, num_classes=10, weights=str(weights))
     profile = load_profile("x86-cpu")
     space = ChannelSpace(model, SHAPE, profile.channel_step, model_spec={"kind": "torchvision", "spec": MODEL, "num_classes": 10})
-    robust = RobustPruning(Attack(), data, samples=300, seed=args.seed, progress=args.progress)
+    robust = RobustPruning(Attack(), data, samples=SHARED_SAMPLES, seed=args.seed, progress=args.progress)
     calib = data.train.subset(512, seed=args.seed)
     batches = [x for x, _ in calib.batches(128)]
     calibrate = lambda m: recalibrate_bn(m, batches)  # noqa: E731
     shared = robust.round_set(1, space, calibrate, None)
-    x, y = next(data.holdout.subset(300, seed=args.seed + 1).batches(300))
+    x, y = next(data.holdout.subset(SHARED_SAMPLES, seed=args.seed + 1).batches(SHARED_SAMPLES))
     names = [g.name for g in space.groups]
     rng = np.random.default_rng(args.seed)
     widths = [[p["widths"][n] for n in names] for p in report["pareto"]][: samples // 2]
@@ -127,11 +129,11 @@ def main(argv=None) -> int:
     runs = {
         "a": prune(args.work / "a", weights, args),
         "b": prune(args.work / "b", weights, args, adv_finetune=True),
-        "c": prune(args.work / "c", weights, args, adv_finetune=True, objectives="accuracy,latency,robustness"),
+        "c": prune(args.work / "c", weights, args, adv_finetune=True, objectives="accuracy,latency,robustness", adv_samples=SHARED_SAMPLES),
     }
     budget_ms = runs["c"]["budget_ms"]
     # The ensemble's front: the same robust search at a third of the budget, members fine-tuned by `ensemble`.
-    prune(args.work / "d", weights, args, speedup=2.0 * args.members, adv_finetune=True, objectives="accuracy,latency,robustness",
+    prune(args.work / "d", weights, args, speedup=2.0 * args.members, adv_finetune=True, objectives="accuracy,latency,robustness", adv_samples=SHARED_SAMPLES,
           finetune_epochs=0.0, refine_epochs=0.0, widen_passes=0)
     if not (args.work / "d" / "ensemble" / "ensemble.json").exists():
         from edgeprune.ensemble import EnsembleConfig, run_ensemble

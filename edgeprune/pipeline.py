@@ -559,6 +559,7 @@ def _write_outputs(job: _Job, rounds, package, report: dict, baseline, budget_ms
             final=(package.fp32.latency.median_ms, report["pruned"]["accuracy"]),
             baseline_test=report["baseline"]["accuracy"],
             final_robust=report["pruned"].get("robust_accuracy"),
+            baseline_robust=report["baseline"].get("robust_accuracy"),
         )
         for role, (name, blob) in (job.task.extra_files(final.model) if hasattr(job.task, "extra_files") else {}).items():
             (tmp / name).write_bytes(blob)  # e.g. detection's ultralytics checkpoint

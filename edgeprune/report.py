@@ -40,6 +40,7 @@ def plot_pareto(
     final: tuple[float, float] | None = None,
     baseline_test: float | None = None,
     final_robust: float | None = None,
+    baseline_robust: float | None = None,
 ) -> None:
     """Every evaluated candidate, the feasible front, the budget, the baseline and the pick.
 
@@ -49,8 +50,8 @@ def plot_pareto(
     accuracy after the final fine-tune), and the unpruned model's test accuracy where given, so
     the pick is never read as the delivered model. Without ``final`` it points to report.html.
     Where robustness is an objective, the front's and the pick's robust accuracy on the shared
-    adversarial set are drawn as triangles, and ``final_robust`` (the delivered model's test
-    accuracy under PGD) beside the delivered model."""
+    adversarial set are drawn as triangles, and ``final_robust`` / ``baseline_robust`` (the
+    delivered and the unpruned model's test accuracy under PGD) beside those models."""
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
     ax.scatter([c.latency.median_ms for c in candidates], [100 * c.accuracy for c in candidates], s=12, c="#9aa5b1",
                label=f"evaluated ({len(candidates)}) · proxy")
@@ -68,6 +69,9 @@ def plot_pareto(
         if "robustness" in getattr(picked, "scores", {}):
             ax.scatter([picked.latency.median_ms], [100 * picked.scores["robustness"]], marker="^", s=120, facecolors="none",
                        edgecolors="#ff7f0e", linewidths=1.5, label="pick before its fine-tune · robust")
+    if baseline_robust is not None:
+        ax.scatter([baseline.latency.median_ms], [100 * baseline_robust], marker="^", s=60, c="black",
+                   label=f"unpruned · test robust accuracy {baseline_robust:.2%} (PGD)")
     if final_robust is not None and final is not None:
         ax.scatter([final[0]], [100 * final_robust], marker="^", s=150, c="#ff7f0e", edgecolors="#7c2d12", zorder=5,
                    label=f"delivered · test robust accuracy {final_robust:.2%} (PGD)")

@@ -409,3 +409,17 @@ def test_gate_page_renders_in_a_headless_browser(tmp_path):
     assert len(console) == 1 and "edgeprune-probe" in console[0], console
     assert len(probe["charts"]) == 2 and all(c["children"] == 3 and min(c["box"]) > 10 for c in probe["charts"])
     assert _not_blank(shot) > 10
+
+
+def test_pareto_png_draws_robust_accuracy_where_robustness_was_an_objective(tmp_path, monkeypatch):
+    from edgeprune.report import plot_pareto
+
+    figures = _capture_figure(monkeypatch)
+    front = [_candidate(0.3, 0.15), _candidate(0.45, 0.2)]
+    for c, robust in zip(front, (0.1, 0.12)):
+        c.scores = {"robustness": robust}
+    plot_pareto(tmp_path / "p.png", front, front, 0.5, _candidate(1.0, 0.3), front[1], "t",
+                final=(0.47, 0.86), baseline_test=0.9, final_robust=0.55, baseline_robust=0.6)
+    labels = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert "Pareto front · robust accuracy on the shared adversarial set" in labels
+    assert "delivered · test robust accuracy 55.00% (PGD)" in labels and "unpruned · test robust accuracy 60.00% (PGD)" in labels

@@ -26,8 +26,9 @@ from torch import nn
 from edgeprune.errors import UserError
 from edgeprune.progress import console
 
-# Largest front the subset search enumerates K-subsets of (C(40, 4) = 91,390).
-_MAX_FRONT = 40
+# At most this many K-subsets of the front are enumerated: the fastest points are kept until
+# C(n, K) would exceed it (n = 40 for K = 3, 23 for K = 5, 16 for K = 8).
+_MAX_SUBSETS = 100_000
 
 
 @dataclass
@@ -74,7 +75,11 @@ def choose_members(front: list[dict], k: int, budget_ms: float) -> list[dict]:
     quality; ties go to the most different widths (sum of pairwise L1 distances)."""
     if len(front) < k:
         raise UserError(f"the run's Pareto front has {len(front)} networks, fewer than --members {k}; lower --members")
-    front = sorted(front, key=lambda p: p["latency_ms"])[:_MAX_FRONT]
+    front = sorted(front, key=lambda p: p["latency_ms"])
+    n = len(front)
+    while n > k and math.comb(n, k) > _MAX_SUBSETS:
+        n -= 1
+    front = front[:n]
     fastest = sum(p["latency_ms"] for p in front[:k])
     if fastest > budget_ms:
         raise UserError(
@@ -101,34 +106,37 @@ def run_ensemble(cfg: EnsembleConfig) -> dict:
     from edgeprune.profiling.profiler import Profiler
     from edgeprune.problem import recalibrate_bn
     from edgeprune.pruned import original_model
-    from edgeprune.robustness import Attack, RobustPruning
+    from edgeprune.attack import require_art
+    from edgeprune.robustness import RobustPruning
     from edgeprune.space import ChannelSpace, macs_and_params
     from edgeprune.task import Classification, Recipe
     from edgeprune.training import evaluate
 
+    require_art()
     folder = Path(cfg.out_dir)
     report = read_report(folder)
     _check(cfg, report)
-    budget = cfg.budget_ms if cfg.budget_ms is not None else float(report["budget_ms"])
-    chosen = choose_members(_front(report), cfg.members, budget)
+    run = _run_settings(report)
+    budget = cfg.budget_ms if cfg.budget_ms is not None else run["budget_ms"]
+    front = _front(report)
     profile = _profile(cfg, report)
     data = data_from_report(report, cfg.data)
     original = _original(cfg, report, original_model)
-    depth = any(name.startswith("depth:") for name in chosen[0]["widths"])
-    space = ChannelSpace(original, tuple(report["input_shape"]), profile.channel_step, model_spec=report["model"], depth=depth)
+    depth = any(name.startswith("depth:") for name in front[0]["widths"])
+    # The run's own channel step: widths on its grid (--target only changes where it is timed).
+    step = _profile(EnsembleConfig(cfg.out_dir), report).channel_step
+    space = ChannelSpace(original, tuple(report["input_shape"]), step, model_spec=report["model"], depth=depth)
     names = [g.name for g in space.groups]
-    if any(set(p["widths"]) != set(names) for p in chosen):
+    if any(set(p["widths"]) != set(names) for p in front):
         raise UserError("report.json's Pareto widths do not name this model's channel groups (another model or target step); prune again")
+    chosen = choose_members(front, cfg.members, budget)
 
-    finetune = report.get("finetune") or {}
-    robustness = report.get("robustness") or {}
-    attack = Attack(**{k: robustness["attack"][k] for k in ("eps", "steps", "alpha")}) if robustness else Attack()
-    robust = RobustPruning(attack, data, test_samples=cfg.robust_test_samples or robustness.get("test_samples", 1000), seed=cfg.seed, progress=cfg.progress)
-    adversary = robust.adversary() if finetune.get("adversarial") else None
-    recipe = Recipe(finetune.get("lr", 0.01), 128, finetune.get("kd_alpha", 0.5), finetune.get("kd_temperature", 4.0), cfg.progress,
-                    adversary, (finetune.get("adversarial") or {}).get("ratio", 0.5))
+    robust = RobustPruning(run["attack"], data, test_samples=cfg.robust_test_samples or run["test_samples"], seed=cfg.seed, progress=cfg.progress)
+    adversary = robust.adversary() if run["adv_finetune"] else None
+    recipe = Recipe(run["lr"], 128, run["kd_alpha"], run["kd_temperature"], cfg.progress, adversary, run["adv_ratio"])
     task = Classification(data, recipe, seed=cfg.seed)
-    epochs = cfg.finetune_epochs if cfg.finetune_epochs is not None else float(finetune.get("epochs", 1.0))
+    attack = run["attack"]
+    epochs = cfg.finetune_epochs if cfg.finetune_epochs is not None else run["epochs"]
 
     members = []
     for i, point in enumerate(chosen, 1):
@@ -209,6 +217,43 @@ def _named_output(blob: bytes, name: str) -> bytes:
     return proto.SerializeToString()
 
 
+def _run_settings(report: dict) -> dict:
+    """The run's budget, fine-tune recipe and attack from report.json, a file anyone may have
+    written: each checked like the prune command's own options (exit 2 naming the key)."""
+    from edgeprune.attack import Attack
+
+    def number(section: dict, key: str, default, low: float, high: float, where: str) -> float:
+        value = section.get(key, default) if isinstance(section, dict) else default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and low <= value <= high):
+            raise UserError(f"report.json's {where}.{key} must be a number in [{low:g}, {high:g}], got {str(value)[:40]}; prune again")
+        return value
+
+    finetune = report.get("finetune") or {}
+    robustness = report.get("robustness") or {}
+    attack_section = robustness.get("attack") if isinstance(robustness, dict) else None
+    attack = Attack()
+    if attack_section is not None:
+        steps = number(attack_section, "steps", 10, 1, 1000, "robustness.attack")
+        attack = Attack(number(attack_section, "eps", attack.eps, 1e-6, 1, "robustness.attack"), int(steps),
+                        number(attack_section, "alpha", attack.alpha, 1e-6, 1, "robustness.attack"))
+        try:
+            attack.check()
+        except UserError as exc:
+            raise UserError(f"report.json's robustness.attack: {exc}") from None
+    adv = bool(robustness.get("adv_finetune")) if isinstance(robustness, dict) else False
+    return {
+        "budget_ms": number(report, "budget_ms", None, 1e-9, 1e9, "report"),
+        "epochs": number(finetune, "epochs", 1.0, 0, 1000, "finetune"),
+        "lr": number(finetune, "lr", 0.01, 1e-9, 10, "finetune"),
+        "kd_alpha": number(finetune, "kd_alpha", 0.5, 0, 1, "finetune"),
+        "kd_temperature": number(finetune, "kd_temperature", 4.0, 1e-6, 100, "finetune"),
+        "attack": attack,
+        "adv_finetune": adv,
+        "adv_ratio": number(robustness, "adv_ratio", 0.5, 1e-6, 1, "robustness") if adv else 0.5,
+        "test_samples": int(number(robustness, "test_samples", 1000, 1, 100_000, "robustness")),
+    }
+
+
 def _check(cfg: EnsembleConfig, report: dict) -> None:
     if not (isinstance(cfg.members, int) and 2 <= cfg.members <= 8):
         raise UserError(f"--members must be between 2 and 8, got {cfg.members}")
@@ -218,8 +263,13 @@ def _check(cfg: EnsembleConfig, report: dict) -> None:
         raise UserError(f"--finetune-epochs must be between 0 and 1000, got {cfg.finetune_epochs}")
     if (report.get("task") or {}).get("kind", "classification") != "classification":
         raise UserError("an ensemble averages class probabilities: it needs a classification run; this one was pruned for another task")
-    if (report.get("search") or {}).get("rounds", 1) != 1:
+    if cfg.robust_test_samples is not None and not 1 <= cfg.robust_test_samples <= 100_000:
+        raise UserError(f"--robust-test-samples must be between 1 and 100000, got {cfg.robust_test_samples}")
+    search = report.get("search") if isinstance(report.get("search"), dict) else {}
+    if search.get("rounds", 1) != 1:
         raise UserError("the Pareto front of a run with --rounds > 1 is on the last round's network, not the original: ensemble a one-round run")
+    if search.get("encoding", "width") != "width" or search.get("strategy", "nsga2") != "nsga2":
+        raise UserError("the front of a --encoding mask or --strategy coevolution run holds channel masks report.json does not keep: ensemble a run of the default search")
 
 
 def _front(report: dict) -> list[dict]:

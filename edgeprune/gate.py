@@ -1,6 +1,7 @@
 """``edgeprune gate``: fail a CI run when a model is over its latency budget on a target.
 
-Exit codes are the contract with CI: 0 every model within budget, 1 at least one over, 2 the input
+Exit codes are the contract with CI: 0 every model within budget (and at or above its least robust
+accuracy, where one is set), 1 at least one fails, 2 the input
 is wrong (a bad budgets file names the line at fault). A number close to the budget is the one a
 noisy measurement can flip, so a result inside the tolerance band is measured again (fresh, not
 from the cache) and judged on the median of all its measurements; results clearly above or below
@@ -308,11 +309,17 @@ def _robust_accuracy(budget: Budget) -> float:
     fix = "; gate the model.onnx of a prune run with robustness (--objectives ...,robustness or --adv-finetune) in its own output folder, or drop min_robust_accuracy"
     _, manifest = _sidecar(budget, "manifest.json", fix)
     report_raw, report = _sidecar(budget, "report.json", fix)
-    pinned = {a.get("file"): a.get("sha256") for a in manifest.get("artifacts", []) if isinstance(a, dict)} if isinstance(manifest, dict) else {}
+    artifacts = manifest.get("artifacts") if isinstance(manifest, dict) else None
+    pinned = {a.get("file"): a.get("sha256") for a in artifacts if isinstance(a, dict)} if isinstance(artifacts, list) else {}
+    onnx = report.get("artifacts", {}).get("onnx") if isinstance(report, dict) and isinstance(report.get("artifacts"), dict) else None
+    if onnx != budget.path.name:
+        # The robust accuracy is the FP32 model's (torch); an INT8 file beside it was never attacked.
+        raise UserError(f"{budget.where}: report.json's robust accuracy is that of {str(onnx)[:80]}, not {budget.path.name}{fix}")
     for name, blob in ((budget.path.name, budget.onnx_bytes), ("report.json", report_raw)):
         if pinned.get(name) != hashlib.sha256(blob).hexdigest():
             raise UserError(f"{budget.where}: manifest.json beside the model does not pin this {name} (sha256 differs or is missing){fix}")
-    value = report.get("pruned", {}).get("robust_accuracy") if isinstance(report, dict) else None
+    pruned = report.get("pruned")
+    value = pruned.get("robust_accuracy") if isinstance(pruned, dict) else None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise UserError(f"{budget.where}: report.json beside the model records no robust accuracy{fix}")
     return float(value)
@@ -448,7 +455,10 @@ def html_page(results: list[GateResult]) -> bytes:
     from edgeprune.svg_charts import esc
 
     failed = sum(not r.passed for r in results)
-    verdict = f"PASS: all {len(results)} within budget" if not failed else f"FAIL: {failed} of {len(results)} over budget"
+    over = sum(not r.latency_passed for r in results)
+    fragile = failed - over
+    verdict = (f"PASS: all {len(results)} within budget" if not failed else f"FAIL: {over} of {len(results)} over budget"
+               + (f", {fragile} below the least robust accuracy" if fragile else ""))
     rows = []
     for r in results:
         b = r.budget
@@ -466,7 +476,7 @@ def html_page(results: list[GateResult]) -> bytes:
     body = (
         f'<header><h1>edgeprune gate</h1><p class="verdict {"bad" if failed else "ok"}" id="gate-verdict">{esc(verdict)}</p>'
         "<p class=note>Each model timed on its target; a result within the tolerance band around its budget was measured "
-        "again and judged on the median of all its measurements. Exit code 0: all within budget, 1: any over.</p></header>"
+        "again and judged on the median of all its measurements. Exit code 0: all within budget, 1: any over (or below its least robust accuracy).</p></header>"
         '<section class=scroll><table class="num gate"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
         + "".join(rows) + "</tbody></table></section>"
     )

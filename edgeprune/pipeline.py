@@ -42,8 +42,10 @@ from edgeprune.targets import Profile, load_profile
 from edgeprune.task import Classification, Recipe, Task
 from edgeprune.pruned import yolo_packaged
 from edgeprune.user_task import load_task
-from edgeprune.attack import DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_SAMPLES, DEFAULT_STEPS, DEFAULT_SUBNETS, DEFAULT_TEST_SAMPLES, Attack
-from edgeprune.robustness import RobustPruning
+from edgeprune.attack import (
+    DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_SAMPLES, DEFAULT_STEPS, DEFAULT_SUBNETS, DEFAULT_TEST_SAMPLES, Attack, require_art,
+)
+from edgeprune.robustness import MAX_SAMPLES, MAX_SUBNETS, RobustPruning
 
 
 
@@ -119,9 +121,9 @@ def _numeric_rules(cfg: PruneConfig) -> list[tuple[str, object, bool, str]]:
         ("--kd-alpha", cfg.kd_alpha, fin(cfg.kd_alpha) and 0 <= cfg.kd_alpha <= 1, "a weight between 0 (plain labels) and 1"),
         ("--kd-temperature", cfg.kd_temperature, fin(cfg.kd_temperature) and 0 < cfg.kd_temperature <= 100, "above 0 and at most 100 (e.g. 4)"),
         ("--adv-ratio", cfg.adv_ratio, fin(cfg.adv_ratio) and 0 < cfg.adv_ratio <= 1, "the share of each batch attacked, above 0 and at most 1 (e.g. 0.5)"),
-        ("--adv-samples", cfg.adv_samples, cfg.adv_samples >= 1, "at least 1 held-out image"),
-        ("--adv-subnets", cfg.adv_subnets, cfg.adv_subnets >= 1, "at least 1"),
-        ("--robust-test-samples", cfg.robust_test_samples, cfg.robust_test_samples >= 1, "at least 1 test image"),
+        ("--adv-samples", cfg.adv_samples, 1 <= cfg.adv_samples <= MAX_SAMPLES, f"between 1 and {MAX_SAMPLES} held-out images"),
+        ("--adv-subnets", cfg.adv_subnets, 1 <= cfg.adv_subnets <= MAX_SUBNETS, f"between 1 and {MAX_SUBNETS}"),
+        ("--robust-test-samples", cfg.robust_test_samples, 1 <= cfg.robust_test_samples <= MAX_SAMPLES, f"between 1 and {MAX_SAMPLES} test images"),
     ]
 
 
@@ -166,6 +168,11 @@ def _validate(cfg: PruneConfig) -> None:
     robust_flags = [f"--{k.replace('_', '-')}" for k in _ROBUSTNESS if k != "adv_finetune" and getattr(cfg, k) != getattr(defaults, k)]
     if robust_flags and not cfg.robust:
         raise UserError(f"{', '.join(robust_flags)} apply with robustness in --objectives or with --adv-finetune; add one or drop them")
+    shared_flags = [f for f in robust_flags if f in ("--adv-samples", "--adv-subnets")]
+    if shared_flags and "robustness" not in objectives:
+        raise UserError(f"{', '.join(shared_flags)} size the shared adversarial set of the robustness objective; add robustness to --objectives or drop them")
+    if cfg.robust:
+        require_art()  # before anything is loaded or timed, not at the first attack
     if cfg.adv_ratio != defaults.adv_ratio and not cfg.adv_finetune:
         raise UserError("--adv-ratio applies to --adv-finetune; add it or drop --adv-ratio")
     Attack(cfg.attack_eps, cfg.attack_steps, cfg.attack_alpha).check()
@@ -497,7 +504,7 @@ def _add_robustness(job: _Job, report: dict, rounds, baseline) -> None:
     if "robustness" in baseline.scores:
         report["baseline"]["holdout_robust_accuracy"] = baseline.scores["robustness"]
         report["pruned"]["holdout_robust_accuracy_before_finetune"] = final.picked.scores.get("robustness", 0.0)
-    report["robustness"] = robust.describe() | {
+    report["robustness"] = robust.describe(shared="robustness" in job.problem.objective_names) | {
         "objective": "robustness" in job.problem.objective_names,
         "adv_finetune": job.cfg.adv_finetune,
         "adv_ratio": job.cfg.adv_ratio if job.cfg.adv_finetune else None,

@@ -34,8 +34,8 @@ from edgeprune.attack import DEFAULT_SAMPLES, DEFAULT_SUBNETS, DEFAULT_TEST_SAMP
 from edgeprune.errors import UserError
 from edgeprune.search.coevolution import P1, RATIO_BOUND, bounded_bit_flip
 
-# Bounds on what a checkpoint's adversarial set may hold (it is a file: never trust its size).
-_MAX_SET_BYTES = 1 << 30
+# Upper bounds of the shared set's settings (its size in memory and in the checkpoint follows).
+MAX_SUBNETS, MAX_SAMPLES = 64, 100_000
 
 @dataclass(frozen=True)
 class Normalisation:
@@ -74,10 +74,10 @@ class Normalisation:
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack, norm: Normalisation, seed: int, num_classes: int) -> torch.Tensor:
     """Adversarial versions of the model inputs ``x`` (labels ``y``) against ``model``, returned
-    as model inputs. Seeded: the random start draws from numpy's global generator, which is
-    restored afterwards. The model's train/eval flag is kept."""
+    as model inputs. Seeded: the random start draws from numpy's global generator and ART's
+    loader from torch's; both are left as they were. Every module's train/eval flag is kept."""
     PGD, Classifier = require_art()
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     classifier = Classifier(
         model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=num_classes,
         clip_values=(0.0, 1.0), preprocessing=norm.art_preprocessing(x.shape[1]), device_type="cpu",
@@ -89,10 +89,12 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack, norm
     state = np.random.get_state()
     np.random.seed(seed % (1 << 32))
     try:
-        adv = attacker.generate(norm.to_pixels(x).numpy(), y=y.numpy())
+        with torch.random.fork_rng(devices=[]):  # ART's data loader draws from torch's generator too
+            adv = attacker.generate(norm.to_pixels(x).numpy(), y=y.numpy())
     finally:
         np.random.set_state(state)
-        model.train(was_training)
+        for module, mode in modes.items():
+            module.training = mode
     return norm.to_input(torch.from_numpy(adv))
 
 
@@ -154,27 +156,34 @@ class AdversarialSet:
         ``allow_pickle=False`` and checked for shape, dtype and size."""
         if not path.is_file() or path.is_symlink():
             return None
+        images = settings["subnets"] * settings["samples"]
+        expected = images * 4 * math.prod(shape) + images * 8 + (1 << 20)  # x, y and the settings
         try:
             with zipfile.ZipFile(path) as archive:
-                if sum(i.file_size for i in archive.infolist()) > _MAX_SET_BYTES:
-                    raise UserError(f"{path} unpacks to more than {_MAX_SET_BYTES >> 20} MiB; delete it and resume")
+                if sum(i.file_size for i in archive.infolist()) > expected:
+                    raise ValueError(f"it unpacks to more than the {expected >> 20} MiB its settings imply")
             with np.load(path, allow_pickle=False) as arrays:
+                if not isinstance(arrays, np.lib.npyio.NpzFile):
+                    raise ValueError("not an .npz archive")
                 stored = json.loads(bytes(arrays["settings"]).decode())
                 if stored != settings:
                     return None
                 x, y = arrays["x"], arrays["y"]
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        except Exception as exc:  # a crafted file fails in many ways; each is "not ours"
             raise UserError(f"{path} is not an adversarial set edgeprune wrote ({type(exc).__name__}); delete it and resume") from None
-        if x.dtype != np.float32 or y.dtype != np.int64 or x.ndim != 1 + len(shape) or tuple(x.shape[1:]) != tuple(shape) or y.shape != (len(x),):
-            raise UserError(f"{path} holds arrays of the wrong shape or type for a {list(shape)} input; delete it and resume")
+        if (x.dtype != np.float32 or y.dtype != np.int64 or x.shape != (images, *shape) or y.shape != (images,)
+                or not np.isfinite(x).all() or (y < 0).any()):
+            raise UserError(f"{path} holds arrays of the wrong shape, type or values for {images} inputs of {list(shape)}; delete it and resume")
         return cls(torch.from_numpy(x.copy()), torch.from_numpy(y.copy()), settings)
 
 
 def subnet_choice(space, rng: np.random.Generator, layers: int) -> tuple[tuple[int, ...], ...]:
     """A sub-net of the base network (CCSRP Algorithm 2, lines 3-4): ``layers`` random groups
-    mutated by the ratio-bounded bit flip at rate p1 (a group keeps at least one channel)."""
+    mutated by the ratio-bounded bit flip at rate p1 (a group keeps at least one channel). Depth
+    genes (one bit, which a 10 % bound never flips) are not drawn."""
     choice = list(space.full_choice())
-    for gi in rng.choice(len(space.groups), size=min(layers, len(space.groups)), replace=False):
+    channels = [i for i, g in enumerate(space.groups) if not g.depth]
+    for gi in rng.choice(channels, size=min(layers, len(channels)), replace=False):
         live = np.array(choice[gi])
         bits = bounded_bit_flip(np.ones(len(live), dtype=bool), P1, RATIO_BOUND, rng)
         if bits.any():
@@ -187,7 +196,7 @@ def shared_set(space, calibrate, x: torch.Tensor, y: torch.Tensor, attack: Attac
     """CCSRP Algorithm 2 on ``space``'s base network: ``subnets`` mutated sub-nets (BN statistics
     re-estimated by ``calibrate``, as every candidate's are), each attacked on ``(x, y)``."""
     rng = np.random.default_rng(seed)
-    per = math.ceil(len(space.groups) / subnets)
+    per = math.ceil(sum(not g.depth for g in space.groups) / subnets)
     xs, ys = [], []
     for i in range(subnets):
         sub = calibrate(space.shrink(space.plan_of(subnet_choice(space, rng, per))))
@@ -249,10 +258,11 @@ class RobustPruning:
         """Accuracy under PGD on the model itself over ``test_samples`` test images (the report's)."""
         return robust_accuracy(model, self.data.test, self.attack, self.norm, self.test_samples, self.seed, self.data.num_classes)
 
-    def describe(self) -> dict:
+    def describe(self, shared: bool = True) -> dict:
+        """The report's section; ``shared`` when the search made shared sets (the objective)."""
         return {
             "attack": self.attack.describe(),
-            "shared_set": {"subnets": self.subnets, "samples": min(self.samples, len(self.data.holdout)), "from": "holdout",
-                           "mutation": {"p1": P1, "ratio_bound": RATIO_BOUND}},
+            **({"shared_set": {"subnets": self.subnets, "samples": min(self.samples, len(self.data.holdout)), "from": "holdout",
+                               "mutation": {"p1": P1, "ratio_bound": RATIO_BOUND}}} if shared else {}),
             "test_samples": min(self.test_samples, len(self.data.test)),
         }

@@ -87,7 +87,7 @@ def refine(
     """
     if len(shortlisted) == 1 or epochs <= 0:
         return list(shortlisted), []
-    rows = []
+    rows, qualities = [], []
     for i, cand in enumerate(shortlisted, 1):
         model = problem.space.shrink(problem.space.plan_of(cand.choice))
         problem.task.fine_tune(model, teacher, epochs, seed, f"short tune {i}/{len(shortlisted)}")
@@ -97,10 +97,11 @@ def refine(
             "latency_ms": cand.latency.median_ms,
             "holdout_accuracy_adaptive_bn": cand.accuracy,
             "holdout_accuracy_short_tune": measured["accuracy"],
-            **({"holdout_scores_short_tune": {k: v for k, v in measured.items() if k not in ("accuracy", "quality")}} if problem.model_scores else {}),
-            "quality_short_tune": measured["quality"],
+            **({"holdout_scores_short_tune": {k: v for k, v in measured.items() if k not in ("accuracy", "quality")},
+                "quality_short_tune": measured["quality"]} if problem.model_scores else {}),
         })
-    order = sorted(range(len(rows)), key=lambda i: (-rows[i]["quality_short_tune"], rows[i]["latency_ms"]))
+        qualities.append(measured["quality"])
+    order = sorted(range(len(rows)), key=lambda i: (-qualities[i], rows[i]["latency_ms"]))
     return [shortlisted[i] for i in order], rows
 
 

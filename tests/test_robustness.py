@@ -151,6 +151,10 @@ def test_the_problem_ranks_by_the_mean_of_accuracy_and_robust_accuracy(tiny_prob
     assert problem.objectives([cand])[0].tolist() == [-cand.accuracy, cand.latency.median_ms, -cand.scores["robustness"]]
     assert problem.quality(cand) == pytest.approx((cand.accuracy + cand.scores["robustness"]) / 2)
     assert problem.partial_score(full)[0] == pytest.approx(problem.quality(cand))  # what co-evolution ranks by
+    narrower = (full[0][:16], *full[1:])  # never evaluated: scored afresh, as co-evolution scores a mask
+    model = recalibrate_bn(problem.space.shrink(problem.space.plan_of(narrower)), problem.task.calibration_batches())
+    expected = (problem.task.score(model) + _Width().measure(model)) / 2
+    assert problem.partial_score(narrower)[0] == pytest.approx(expected) != problem.task.score(model)
     with pytest.raises(ValueError, match="model score"):
         tiny_problem.make(objective_names=("accuracy", "robustness"))
 
@@ -172,6 +176,8 @@ def test_adversarial_training_attacks_the_given_share_of_every_batch():
     [
         ({"attack_steps": 5}, "--attack-steps apply with robustness"),
         ({"adv_ratio": 0.3, "objectives": "accuracy,latency,robustness"}, "--adv-ratio applies to --adv-finetune"),
+        ({"adv_finetune": True, "adv_samples": 100}, "add robustness to --objectives"),
+        ({"objectives": "accuracy,latency,robustness", "adv_subnets": 65}, "--adv-subnets must be between 1 and 64"),
         ({"adv_finetune": True, "adv_ratio": 0}, "--adv-ratio must be"),
         ({"adv_finetune": True, "attack_alpha": 0.5}, "--attack-alpha must be"),
         ({"strategy": "coevolution", "objectives": "accuracy,latency,macs"}, "accuracy,latency,robustness"),
@@ -232,6 +238,10 @@ def test_gate_checks_the_least_robust_accuracy_from_the_pinned_report(robust_run
     failed = gate("--min-robust-accuracy", f"{min(1.0, robust + 0.05):.4f}", "--json", str(tmp_path / "g.json"))
     assert failed.returncode == 1 and "below the least robust accuracy" in failed.stdout
     assert json.loads((tmp_path / "g.json").read_text())["results"][0]["robust_passed"] is False
+    other = folder / "copy.onnx"  # a file the report does not describe (an INT8 file was never attacked)
+    shutil.copy(folder / "model.onnx", other)
+    mixed = subprocess.run([*base[:4], str(other), *base[5:], "--min-robust-accuracy", "0"], cwd=TESTS, env=ENV, capture_output=True, text=True, timeout=300)
+    assert mixed.returncode == 2 and "not copy.onnx" in mixed.stderr
     # A report edited to claim more robustness no longer matches the manifest's sha256: refused.
     edited = json.loads((folder / "report.json").read_text())
     edited["pruned"]["robust_accuracy"] = 1.0

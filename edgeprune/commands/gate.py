@@ -1,6 +1,7 @@
 """``edgeprune gate``: the CI latency gate's command line.
 
-Exit codes are the contract with CI: 0 every model within budget, 1 at least one over, 2 the input
+Exit codes are the contract with CI: 0 every model within budget (and robust enough where asked), 1 at
+least one fails, 2 the input
 is wrong. Like :mod:`edgeprune.gate`, nothing here imports torch: a CI runner has only onnxruntime.
 """
 
@@ -19,7 +20,7 @@ from edgeprune.gate import (
 
 
 def add_parser(sub) -> None:
-    g = sub.add_parser("gate", help="CI latency gate: exit 1 when a model is over its latency budget, 2 on bad input")
+    g = sub.add_parser("gate", help="CI latency gate: exit 1 when a model is over its latency budget (or below --min-robust-accuracy), 2 on bad input")
     g.add_argument("model", nargs="?", metavar="MODEL.onnx", help="one model to gate (with --budget-ms); or use --budgets")
     g.add_argument("--budgets", metavar="FILE", help="YAML list of {model, budget_ms, target, percentile, tolerance, min_robust_accuracy}; paths relative to the file")
     g.add_argument("--budget-ms", type=float, help="budget for MODEL.onnx in ms")

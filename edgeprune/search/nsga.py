@@ -52,14 +52,15 @@ def best_feasible(candidates: list[Candidate], budget_ms: float) -> Candidate | 
 
 def hypervolume(candidates: list[Candidate], reference_ms: float, scores: tuple[str, ...] = ()) -> float:
     """Volume dominated by the candidates in (error, latency / reference, 1 - score...) space,
-    reference point (1, 1.1, 1...).
+    reference point (1, 1.1, 1.1...).
 
     Normalising latency by the unpruned model's makes the number comparable across runs and
-    targets; 1.1 leaves the unpruned model itself a sliver of volume.
+    targets; 1.1 leaves the unpruned model itself a sliver of volume, and a candidate with a
+    score of 0 (no robust accuracy left) still counts through its other objectives.
     """
     if not candidates:
         return 0.0
-    ref = np.array([1.0, 1.1, *(1.0 for _ in scores)])
+    ref = np.array([1.0, 1.1, *(1.1 for _ in scores)])
     points = np.array([[1.0 - c.accuracy, c.latency.median_ms / reference_ms, *(1.0 - c.scores.get(n, 0.0) for n in scores)] for c in candidates])
     points = points[(points < ref).all(axis=1)]
     if not len(points):

@@ -165,7 +165,7 @@ def run_ensemble(cfg: EnsembleConfig) -> dict:
     finally:
         profiler.close()
     # In the prune run's units: the ratio to the run's own model timed now, times its recorded latency.
-    run_ms = float(report["pruned"]["latency_ms"]["median"])
+    run_ms = run["single_ms"]
     scale = run_ms / single_now.median_ms
 
     console.print(f"scoring the ensemble and its members on the test split (clean, and PGD-{attack.steps} on {robust.describe()['test_samples']} images)")
@@ -243,6 +243,8 @@ def _run_settings(report: dict) -> dict:
     adv = bool(robustness.get("adv_finetune")) if isinstance(robustness, dict) else False
     return {
         "budget_ms": number(report, "budget_ms", None, 1e-9, 1e9, "report"),
+        "single_ms": number((report.get("pruned") or {}).get("latency_ms") if isinstance(report.get("pruned"), dict) else None,
+                            "median", None, 1e-9, 1e9, "pruned.latency_ms"),
         "epochs": number(finetune, "epochs", 1.0, 0, 1000, "finetune"),
         "lr": number(finetune, "lr", 0.01, 1e-9, 10, "finetune"),
         "kd_alpha": number(finetune, "kd_alpha", 0.5, 0, 1, "finetune"),
@@ -281,6 +283,8 @@ def _front(report: dict) -> list[dict]:
     )
     if not ok:
         raise UserError("report.json's pareto is not a list of {accuracy, latency_ms, widths}; run `edgeprune prune` again")
+    if not front:
+        raise UserError("report.json's Pareto front is empty (no candidate met the budget); prune again with a looser budget")
     return front
 
 

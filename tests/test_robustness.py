@@ -261,6 +261,7 @@ def test_ensemble_exports_one_file_averaging_the_members_and_scores_each(robust_
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     result = json.loads((folder / "ensemble" / "ensemble.json").read_text())
     assert len(result["members"]) == 2 and result["ensemble"]["budget_met"] == (proc.returncode == 0)
+    assert result["ensemble"]["vs_members_summed"] > 0 and "its members timed" in proc.stderr
     assert sorted(r["search_latency_ms"] for r in result["members"]) == pytest.approx(fastest)
     for row in [*result["members"], result["ensemble"]]:
         assert 0 <= row["robust_accuracy"] <= 1 and 0 <= row["accuracy"] <= 1

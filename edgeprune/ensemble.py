@@ -119,13 +119,13 @@ def run_ensemble(cfg: EnsembleConfig) -> dict:
     run = _run_settings(report)
     budget = cfg.budget_ms if cfg.budget_ms is not None else run["budget_ms"]
     front = _front(report)
-    profile = _profile(cfg, report)
+    recorded = _profile(EnsembleConfig(cfg.out_dir), report)  # the run's own profile
+    profile = _profile(cfg, report) if cfg.target else recorded
     data = data_from_report(report, cfg.data)
     original = _original(cfg, report, original_model)
     depth = any(name.startswith("depth:") for name in front[0]["widths"])
     # The run's own channel step: widths on its grid (--target only changes where it is timed).
-    step = _profile(EnsembleConfig(cfg.out_dir), report).channel_step
-    space = ChannelSpace(original, tuple(report["input_shape"]), step, model_spec=report["model"], depth=depth)
+    space = ChannelSpace(original, tuple(report["input_shape"]), recorded.channel_step, model_spec=report["model"], depth=depth)
     names = [g.name for g in space.groups]
     if any(set(p["widths"]) != set(names) for p in front):
         raise UserError("report.json's Pareto widths do not name this model's channel groups (another model or target step); prune again")

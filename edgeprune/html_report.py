@@ -258,9 +258,9 @@ def _compare(r: dict, manifest: dict | None) -> str:
     rows = [
         [f"{_metric(r)} (torch)", pct(base.get("accuracy")), pct(pruned.get("accuracy")), acc_change, "–"],
         [f"{_metric(r)} (ONNX Runtime)", "–", pct(_d(fp32.get("accuracy")).get("test")), "", pct(_d(_d(int8).get("accuracy")).get("test"))],
-        *([f"robust accuracy (PGD-{_d(_d(r.get('robustness')).get('attack')).get('steps', '?')}, torch)", pct(base.get("robust_accuracy")),
-           pct(pruned.get("robust_accuracy")), "–" if num(base.get("robust_accuracy")) is None or num(pruned.get("robust_accuracy")) is None
-           else f"{100 * (pruned['robust_accuracy'] - base['robust_accuracy']):+.2f} pp", "–"] for _ in ([1] if "robust_accuracy" in pruned else [])),
+        *([[f"robust accuracy (PGD-{_d(_d(r.get('robustness')).get('attack')).get('steps', '?')}, torch)", pct(base.get("robust_accuracy")),
+            pct(pruned.get("robust_accuracy")), "–" if num(base.get("robust_accuracy")) is None or num(pruned.get("robust_accuracy")) is None
+            else f"{100 * (pruned['robust_accuracy'] - base['robust_accuracy']):+.2f} pp", "–"]] if "robust_accuracy" in pruned else []),
         *([f"latency {k} (ms)", ms(bl.get(k)), ms(pl.get(k)), ratio(bl.get(k), pl.get(k)), ms(il.get(k))] for k in ("median", "p90", "p99")),
         ["latency budget (median, ms)", "", f"{ms(budget)} · {'met' if r.get('budget_met') is True else 'NOT met'}", "",
          "–" if not il else f"{ms(budget)} · {'met' if (num(il.get('median')) or 0) <= (budget or 0) else 'NOT met'}"],

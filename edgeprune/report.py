@@ -133,8 +133,8 @@ def print_summary(report: dict, out_dir: Path, out: Console | None = None) -> No
     rows = [
         (_score_label(report), base["accuracy"], pruned["accuracy"], "{:.2%}", "pp"),
         *((f"latency {k} (ms)", base["latency_ms"][k], pruned["latency_ms"][k], "{:.4f}", "x") for k in ("median", "p90", "p99")),
-        *((f"robust accuracy (PGD-{report['robustness']['attack']['steps']})", base["robust_accuracy"], pruned["robust_accuracy"], "{:.2%}", "pp")
-          for _ in ([1] if "robust_accuracy" in base else [])),
+        *([(f"robust accuracy (PGD-{report['robustness']['attack']['steps']})", base["robust_accuracy"], pruned["robust_accuracy"], "{:.2%}", "pp")]
+          if "robust_accuracy" in base else []),
         ("MACs", base["macs"], pruned["macs"], "{:,}", "x"),
         ("params", base["params"], pruned["params"], "{:,}", "x"),
     ]

@@ -33,6 +33,7 @@ from torch import nn
 from edgeprune.attack import DEFAULT_SAMPLES, DEFAULT_SUBNETS, DEFAULT_TEST_SAMPLES, Attack, require_art
 from edgeprune.errors import UserError
 from edgeprune.search.coevolution import P1, RATIO_BOUND, bounded_bit_flip
+from edgeprune.training import correct_count
 
 # Upper bounds of the shared set's settings (its size in memory and in the checkpoint follows).
 MAX_SUBNETS, MAX_SAMPLES = 64, 100_000
@@ -100,28 +101,17 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack, norm
 
 def accuracy_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Top-1 accuracy on tensors (an adversarial set); the model's train/eval flag is kept."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    try:
-        with torch.no_grad():
-            for i in range(0, len(y), batch_size):
-                correct += int((model(x[i : i + batch_size]).argmax(dim=1) == y[i : i + batch_size]).sum())
-    finally:
-        model.train(was_training)
-    return correct / max(1, len(y))
+    batches = ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size))
+    return correct_count(model, batches) / max(1, len(y))
 
 
 def robust_accuracy(model: nn.Module, split, attack: Attack, norm: Normalisation, samples: int, seed: int, num_classes: int) -> float:
     """Accuracy under a PGD attack on the model itself, over a seeded sample of ``split`` (the
     report's number: a white-box attack per model, unlike the search's shared set)."""
     sub = split.subset(min(samples, len(split)), seed=seed)
-    correct = total = 0
-    for i, (x, y) in enumerate(sub.batches(256)):
-        adv = pgd(model, x, y, attack, norm, seed + i, num_classes)
-        correct += round(accuracy_on(model, adv, y) * len(y))
-        total += len(y)
-    return correct / max(1, total)
+    # A list, not a generator: the attacks need gradients, which correct_count switches off.
+    attacked = [(pgd(model, x, y, attack, norm, seed + i, num_classes), y) for i, (x, y) in enumerate(sub.batches(256))]
+    return correct_count(model, attacked) / max(1, len(sub))
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -25,20 +25,25 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
-def evaluate(model: nn.Module, split: Split, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` on ``split`` in [0, 1]; the model's train/eval flag is kept."""
-    if len(split) == 0:
-        raise ValueError("cannot evaluate on an empty split")
+def correct_count(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    """Inputs of ``(x, y)`` batches whose top-1 prediction is right; the model's train/eval flag is kept."""
     was_training = model.training
     model.eval()
     correct = 0
     try:
         with torch.no_grad():
-            for x, y in split.batches(batch_size):
+            for x, y in batches:
                 correct += int((model(x).argmax(dim=1) == y).sum())
     finally:
         model.train(was_training)
-    return correct / len(split)
+    return correct
+
+
+def evaluate(model: nn.Module, split: Split, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on ``split`` in [0, 1]; the model's train/eval flag is kept."""
+    if len(split) == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    return correct_count(model, split.batches(batch_size)) / len(split)
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:

@@ -13,7 +13,7 @@ from typing import Protocol
 from torch import nn
 
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
-from edgeprune.profiling.profiler import Profiler
+from edgeprune.profiling.profiler import Pending, Profiler
 from edgeprune.profiling.stats import LatencyStats, NodeTimes
 from edgeprune.space import ChannelSpace
 
@@ -25,6 +25,13 @@ class LatencySource(Protocol):
     def measure(self, widths: tuple[int, ...], model: nn.Module | None = None, fresh: bool = False) -> tuple[LatencyStats, bool]:
         """``(stats, from_cache)`` of the architecture ``widths`` (``model``: its shrunk network,
         when the caller has it already). ``fresh`` measures again whatever is known."""
+
+    def start(self, widths: tuple[int, ...], model: nn.Module | None = None) -> Pending:
+        """Begin measuring ``widths``: at once on a farm of agents (the answer comes while the
+        caller scores accuracy), else now; :meth:`finish` gives ``(stats, from_cache)``."""
+
+    def finish(self, pending: Pending) -> tuple[LatencyStats, bool]:
+        """The answer of :meth:`start` (waits for it)."""
 
     def peek(self, widths: tuple[int, ...]) -> LatencyStats | None:
         """The known latency of ``widths``, without measuring."""
@@ -54,6 +61,12 @@ class ProfiledLatency:
     def measure(self, widths, model=None, fresh=False):
         onnx = lambda: self._onnx(widths, model)  # noqa: E731 - deferred: a cache hit never exports
         return self.profiler.latency(self._key(widths), self.shape, onnx, fresh=fresh)
+
+    def start(self, widths, model=None):
+        return self.profiler.start(self._key(widths), self.shape, lambda: self._onnx(widths, model))
+
+    def finish(self, pending):
+        return self.profiler.finish(pending)
 
     def peek(self, widths):
         return self.profiler.peek(self._key(widths), self.shape)

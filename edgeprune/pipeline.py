@@ -46,6 +46,8 @@ from edgeprune.attack import (
     DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_SAMPLES, DEFAULT_STEPS, DEFAULT_SUBNETS, DEFAULT_TEST_SAMPLES, Attack, require_art,
 )
 from edgeprune.robustness import MAX_SAMPLES, MAX_SUBNETS, RobustPruning
+from edgeprune.profiling.farm import agent_urls
+from edgeprune.workers import RayWorkers, parse_workers, require_ray
 
 
 
@@ -95,6 +97,8 @@ class PruneConfig:
     adv_samples: int = DEFAULT_SAMPLES
     adv_subnets: int = DEFAULT_SUBNETS
     robust_test_samples: int = DEFAULT_TEST_SAMPLES
+    workers: str = "local"
+    agents: str | None = None
     resume: bool = False
 
     @property
@@ -176,6 +180,9 @@ def _validate(cfg: PruneConfig) -> None:
     if cfg.adv_ratio != defaults.adv_ratio and not cfg.adv_finetune:
         raise UserError("--adv-ratio applies to --adv-finetune; add it or drop --adv-ratio")
     Attack(cfg.attack_eps, cfg.attack_steps, cfg.attack_alpha).check()
+    parse_workers(cfg.workers)
+    if cfg.workers != "local":
+        require_ray()  # before anything is loaded or timed
     if cfg.depth and (cfg.strategy != "nsga2" or cfg.encoding != "width" or cfg.rounds != 1):
         raise UserError("--depth works with --strategy nsga2, --encoding width and one round; drop --depth or those options")
     out = Path(cfg.out)
@@ -228,6 +235,9 @@ def _untrusted_settings(config: dict) -> list[str]:
         "data": str(config.get("data", "")).startswith(("imagefolder:", "yolo:")),
         "cache": config.get("cache") is not None,
         "task": config.get("task", "classification") not in ("classification", "detection"),
+        # A Ray cluster's answers are unpickled here; a farm file is read.
+        "workers": config.get("workers", "local") not in ("local", "ray"),
+        "agents": str(config.get("agents") or "").endswith((".yaml", ".yml")),
     }
     return [f"{key} {str(config.get(key))[:120]!r}" for key, flagged in named.items() if flagged]
 
@@ -267,6 +277,7 @@ class _Job:
     checkpoint: RunCheckpoint
     phases: dict
     robust: RobustPruning | None = None  # robustness objective or adversarial fine-tuning
+    workers: RayWorkers | None = None  # --workers ray: candidates scored on a Ray cluster
 
 
 def run_prune(cfg: PruneConfig) -> dict:
@@ -277,6 +288,9 @@ def run_prune(cfg: PruneConfig) -> dict:
     try:
         return _run(job, t0)
     finally:
+        job.profiler.close()  # a farm's agent threads
+        if job.workers is not None:
+            job.workers.close()
         if hasattr(job.task, "close"):
             job.task.close()  # e.g. detection's work folder of split lists and trainer runs
 
@@ -315,7 +329,6 @@ def _run(job: _Job, t0: float) -> dict:
         _add_robustness(job, report, rounds, baseline)
     _write_outputs(job, rounds, package, report, baseline, budget_ms)
     job.checkpoint.clear()  # the run is complete: nothing left to resume
-    job.profiler.close()
     print_summary(report, Path(cfg.out))
     return report
 
@@ -361,17 +374,24 @@ def _load(cfg: PruneConfig) -> _Job:
     space = ChannelSpace(model, input_shape, profile.channel_step, model_spec=spec, depth=cfg.depth)
     if not space.groups:
         raise UserError(f"{cfg.model} has no prunable channel group wider than the target's step ({profile.channel_step})")
-    profiler = Profiler(profile, cache_path=Path(cfg.cache) if cfg.cache else None, use_cache=not cfg.no_cache)
+    agents = agent_urls(cfg.agents, profile.name) if cfg.agents else None
+    profiler = Profiler(profile, cache_path=Path(cfg.cache) if cfg.cache else None, use_cache=not cfg.no_cache, agents=agents, warn=_warn)
     latency = ProfiledLatency(space, profiler, profile.opset, profile.batch)
+    address = parse_workers(cfg.workers)
+    workers = RayWorkers(address) if address is not None else None
     checkpoint = RunCheckpoint(Path(cfg.out))
     scores = ()
     if robust is not None and "robustness" in parse_objectives(cfg.objectives):
         # Round 1's shared set: the checkpoint's on --resume, else made now and saved once the
         # checkpoint starts (_baseline); the baseline is scored on it like every candidate.
         scores = (robust.round_set(1, space, lambda m: recalibrate_bn(m, task.calibration_batches()), checkpoint.round_folder(1) if cfg.resume else None),)
-    problem = PruningProblem(space, task, latency, objective_names=parse_objectives(cfg.objectives), model_scores=scores)
+    problem = PruningProblem(space, task, latency, objective_names=parse_objectives(cfg.objectives), model_scores=scores, workers=workers)
     phases = {"load_s": time.perf_counter() - t0}
-    return _Job(cfg, profile, data, model, spec, space, profiler, task, problem, checkpoint, phases, robust)
+    return _Job(cfg, profile, data, model, spec, space, profiler, task, problem, checkpoint, phases, robust, workers)
+
+
+def _warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/yellow] {message}")
 
 
 def _robust(cfg: PruneConfig, data: DataBundle) -> RobustPruning | None:
@@ -537,6 +557,9 @@ def _search_section(job: _Job, rounds) -> dict:
         # candidates the surrogate predicted far over the limit, so neither timed nor scored
         "surrogate_skips": sum(r.problem.screen.skips for r in rounds if r.problem.screen),
         "cache_hits": job.profiler.cache_hits,
+        # where candidates were scored and timed: this process, or Ray workers and a farm of agents
+        "workers": job.workers.describe() if job.workers is not None else {"kind": "local"},
+        **({"farm": job.profiler.backend.summary()} if job.cfg.agents else {}),
         "wall_s": job.phases["search_s"],
         "seed": cfg.seed,
         "history": [{"round": r.number, **h} for r in rounds if r.result for h in r.result.history],

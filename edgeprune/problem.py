@@ -61,6 +61,17 @@ class ModelScore(Protocol):
     def measure(self, model: nn.Module) -> float: ...
 
 
+class Workers(Protocol):
+    """Where candidates' accuracy is scored besides this process (:mod:`edgeprune.workers`)."""
+
+    def score(self, space: ChannelSpace, task: Task, model_scores: Sequence[ModelScore], plans: list) -> list[tuple[float, dict[str, float], float]]:
+        """``(accuracy, model scores, seconds)`` of each plan's shrunk network after adaptive BN,
+        exactly as this process would score it."""
+
+    def short_tune(self, space: ChannelSpace, task: Task, model_scores: Sequence[ModelScore], teacher: nn.Module, plans: list, epochs: float, seed: int) -> list[dict[str, float]]:
+        """Accuracy and model scores of each plan's network after ``epochs`` of the task's fine-tune."""
+
+
 class CandidateLog(Protocol):
     """Where each evaluated candidate is recorded as it completes (the checkpoint journal)."""
 
@@ -123,6 +134,7 @@ class PruningProblem:
     screen: Screen | None = None
     known: Iterable[Candidate] = ()
     restored: Iterable[Candidate] = ()
+    workers: Workers | None = None
 
     def __post_init__(self):
         self.results: dict[Choice, Candidate] = {c.choice: c for c in self.known}
@@ -169,7 +181,10 @@ class PruningProblem:
     def model_quality(self, model: nn.Module) -> dict[str, float]:
         """A network's accuracy and every model score, measured now (after a short tune), with
         ``quality`` their mean as :meth:`quality` takes it."""
-        values = {"accuracy": self.task.score(model)} | {s.name: float(s.measure(model)) for s in self.model_scores}
+        return self.with_quality({"accuracy": self.task.score(model)} | {s.name: float(s.measure(model)) for s in self.model_scores})
+
+    def with_quality(self, values: dict[str, float]) -> dict[str, float]:
+        """A network's accuracy and model scores, plus ``quality`` (see :meth:`quality`)."""
         return values | {"quality": sum(values[n] for n in self.quality_names) / len(self.quality_names)}
 
     def evaluated(self) -> list[Candidate]:
@@ -187,34 +202,78 @@ class PruningProblem:
         return self._scores[choice]
 
     def evaluate(self, choice: Choice) -> Candidate:
-        """Latency first (on an idle CPU: nothing else of ours runs while the profiler times),
-        then accuracy after BN recalibration; a candidate the screen predicts far over the
-        limit is neither timed nor scored."""
-        choice = _normal(choice)
-        if choice in self.results:
-            return self.results[choice]
-        start = time.perf_counter()
-        widths = widths_of(choice)
-        model = self.space.shrink(self.space.plan_of(choice))
-        restored = self._restored.pop(choice, None)
-        if restored is not None:
-            self._teach_screen(widths, model, restored)
-            self.results[choice] = restored
-            return restored
-        if self.screen is not None and self.latency.peek(widths) is None:
-            predicted = self.screen.skip(model)
-            if predicted is not None:
-                macs, params = macs_and_params(model, self.space.input_shape)
-                stats = LatencyStats(0, predicted, predicted, predicted, predicted, 0.0, 0.0)
-                return self._keep(Candidate(choice, 0.0, stats, macs, params, False, time.perf_counter() - start, True))
-        stats, cached = self.latency.measure(widths, model)
-        if self.screen is not None:
-            self.screen.learn(model, stats.median_ms, lambda: self.latency.node_times(widths, model))
-        self._calibrated(model)
-        accuracy = self.task.score(model)
-        scores = {s.name: float(s.measure(model)) for s in self.model_scores}
+        """The candidate for ``choice`` (see :meth:`evaluate_batch`)."""
+        return self.evaluate_batch([choice])[0]
+
+    def evaluate_batch(self, choices: Sequence[Choice]) -> list[Candidate]:
+        """The candidates for ``choices``, in order; each choice is evaluated once.
+
+        Latency first, for every choice: on this host's CPU it is measured there and then (on
+        an idle CPU: nothing else of ours runs while the profiler times); on a farm of agents
+        every measurement is started at once and answered while accuracy is scored here. A
+        candidate the screen predicts far over the limit is neither timed nor scored. Then
+        accuracy after BN recalibration, on this host or on the problem's ``workers`` (Ray), in
+        parallel. Candidates are journaled in the order given, so the result is the same
+        whichever way the work was spread.
+        """
+        order = [_normal(c) for c in choices]
+        fresh: dict[Choice, _Pending] = {}
+        for choice in order:
+            if choice in self.results or choice in fresh:
+                continue
+            start = time.perf_counter()
+            widths = widths_of(choice)
+            model = self.space.shrink(self.space.plan_of(choice))
+            restored = self._restored.pop(choice, None)
+            if restored is not None:
+                self._teach_screen(widths, model, restored)
+                self.results[choice] = restored
+                continue
+            skipped = self._screened(choice, widths, model)
+            latency = None if skipped is not None else self.latency.start(widths, model)
+            if latency is not None and self.screen is not None:
+                # The screen learns from each measurement before deciding on the next choice.
+                stats = self.latency.finish(latency)[0]
+                self.screen.learn(model, stats.median_ms, lambda: self.latency.node_times(widths, model))
+            fresh[choice] = _Pending(widths, model, latency, skipped, time.perf_counter() - start)
+        scored = [c for c, p in fresh.items() if p.skipped is None]
+        accuracies = self._accuracies(scored, [fresh[c].model for c in scored])
+        for choice, pending in fresh.items():
+            if pending.skipped is not None:
+                self._keep(pending.skipped)
+                continue
+            start = time.perf_counter()
+            stats, cached = self.latency.finish(pending.latency)
+            (accuracy, scores, seconds) = accuracies[choice]
+            macs, params = macs_and_params(pending.model, self.space.input_shape)
+            took = pending.seconds + seconds + time.perf_counter() - start
+            self._keep(Candidate(choice, accuracy, stats, macs, params, cached, took, False, scores))
+        return [self.results[c] for c in order]
+
+    def _screened(self, choice: Choice, widths, model: nn.Module) -> Candidate | None:
+        """The candidate the screen skips (predicted far over the limit, latency unknown), else None."""
+        if self.screen is None or self.latency.peek(widths) is not None:
+            return None
+        predicted = self.screen.skip(model)
+        if predicted is None:
+            return None
         macs, params = macs_and_params(model, self.space.input_shape)
-        return self._keep(Candidate(choice, accuracy, stats, macs, params, cached, time.perf_counter() - start, False, scores))
+        stats = LatencyStats(0, predicted, predicted, predicted, predicted, 0.0, 0.0)
+        return Candidate(choice, 0.0, stats, macs, params, False, 0.0, True)
+
+    def _accuracies(self, choices: list[Choice], models: list[nn.Module]) -> dict[Choice, tuple[float, dict[str, float], float]]:
+        """``{choice: (accuracy, model scores, seconds)}`` after BN recalibration."""
+        if self.workers is not None and choices:
+            answers = self.workers.score(self.space, self.task, self.model_scores, [self.space.plan_of(c) for c in choices])
+            return dict(zip(choices, answers))
+        out = {}
+        for choice, model in zip(choices, models):
+            start = time.perf_counter()
+            self._calibrated(model)
+            accuracy = self.task.score(model)
+            scores = {s.name: float(s.measure(model)) for s in self.model_scores}
+            out[choice] = (accuracy, scores, time.perf_counter() - start)
+        return out
 
     # --- what the job and the selection stage use -----------------------------------------------
 
@@ -246,6 +305,17 @@ class PruningProblem:
         if self.journal is not None:
             self.journal.record(cand)
         return cand
+
+
+@dataclass
+class _Pending:
+    """A choice of :meth:`PruningProblem.evaluate_batch` between its latency and its accuracy."""
+
+    widths: tuple[int, ...]
+    model: nn.Module
+    latency: object  # what LatencySource.start returned; None when skipped
+    skipped: Candidate | None
+    seconds: float
 
 
 def _normal(choice) -> Choice:

@@ -150,7 +150,7 @@ def _problem(cfg, number, space, latency, first: PruningProblem, limit_ms, check
     return PruningProblem(
         space, first.task, latency, limit_ms=limit_ms, focus=policy.focus, reference_ms=first.reference_ms,
         objective_names=first.objective_names, model_scores=scores, journal=journal, screen=screen,
-        known=first.evaluated() if number == 1 else (), restored=restored,
+        known=first.evaluated() if number == 1 else (), restored=restored, workers=first.workers,
     )
 
 

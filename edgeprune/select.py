@@ -88,10 +88,7 @@ def refine(
     if len(shortlisted) == 1 or epochs <= 0:
         return list(shortlisted), []
     rows, qualities = [], []
-    for i, cand in enumerate(shortlisted, 1):
-        model = problem.space.shrink(problem.space.plan_of(cand.choice))
-        problem.task.fine_tune(model, teacher, epochs, seed, f"short tune {i}/{len(shortlisted)}")
-        measured = problem.model_quality(model)
+    for cand, measured in zip(shortlisted, _short_tunes(epochs, seed, problem, teacher, shortlisted)):
         rows.append({
             "widths": list(cand.widths),
             "latency_ms": cand.latency.median_ms,
@@ -103,6 +100,21 @@ def refine(
         qualities.append(measured["quality"])
     order = sorted(range(len(rows)), key=lambda i: (-qualities[i], rows[i]["latency_ms"]))
     return [shortlisted[i] for i in order], rows
+
+
+def _short_tunes(epochs: float, seed: int, problem: PruningProblem, teacher: nn.Module, shortlisted: list[Candidate]) -> list[dict[str, float]]:
+    """Each candidate's quality after the short tune: on the problem's workers at once, or here
+    one after the other (same recipe, same seed, same numbers)."""
+    plans = [problem.space.plan_of(c.choice) for c in shortlisted]
+    if problem.workers is not None:
+        tuned = problem.workers.short_tune(problem.space, problem.task, problem.model_scores, teacher, plans, epochs, seed)
+        return [problem.with_quality(values) for values in tuned]
+    measured = []
+    for i, plan in enumerate(plans, 1):
+        model = problem.space.shrink(plan)
+        problem.task.fine_tune(model, teacher, epochs, seed, f"short tune {i}/{len(plans)}")
+        measured.append(problem.model_quality(model))
+    return measured
 
 
 # The final check (:func:`confirm`): how many fresh sessions time the pick, and the least

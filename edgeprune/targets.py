@@ -28,13 +28,14 @@ _MAXIMUM = {
     "intra_op_threads": 1024, "inter_op_threads": 1024, "opset": 30, "batch": 1024, "channel_step": 1024,
     "warmup_runs": 100_000, "min_runs": 1_000_000, "max_runs": 1_000_000, "max_seconds": 300.0,
     "cv_threshold": 1000.0, "repeats_if_noisy": 20, "sessions": 20, "anchor_tolerance": 1000.0, "workspace_mb": 1 << 20, "warmup_ms": 600_000,
+    "base_ms": 1e6, "ms_per_mmac": 1e6, "noise": 1.0, "device_seconds": 3600.0, "seed": 2**31,
 }
 _MAX_TEXT = {"description": 2000, "agent": 500}  # every other string: 200 characters
 # Removed key: a profile is often someone else's file, and a credential source named there
 # could send the user's token wherever the profile's ``agent`` points.
 _TOKEN_KEYS = ("agent_token_file", "agent_token")
 _CHOICES = {
-    "backend": ("onnxruntime", "tensorrt"),
+    "backend": ("onnxruntime", "tensorrt", "simulated"),
     "execution_mode": ("sequential", "parallel"),
     "graph_optimization": ("disable", "basic", "extended", "all"),
     "precision": ("fp32", "fp16", "int8"),
@@ -78,6 +79,22 @@ class TensorRTSpec:
 
 
 @dataclass(frozen=True)
+class SimulatedSpec:
+    """``backend: simulated``: a stand-in device for tests and for planning a farm. Its latency
+    is a fixed function of the network (MACs of every Conv/Gemm/MatMul with channel counts
+    rounded up to ``channel_step``, the staircase real kernels show), times a per-architecture
+    deviation of ``noise`` (log-normal, seeded by the graph's weight shapes, so one network
+    always times the same wherever it runs); each measurement then occupies the device for
+    ``device_seconds`` (a sleep), like a real one does."""
+
+    base_ms: float = 0.05
+    ms_per_mmac: float = 0.05
+    noise: float = 0.03
+    device_seconds: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Profile:
     """Everything that decides what a latency number means on one target."""
 
@@ -100,6 +117,7 @@ class Profile:
     # Its token never comes from a profile (see edgeprune.profiling.credentials).
     agent: str | None = None
     tensorrt: TensorRTSpec | None = None
+    simulated: SimulatedSpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,12 +127,13 @@ class Profile:
         """Inverse of :meth:`to_dict`: how a profile (with any in-memory overrides) reaches a
         measurement process exactly as the parent holds it. Trusted input only (our own
         processes); a profile from the network goes through :func:`profile_from_untrusted`."""
-        trt = data.get("tensorrt")
+        trt, sim = data.get("tensorrt"), data.get("simulated")
         return cls(
             **{
                 **data,
                 "measure": MeasureSpec(**data["measure"]),
                 "tensorrt": TensorRTSpec(**trt) if trt is not None else None,
+                "simulated": SimulatedSpec(**sim) if sim is not None else None,
             }
         )
 
@@ -191,7 +210,12 @@ def _validated(data: Any, source: str) -> Profile:
 def _check_backend(profile: Profile, source: str) -> None:
     """Rules that tie keys together: what a runtime needs, and what it cannot use."""
     if profile.agent is not None:
-        _check_agent_url(profile.agent, source)
+        check_agent_url(profile.agent, source)
+    if (profile.simulated is not None) != (profile.backend == "simulated"):
+        raise UserError(
+            f"profile {source}: a 'simulated' section goes with backend simulated and only with it "
+            f"(this profile uses {profile.backend}); add or remove the section (see profiles/simulated.yaml)"
+        )
     if profile.backend == "tensorrt":
         if profile.agent is None:
             raise UserError(
@@ -216,12 +240,12 @@ def _check_backend(profile: Profile, source: str) -> None:
             )
         if profile.precision != "fp32":
             raise UserError(
-                f"profile {source}: backend onnxruntime runs the exported FP32 graph, but "
+                f"profile {source}: backend {profile.backend} runs the exported FP32 graph, but "
                 f"'precision' is {profile.precision!r}; set precision: fp32"
             )
 
 
-def _check_agent_url(url: str, source: str) -> None:
+def check_agent_url(url: str, source: str) -> None:
     parsed = urllib.parse.urlsplit(url)
     try:
         port = parsed.port
@@ -295,7 +319,7 @@ def _value(name: str, kind: Any, value: Any, prefix: str, source: str) -> Any:
         if value is None:
             return None
         (kind,) = [k for k in get_args(kind) if k is not type(None)]
-    if kind in (MeasureSpec, TensorRTSpec):
+    if kind in (MeasureSpec, TensorRTSpec, SimulatedSpec):
         return _build(kind, value, f"{key}.", source, {})
     # bool is an int subclass in Python; `threads: yes` is a typo, not the number 1.
     ok = isinstance(value, kind) or (kind is float and isinstance(value, int))

@@ -42,6 +42,7 @@ def add_parser(sub) -> None:
     p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of distillation from the original model (default 0.5; 0 = plain labels)")
     p.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature (default 4)")
     _add_robustness_args(p)
+    _add_scale_out_args(p)
     p.add_argument("--out", default="edgeprune-out", help="output folder (replaced only when the run succeeds; default edgeprune-out)")
     p.add_argument("--seed", type=int, default=0, help="seed for data split, GA and fine-tuning (default 0)")
     add_cache_args(p)
@@ -60,6 +61,12 @@ def _add_robustness_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adv-finetune", action="store_true", help="adversarial training in the short tunes and the final fine-tune: part of every batch is replaced by its PGD version")
     g.add_argument("--adv-ratio", type=float, default=0.5, help="with --adv-finetune: the share of each batch attacked (default 0.5)")
     g.add_argument("--robust-test-samples", type=int, default=DEFAULT_TEST_SAMPLES, help=f"test images the report's robust accuracy (PGD on each model itself) is measured on (default {DEFAULT_TEST_SAMPLES})")
+
+
+def _add_scale_out_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scale-out (docs/usage.md, Scale out)")
+    g.add_argument("--workers", default="local", help="where candidates' accuracy (adaptive BN, score, short tunes) is computed: local (default), ray (a Ray cluster started on this machine) or ray:ADDRESS (join one, e.g. ray:auto); needs edgeprune[ray]; same results as local")
+    g.add_argument("--agents", metavar="URLS|FARM.yaml", help="time candidates on a farm of `edgeprune agent`s: comma-separated URLs, or a YAML file with 'agents:' (URLs or {url, target}); each measurement goes to a free agent of the run's fingerprint, several at once, and an agent that stops answering is taken out with its measurement re-queued; tokens come from your agents.yaml, never from the list")
 
 
 def config(args: argparse.Namespace):

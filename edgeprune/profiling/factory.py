@@ -3,24 +3,31 @@ the two cannot drift apart on what a profile means."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from edgeprune.errors import UserError
 from edgeprune.profiling.backend import Backend
+from edgeprune.profiling.farm import FarmBackend
 from edgeprune.profiling.isolated import IsolatedOrtBackend
 from edgeprune.profiling.remote import RemoteBackend
+from edgeprune.profiling.simulated import SimulatedBackend
 from edgeprune.profiling.tensorrt import TensorRTBackend
 from edgeprune.targets import Profile
 
 
-def make_backend(profile: Profile, *, local: bool = False, **options: Any) -> Backend:
-    """The backend for ``profile``: its device agent when it names one, else this host.
+def make_backend(profile: Profile, *, local: bool = False, agents: list[str] | None = None, warn: Callable[[str], None] = lambda _m: None, **options: Any) -> Backend:
+    """The backend for ``profile``: a farm of ``agents`` when given (``--agents``; ``warn`` hears
+    of agents left out or taken out of rotation), else its device agent when it names one, else
+    this host.
 
     ``local=True`` measures on this host whatever ``agent`` says: the agent itself passes it, as
     the profile's ``agent`` is the very device it runs on. ``options`` are the keyword options of
     :class:`~edgeprune.profiling.isolated.IsolatedOrtBackend` (``timeout_s``, ``max_memory_mb``),
     with which the agent bounds models from the network; the other backends take none.
     """
+    if agents:
+        return FarmBackend(profile, agents, warn)
     if profile.agent and not local:
         return RemoteBackend(profile)
     if profile.backend == "tensorrt":
@@ -31,7 +38,9 @@ def make_backend(profile: Profile, *, local: bool = False, **options: Any) -> Ba
 
         require_provider(profile)  # in this process: the child could only die of it, unexplained
         return IsolatedOrtBackend(profile, **options)
+    if profile.backend == "simulated":
+        return SimulatedBackend(profile)
     raise UserError(
         f"target '{profile.name}' ({profile.source}) uses backend '{profile.backend}', "
-        f"which edgeprune cannot run; set backend to one of: onnxruntime, tensorrt"
+        f"which edgeprune cannot run; set backend to one of: onnxruntime, tensorrt, simulated"
     )

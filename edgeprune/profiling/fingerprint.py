@@ -14,6 +14,7 @@ the same cache key. Nothing here imports torch (the agent must run without it).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -85,6 +86,12 @@ def compose_fingerprint(profile: Profile, device: dict[str, Any]) -> dict[str, A
             provider=profile.provider,
             precision=profile.precision,
             workspace_mb=trt.workspace_mb if trt is not None else None,
+        )
+    elif profile.backend == "simulated":
+        # The model's settings are the "device": change one and cached numbers no longer apply.
+        fp.update(
+            runtime="simulated", provider=profile.provider, precision=profile.precision,
+            simulated=dataclasses.asdict(profile.simulated), channel_step=profile.channel_step,
         )
     else:
         fp.update(

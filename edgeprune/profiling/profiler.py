@@ -6,6 +6,8 @@ also deferred (``onnx_fn``) so a cache hit never pays for it.
 """
 
 import dataclasses
+from concurrent.futures import Future
+from dataclasses import dataclass
 import math
 import statistics
 import time
@@ -19,14 +21,28 @@ from edgeprune.profiling.stats import LatencyStats, NodeTimes, ratio
 from edgeprune.targets import Profile
 
 
+@dataclass
+class Pending:
+    """A measurement :meth:`Profiler.start` began: its ``future`` (on a farm) or its ``answer``."""
+
+    arch_key: str
+    shape: tuple[int, ...]
+    future: Future | None = None
+    answer: tuple[LatencyStats, bool] | None = None
+
+
 class Profiler:
     """Latency of architectures on one target, measured at most once per (arch, input shape)."""
 
-    def __init__(self, profile: Profile, cache_path: Path | None = None, use_cache: bool = True):
+    def __init__(
+        self, profile: Profile, cache_path: Path | None = None, use_cache: bool = True,
+        agents: list[str] | None = None, warn: Callable[[str], None] = lambda _m: None,
+    ):
         self.profile = profile
-        # A profile with ``agent:`` is measured on that device whatever its runtime; the others
-        # here. Every backend is cached alike, keyed by the fingerprint of the device it times on.
-        self.backend = make_backend(profile)
+        # A farm of ``agents`` or a profile with ``agent:`` is measured on those devices whatever
+        # the runtime; the others here. Every backend is cached alike, keyed by the fingerprint
+        # of the devices it times on.
+        self.backend = make_backend(profile, agents=agents, warn=warn)
         self.fingerprint = self.backend.fingerprint()
         self.fingerprint_hash = fingerprint_hash(self.fingerprint)
         self._cache = LatencyCache(cache_path or default_cache_path()) if use_cache else None
@@ -45,6 +61,7 @@ class Profiler:
         # The reference's own median in every session timed next to it, in the order timed: how
         # the machine's speed moved during the run (see drift).
         self.reference_sessions: list[float] = []
+        self._pending: dict[tuple[str, tuple[int, ...]], Pending] = {}
 
     def set_reference(
         self,
@@ -153,17 +170,45 @@ class Profiler:
         runs = self.sessions(arch_key, shape, onnx_fn(), sessions)
         return sorted(runs, key=lambda s: s.median_ms)[sessions // 2], False
 
+    def start(self, arch_key: str, input_shape: Sequence[int], onnx_fn: Callable[[], bytes]) -> "Pending":
+        """Begin measuring ``arch_key`` and return at once where the backend is a farm (the
+        measurement runs on a free agent while the caller works on), else measure now; read the
+        answer with :meth:`finish`. Known architectures are answered from memory or the cache,
+        and one already under way is not started twice."""
+        shape = tuple(int(d) for d in input_shape)
+        if (arch_key, shape) in self._pending:
+            return self._pending[arch_key, shape]
+        submit = getattr(self.backend, "submit", None)
+        if submit is None or self.peek(arch_key, shape) is not None:
+            return Pending(arch_key, shape, answer=self.latency(arch_key, shape, onnx_fn))
+        self.measurements += 1
+        pending = Pending(arch_key, shape, future=submit(onnx_fn(), shape, self.anchor is not None, arch_key))
+        self._pending[arch_key, shape] = pending
+        return pending
+
+    def finish(self, pending: "Pending") -> tuple[LatencyStats, bool]:
+        """``(stats, from_cache)`` of a measurement :meth:`start` began (waits for it)."""
+        if pending.answer is None:
+            raw = pending.future.result()
+            stats = self._paired(*raw) if isinstance(raw, tuple) else self._absolute(raw)
+            self._pending.pop((pending.arch_key, pending.shape), None)
+            self._remember(pending.arch_key, pending.shape, stats)
+            pending.answer = (stats, False)
+        return pending.answer
+
     def sessions(self, arch_key: str, input_shape: Sequence[int], onnx: bytes, count: int) -> list[LatencyStats]:
         """``count`` fresh sessions of ``onnx``, in the order measured. The session with the
         median latency is the one remembered and cached (when it is not noisy)."""
         shape = tuple(int(d) for d in input_shape)
         runs = [self._measure(onnx, shape) for _ in range(count)]
-        typical = sorted(runs, key=lambda s: s.median_ms)[count // 2]
+        self._remember(arch_key, shape, sorted(runs, key=lambda s: s.median_ms)[count // 2])
+        return runs
+
+    def _remember(self, arch_key: str, shape: tuple[int, ...], typical: LatencyStats) -> None:
         if not typical.noisy:
             self._memory.setdefault((arch_key, shape), typical)
             if self._cache is not None:
                 self._cache.put(self.fingerprint_hash, arch_key, shape, typical, replace_before=self._not_before)
-        return runs
 
     def _measure(self, onnx: bytes, shape: tuple[int, ...]) -> LatencyStats:
         """One fresh measurement, in the reference's units when a reference is set. The trimmed
@@ -171,8 +216,13 @@ class Profiler:
         a cached answer is the same as the fresh one it came from."""
         self.measurements += 1
         if self.anchor is None:
-            return dataclasses.replace(self.backend.measure(onnx, shape), trimmed_ms=None)
-        raw, ref = self.backend.measure_pair(onnx, shape)
+            return self._absolute(self.backend.measure(onnx, shape))
+        return self._paired(*self.backend.measure_pair(onnx, shape))
+
+    def _absolute(self, raw: LatencyStats) -> LatencyStats:
+        return dataclasses.replace(raw, trimmed_ms=None)
+
+    def _paired(self, raw: LatencyStats, ref: LatencyStats) -> LatencyStats:
         self.reference_sessions.append(ref.median_ms)
         stats = raw.scaled(self.anchor.median_ms * ratio(raw, ref) / raw.median_ms)
         return dataclasses.replace(stats, noisy=raw.noisy or ref.noisy, trimmed_ms=None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -130,13 +131,18 @@ class RemoteBackend(Backend):
             if 300 <= exc.code < 400:
                 raise UserError(f"agent {self.url} answered with a redirect (HTTP {exc.code}), which edgeprune never follows; put the agent's own address in the profile") from None
             # Not the user's input, but no verdict can be given: exit 2, never 1 ("over budget").
-            raise UserError(f"agent {self.url} failed (HTTP {exc.code}: {reason}); see the agent's log on the device") from None
-        except (urllib.error.URLError, OSError) as exc:
+            raise AgentUnavailable(f"agent {self.url} failed (HTTP {exc.code}: {reason}); see the agent's log on the device") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # refused, reset, cut short
             cause = getattr(exc, "reason", exc)
-            raise UserError(
+            raise AgentUnavailable(
                 f"cannot reach the device agent at {self.url} ({cause}); start `edgeprune agent` on "
                 f"the device (or its SSH tunnel) or fix 'agent' in target '{self.profile.name}'"
             ) from None
+
+
+class AgentUnavailable(UserError):
+    """The agent did not answer, or failed on its side: another device may still measure the
+    same model (:mod:`edgeprune.profiling.farm` re-queues it there)."""
 
 
 class _UnknownReference(Exception):

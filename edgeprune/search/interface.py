@@ -75,6 +75,10 @@ class SearchProblem(Protocol):
     def evaluate(self, choice: Choice) -> Candidate:
         """The candidate for ``choice`` (each choice is evaluated once per problem)."""
 
+    def evaluate_batch(self, choices: Sequence[Choice]) -> list[Candidate]:
+        """The candidates for ``choices``, in order: a generation at once, so that the problem
+        can spread it over devices and workers; the same candidates as one by one."""
+
     def partial_score(self, choice: Choice) -> tuple[float, int]:
         """``(quality, MACs)`` without a latency measurement, for searches that rank partial
         changes and measure only the networks they combine (co-evolution). Quality is accuracy,

@@ -109,7 +109,7 @@ def run_nsga2(
                 # Every reachable genome was already evaluated (small spaces, late rounds).
                 bar.update(task, completed=generations, status=f"space exhausted after {gen} generations")
                 break
-            cands = [problem.evaluate(encoding.decode(x)) for x in pop.get("X")]
+            cands = problem.evaluate_batch([encoding.decode(x) for x in pop.get("X")])
             F, G = problem.objectives(cands), problem.constraints(cands)
             PymooEvaluator().eval(StaticProblem(pymoo_problem, F=F, G=G), pop)
             algorithm.tell(infills=pop)

@@ -1,0 +1,153 @@
+"""Candidate accuracy on Ray: ``--workers ray[:ADDRESS]``.
+
+Scoring a candidate (shrink, adaptive-BN recalibration, the task's score, model scores such as
+robustness) and the selection stage's short tunes are independent per candidate, so a generation
+spreads over every CPU of a Ray cluster. Ray, not a scheduler of ours, decides where each task
+runs, ships the objects and retries a task whose worker died (``MAX_RETRIES``); the problem
+journals a candidate only when its answer is back, so a retried task is neither lost nor counted
+twice.
+
+The channel space (with the model), the task (with its data) and the model scores go to Ray's
+object store once per problem, not per task; a worker process loads them once and keeps them
+(:func:`_loaded`). Each task sets torch's thread count to the driver's, so a worker computes
+the same floating-point sums as this process would: same seed, same widths, same accuracies as a
+local run. Latency is never measured on a worker: timing belongs to the target (a farm of agents,
+or this host's CPU while nothing else of ours runs).
+
+Everything shipped to workers is unpickled there, by Ray: the driver's own objects going to the
+user's own cluster, never a file or a network peer's input.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from edgeprune.errors import UserError
+from edgeprune.problem import ModelScore, recalibrate_bn
+from edgeprune.space import ChannelPlan, ChannelSpace
+from edgeprune.task import Task
+
+MAX_RETRIES = 3  # a worker process that dies mid-task: the task runs again elsewhere
+_KEEP_LOADED = 4  # shared bundles a worker process holds (the search's, the short tunes')
+RAY_HINT = "pip install 'edgeprune[ray]'"
+
+
+def parse_workers(text: str) -> str | None:
+    """``--workers``: ``local`` (None) or ``ray`` / ``ray:ADDRESS`` (the address, "" for a local
+    cluster started for the run)."""
+    if text == "local":
+        return None
+    if text == "ray":
+        return ""
+    if text.startswith("ray:") and text[4:].strip():
+        return text[4:].strip()
+    raise UserError(f"--workers {text!r} must be local, ray (a local Ray cluster) or ray:ADDRESS (e.g. ray:auto or ray:10.0.0.2:6379)")
+
+
+def require_ray():
+    try:
+        import ray  # noqa: PLC0415 - optional extra, imported only with --workers ray
+    except ImportError:
+        raise UserError(f"--workers ray needs Ray; install it with {RAY_HINT}") from None
+    return ray
+
+
+class RayWorkers:
+    """Scores candidates and runs short tunes as Ray tasks (see the module docstring)."""
+
+    def __init__(self, address: str):
+        ray = self._ray = require_ray()
+        self.address = address or "local"
+        self._owned = not ray.is_initialized()
+        if self._owned:
+            try:
+                ray.init(address=address or None, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise UserError(f"cannot start or join the Ray cluster at {self.address} ({exc}); check --workers") from None
+        self._threads = torch.get_num_threads()
+        self._score = ray.remote(max_retries=MAX_RETRIES)(_score)
+        self._tune = ray.remote(max_retries=MAX_RETRIES)(_tune)
+        self._bundles: dict[tuple[int, ...], tuple[Any, tuple]] = {}
+
+    def score(self, space: ChannelSpace, task: Task, model_scores: Sequence[ModelScore], plans: list[ChannelPlan]) -> list[tuple[float, dict[str, float], float]]:
+        """``(accuracy, model scores, seconds)`` per plan, after adaptive BN (PruningProblem's)."""
+        bundle = self._bundle(space, task, tuple(model_scores))
+        return self._get([self._score.remote(bundle, plan, self._threads) for plan in plans])
+
+    def short_tune(
+        self, space: ChannelSpace, task: Task, model_scores: Sequence[ModelScore], teacher: torch.nn.Module,
+        plans: list[ChannelPlan], epochs: float, seed: int,
+    ) -> list[dict[str, float]]:
+        """Each plan's network after ``epochs`` of the task's fine-tune: its accuracy and model
+        scores (the selection stage's short tune)."""
+        bundle = self._bundle(space, task, tuple(model_scores), teacher)
+        count = len(plans)
+        return self._get([
+            self._tune.remote(bundle, plan, epochs, seed, f"short tune {i}/{count}", self._threads) for i, plan in enumerate(plans, 1)
+        ])
+
+    def describe(self) -> dict[str, Any]:
+        """The report's ``workers`` entry: where candidates were scored."""
+        resources = self._ray.cluster_resources()
+        return {"kind": "ray", "address": self.address, "nodes": len(self._ray.nodes()), "cpus": int(resources.get("CPU", 0)), "ray": self._ray.__version__}
+
+    def close(self) -> None:
+        self._bundles.clear()
+        if self._owned and self._ray.is_initialized():
+            self._ray.shutdown()
+
+    def _bundle(self, *objects) -> list:
+        """The objects' reference in the object store, put there once; in a list, so that Ray
+        hands the task the reference and the worker loads it once (:func:`_loaded`)."""
+        key = tuple(id(o) for o in objects)
+        if key not in self._bundles:
+            # The objects are kept with their reference: a reused id() would otherwise alias.
+            self._bundles[key] = (self._ray.put(objects), objects)
+        return [self._bundles[key][0]]
+
+    def _get(self, refs: list) -> list:
+        try:
+            return self._ray.get(refs)
+        except self._ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, Exception):
+                raise cause from None
+            raise
+
+
+_LOADED: OrderedDict[str, tuple] = OrderedDict()
+
+
+def _loaded(box: list) -> tuple:
+    """The bundle behind ``box[0]``, fetched once per worker process."""
+    import ray  # noqa: PLC0415 - runs on a Ray worker, where Ray is installed
+
+    key = box[0].hex()
+    if key not in _LOADED:
+        _LOADED[key] = ray.get(box[0])
+        while len(_LOADED) > _KEEP_LOADED:
+            _LOADED.popitem(last=False)
+    _LOADED.move_to_end(key)
+    return _LOADED[key]
+
+
+def _score(box: list, plan: ChannelPlan, threads: int) -> tuple[float, dict[str, float], float]:
+    start = time.perf_counter()
+    torch.set_num_threads(threads)
+    space, task, model_scores = _loaded(box)
+    model = recalibrate_bn(space.shrink(plan), task.calibration_batches())
+    accuracy = task.score(model)
+    return accuracy, {s.name: float(s.measure(model)) for s in model_scores}, time.perf_counter() - start
+
+
+def _tune(box: list, plan: ChannelPlan, epochs: float, seed: int, description: str, threads: int) -> dict[str, float]:
+    torch.set_num_threads(threads)
+    space, task, model_scores, teacher = _loaded(box)
+    model = space.shrink(plan)
+    task.fine_tune(model, teacher, epochs, seed, description)
+    return {"accuracy": task.score(model)} | {s.name: float(s.measure(model)) for s in model_scores}

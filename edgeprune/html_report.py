@@ -447,6 +447,16 @@ def _search(r: dict) -> str:
                      f"{count(s.get('cache_hits'))} cache hits, {count(s.get('surrogate_skips'))} skipped by the surrogate"),
         ("time", f"search {count(s.get('wall_s'))} s, whole run {count(_d(r.get('phases')).get('total_s'))} s"),
     ]
+    workers = _d(s.get("workers"))
+    if workers.get("kind") == "ray":
+        facts.append(("scored on", f"Ray cluster {workers.get('address', '?')}: {count(workers.get('nodes'))} node(s), {count(workers.get('cpus'))} CPUs"))
+    farm = _d(s.get("farm"))
+    if farm:
+        agents = [_d(a) for a in _l(farm.get("agents"))]
+        used = ", ".join(f"{a.get('url', '?')} ({count(a.get('measurements'))})" for a in agents)
+        removed = "; ".join(f"{_d(e).get('agent', '?')} taken out: {_d(e).get('reason', '?')}" for e in _l(farm.get("removed")))
+        left = "; ".join(f"{_d(e).get('agent', '?')} left out: {_d(e).get('reason', '?')}" for e in _l(farm.get("left_out")))
+        facts.append(("timed on", f"a farm of {len(agents)} agent(s), measurements each: {used}" + "".join(f"; {x}" for x in (removed, left) if x)))
     return "<section id=search><h2>Search</h2><dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts) + "</dl></section>"
 
 

@@ -165,6 +165,7 @@ def test_a_farm_file_may_not_name_a_token(tmp_path):
 
 
 def test_prune_refuses_a_bad_agent_list_with_exit_2(tmp_path):
+    """One line and exit 2, before anything is loaded or written."""
     import subprocess
     import sys
 
@@ -284,3 +285,24 @@ def test_killing_one_of_three_agents_mid_search_loses_nothing(setup, tmp_path):
     assert len(redone) == 1 and redone[0]["agent"] != killed
     pairs = [(e["label"], e["agent"]) for e in log if e["label"] != "a model"]
     assert len(pairs) == len(set(pairs))  # no candidate timed twice on one device
+
+
+def test_prune_on_a_farm_end_to_end(agents, tmp_path):
+    """`edgeprune prune --agents A,B` as a user types it: the report says who measured what."""
+    import json
+    import os
+    import subprocess
+
+    from conftest import tiny_prune_command
+
+    cmd = tiny_prune_command(tmp_path / "out", tmp_path / "c.sqlite", "--agents", f"{agents[0].url},{agents[1].url}")
+    cmd[cmd.index("--target") + 1] = str(_simulated(tmp_path, 0.05))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    run = subprocess.run(cmd, cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode in (0, 1), run.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    farm = report["search"]["farm"]
+    assert [a["url"] for a in farm["agents"]] == [agents[0].url, agents[1].url]
+    assert all(a["measurements"] > 0 and a["in_rotation"] for a in farm["agents"]) and not farm["removed"]
+    assert report["fingerprint"]["runtime"] == "simulated"
+    assert "a farm of 2 agent(s)" in (tmp_path / "out" / "report.html").read_text()

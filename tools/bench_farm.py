@@ -1,0 +1,179 @@
+"""Search throughput against the number of device agents and against Ray workers.
+
+    python tools/bench_farm.py                       # about 10 minutes on a 2-core VM
+    python tools/bench_farm.py --device-seconds 5 --agents 1,2,4,8,16
+
+The model is the demo's MobileNetV2 trained on Fashion-MNIST (3x32x32, trained once and cached).
+Latency comes from the ``simulated`` device (profiles/simulated.yaml): a fixed function of the
+architecture, each measurement holding its agent for ``--device-seconds`` (a TensorRT engine
+build and timing on a Jetson takes tens of seconds; a few seconds is the latency-bound case).
+The agents are real ``edgeprune agent`` processes on loopback, so HTTP, the queue and the
+coordinator's own work (shrink, ONNX export, adaptive-BN accuracy) are all in the numbers.
+
+Rows, each from one NSGA-II search (same seed, population, generations) in this one run:
+candidates evaluated, the search's wall time, candidates per hour, the speed-up over one agent,
+and whether every candidate (widths, accuracy, latency) equals the one-agent run's. Then the
+same search with no device time (accuracy-bound), scored here and on a local Ray cluster. Last,
+a model of a larger farm fitted to the measured device and coordinator times, and where it
+stops scaling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from edgeprune.data import load_data
+from edgeprune.demo import DEMO_MODEL, DEMO_SHAPE, demo_weights
+from edgeprune.latency import ProfiledLatency
+from edgeprune.models import load_model, parse_shape
+from edgeprune.problem import PruningProblem
+from edgeprune.profiling.profiler import Profiler
+from edgeprune.search.nsga import run_nsga2
+from edgeprune.space import ChannelSpace
+from edgeprune.targets import load_profile
+from edgeprune.task import Classification, Recipe
+
+
+def start_agents(count: int) -> list[tuple[subprocess.Popen, str]]:
+    agents = []
+    for _ in range(count):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeprune", "agent", "--host", "127.0.0.1", "--port", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        line = proc.stdout.readline()
+        if "listening on http://127.0.0.1:" not in line:
+            raise SystemExit(f"an agent did not start: {line!r}")
+        agents.append((proc, "http://" + line.split("http://")[1].split()[0]))
+    return agents
+
+
+def simulated_profile(folder: Path, device_seconds: float) -> Path:
+    data = yaml.safe_load(Path(load_profile("simulated").source).read_text())
+    data["simulated"]["device_seconds"] = device_seconds
+    path = folder / f"simulated-{device_seconds:g}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def search(space, task, profile: Path, args, agents: list[str] | None = None, workers=None) -> dict:
+    """One search; returns its candidates, wall time and the farm's summary."""
+    profiler = Profiler(load_profile(str(profile)), use_cache=False, agents=agents)
+    try:
+        latency = ProfiledLatency(space, profiler, opset=17)
+        full = latency.set_reference(tuple(g.full for g in space.groups)).median_ms
+        problem = PruningProblem(space, task, latency, limit_ms=args.budget * full, workers=workers)
+        start = time.perf_counter()
+        run_nsga2(problem, population=args.population, generations=args.generations, seed=args.seed, show_progress=False)
+        wall = time.perf_counter() - start
+        farm = profiler.backend.summary() if agents else None
+        log = list(profiler.backend.pool.log) if agents else []
+    finally:
+        profiler.close()
+    cands = problem.evaluated()
+    return {
+        "rows": [(c.widths, c.accuracy, c.latency.median_ms) for c in cands],
+        "count": len(cands), "wall": wall, "farm": farm,
+        "device_s": [e["seconds"] for e in log if e["ok"]],
+        "per_generation": len(cands) / args.generations,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device-seconds", type=float, default=2.0, help="how long one measurement holds an agent (default 2)")
+    ap.add_argument("--agents", default="1,2,4,8", help="agent counts to run (default 1,2,4,8)")
+    ap.add_argument("--population", type=int, default=16)
+    ap.add_argument("--generations", type=int, default=3)
+    ap.add_argument("--budget", type=float, default=0.6, help="latency limit as a fraction of the unpruned model's (default 0.6)")
+    ap.add_argument("--holdout", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-ray", action="store_true", help="skip the Ray rows")
+    args = ap.parse_args()
+    counts = [int(n) for n in args.agents.split(",")]
+
+    torch.manual_seed(args.seed)
+    weights = demo_weights(args.seed, progress=False)
+    data = load_data("fashion-mnist", input_shape=parse_shape(DEMO_SHAPE), holdout=args.holdout, seed=args.seed)
+    model, spec = load_model(DEMO_MODEL, num_classes=10, weights=str(weights))
+    space = ChannelSpace(model, parse_shape(DEMO_SHAPE), 16, model_spec=spec)
+    task = Classification(data, Recipe(0.01, 128, 0.5, 4.0, progress=False), seed=args.seed)
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-farm-"))
+    slow, fast = simulated_profile(folder, args.device_seconds), simulated_profile(folder, 0.0)
+    agents = start_agents(max(counts))
+    results = {}
+    try:
+        for n in counts:
+            results[n] = search(space, task, slow, args, agents=[url for _, url in agents[:n]])
+            print(f"  {n} agent(s): {results[n]['count']} candidates in {results[n]['wall']:.1f} s", file=sys.stderr, flush=True)
+    finally:
+        for proc, _ in agents:
+            proc.terminate()
+            proc.wait()
+
+    base = results[counts[0]]
+    print(f"\n## Search throughput vs agents (simulated device, {args.device_seconds:g} s per measurement; "
+          f"NSGA-II population {args.population}, {args.generations} generations, MobileNetV2 / Fashion-MNIST 3x32x32)\n")
+    print("| agents | candidates | search wall (s) | candidates / hour | speed-up vs 1 | measurements per agent | same candidates as 1 agent |")
+    print("|---:|---:|---:|---:|---:|---|---|")
+    for n in counts:
+        r = results[n]
+        per_agent = ", ".join(str(a["measurements"]) for a in r["farm"]["agents"])
+        print(f"| {n} | {r['count']} | {r['wall']:.1f} | {3600 * r['count'] / r['wall']:.0f} | "
+              f"{base['wall'] / r['wall']:.2f}x | {per_agent} | {'yes' if r['rows'] == base['rows'] else 'NO'} |")
+
+    local = search(space, task, fast, args)
+    coordinator_s = local["wall"] / local["count"]
+    if not args.no_ray:
+        from edgeprune.workers import RayWorkers
+
+        workers = RayWorkers("")
+        try:
+            search(space, task, fast, args, workers=workers)  # warm-up: worker processes start and load the bundle
+            ray_run = search(space, task, fast, args, workers=workers)
+            cpus = workers.describe()["cpus"]
+        finally:
+            workers.close()
+        print(f"\n## Candidate scoring: this process vs Ray workers (no device time: accuracy-bound; {os.cpu_count()} CPUs)\n")
+        print("| scoring | candidates | search wall (s) | candidates / hour | same candidates |")
+        print("|---|---:|---:|---:|---|")
+        print(f"| this process (torch {torch.get_num_threads()} threads) | {local['count']} | {local['wall']:.1f} | {3600 * local['count'] / local['wall']:.0f} | - |")
+        print(f"| local Ray cluster, {cpus} CPUs (warm) | {ray_run['count']} | {ray_run['wall']:.1f} | {3600 * ray_run['count'] / ray_run['wall']:.0f} | "
+              f"{'yes' if ray_run['rows'] == local['rows'] else 'NO'} |")
+
+    device_s = statistics.median(results[max(counts)]["device_s"])
+    per_gen = base["per_generation"]
+    print(f"\n## A larger farm, modelled on these measurements\n")
+    print(f"Measured: one measurement holds an agent {device_s:.2f} s (median, HTTP included); the coordinator "
+          f"spends {coordinator_s:.3f} s per candidate (shrink, ONNX export, adaptive-BN accuracy: the no-device-time run); "
+          f"a generation brings {per_gen:.1f} new candidates on average (population {args.population}, duplicates and "
+          f"elites are not re-measured).\n")
+    print("Model: a generation takes max(ceil(new / agents) x device time, new x coordinator time); "
+          "candidates per hour = new / that.\n")
+    print("| agents | modelled candidates / hour | measured | bound by |")
+    print("|---:|---:|---:|---|")
+    for n in sorted(set(counts) | {16, 32, 100}):
+        device_t = math.ceil(per_gen / n) * device_s
+        coord_t = per_gen * coordinator_s
+        model_rate = 3600 * per_gen / max(device_t, coord_t)
+        bound = "devices" if device_t > coord_t else "coordinator"
+        if n >= per_gen and device_t >= coord_t:
+            bound = "generation barrier (one device per new candidate)"
+        measured = f"{3600 * results[n]['count'] / results[n]['wall']:.0f}" if n in results else "-"
+        print(f"| {n} | {model_rate:.0f} | {measured} | {bound} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -26,9 +26,10 @@ class LatencySource(Protocol):
         """``(stats, from_cache)`` of the architecture ``widths`` (``model``: its shrunk network,
         when the caller has it already). ``fresh`` measures again whatever is known."""
 
-    def start(self, widths: tuple[int, ...], model: nn.Module | None = None) -> Pending:
+    def start(self, widths: tuple[int, ...], model: nn.Module | None = None, fresh: bool = False) -> Pending:
         """Begin measuring ``widths``: at once on a farm of agents (the answer comes while the
-        caller scores accuracy), else now; :meth:`finish` gives ``(stats, from_cache)``."""
+        caller scores accuracy), else now; :meth:`finish` gives ``(stats, from_cache)``.
+        ``fresh``: one more fresh session, whatever is known."""
 
     def finish(self, pending: Pending) -> tuple[LatencyStats, bool]:
         """The answer of :meth:`start` (waits for it)."""
@@ -62,8 +63,8 @@ class ProfiledLatency:
         onnx = lambda: self._onnx(widths, model)  # noqa: E731 - deferred: a cache hit never exports
         return self.profiler.latency(self._key(widths), self.shape, onnx, fresh=fresh)
 
-    def start(self, widths, model=None):
-        return self.profiler.start(self._key(widths), self.shape, lambda: self._onnx(widths, model))
+    def start(self, widths, model=None, fresh=False):
+        return self.profiler.start(self._key(widths), self.shape, lambda: self._onnx(widths, model), fresh)
 
     def finish(self, pending):
         return self.profiler.finish(pending)

@@ -285,6 +285,12 @@ class PruningProblem:
         """Measured latency of an architecture (the cache answers repeats unless ``fresh``)."""
         return self.latency.measure(tuple(widths), None, fresh)[0]
 
+    def fresh_sessions(self, widths: tuple[int, ...], count: int) -> list[LatencyStats]:
+        """``count`` fresh sessions of an architecture, in the order started: one after the
+        other on this host, several at once on a farm of agents."""
+        started = [self.latency.start(tuple(widths), None, True) for _ in range(count)]
+        return [self.latency.finish(p)[0] for p in started]
+
     def known_candidates(self) -> list[Candidate]:
         """Every candidate evaluated in this run or restored from its checkpoint: a resumed run
         looks its finished pick up here (the pick may be a widened network the GA never saw)."""

@@ -188,7 +188,7 @@ def confirm(
     median of n sessions has a standard error of about 1.25 sigma / sqrt(n), and two such checks
     differ by sqrt(2) times that, so the margin grows with the spread ``noise`` has seen.
     """
-    runs = [problem.latency_of(widths, fresh=True).median_ms for _ in range(sessions)]
+    runs = [s.median_ms for s in problem.fresh_sessions(widths, sessions)]
     noise.add(runs)
     gap_se = 1.25 * noise.spread * math.sqrt(2 / sessions)
     return Confirmation(runs, noise.spread, policy.confirmation_limit(budget_ms, gap_se))

@@ -56,8 +56,8 @@ class Clock:
         ms = next(source[tuple(widths)]) if isinstance(source, dict) else source(tuple(widths))
         return _stats(ms), False
 
-    def start(self, widths, model=None):
-        return self.measure(widths, model)
+    def start(self, widths, model=None, fresh=False):
+        return self.measure(widths, model, fresh)
 
     def finish(self, answer):
         return answer

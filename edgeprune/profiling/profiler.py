@@ -170,20 +170,22 @@ class Profiler:
         runs = self.sessions(arch_key, shape, onnx_fn(), sessions)
         return sorted(runs, key=lambda s: s.median_ms)[sessions // 2], False
 
-    def start(self, arch_key: str, input_shape: Sequence[int], onnx_fn: Callable[[], bytes]) -> "Pending":
+    def start(self, arch_key: str, input_shape: Sequence[int], onnx_fn: Callable[[], bytes], fresh: bool = False) -> "Pending":
         """Begin measuring ``arch_key`` and return at once where the backend is a farm (the
         measurement runs on a free agent while the caller works on), else measure now; read the
-        answer with :meth:`finish`. Known architectures are answered from memory or the cache,
-        and one already under way is not started twice."""
+        answer with :meth:`finish`. Unless ``fresh`` (one more fresh session, see
+        :meth:`latency`), known architectures are answered from memory or the cache, and one
+        already under way is not started twice."""
         shape = tuple(int(d) for d in input_shape)
-        if (arch_key, shape) in self._pending:
+        if not fresh and (arch_key, shape) in self._pending:
             return self._pending[arch_key, shape]
         submit = getattr(self.backend, "submit", None)
-        if submit is None or self.peek(arch_key, shape) is not None:
-            return Pending(arch_key, shape, answer=self.latency(arch_key, shape, onnx_fn))
+        if submit is None or (not fresh and self.peek(arch_key, shape) is not None):
+            return Pending(arch_key, shape, answer=self.latency(arch_key, shape, onnx_fn, fresh=fresh))
         self.measurements += 1
         pending = Pending(arch_key, shape, future=submit(onnx_fn(), shape, self.anchor is not None, arch_key))
-        self._pending[arch_key, shape] = pending
+        if not fresh:
+            self._pending[arch_key, shape] = pending
         return pending
 
     def finish(self, pending: "Pending") -> tuple[LatencyStats, bool]:

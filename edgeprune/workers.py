@@ -9,9 +9,10 @@ twice.
 
 The channel space (with the model), the task (with its data) and the model scores go to Ray's
 object store once per problem, not per task; a worker process loads them once and keeps them
-(:func:`_loaded`). Each task sets torch's thread count to the driver's, so a worker computes
-the same floating-point sums as this process would: same seed, same widths, same accuracies as a
-local run. Latency is never measured on a worker: timing belongs to the target (a farm of agents,
+(:func:`_loaded`). Each task sets torch's thread count to the driver's (and reserves as many
+CPUs), so a worker computes the same floating-point sums as this process would: same seed, same
+widths, same accuracies as a local run. A node therefore runs ``its CPUs / the driver's threads``
+tasks at once: Ray pays off across machines, not on the driver's own cores. Latency is never measured on a worker: timing belongs to the target (a farm of agents,
 or this host's CPU while nothing else of ours runs).
 
 Everything shipped to workers is unpickled there, by Ray: the driver's own objects going to the
@@ -69,9 +70,12 @@ class RayWorkers:
                 ray.init(address=address or None, include_dashboard=False, log_to_driver=False, configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise UserError(f"cannot start or join the Ray cluster at {self.address} ({exc}); check --workers") from None
+        # Each task computes with the driver's thread count and reserves that many CPUs, so Ray
+        # never packs more threads onto a node than it has cores (oversubscribed, torch crawls).
         self._threads = torch.get_num_threads()
-        self._score = ray.remote(max_retries=MAX_RETRIES)(_score)
-        self._tune = ray.remote(max_retries=MAX_RETRIES)(_tune)
+        options = dict(max_retries=MAX_RETRIES, num_cpus=self._threads)
+        self._score = ray.remote(**options)(_score)
+        self._tune = ray.remote(**options)(_tune)
         self._bundles: dict[tuple[int, ...], tuple[Any, tuple]] = {}
 
     def score(self, space: ChannelSpace, task: Task, model_scores: Sequence[ModelScore], plans: list[ChannelPlan]) -> list[tuple[float, dict[str, float], float]]:

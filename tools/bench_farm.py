@@ -1,12 +1,13 @@
 """Search throughput against the number of device agents and against Ray workers.
 
-    python tools/bench_farm.py                       # about 10 minutes on a 2-core VM
+    python tools/bench_farm.py                       # about 12 minutes on a 2-core VM
     python tools/bench_farm.py --device-seconds 5 --agents 1,2,4,8,16
 
 The model is the demo's MobileNetV2 trained on Fashion-MNIST (3x32x32, trained once and cached).
 Latency comes from the ``simulated`` device (profiles/simulated.yaml): a fixed function of the
 architecture, each measurement holding its agent for ``--device-seconds`` (a TensorRT engine
-build and timing on a Jetson takes tens of seconds; a few seconds is the latency-bound case).
+build and timing on a Jetson takes tens of seconds; 4 s keeps the coordinator from being the bound
+up to 4 agents).
 The agents are real ``edgeprune agent`` processes on loopback, so HTTP, the queue and the
 coordinator's own work (shrink, ONNX export, adaptive-BN accuracy) are all in the numbers.
 
@@ -92,7 +93,7 @@ def search(space, task, profile: Path, args, agents: list[str] | None = None, wo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device-seconds", type=float, default=2.0, help="how long one measurement holds an agent (default 2)")
+    ap.add_argument("--device-seconds", type=float, default=4.0, help="how long one measurement holds an agent (default 4)")
     ap.add_argument("--agents", default="1,2,4,8", help="agent counts to run (default 1,2,4,8)")
     ap.add_argument("--population", type=int, default=16)
     ap.add_argument("--generations", type=int, default=3)
@@ -112,6 +113,7 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="bench-farm-"))
     slow, fast = simulated_profile(folder, args.device_seconds), simulated_profile(folder, 0.0)
+    search(space, task, fast, args)  # warm-up: first exports and forward passes are slower
     agents = start_agents(max(counts))
     results = {}
     try:
@@ -150,7 +152,7 @@ def main() -> None:
         print("| scoring | candidates | search wall (s) | candidates / hour | same candidates |")
         print("|---|---:|---:|---:|---|")
         print(f"| this process (torch {torch.get_num_threads()} threads) | {local['count']} | {local['wall']:.1f} | {3600 * local['count'] / local['wall']:.0f} | - |")
-        print(f"| local Ray cluster, {cpus} CPUs (warm) | {ray_run['count']} | {ray_run['wall']:.1f} | {3600 * ray_run['count'] / ray_run['wall']:.0f} | "
+        print(f"| local Ray cluster, {cpus} CPUs, {max(1, cpus // torch.get_num_threads())} task(s) at once (warm) | {ray_run['count']} | {ray_run['wall']:.1f} | {3600 * ray_run['count'] / ray_run['wall']:.0f} | "
               f"{'yes' if ray_run['rows'] == local['rows'] else 'NO'} |")
 
     device_s = statistics.median(results[max(counts)]["device_s"])

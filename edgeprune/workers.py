@@ -117,11 +117,16 @@ class RayWorkers:
     def _get(self, refs: list) -> list:
         try:
             return self._ray.get(refs)
-        except self._ray.exceptions.RayTaskError as exc:
+        except self._ray.exceptions.RayTaskError as exc:  # the task's own exception: the user's to see
             cause = getattr(exc, "cause", None)
             if isinstance(cause, Exception):
                 raise cause from None
             raise
+        except self._ray.exceptions.RayError as exc:  # workers or nodes lost beyond the retries
+            raise UserError(
+                f"the Ray cluster at {self.address} lost a candidate's task after {MAX_RETRIES} retries ({type(exc).__name__}); "
+                "check the cluster, then continue the run with --resume OUT_DIR"
+            ) from None
 
 
 _LOADED: OrderedDict[str, tuple] = OrderedDict()

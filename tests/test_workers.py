@@ -111,6 +111,9 @@ def test_a_worker_that_dies_mid_task_is_retried_and_nothing_is_lost_or_counted_t
         return [(c.widths, c.accuracy) for c in problem.evaluated()], journal.records
 
     local, local_journal = search(None, Classification(data, RECIPE))
+    puts = []
+    real_put = ray.put
+    monkeypatch.setattr(ray, "put", lambda value, **kw: puts.append(type(value)) or real_put(value, **kw))
     workers = RayWorkers("")
     try:
         marker = tmp_path / "died"
@@ -118,6 +121,7 @@ def test_a_worker_that_dies_mid_task_is_retried_and_nothing_is_lost_or_counted_t
     finally:
         workers.close()
     assert marker.exists()  # a worker did die
+    assert puts == [tuple]  # the space, task and scores went to the object store once, not per task
     assert not ray.is_initialized()  # the cluster this run started is shut down
     assert remote == local
     assert remote_journal == local_journal and len(set(remote_journal)) == len(remote_journal)

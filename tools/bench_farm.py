@@ -91,6 +91,33 @@ def search(space, task, profile: Path, args, agents: list[str] | None = None, wo
     }
 
 
+def coordinator_parts(space, shape: tuple[int, ...], folder: Path, count: int = 10, seed: int = 0) -> tuple[float, float]:
+    """Median seconds of what stays on the coordinator when Ray scores accuracy (shrink + ONNX
+    export of a random candidate), and of one latency-cache write + read (SQLite)."""
+    import numpy as np
+
+    from edgeprune.exporters.onnx_bytes import export_onnx_bytes
+    from edgeprune.profiling.cache import LatencyCache
+    from edgeprune.profiling.stats import LatencyStats
+
+    rng = np.random.default_rng(seed)
+    export_s = []
+    for _ in range(count):
+        widths = [int(rng.choice(g.options)) for g in space.groups]
+        start = time.perf_counter()
+        export_onnx_bytes(space.shrink(space.plan(widths)), (1, *shape), 17)
+        export_s.append(time.perf_counter() - start)
+    cache = LatencyCache(folder / "cache-cost.sqlite")
+    stats = LatencyStats(100, 1.0, 1.1, 1.2, 1.0, 0.01, 0.01)
+    start = time.perf_counter()
+    for i in range(500):
+        cache.put("f" * 16, f"arch-{i}", (1, *shape), stats)
+        cache.get("f" * 16, f"arch-{i}", (1, *shape))
+    cache_s = (time.perf_counter() - start) / 500
+    cache.close()
+    return statistics.median(export_s), cache_s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device-seconds", type=float, default=4.0, help="how long one measurement holds an agent (default 4)")
@@ -157,24 +184,30 @@ def main() -> None:
 
     device_s = statistics.median(results[max(counts)]["device_s"])
     per_gen = base["per_generation"]
-    print(f"\n## A larger farm, modelled on these measurements\n")
+    export_s, cache_s = coordinator_parts(space, parse_shape(DEMO_SHAPE), folder)
+    print("\n## A larger farm, modelled on these measurements\n")
     print(f"Measured: one measurement holds an agent {device_s:.2f} s (median, HTTP included); the coordinator "
-          f"spends {coordinator_s:.3f} s per candidate (shrink, ONNX export, adaptive-BN accuracy: the no-device-time run); "
-          f"a generation brings {per_gen:.1f} new candidates on average (population {args.population}, duplicates and "
-          f"elites are not re-measured).\n")
-    print("Model: a generation takes max(ceil(new / agents) x device time, new x coordinator time); "
-          "candidates per hour = new / that.\n")
-    print("| agents | modelled candidates / hour | measured | bound by |")
-    print("|---:|---:|---:|---|")
+          f"spends {coordinator_s:.3f} s per candidate scoring here (shrink, ONNX export, adaptive-BN accuracy: the "
+          f"no-device-time run), of which {export_s:.3f} s is shrink + ONNX export, what stays on it when Ray workers "
+          f"score accuracy; a latency-cache write + read takes {1000 * cache_s:.2f} ms; a generation brings "
+          f"{per_gen:.1f} new candidates on average (population {args.population}).\n")
+    print("Model: a generation takes the largest of: ceil(new / agents) x device time (the devices; at most `new` "
+          "of them busy: the generation barrier), new x coordinator time, new x cache time; candidates per hour = "
+          "new / that. Columns: scoring here, and scoring on Ray workers with enough CPUs (coordinator = export only).\n")
+    print("| agents | modelled, scoring here | modelled, Ray scoring | measured (scoring here) | bound by (here / Ray) |")
+    print("|---:|---:|---:|---:|---|")
     for n in sorted(set(counts) | {16, 32, 100}):
         device_t = math.ceil(per_gen / n) * device_s
-        coord_t = per_gen * coordinator_s
-        model_rate = 3600 * per_gen / max(device_t, coord_t)
-        bound = "devices" if device_t > coord_t else "coordinator"
-        if n >= per_gen and device_t >= coord_t:
-            bound = "generation barrier (one device per new candidate)"
+        row, bounds = [], []
+        for coordinator in (coordinator_s, export_s):
+            limits = {"devices": device_t, "coordinator": per_gen * coordinator, "cache": per_gen * cache_s}
+            bound = max(limits, key=limits.get)
+            if bound == "devices" and n >= per_gen:
+                bound = "generation barrier"
+            row.append(3600 * per_gen / limits[max(limits, key=limits.get)])
+            bounds.append(bound)
         measured = f"{3600 * results[n]['count'] / results[n]['wall']:.0f}" if n in results else "-"
-        print(f"| {n} | {model_rate:.0f} | {measured} | {bound} |")
+        print(f"| {n} | {row[0]:.0f} | {row[1]:.0f} | {measured} | {bounds[0]} / {bounds[1]} |")
 
 
 if __name__ == "__main__":

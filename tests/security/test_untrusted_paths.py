@@ -56,6 +56,9 @@ def _checkpoint(tmp_path: Path, **config) -> Path:
         ({"weights": "/somewhere/w.pt"}, "weights '/somewhere/w.pt'"),
         ({"data": "imagefolder:/home/someone/photos"}, "data 'imagefolder:/home/someone/photos'"),
         ({"cache": "/somewhere/c.sqlite"}, "cache '/somewhere/c.sqlite'"),
+        # a Ray cluster's answers are unpickled by the driver; a farm file is read
+        ({"workers": "ray:203.0.113.7:6379"}, "workers 'ray:203.0.113.7:6379'"),
+        ({"agents": "/somewhere/farm.yaml"}, "agents '/somewhere/farm.yaml'"),
     ],
 )
 def test_a_checkpoint_naming_code_or_paths_needs_trust(tmp_path, config, words):
@@ -64,6 +67,12 @@ def test_a_checkpoint_naming_code_or_paths_needs_trust(tmp_path, config, words):
         resume_config(str(out))
     assert words in str(err.value)
     assert resume_config(str(out), trust_model_code=True).out == str(out)
+
+
+def test_a_checkpoint_naming_a_local_ray_cluster_or_agent_urls_needs_no_trust(tmp_path):
+    """Tokens go only where the user pinned them, whatever URLs a checkpoint lists."""
+    out = _checkpoint(tmp_path, workers="ray", agents="http://127.0.0.1:8765,http://127.0.0.1:8766")
+    assert resume_config(str(out)).agents == "http://127.0.0.1:8765,http://127.0.0.1:8766"
 
 
 def test_a_resumed_run_writes_where_resume_says_not_where_the_checkpoint_says(tmp_path):

@@ -102,8 +102,8 @@ def test_a_machine_that_slows_mid_run_keeps_a_speedup_verdict_and_the_report_rec
     real_factory = profiler_module.make_backend
     machine = {}
 
-    def slowing(profile):
-        machine["backend"] = _SlowingMachine(real_factory(profile), after=6, factor=2.0)
+    def slowing(profile, **options):
+        machine["backend"] = _SlowingMachine(real_factory(profile, **options), after=6, factor=2.0)
         return machine["backend"]
 
     monkeypatch.setattr(profiler_module, "make_backend", slowing)

@@ -48,6 +48,7 @@ from edgeprune.attack import (
 from edgeprune.robustness import MAX_SAMPLES, MAX_SUBNETS, RobustPruning
 from edgeprune.profiling.farm import agent_urls
 from edgeprune.workers import RayWorkers, parse_workers, require_ray
+from edgeprune.sparsity import apply, make_permanent, model_share, onnx_share, parse_sparsity
 
 
 
@@ -99,6 +100,8 @@ class PruneConfig:
     robust_test_samples: int = DEFAULT_TEST_SAMPLES
     workers: str = "local"
     agents: str | None = None
+    sparsity: str | None = None
+    sparsity_epochs: float = 0.5
     resume: bool = False
 
     @property
@@ -111,6 +114,7 @@ def _numeric_rules(cfg: PruneConfig) -> list[tuple[str, object, bool, str]]:
     """(flag, value, ok, what it must be) for every number of the run; NaN fails every test."""
     fin = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     return [
+        ("--sparsity-epochs", cfg.sparsity_epochs, fin(cfg.sparsity_epochs) and cfg.sparsity_epochs >= 0, "a number of epochs, 0 or more"),
         ("--budget-ms", cfg.budget_ms, cfg.budget_ms is None or (fin(cfg.budget_ms) and cfg.budget_ms > 0), "a positive number of ms"),
         ("--speedup", cfg.speedup, cfg.speedup is None or (fin(cfg.speedup) and cfg.speedup > 1), "above 1 (a latency target faster than the original)"),
         ("--population", cfg.population, cfg.population >= 4, "at least 4"),
@@ -181,6 +185,10 @@ def _validate(cfg: PruneConfig) -> None:
         raise UserError("--adv-ratio applies to --adv-finetune; add it or drop --adv-ratio")
     Attack(cfg.attack_eps, cfg.attack_steps, cfg.attack_alpha).check()
     parse_workers(cfg.workers)
+    if cfg.sparsity is not None:
+        parse_sparsity(cfg.sparsity)
+    elif cfg.sparsity_epochs != PruneConfig(model="").sparsity_epochs:
+        raise UserError("--sparsity-epochs applies with --sparsity 2:4; add it or drop --sparsity-epochs")
     if cfg.workers != "local":
         require_ray()  # before anything is loaded or timed
     if cfg.depth and (cfg.strategy != "nsga2" or cfg.encoding != "width" or cfg.rounds != 1):
@@ -312,6 +320,7 @@ def _run(job: _Job, t0: float) -> dict:
     job.phases["finetune_s"] = sum(r.summary["finetune_s"] for r in rounds)
     t = time.perf_counter()
     final = rounds[-1]
+    sparsity = _sparsify(job, final.model) if cfg.sparsity is not None else None
     pruned_acc = job.task.test_score(final.model)
     # Checked + slimmed ONNX, timed fresh next to the unpruned model, latency and fingerprint in
     # its metadata, parity and ONNX Runtime accuracy measured; manifest and card written below.
@@ -327,10 +336,36 @@ def _run(job: _Job, t0: float) -> dict:
     report = _report(job, rounds, package, baseline, baseline_latency, budget_ms, pruned_acc) | {"per_layer": per_layer}
     if job.robust is not None:
         _add_robustness(job, report, rounds, baseline)
+    if sparsity is not None:
+        pattern = parse_sparsity(cfg.sparsity)
+        report["sparsity"] = sparsity | {"test_accuracy_after": pruned_acc, "onnx": onnx_share(package.fp32.blob, pattern)}
     _write_outputs(job, rounds, package, report, baseline, budget_ms)
     job.checkpoint.clear()  # the run is complete: nothing left to resume
     print_summary(report, Path(cfg.out))
     return report
+
+
+def _sparsify(job: _Job, model: torch.nn.Module) -> dict:
+    """The picked network with 2:4 weights (edgeprune.sparsity): magnitude masks on the layers
+    TensorRT can run sparse, a fine-tune with the masks fixed, the masks folded in."""
+    cfg, t = job.cfg, time.perf_counter()
+    pattern = parse_sparsity(cfg.sparsity)
+    before = job.task.test_score(model)
+    layers = apply(model, pattern)
+    if cfg.sparsity_epochs > 0:
+        job.task.fine_tune(model, job.model, cfg.sparsity_epochs, cfg.seed, f"{pattern.name} fine-tune, mask fixed")
+    make_permanent(model)
+    job.phases["sparsity_s"] = time.perf_counter() - t
+    if job.profile.backend != "tensorrt":
+        console.print(
+            f"{pattern.name} sparsity: {job.profile.backend} runs these weights at dense speed, so the latency is unchanged here; "
+            "a TensorRT build with --sparsity=enable on Ampere/Orin may run them on sparse tensor cores"
+        )
+    return {
+        "pattern": pattern.name, "method": "magnitude", "layers": layers, "epochs": cfg.sparsity_epochs,
+        "test_accuracy_before": before, "torch": model_share(model, pattern),
+        "tensorrt_sparsity": bool(job.profile.tensorrt is not None and job.profile.tensorrt.sparsity),
+    }
 
 
 def _round_scores(job: _Job, number: int, space: ChannelSpace) -> tuple:
@@ -346,6 +381,9 @@ def _load(cfg: PruneConfig) -> _Job:
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     profile = load_profile(cfg.target)
+    if cfg.sparsity is not None and profile.tensorrt is not None:
+        # Engines of this run are built with --sparsity=enable (and keyed apart in the cache).
+        profile = dataclasses.replace(profile, tensorrt=dataclasses.replace(profile.tensorrt, sparsity=True))
     if cfg.task == "classification":
         shape = parse_shape(cfg.input_shape) if cfg.input_shape else None
         data = load_data(cfg.data, input_shape=shape, pad=cfg.pad, mean=cfg.mean, std=cfg.std, holdout=cfg.holdout, seed=cfg.seed)

@@ -19,7 +19,7 @@ import yaml
 
 from edgeprune.errors import UserError
 
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 # Numbers must be >= 0; below these minimums the measurement loop or the search is meaningless.
 _MINIMUM = {"min_runs": 1, "sessions": 1, "opset": 1, "batch": 1, "channel_step": 1, "workspace_mb": 1}
 # And at most these: a profile may arrive from anyone (a shared file, a request to the agent), and
@@ -76,6 +76,9 @@ class TensorRTSpec:
 
     workspace_mb: int
     warmup_ms: int
+    # Build with --sparsity=enable: layers whose weights hold the 2:4 pattern may run on sparse
+    # tensor cores (Ampere, Orin). `prune --sparsity 2:4` sets it for its run.
+    sparsity: bool = False
 
 
 @dataclass(frozen=True)
@@ -321,6 +324,10 @@ def _value(name: str, kind: Any, value: Any, prefix: str, source: str) -> Any:
         (kind,) = [k for k in get_args(kind) if k is not type(None)]
     if kind in (MeasureSpec, TensorRTSpec, SimulatedSpec):
         return _build(kind, value, f"{key}.", source, {})
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"profile {source}: '{key}' must be {_TYPE_NAMES[bool]}, got {_show(value)}; fix the value")
+        return value
     # bool is an int subclass in Python; `threads: yes` is a typo, not the number 1.
     ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
     if not ok or isinstance(value, bool):

@@ -87,6 +87,8 @@ def compose_fingerprint(profile: Profile, device: dict[str, Any]) -> dict[str, A
             precision=profile.precision,
             workspace_mb=trt.workspace_mb if trt is not None else None,
         )
+        if trt is not None and trt.sparsity:  # only when on: dense profiles keep their cache keys
+            fp["sparsity"] = True
     elif profile.backend == "simulated":
         # The model's settings are the "device": change one and cached numbers no longer apply.
         fp.update(

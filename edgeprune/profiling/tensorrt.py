@@ -70,7 +70,7 @@ class TrtexecSummary:
 
 
 def build_flags(profile: Profile, version: tuple[int, ...]) -> list[str]:
-    """Flags that decide what engine is built: precision, workspace, device."""
+    """Flags that decide what engine is built: precision, workspace, device, sparsity."""
     trt = profile.tensorrt
     if trt is None:
         raise UserError(f"target '{profile.name}' has no 'tensorrt' section; it cannot build engines")
@@ -86,6 +86,8 @@ def build_flags(profile: Profile, version: tuple[int, ...]) -> list[str]:
     flags.append(f"--memPoolSize=workspace:{trt.workspace_mb}" if version >= (8, 4) else f"--workspace={trt.workspace_mb}")
     if profile.provider.startswith("DLA"):
         flags += [f"--useDLACore={profile.provider[3:]}", "--allowGPUFallback"]
+    if trt.sparsity:
+        flags.append("--sparsity=enable")  # 2:4 weights may take sparse kernels; others stay dense
     return flags
 
 

@@ -229,7 +229,9 @@ def load_data(
     holdout: int = 5000,
     seed: int = 0,
 ) -> DataBundle:
-    """Load ``fashion-mnist``, ``imagefolder:PATH`` or ``digits`` into a :class:`DataBundle`.
+    """Load ``fashion-mnist``, ``imagefolder:PATH`` or ``digits`` into a :class:`DataBundle`;
+    ``SPEC@0-4`` (or ``@5,7,9``) keeps only those classes, relabelled 0, 1, ... in that order (a
+    source and a target task for transfer learning from one data set).
 
     ``input_shape`` None means the images' own shape. When it differs in size the images are
     resized bilinearly, or zero-padded around the centre with ``pad``. ``holdout`` items are
@@ -241,13 +243,19 @@ def load_data(
     if holdout < 1:
         raise UserError(f"--holdout {holdout} must be at least 1; pass the number of train images to score on")
     gen = torch.Generator().manual_seed(seed)
+    base, _, subset = spec.partition("@")
     source, (train_x, train_y, test_x, test_y), class_names, resized_at_load = _load_source(
-        spec, input_shape, pad, gen
+        base, input_shape, pad, gen
     )
+    if subset:
+        kept = parse_classes(subset, len(class_names))
+        train_x, train_y = _only(train_x, train_y, kept)
+        test_x, test_y = _only(test_x, test_y, kept)
+        class_names = [class_names[c] for c in kept]
     preprocess = _preprocess(tuple(train_x.shape[1:]), input_shape, pad, mean, std, resized_at_load)
     capped, hold_idx, train_idx = _holdout_indices(len(train_y), holdout, gen)
     return DataBundle(
-        name=spec.split(":", 1)[0],
+        name=base.split(":", 1)[0] + (f"@{subset}" if subset else ""),
         train=Split(train_x[train_idx], train_y[train_idx], preprocess),
         holdout=Split(train_x[hold_idx], train_y[hold_idx], preprocess),
         test=Split(test_x, test_y, preprocess),
@@ -258,6 +266,30 @@ def load_data(
         seed=seed,
         holdout_capped=capped,
     )
+
+
+def parse_classes(text: str, count: int) -> list[int]:
+    """``0-4`` or ``5,7,9``: the classes of a ``SPEC@CLASSES`` data set, in the order given
+    (they become labels 0, 1, ...)."""
+    try:
+        if "-" in text and "," not in text:
+            low, high = (int(v) for v in text.split("-"))
+            kept = list(range(low, high + 1))
+        else:
+            kept = [int(v) for v in text.split(",")]
+    except ValueError:
+        kept = []
+    if len(kept) < 2 or len(set(kept)) != len(kept) or not all(0 <= c < count for c in kept):
+        raise UserError(f"classes {text!r} must be a range like 0-4 or a list like 5,7,9 of at least two distinct labels below {count}")
+    return kept
+
+
+def _only(x: Tensor, y: Tensor, kept: list[int]) -> tuple[Tensor, Tensor]:
+    """The items of the ``kept`` classes, relabelled by their position in ``kept``."""
+    relabel = torch.full((int(y.max()) + 1,), -1, dtype=torch.long)
+    relabel[torch.tensor(kept)] = torch.arange(len(kept))
+    mask = relabel[y] >= 0
+    return x[mask], relabel[y[mask]]
 
 
 def _load_source(

@@ -12,10 +12,12 @@ from pathlib import Path
 import torch
 
 from edgeprune.data import load_data
+from edgeprune.errors import UserError
 from edgeprune.models import check_input, load_model, parse_shape
 from edgeprune.profiling.cache import default_cache_path
 from edgeprune.progress import console
 from edgeprune.training import evaluate, train
+from edgeprune.transfer import freeze_backbone as freeze_backbone_of
 
 DEMO_MODEL = "torchvision:mobilenet_v2"
 DEMO_SHAPE = "3x32x32"
@@ -48,12 +50,22 @@ def train_and_save(
     lr: float = 0.05,
     seed: int = 0,
     progress: bool = True,
+    freeze_backbone: bool = False,
 ) -> dict:
-    """Train ``spec`` on the train split (holdout excluded) and save its state_dict atomically."""
+    """Train ``spec`` on the train split (holdout excluded) and save its state_dict atomically;
+    with ``freeze_backbone``, only a fresh head (:func:`edgeprune.transfer.freeze_backbone`)."""
     torch.manual_seed(seed)
     bundle = load_data(data, input_shape=parse_shape(input_shape) if input_shape else None, pad=pad, mean=mean, std=std, holdout=holdout, seed=seed)
     model, _ = load_model(spec, num_classes=num_classes or bundle.num_classes, weights=weights)
     check_input(model, tuple(bundle.preprocess.input_shape), bundle.num_classes)
+    if freeze_backbone:
+        if weights is None:
+            raise UserError("--freeze-backbone trains a new head on a trained backbone: pass the backbone's --weights")
+        try:
+            head = freeze_backbone_of(model)
+        except ValueError as exc:
+            raise UserError(f"--freeze-backbone: {exc}; use a model with a fully-connected head") from None
+        console.print(f"backbone frozen; training a new head of {len(head)} fully-connected layer(s)")
     stats = train(model, bundle.train, epochs, lr=lr, seed=seed, progress=progress, description=f"train {spec}")
     accuracy = evaluate(model, bundle.test)
     out = Path(out)

@@ -125,7 +125,7 @@ def run_ensemble(cfg: EnsembleConfig) -> dict:
     original = _original(cfg, report, original_model)
     depth = any(name.startswith("depth:") for name in front[0]["widths"])
     # The run's own channel step: widths on its grid (--target only changes where it is timed).
-    space = ChannelSpace(original, tuple(report["input_shape"]), recorded.channel_step, model_spec=report["model"], depth=depth)
+    space = ChannelSpace(original, tuple(report["input_shape"]), recorded.channel_step, model_spec=report["model"], depth=depth, mode=report["search"].get("mode", "channels"))
     names = [g.name for g in space.groups]
     if any(set(p["widths"]) != set(names) for p in front):
         raise UserError("report.json's Pareto widths do not name this model's channel groups (another model or target step); prune again")

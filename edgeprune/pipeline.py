@@ -37,7 +37,7 @@ from edgeprune.rounds import round_budgets, run_rounds
 from edgeprune.checkpoint import RunCheckpoint
 from edgeprune.problem import DEFAULT_OBJECTIVES, PruningProblem, parse_objectives, recalibrate_bn
 from edgeprune.search.encoding import make_encoding
-from edgeprune.space import ChannelSpace, layer_widths, macs_and_params
+from edgeprune.space import MODES, ChannelSpace, layer_widths, macs_and_params
 from edgeprune.targets import Profile, load_profile
 from edgeprune.task import Classification, Recipe, Task
 from edgeprune.pruned import yolo_packaged
@@ -102,6 +102,7 @@ class PruneConfig:
     agents: str | None = None
     sparsity: str | None = None
     sparsity_epochs: float = 0.5
+    mode: str = "channels"
     resume: bool = False
 
     @property
@@ -185,6 +186,10 @@ def _validate(cfg: PruneConfig) -> None:
         raise UserError("--adv-ratio applies to --adv-finetune; add it or drop --adv-ratio")
     Attack(cfg.attack_eps, cfg.attack_steps, cfg.attack_alpha).check()
     parse_workers(cfg.workers)
+    if cfg.mode not in MODES:
+        raise UserError(f"--mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
+    if cfg.mode != "channels" and cfg.depth:
+        raise UserError(f"--mode {cfg.mode} searches a transfer head; drop --depth")
     if cfg.sparsity is not None:
         parse_sparsity(cfg.sparsity)
     elif cfg.sparsity_epochs != PruneConfig(model="").sparsity_epochs:
@@ -409,7 +414,10 @@ def _load(cfg: PruneConfig) -> _Job:
         model, spec = load_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights)
         task.check_model(model, profile.opset)
     input_shape = tuple(task.example_input().shape[1:])
-    space = ChannelSpace(model, input_shape, profile.channel_step, model_spec=spec, depth=cfg.depth)
+    space = ChannelSpace(model, input_shape, profile.channel_step, model_spec=spec, depth=cfg.depth, mode=cfg.mode)
+    if not space.groups and cfg.mode != "channels":
+        what = "hidden fully-connected layer (a Linear feeding another Linear)" if cfg.mode == "head" else "convolution whose channels a fully-connected head reads"
+        raise UserError(f"--mode {cfg.mode}: {cfg.model} has no {what} wider than the target's step ({profile.channel_step}); use --mode channels or a model with such a head (edgeprune.transfer:transfer_net)")
     if not space.groups:
         raise UserError(f"{cfg.model} has no prunable channel group wider than the target's step ({profile.channel_step})")
     agents = agent_urls(cfg.agents, profile.name) if cfg.agents else None
@@ -582,6 +590,7 @@ def _search_section(job: _Job, rounds) -> dict:
     cfg = job.cfg
     return {
         "strategy": cfg.strategy,
+        "mode": cfg.mode,
         "encoding": cfg.encoding,
         "objectives": list(job.problem.objective_names),
         "population": cfg.population,

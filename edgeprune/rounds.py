@@ -94,7 +94,7 @@ def run_rounds(
     model, space = original, first.space
     for number, budget in enumerate(budgets, 1):
         if number > 1:
-            space = ChannelSpace(model, first.space.input_shape, first.space.step, model_spec=first.space.model_spec)
+            space = ChannelSpace(model, first.space.input_shape, first.space.step, model_spec=first.space.model_spec, mode=first.space.mode)
             if not space.groups:
                 console.print(f"round {number}: no group is wider than one step any more; stopping after round {number - 1}")
                 break

@@ -271,6 +271,20 @@ def _unsafe_reason(group, broken: list) -> str | None:
     return None
 
 
+# What a search may remove: every prunable channel group; or, for a transfer-learned model
+# (edgeprune.transfer), only the neurons of its fully-connected head (EvoPruneDeepTL's neuron
+# selection), or only the backbone features the head reads (its feature selection: the last conv
+# channels go with them).
+MODES = ("channels", "head", "features")
+
+
+def _in_mode(group: Group, mode: str, modules: dict[str, nn.Module]) -> bool:
+    root = modules.get(group.name)
+    if mode == "head":
+        return isinstance(root, nn.Linear)
+    return isinstance(root, nn.Conv2d) and any(isinstance(modules.get(n), nn.Linear) for n in group.coupled)
+
+
 class ChannelSpace(GroupLayout):
     """Prunable groups of a model, their widths on the target's step grid, and physical shrink."""
 
@@ -282,7 +296,11 @@ class ChannelSpace(GroupLayout):
         model_spec: dict | None = None,
         probe: bool = True,
         depth: bool = False,
+        mode: str = "channels",
     ):
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r} is not one of {MODES}")
+        self.mode = mode
         self.model = model.eval()
         self.input_shape = tuple(input_shape)
         self.step = step
@@ -296,6 +314,9 @@ class ChannelSpace(GroupLayout):
         self.skipped: list[dict] = []
         with _tolerant_reshape_mapping([]) as broken:
             groups = self._candidates(build_graph(model, self.example), broken, names)
+        if mode != "channels":
+            modules = dict(model.named_modules())
+            groups = [g for g in groups if _in_mode(g, mode, modules)]
         groups = self._working(groups) if probe and groups else groups
         super().__init__(groups + (self._depth_groups() if depth else []))
         self.base_signature = hashlib.sha256((repr(model) + str(self.input_shape)).encode()).hexdigest()[:16]

@@ -102,6 +102,9 @@ def train(
     advance = None if bar is None else (lambda ema: bar.update(task, advance=1, loss=ema))
     start = time.perf_counter()
     model.train()
+    for m in model.modules():  # frozen layers (a transfer's backbone) keep their statistics too
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and not m.weight.requires_grad:
+            m.eval()
     try:
         step, ema = _run_steps(
             model, split, optimizer, schedule, _loss_fn(teacher, kd_alpha, kd_temperature),

@@ -14,6 +14,7 @@ def add_parser(sub) -> None:
     t.add_argument("--epochs", type=float, default=1.0, help="epochs (default 1)")
     t.add_argument("--lr", type=float, default=0.05, help="peak learning rate, cosine schedule (default 0.05)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--freeze-backbone", action="store_true", help="transfer learning: keep the --weights backbone frozen (BatchNorm statistics too) and train a freshly initialised head, the fully-connected layers after the last convolution")
     t.add_argument("--out", required=True, help="state_dict file to write (use it with --weights)")
     add_progress_args(t)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,14 +244,17 @@ def load_data(
     if holdout < 1:
         raise UserError(f"--holdout {holdout} must be at least 1; pass the number of train images to score on")
     gen = torch.Generator().manual_seed(seed)
-    base, _, subset = spec.partition("@")
+    base, at, subset = spec.rpartition("@")
+    folder_path = spec.startswith("imagefolder:") and not re.fullmatch(r"[\d,\-\s]+", subset)
+    if not at or folder_path:  # no class list, or the '@' belongs to a folder's path
+        base, subset = spec, ""
     source, (train_x, train_y, test_x, test_y), class_names, resized_at_load = _load_source(
         base, input_shape, pad, gen
     )
     if subset:
         kept = parse_classes(subset, len(class_names))
-        train_x, train_y = _only(train_x, train_y, kept)
-        test_x, test_y = _only(test_x, test_y, kept)
+        train_x, train_y = _only(train_x, train_y, kept, len(class_names))
+        test_x, test_y = _only(test_x, test_y, kept, len(class_names))
         class_names = [class_names[c] for c in kept]
     preprocess = _preprocess(tuple(train_x.shape[1:]), input_shape, pad, mean, std, resized_at_load)
     capped, hold_idx, train_idx = _holdout_indices(len(train_y), holdout, gen)
@@ -284,9 +288,9 @@ def parse_classes(text: str, count: int) -> list[int]:
     return kept
 
 
-def _only(x: Tensor, y: Tensor, kept: list[int]) -> tuple[Tensor, Tensor]:
-    """The items of the ``kept`` classes, relabelled by their position in ``kept``."""
-    relabel = torch.full((int(y.max()) + 1,), -1, dtype=torch.long)
+def _only(x: Tensor, y: Tensor, kept: list[int], count: int) -> tuple[Tensor, Tensor]:
+    """The items of the ``kept`` classes (of ``count``), relabelled by their position in ``kept``."""
+    relabel = torch.full((count,), -1, dtype=torch.long)
     relabel[torch.tensor(kept)] = torch.arange(len(kept))
     mask = relabel[y] >= 0
     return x[mask], relabel[y[mask]]

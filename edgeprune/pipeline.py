@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from edgeprune.attack import (
     DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_SAMPLES, DEFAULT_STEPS, DEFAULT_SUBNETS, DEFAULT_TEST_SAMPLES, Attack, require_art,
 )
 from edgeprune.robustness import MAX_SAMPLES, MAX_SUBNETS, RobustPruning
+from edgeprune.agent import is_loopback
 from edgeprune.profiling.farm import agent_urls
 from edgeprune.workers import RayWorkers, parse_workers, require_ray
 from edgeprune.sparsity import apply, make_permanent, model_share, onnx_share, parse_sparsity
@@ -248,11 +250,21 @@ def _untrusted_settings(config: dict) -> list[str]:
         "data": str(config.get("data", "")).startswith(("imagefolder:", "yolo:")),
         "cache": config.get("cache") is not None,
         "task": config.get("task", "classification") not in ("classification", "detection"),
-        # A Ray cluster's answers are unpickled here; a farm file is read.
+        # A Ray cluster's answers are unpickled here; a farm file is read; agents off this machine
+        # would receive the model (tokens never go where the user did not pin them).
         "workers": config.get("workers", "local") not in ("local", "ray"),
-        "agents": str(config.get("agents") or "").endswith((".yaml", ".yml")),
+        "agents": _remote_agents(str(config.get("agents") or "")),
     }
     return [f"{key} {str(config.get(key))[:120]!r}" for key, flagged in named.items() if flagged]
+
+
+def _remote_agents(text: str) -> bool:
+    """Whether ``--agents`` names a farm file or any agent that is not on this machine."""
+    if not text:
+        return False
+    if text.endswith((".yaml", ".yml")):
+        return True
+    return not all(is_loopback(urllib.parse.urlsplit(u.strip()).hostname or "") for u in text.split(",") if u.strip())
 
 
 def resume_config(out: str, progress: bool = True, trust_model_code: bool = False) -> PruneConfig:
@@ -424,13 +436,20 @@ def _load(cfg: PruneConfig) -> _Job:
     profiler = Profiler(profile, cache_path=Path(cfg.cache) if cfg.cache else None, use_cache=not cfg.no_cache, agents=agents, warn=_warn)
     latency = ProfiledLatency(space, profiler, profile.opset, profile.batch)
     address = parse_workers(cfg.workers)
-    workers = RayWorkers(address) if address is not None else None
-    checkpoint = RunCheckpoint(Path(cfg.out))
-    scores = ()
-    if robust is not None and "robustness" in parse_objectives(cfg.objectives):
-        # Round 1's shared set: the checkpoint's on --resume, else made now and saved once the
-        # checkpoint starts (_baseline); the baseline is scored on it like every candidate.
-        scores = (robust.round_set(1, space, lambda m: recalibrate_bn(m, task.calibration_batches()), checkpoint.round_folder(1) if cfg.resume else None),)
+    workers = None
+    try:  # nothing started here outlives a failure: a farm's agent threads, a local Ray cluster
+        workers = RayWorkers(address) if address is not None else None
+        checkpoint = RunCheckpoint(Path(cfg.out))
+        scores = ()
+        if robust is not None and "robustness" in parse_objectives(cfg.objectives):
+            # Round 1's shared set: the checkpoint's on --resume, else made now and saved once the
+            # checkpoint starts (_baseline); the baseline is scored on it like every candidate.
+            scores = (robust.round_set(1, space, lambda m: recalibrate_bn(m, task.calibration_batches()), checkpoint.round_folder(1) if cfg.resume else None),)
+    except BaseException:
+        profiler.close()
+        if workers is not None:
+            workers.close()
+        raise
     problem = PruningProblem(space, task, latency, objective_names=parse_objectives(cfg.objectives), model_scores=scores, workers=workers)
     phases = {"load_s": time.perf_counter() - t0}
     return _Job(cfg, profile, data, model, spec, space, profiler, task, problem, checkpoint, phases, robust, workers)

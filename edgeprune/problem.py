@@ -230,6 +230,8 @@ class PruningProblem:
                 self.results[choice] = restored
                 continue
             skipped = self._screened(choice, widths, model)
+            if skipped is not None:
+                skipped.seconds = time.perf_counter() - start
             latency = None if skipped is not None else self.latency.start(widths, model)
             if latency is not None and self.screen is not None:
                 # The screen learns from each measurement before deciding on the next choice.

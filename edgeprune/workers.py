@@ -73,7 +73,9 @@ class RayWorkers:
         # Each task computes with the driver's thread count and reserves that many CPUs, so Ray
         # never packs more threads onto a node than it has cores (oversubscribed, torch crawls).
         self._threads = torch.get_num_threads()
-        options = dict(max_retries=MAX_RETRIES, num_cpus=self._threads)
+        # Never more than the largest node has: such a task would wait for a node that never comes.
+        largest = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+        options = dict(max_retries=MAX_RETRIES, num_cpus=max(1, min(self._threads, int(largest) or 1)))
         self._score = ray.remote(**options)(_score)
         self._tune = ray.remote(**options)(_tune)
         self._bundles: dict[tuple[int, ...], tuple[Any, tuple]] = {}
@@ -112,6 +114,8 @@ class RayWorkers:
         if key not in self._bundles:
             # The objects are kept with their reference: a reused id() would otherwise alias.
             self._bundles[key] = (self._ray.put(objects), objects)
+            while len(self._bundles) > _KEEP_LOADED:  # an earlier round's: its objects are freed
+                self._bundles.pop(next(iter(self._bundles)))
         return [self._bundles[key][0]]
 
     def _get(self, refs: list) -> list:

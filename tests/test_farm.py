@@ -306,3 +306,35 @@ def test_prune_on_a_farm_end_to_end(agents, tmp_path):
     assert all(a["measurements"] > 0 and a["in_rotation"] for a in farm["agents"]) and not farm["removed"]
     assert report["fingerprint"]["runtime"] == "simulated"
     assert "a farm of 2 agent(s)" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_one_architecture_asked_twice_in_a_batch_is_a_cache_hit_the_second_time_as_here(tmp_path):
+    """Farm and local runs count alike: the second ask of a measurement under way is a hit."""
+    from concurrent.futures import Future
+
+    from edgeprune.profiling.stats import LatencyStats
+
+    class Farmish:
+        supports_node_times = False
+
+        def __init__(self):
+            self.submitted = 0
+
+        def fingerprint(self):
+            return {"profile": "farmish"}
+
+        def submit(self, onnx, shape, paired, label):
+            self.submitted += 1
+            done = Future()
+            done.set_result(LatencyStats(10, 1.0, 1.1, 1.2, 1.0, 0.0, 0.0))
+            return done
+
+        def close(self):
+            pass
+
+    profiler = Profiler(load_profile(str(_simulated(tmp_path, 0.0))), use_cache=False)
+    profiler.backend = Farmish()
+    first, second = profiler.start("a", (1, 1), lambda: b"x"), profiler.start("a", (1, 1), lambda: b"x")
+    assert [profiler.finish(first)[1], profiler.finish(second)[1]] == [False, True]
+    assert profiler.backend.submitted == 1 and profiler.measurements == 1 and profiler.cache_hits == 1
+    profiler.close()

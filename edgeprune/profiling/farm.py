@@ -193,7 +193,10 @@ class Pool:
             self._live.remove(url)
             self.removed.append({"agent": url, "reason": str(exc)})
             job.tried.append(url)
-            self._queue.appendleft(job)
+            if self._closed:
+                job.future.set_exception(UserError(f"the farm was closed before {job.label} was measured"))
+            else:
+                self._queue.appendleft(job)
             for waiting in list(self._queue):
                 if all(u in waiting.tried for u in self._live):
                     self._queue.remove(waiting)
@@ -285,5 +288,5 @@ class FarmBackend(Backend):
 def _fingerprint_or_error(member: RemoteBackend) -> tuple[dict[str, Any] | None, str | None]:
     try:
         return member.fingerprint(), None
-    except UserError as exc:
+    except (UserError, ValueError, RuntimeError) as exc:  # unreachable, refused, not an agent
         return None, str(exc)

@@ -131,7 +131,10 @@ class RemoteBackend(Backend):
             if 300 <= exc.code < 400:
                 raise UserError(f"agent {self.url} answered with a redirect (HTTP {exc.code}), which edgeprune never follows; put the agent's own address in the profile") from None
             # Not the user's input, but no verdict can be given: exit 2, never 1 ("over budget").
-            raise AgentUnavailable(f"agent {self.url} failed (HTTP {exc.code}: {reason}); see the agent's log on the device") from None
+            # 502-504: the agent (or the proxy in front of it) is not serving, another may; a 500
+            # is the agent failing on this request, which every agent would.
+            failed = AgentUnavailable if exc.code in (502, 503, 504) else UserError
+            raise failed(f"agent {self.url} failed (HTTP {exc.code}: {reason}); see the agent's log on the device") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # refused, reset, cut short
             cause = getattr(exc, "reason", exc)
             raise AgentUnavailable(
@@ -141,8 +144,8 @@ class RemoteBackend(Backend):
 
 
 class AgentUnavailable(UserError):
-    """The agent did not answer, or failed on its side: another device may still measure the
-    same model (:mod:`edgeprune.profiling.farm` re-queues it there)."""
+    """The agent did not answer (refused, reset, cut short, timed out, 502-504): another device
+    may still measure the same model (:mod:`edgeprune.profiling.farm` re-queues it there)."""
 
 
 class _UnknownReference(Exception):

@@ -59,6 +59,7 @@ def _checkpoint(tmp_path: Path, **config) -> Path:
         # a Ray cluster's answers are unpickled by the driver; a farm file is read
         ({"workers": "ray:203.0.113.7:6379"}, "workers 'ray:203.0.113.7:6379'"),
         ({"agents": "/somewhere/farm.yaml"}, "agents '/somewhere/farm.yaml'"),
+        ({"agents": "http://127.0.0.1:8765,http://203.0.113.9:8765"}, "agents 'http://127.0.0.1:8765,http://203.0.113.9:8765'"),
     ],
 )
 def test_a_checkpoint_naming_code_or_paths_needs_trust(tmp_path, config, words):

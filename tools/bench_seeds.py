@@ -1,7 +1,7 @@
 """The seed papers' modes, each row measured in one run (issue 17). So far: transfer-learning
 feature selection (EvoPruneDeepTL) and 2:4 weight sparsity.
 
-    python tools/bench_seeds.py                  # about 15 minutes on a 2-core VM
+    python tools/bench_seeds.py                  # about 10 minutes on a 2-core VM
     python tools/bench_seeds.py --rows features  # one of: features, sparsity
 
 Feature row: ``edgeprune.transfer:transfer_net`` trained on Fashion-MNIST classes 0-4 (the source),

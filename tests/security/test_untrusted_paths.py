@@ -70,8 +70,8 @@ def test_a_checkpoint_naming_code_or_paths_needs_trust(tmp_path, config, words):
     assert resume_config(str(out), trust_model_code=True).out == str(out)
 
 
-def test_a_checkpoint_naming_a_local_ray_cluster_or_agent_urls_needs_no_trust(tmp_path):
-    """Tokens go only where the user pinned them, whatever URLs a checkpoint lists."""
+def test_a_checkpoint_naming_a_local_ray_cluster_or_loopback_agents_needs_no_trust(tmp_path):
+    """Agents on this machine get the model anyway, and tokens go only where the user pinned them."""
     out = _checkpoint(tmp_path, workers="ray", agents="http://127.0.0.1:8765,http://127.0.0.1:8766")
     assert resume_config(str(out)).agents == "http://127.0.0.1:8765,http://127.0.0.1:8766"
 

@@ -194,6 +194,8 @@ def _validate(cfg: PruneConfig) -> None:
         raise UserError(f"--mode {cfg.mode} searches a transfer head; drop --depth")
     if cfg.sparsity is not None:
         parse_sparsity(cfg.sparsity)
+        if cfg.task == "detection":
+            raise UserError("--sparsity 2:4 works with classification and your own --task (ultralytics' trainer would not keep the masks); drop --sparsity")
     elif cfg.sparsity_epochs != PruneConfig(model="").sparsity_epochs:
         raise UserError("--sparsity-epochs applies with --sparsity 2:4; add it or drop --sparsity-epochs")
     if cfg.workers != "local":

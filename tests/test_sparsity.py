@@ -111,3 +111,12 @@ def test_prune_with_2_4_sparsity_end_to_end(tmp_path):
     assert convs and all((np.count_nonzero(_groups_along_inputs(w), axis=1) <= 2).all() for w in convs)
     state = torch.load(out / "state_dict.pt", weights_only=True)
     assert not any(k.endswith(("_orig", "_mask")) for k in state)  # loads into the plain architecture
+
+
+def test_sparsity_is_refused_where_the_fine_tune_would_not_keep_the_masks(tmp_path):
+    from edgeprune.pipeline import PruneConfig, run_prune
+
+    with pytest.raises(UserError, match="--sparsity 2:4 works with classification"):
+        run_prune(PruneConfig(model="yolo:yolov8n.yaml", task="detection", data="yolo:d.yaml", budget_ms=1.0, sparsity="2:4", out=str(tmp_path / "o")))
+    with pytest.raises(UserError, match="--sparsity-epochs applies with --sparsity"):
+        run_prune(PruneConfig(model="torchvision:resnet18", budget_ms=1.0, sparsity_epochs=2.0, out=str(tmp_path / "o")))

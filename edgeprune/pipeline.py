@@ -48,7 +48,7 @@ from edgeprune.attack import (
 )
 from edgeprune.robustness import MAX_SAMPLES, MAX_SUBNETS, RobustPruning
 from edgeprune.agent import is_loopback
-from edgeprune.profiling.farm import agent_urls
+from edgeprune.profiling.farm import agent_urls, is_farm_file
 from edgeprune.workers import RayWorkers, parse_workers, require_ray
 from edgeprune.sparsity import apply, make_permanent, model_share, onnx_share, parse_sparsity
 
@@ -264,7 +264,7 @@ def _remote_agents(text: str) -> bool:
     """Whether ``--agents`` names a farm file or any agent that is not on this machine."""
     if not text:
         return False
-    if text.endswith((".yaml", ".yml")):
+    if is_farm_file(text):
         return True
     return not all(is_loopback(urllib.parse.urlsplit(u.strip()).hostname or "") for u in text.split(",") if u.strip())
 

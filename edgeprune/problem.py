@@ -52,6 +52,12 @@ def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
     return model.eval()
 
 
+def scores_of(model: nn.Module, task: Task, model_scores: Sequence[ModelScore]) -> dict[str, float]:
+    """``{"accuracy": ..., score name: ...}`` of a network as it is now: what a candidate, a
+    short-tuned network or a Ray task reports, computed the same way wherever it runs."""
+    return {"accuracy": task.score(model)} | {s.name: float(s.measure(model)) for s in model_scores}
+
+
 class ModelScore(Protocol):
     """A further objective measured on each candidate network (higher is better), e.g. robust
     accuracy; its value lands in ``Candidate.scores[name]`` and becomes a column of ``F``."""
@@ -181,7 +187,7 @@ class PruningProblem:
     def model_quality(self, model: nn.Module) -> dict[str, float]:
         """A network's accuracy and every model score, measured now (after a short tune), with
         ``quality`` their mean as :meth:`quality` takes it."""
-        return self.with_quality({"accuracy": self.task.score(model)} | {s.name: float(s.measure(model)) for s in self.model_scores})
+        return self.with_quality(scores_of(model, self.task, self.model_scores))
 
     def with_quality(self, values: dict[str, float]) -> dict[str, float]:
         """A network's accuracy and model scores, plus ``quality`` (see :meth:`quality`)."""
@@ -229,9 +235,7 @@ class PruningProblem:
                 self._teach_screen(widths, model, restored)
                 self.results[choice] = restored
                 continue
-            skipped = self._screened(choice, widths, model)
-            if skipped is not None:
-                skipped.seconds = time.perf_counter() - start
+            skipped = self._screened(choice, widths, model, start)
             latency = None if skipped is not None else self.latency.start(widths, model)
             if latency is not None and self.screen is not None:
                 # The screen learns from each measurement before deciding on the next choice.
@@ -252,7 +256,7 @@ class PruningProblem:
             self._keep(Candidate(choice, accuracy, stats, macs, params, cached, took, False, scores))
         return [self.results[c] for c in order]
 
-    def _screened(self, choice: Choice, widths, model: nn.Module) -> Candidate | None:
+    def _screened(self, choice: Choice, widths, model: nn.Module, start: float) -> Candidate | None:
         """The candidate the screen skips (predicted far over the limit, latency unknown), else None."""
         if self.screen is None or self.latency.peek(widths) is not None:
             return None
@@ -261,7 +265,7 @@ class PruningProblem:
             return None
         macs, params = macs_and_params(model, self.space.input_shape)
         stats = LatencyStats(0, predicted, predicted, predicted, predicted, 0.0, 0.0)
-        return Candidate(choice, 0.0, stats, macs, params, False, 0.0, True)
+        return Candidate(choice, 0.0, stats, macs, params, False, time.perf_counter() - start, True)
 
     def _accuracies(self, choices: list[Choice], models: list[nn.Module]) -> dict[Choice, tuple[float, dict[str, float], float]]:
         """``{choice: (accuracy, model scores, seconds)}`` after BN recalibration."""
@@ -271,10 +275,8 @@ class PruningProblem:
         out = {}
         for choice, model in zip(choices, models):
             start = time.perf_counter()
-            self._calibrated(model)
-            accuracy = self.task.score(model)
-            scores = {s.name: float(s.measure(model)) for s in self.model_scores}
-            out[choice] = (accuracy, scores, time.perf_counter() - start)
+            scores = scores_of(self._calibrated(model), self.task, self.model_scores)
+            out[choice] = (scores.pop("accuracy"), scores, time.perf_counter() - start)
         return out
 
     # --- what the job and the selection stage use -----------------------------------------------

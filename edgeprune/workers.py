@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from edgeprune.errors import UserError
-from edgeprune.problem import ModelScore, recalibrate_bn
+from edgeprune.problem import ModelScore, recalibrate_bn, scores_of
 from edgeprune.space import ChannelPlan, ChannelSpace
 from edgeprune.task import Task
 
@@ -153,9 +153,8 @@ def _score(box: list, plan: ChannelPlan, threads: int) -> tuple[float, dict[str,
     start = time.perf_counter()
     torch.set_num_threads(threads)
     space, task, model_scores = _loaded(box)
-    model = recalibrate_bn(space.shrink(plan), task.calibration_batches())
-    accuracy = task.score(model)
-    return accuracy, {s.name: float(s.measure(model)) for s in model_scores}, time.perf_counter() - start
+    scores = scores_of(recalibrate_bn(space.shrink(plan), task.calibration_batches()), task, model_scores)
+    return scores.pop("accuracy"), scores, time.perf_counter() - start
 
 
 def _tune(box: list, plan: ChannelPlan, epochs: float, seed: int, description: str, threads: int) -> dict[str, float]:
@@ -163,4 +162,4 @@ def _tune(box: list, plan: ChannelPlan, epochs: float, seed: int, description: s
     space, task, model_scores, teacher = _loaded(box)
     model = space.shrink(plan)
     task.fine_tune(model, teacher, epochs, seed, description)
-    return {"accuracy": task.score(model)} | {s.name: float(s.measure(model)) for s in model_scores}
+    return scores_of(model, task, model_scores)

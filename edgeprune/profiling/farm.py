@@ -54,7 +54,7 @@ def agent_urls(text: str, target: str) -> list[str]:
     ``target``. Tokens are refused here (the file may be shared): pin them to the URLs in your
     agents.yaml or with $EDGEPRUNE_AGENT_URL + $EDGEPRUNE_AGENT_TOKEN.
     """
-    if text.endswith((".yaml", ".yml")):
+    if is_farm_file(text):
         urls = _farm_file(Path(text), target)
     else:
         urls = [u.strip() for u in text.split(",") if u.strip()]
@@ -70,6 +70,11 @@ def agent_urls(text: str, target: str) -> list[str]:
     if repeated:
         raise UserError(f"{source} names {repeated[0]} more than once; list each agent once (one agent measures one model at a time)")
     return normal
+
+
+def is_farm_file(text: str) -> bool:
+    """Whether ``--agents`` names a farm file rather than URLs."""
+    return text.endswith((".yaml", ".yml"))
 
 
 def _farm_file(path: Path, target: str) -> list[str]:

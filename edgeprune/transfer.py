@@ -2,7 +2,9 @@
 fully-connected head trained on the target task; then the GA prunes the head's neurons (``prune
 --mode head``) or the backbone features the head reads (``--mode features``).
 
-:func:`transfer_net` is a small CNN with a two-layer head for the offline pair this project uses:
+:func:`transfer_net` is a small CNN with a two-layer head on pooled features, :func:`transfer_vgg`
+one with a VGG-style head on the flattened feature map (where the head is most of the latency),
+for the offline pair this project uses:
 Fashion-MNIST classes 0-4 (T-shirt, trouser, pullover, dress, coat) as the source and 5-9
 (sandal, shirt, sneaker, bag, ankle boot) as the target, ``--data fashion-mnist@0-4`` and
 ``@5-9``: one data set, no download, and two tasks that share low-level features (edges, cloth
@@ -25,6 +27,21 @@ def transfer_net(num_classes: int = 5, hidden: int = 256, in_channels: int = 1) 
         *block(in_channels, 32, False), *block(32, 64, True), *block(64, 128, True),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(128, hidden), nn.ReLU(), nn.Linear(hidden, num_classes),
+    )
+
+
+def transfer_vgg(num_classes: int = 5, hidden: int = 1024, in_channels: int = 1) -> nn.Module:
+    """A VGG-style head: the last feature map (64 channels at 7x7 from 28x28) is flattened, not
+    pooled, into ``Linear(3136, hidden)``, ReLU, ``Linear(hidden, classes)``. As in VGG and
+    AlexNet the head then holds most of the weights and, at batch 1 on a CPU where reading them
+    is the cost, most of the latency: the model ``prune --mode head`` is for. ``--mode features``
+    searches the 64 channels (49 features each)."""
+    def block(c_in: int, c_out: int, pool: bool) -> list[nn.Module]:
+        return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(), *([nn.MaxPool2d(2)] if pool else [])]
+
+    return nn.Sequential(
+        *block(in_channels, 32, True), *block(32, 64, True), *block(64, 64, False),
+        nn.Flatten(), nn.Linear(64 * 7 * 7, hidden), nn.ReLU(), nn.Linear(hidden, num_classes),
     )
 
 

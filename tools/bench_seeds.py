@@ -1,14 +1,27 @@
-"""The seed papers' modes, each row measured in one run (issue 17). So far: transfer-learning
-feature selection (EvoPruneDeepTL) and 2:4 weight sparsity.
+"""The seed papers' modes, each row measured in one run (issue 17): transfer-learning head pruning
+and feature selection (EvoPruneDeepTL), a pruned spiking VGG (CCSRP), 2:4 weight sparsity.
 
-    python tools/bench_seeds.py                  # about 10 minutes on a 2-core VM
-    python tools/bench_seeds.py --rows features  # one of: features, sparsity
+    python tools/bench_seeds.py --work /tmp/seeds   # all rows, about 45 minutes on a 2-core VM
+    python tools/bench_seeds.py --rows head         # any of: head, features, snn, sparsity
 
-Feature row: ``edgeprune.transfer:transfer_net`` trained on Fashion-MNIST classes 0-4 (the source),
-its head trained afresh on classes 5-9 with the backbone frozen (``train --freeze-backbone``), then
-``prune --mode features --speedup 1.3`` on the target task (x86-cpu, the GA keeps the features the
-head reads, and the last conv's channels go with the rest). Test accuracy on the target's test
-split; latency of both files re-timed in alternating fresh sessions in this run (ratio).
+Transfer rows (``--mode head`` and ``--mode features``), as a user runs them (the CLI): the model
+trained on Fashion-MNIST classes 0-4 (the source), its head trained afresh on classes 5-9 with the
+backbone frozen (``train --freeze-backbone``), then ``prune --mode MODE --speedup X`` on the target
+task (x86-cpu). Head: ``edgeprune.transfer:transfer_vgg``, whose VGG-style head (flattened 7x7 map
+→ 1024 neurons) is most of its latency, so the GA removes neurons to meet the budget. Features:
+``edgeprune.transfer:transfer_net``, the 128 pooled features the head reads (the last conv's
+channels go with them). The control row is the dense target model given the same fine-tune as
+the pruned one (the prune's fine-tune trains the whole network, which the frozen-backbone head
+never had): the pruned model's gain over the dense one is only the pruning's where it also beats
+the control.
+
+SNN row: ``edgeprune.snn:spiking_vgg`` (snntorch LIF, 4 steps) trained on Fashion-MNIST, ``prune
+--speedup 1/0.6``, and Torch-Pruning's uniform L1 pruning (channels rounded to the target's step)
+at the least ratio whose fresh-session latency meets the same budget, given the same fine-tune
+(distillation from the dense model).
+
+Every row's files are re-timed in alternating fresh sessions in this run (ratios) and scored on
+the test split.
 
 2:4 row: the demo's MobileNetV2 (Fashion-MNIST 3x32x32, trained once and cached) given 2:4 masks
 by magnitude on every layer TensorRT can run sparse (``edgeprune.sparsity``, what ``prune
@@ -30,21 +43,31 @@ import tempfile
 from pathlib import Path
 
 import torch
+from edgeprune.exporters.onnx import export_onnx
+from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 
 from edgeprune.data import load_data
 from edgeprune.demo import DEMO_MODEL, DEMO_SHAPE, demo_weights
-from edgeprune.exporters.onnx import export_onnx
-from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.models import load_model, parse_shape
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.pruned import load_pruned
+from edgeprune.space import layer_widths
+from edgeprune.sparsity import (
+    apply,
+    make_permanent,
+    model_share,
+    onnx_share,
+    parse_sparsity,
+)
 from edgeprune.targets import load_profile
-from edgeprune.sparsity import apply, make_permanent, model_share, onnx_share, parse_sparsity
 from edgeprune.task import Classification, Recipe
 from edgeprune.training import evaluate
 
 sys.path.insert(0, str(Path(__file__).parent))
-from timing import time_alternating  # noqa: E402
+from bench_vs_uniform import uniform_prune
+from timing import blob_digest, time_alternating
+
+HOLDOUT = 2000
 
 
 def sparsity_row(epochs: float, seed: int) -> dict:
@@ -65,73 +88,156 @@ def sparsity_row(epochs: float, seed: int) -> dict:
     return {"layers": len(layers), "before": before, "masked": masked, "after": after, "torch": torch_share, "onnx": file_share, "epochs": epochs}
 
 
-def features_row(args, work: Path) -> dict:
-    """Source → frozen-backbone head → prune --mode features, as a user runs it (the CLI)."""
-    model = "edgeprune.transfer:transfer_net"
-    source, target, out = work / "source.pt", work / "target.pt", work / "features"
-    common = ["--holdout", "2000", "--seed", str(args.seed), "--no-progress"]
+TRANSFER = {  # mode: (factory, what the mode searches, how many of it the dense model has)
+    "head": ("edgeprune.transfer:transfer_vgg", "neurons of the head's hidden layer", 1024),
+    "features": ("edgeprune.transfer:transfer_net", "features the head reads", 128),
+}
+
+
+def transfer_row(args, work: Path, mode: str) -> dict:
+    """Source → frozen-backbone head → ``prune --mode MODE``, as a user runs it (the CLI); then
+    the dense target model given the prune's fine-tune (the control), and both files timed."""
+    model, _, full = TRANSFER[mode]
+    work = work / mode
+    source, target, out = work / "source.pt", work / "target.pt", work / "pruned"
+    common = ["--holdout", str(HOLDOUT), "--seed", str(args.seed), "--no-progress"]
     if not source.exists():
         _cli("train", model, "--data", "fashion-mnist@0-4", "--epochs", str(args.source_epochs), "--out", str(source), *common)
     if not target.exists():
         _cli("train", model, "--data", "fashion-mnist@5-9", "--epochs", str(args.head_epochs), "--weights", str(source), "--freeze-backbone", "--out", str(target), *common)
+    speedup = args.head_speedup if mode == "head" else args.speedup
     if not (out / "report.json").exists():
-        _cli("prune", model, "--weights", str(target), "--data", "fashion-mnist@5-9", "--mode", "features", "--speedup", str(args.speedup),
-             "--population", "12", "--generations", "5", "--finetune-epochs", "1", "--out", str(out), "--no-cache", *common)
+        _cli("prune", model, "--weights", str(target), "--data", "fashion-mnist@5-9", "--mode", mode, "--speedup", str(speedup),
+             "--population", "12", "--generations", "5", "--finetune-epochs", str(args.finetune_epochs), "--out", str(out), "--no-cache", *common)
     report = json.loads((out / "report.json").read_text())
     dense, _ = load_model(model, num_classes=5, weights=str(target))
     pruned = load_pruned(out / "plan.json", out / "state_dict.pt", trust_code=True)
-    profile = load_profile("x86-cpu")
+    data = load_data("fashion-mnist@5-9", holdout=HOLDOUT, seed=args.seed)
+    control = _fine_tuned(dense, data, args.finetune_epochs, args.seed)
+    latency = _timed({"dense": dense, "pruned": pruned}, (1, 1, 28, 28))
+    (kept,) = report["pruned"]["group_widths"].values()
+    return {
+        "dense_acc": evaluate(dense, data.test), "control_acc": evaluate(control, data.test), "pruned_acc": evaluate(pruned, data.test),
+        "ratio": latency["pruned"] / latency["dense"], "kept": kept, "full": full, "speedup": speedup, "budget_met": report["budget_met"],
+    }
+
+
+def snn_row(args, work: Path) -> dict:
+    """A spiking VGG trained on Fashion-MNIST, ``prune --speedup`` (the CLI), and Torch-Pruning's
+    uniform L1 pruning at the least ratio whose latency meets the same budget, given the same
+    fine-tune; every file re-timed in alternating fresh sessions, accuracy on the test split."""
+    model = "edgeprune.snn:spiking_vgg"
+    work = work / "snn"
+    trained, out = work / "snn.pt", work / "pruned"
+    common = ["--holdout", str(HOLDOUT), "--seed", str(args.seed), "--no-progress"]
+    if not trained.exists():
+        _cli("train", model, "--data", "fashion-mnist", "--epochs", str(args.snn_epochs), "--out", str(trained), *common)
+    if not (out / "report.json").exists():
+        _cli("prune", model, "--weights", str(trained), "--data", "fashion-mnist", "--speedup", str(args.snn_speedup), "--population", "12",
+             "--generations", "5", "--refine-top", "3", "--finetune-epochs", str(args.finetune_epochs), "--out", str(out), "--no-cache", *common)
+    report = json.loads((out / "report.json").read_text())
+    dense, _ = load_model(model, num_classes=10, weights=str(trained))
+    pruned = load_pruned(out / "plan.json", out / "state_dict.pt", trust_code=True)
+    data = load_data("fashion-mnist", holdout=HOLDOUT, seed=args.seed)
     shape = (1, 1, 28, 28)
-    files = {name: export_onnx(m.eval(), shape, profile.opset) for name, m in (("dense", dense), ("pruned", pruned))}
+    profile = load_profile("x86-cpu")
+    profiler = Profiler(profile, use_cache=False)
+    profiler.set_reference("bench-seeds-snn", shape, export_onnx_bytes(dense, shape, profile.opset), recheck=False)
+    uniform, ratio = None, 0.0
+    for ratio in (r / 20 for r in range(1, 20)):  # least pruning first
+        uniform = uniform_prune(dense, ratio, profile.channel_step, shape[1:])
+        blob = export_onnx_bytes(uniform, shape, profile.opset)
+        if profiler.latency(f"bench-seeds-uniform-{blob_digest(blob)}", shape, lambda b=blob: b, fresh=True)[0].median_ms <= report["budget_ms"]:
+            break
+    profiler.close()
+    uniform = _fine_tuned(uniform, data, args.finetune_epochs, args.seed, teacher=dense)
+    latency = _timed({"dense": dense, "pruned": pruned, "uniform": uniform}, shape)
+    return {
+        "dense_acc": evaluate(dense, data.test), "pruned_acc": evaluate(pruned, data.test), "uniform_acc": evaluate(uniform, data.test),
+        "ratio": latency["pruned"] / latency["dense"], "uniform_ratio": latency["uniform"] / latency["dense"], "uniform_pruning": ratio,
+        "widths": report["pruned"]["group_widths"], "uniform_widths": layer_widths(uniform), "budget_met": report["budget_met"],
+        "target": 1 / args.snn_speedup,
+    }
+
+
+def _fine_tuned(model, data, epochs: float, seed: int, teacher=None):
+    """A copy of ``model`` given the prune job's fine-tune (LR 0.01, distillation alpha 0.5 at
+    T = 4 from ``teacher``, by default the model itself as it was)."""
+    student = copy.deepcopy(model)
+    task = Classification(data, Recipe(0.01, 128, 0.5, 4.0, progress=False), seed=seed)
+    task.fine_tune(student, teacher if teacher is not None else model, epochs, seed, "fine-tune")
+    return student.eval()
+
+
+def _timed(models: dict, shape: tuple[int, ...]) -> dict[str, float]:
+    """Median ms of each model's ONNX file, in alternating fresh sessions (x86-cpu), this run."""
+    profile = load_profile("x86-cpu")
+    files = {name: export_onnx(m.eval(), shape, profile.opset) for name, m in models.items()}
     profiler = Profiler(profile, use_cache=False)
     profiler.set_reference("bench-seeds-dense", shape, files["dense"], recheck=False)
     latency = time_alternating(profiler, files, shape, tag="bench-seeds")
     profiler.close()
-    (group, kept), = report["pruned"]["group_widths"].items()
-    return {
-        "dense_acc": report["baseline"]["accuracy"], "pruned_acc": report["pruned"]["accuracy"],
-        "ratio": latency["pruned"] / latency["dense"], "features": (kept, 128), "budget_met": report["budget_met"],
-    }
+    return latency
 
 
 def _cli(*args: str) -> None:
-    run = subprocess.run([sys.executable, "-m", "edgeprune", *args], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "edgeprune", *args], check=False, capture_output=True, text=True)
     if run.returncode not in (0, 1):
         raise SystemExit(f"edgeprune {args[0]} failed: {run.stderr[-2000:]}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sparsity-epochs", type=float, default=0.3, help="fine-tune with the masks fixed (default 0.3)")
+    ap.add_argument("--rows", default="head,features,snn,sparsity", help="rows to measure, comma-separated (default head,features,snn,sparsity)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rows", default="features,sparsity", help="rows to measure (default features,sparsity)")
-    ap.add_argument("--source-epochs", type=float, default=2.0, help="training of the backbone on the source classes (default 2)")
-    ap.add_argument("--head-epochs", type=float, default=1.0, help="training of the new head on the target classes (default 1)")
+    ap.add_argument("--source-epochs", type=float, default=2.0, help="transfer rows: training of the backbone on the source classes (default 2)")
+    ap.add_argument("--head-epochs", type=float, default=1.0, help="transfer rows: training of the new head on the target classes (default 1)")
+    ap.add_argument("--head-speedup", type=float, default=1.6, help="the head-mode prune's --speedup (default 1.6)")
     ap.add_argument("--speedup", type=float, default=1.3, help="the feature-mode prune's --speedup (default 1.3)")
-    ap.add_argument("--work", type=Path, help="keep the feature row's models and run here, and reuse them")
+    ap.add_argument("--snn-epochs", type=float, default=2.0, help="training of the spiking VGG (default 2)")
+    ap.add_argument("--snn-speedup", type=float, default=1 / 0.6, help="the spiking VGG's prune --speedup (default 1/0.6: 0.6x the latency)")
+    ap.add_argument("--finetune-epochs", type=float, default=1.0, help="the prunes' fine-tune, and the controls' (default 1)")
+    ap.add_argument("--sparsity-epochs", type=float, default=0.3, help="2:4 row: fine-tune with the masks fixed (default 0.3)")
+    ap.add_argument("--work", type=Path, help="keep the rows' models and runs here, and reuse them")
     args = ap.parse_args()
     rows = args.rows.split(",")
+    unknown = set(rows) - {"head", "features", "snn", "sparsity"}
+    if unknown:
+        ap.error(f"unknown rows {sorted(unknown)}; choose from head, features, snn, sparsity")
     torch.manual_seed(args.seed)
-    if "features" in rows:
-        work = args.work or Path(tempfile.mkdtemp(prefix="bench-seeds-"))
-        work.mkdir(parents=True, exist_ok=True)
-        f = features_row(args, work)
-        print("\n## Transfer learning, feature selection (Fashion-MNIST 0-4 → 5-9, test split of 5-9)\n")
-        print("| model | features the head reads | test accuracy | latency × dense (alternating, this run) | budget met |")
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-seeds-"))
+    work.mkdir(parents=True, exist_ok=True)
+    for mode in ("head", "features"):
+        if mode not in rows:
+            continue
+        r = transfer_row(args, work, mode)
+        _, what, _ = TRANSFER[mode]
+        print(f"\n## Transfer learning, --mode {mode} ({TRANSFER[mode][0]}, Fashion-MNIST 0-4 → 5-9, test split of 5-9)\n")
+        print(f"| model | {what} | test accuracy | latency × dense (alternating, this run) | budget met |")
         print("|---|---:|---:|---:|---|")
-        print(f"| dense head on the frozen source backbone | 128 | {f['dense_acc']:.2%} | 1.000 | - |")
-        print(f"| --mode features --speedup {args.speedup:g}, fine-tuned | {f['features'][0]} | {f['pruned_acc']:.2%} | {f['ratio']:.3f} | {'yes' if f['budget_met'] else 'no'} |")
-    if "sparsity" not in rows:
-        return
-    r = sparsity_row(args.sparsity_epochs, args.seed)
-    print("\n## 2:4 weight sparsity (MobileNetV2, Fashion-MNIST 3x32x32, test split)\n")
-    print("| model | test accuracy | weight groups with the 2:4 pattern (ONNX file) | layers sparse / dense in the file | weights in sparse-eligible layers |")
-    print("|---|---:|---:|---|---:|")
-    print(f"| dense | {r['before']:.2%} | - | - | - |")
-    print(f"| 2:4 masks by magnitude, no fine-tune | {r['masked']:.2%} | - | - | - |")
-    print(f"| 2:4, fine-tuned {r['epochs']:g} epoch with the masks fixed | {r['after']:.2%} | "
-          f"{r['onnx']['share']:.2%} ({r['onnx']['groups_satisfying']}/{r['onnx']['groups']}) | "
-          f"{r['onnx']['sparse_layers']} / {r['onnx']['dense_layers']} | {r['torch']['eligible_weight_share']:.1%} |")
+        print(f"| dense head on the frozen source backbone | {r['full']} | {r['dense_acc']:.2%} | 1.000 | - |")
+        print(f"| the same, given the prune's fine-tune ({args.finetune_epochs:g} epoch, control) | {r['full']} | {r['control_acc']:.2%} | 1.000 | - |")
+        print(f"| --mode {mode} --speedup {r['speedup']:g}, fine-tuned | {r['kept']} ({1 - r['kept'] / r['full']:.0%} fewer) | {r['pruned_acc']:.2%} | {r['ratio']:.3f} | {'yes' if r['budget_met'] else 'no'} |")
+    if "snn" in rows:
+        r = snn_row(args, work)
+        widths = "/".join(str(w) for w in r["widths"].values())
+        uniform = "/".join(str(w) for name, w in r["uniform_widths"].items() if name.startswith("convs."))
+        print(f"\n## Spiking VGG (snntorch LIF, 4 steps, Fashion-MNIST, test split), pruned to {r['target']:.2f}x latency\n")
+        print("| model | conv widths | test accuracy | latency × dense (alternating, this run) | budget met |")
+        print("|---|---|---:|---:|---|")
+        print(f"| dense | 32/64/128 | {r['dense_acc']:.2%} | 1.000 | - |")
+        print(f"| edgeprune --speedup {args.snn_speedup:.3g}, fine-tuned | {widths} | {r['pruned_acc']:.2%} | {r['ratio']:.3f} | {'yes' if r['budget_met'] else 'no'} |")
+        print(f"| uniform L1 (Torch-Pruning, ratio {r['uniform_pruning']:.2f}, least meeting the budget), same fine-tune | {uniform} | {r['uniform_acc']:.2%} | {r['uniform_ratio']:.3f} | - |")
+    if "sparsity" in rows:
+        r = sparsity_row(args.sparsity_epochs, args.seed)
+        print("\n## 2:4 weight sparsity (MobileNetV2, Fashion-MNIST 3x32x32, test split)\n")
+        print("| model | test accuracy | weight groups with the 2:4 pattern (ONNX file) | layers sparse / dense in the file | weights in sparse-eligible layers |")
+        print("|---|---:|---:|---|---:|")
+        print(f"| dense | {r['before']:.2%} | - | - | - |")
+        print(f"| 2:4 masks by magnitude, no fine-tune | {r['masked']:.2%} | - | - | - |")
+        print(f"| 2:4, fine-tuned {r['epochs']:g} epoch with the masks fixed | {r['after']:.2%} | "
+              f"{r['onnx']['share']:.2%} ({r['onnx']['groups_satisfying']}/{r['onnx']['groups']}) | "
+              f"{r['onnx']['sparse_layers']} / {r['onnx']['dense_layers']} | {r['torch']['eligible_weight_share']:.1%} |")
 
 
 if __name__ == "__main__":

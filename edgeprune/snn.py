@@ -67,10 +67,13 @@ class SpikingVGG(nn.Module):
                     membranes[i] = torch.zeros_like(current)
                 spikes, membranes[i] = neurons(current, membranes[i])
             logits = logits + self.classifier(spikes.mean((2, 3)))
-        # snntorch keeps the last membrane on the module; a copy of the model (the search's
-        # candidates, a Ray task's bundle) must not carry it, nor the autograd graph behind it.
+        # snntorch keeps the last membrane and reset signal on the module, each as large as the
+        # batch's feature map and the membrane with its autograd graph: a copy of the model (the
+        # search's candidates, a Ray task's bundle) must carry neither, and a generation of
+        # candidates scored on big batches must not hold them all. Empty, as snntorch starts.
         for neurons in self.neurons:
-            neurons.reset_mem()
+            neurons.mem = torch.zeros(0)
+            neurons.reset = torch.zeros(0)
         return logits / self.steps
 
 

@@ -176,6 +176,8 @@ def factory_model(spec: str, num_classes: int | None) -> nn.Module:
     call = f"{spec}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
     try:
         model = factory(**kwargs)
+    except UserError:
+        raise  # the factory's own one-line error (e.g. a missing optional extra) says it best
     except Exception as exc:  # the factory is user code
         raise UserError(
             f"{call} failed ({_first_line(exc)}); fix the factory"

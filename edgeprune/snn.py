@@ -9,6 +9,9 @@ snntorch's leaky integrate-and-fire neurons, unrolled over ``steps`` time steps 
   the surviving neurons keep their own.
 * Input: direct encoding. The image is the same at every step, so the first conv and its
   BatchNorm run once and their output drives the first neurons at each step.
+* BatchNorm: one set of statistics per layer, shared by the steps (each step's batch updates the
+  running statistics in training, as adaptive-BN recalibration does in the search), so a layer's
+  export is one set of weights however many steps run.
 * Output: the classifier reads each step's spikes (averaged over the feature map) and the logits
   are the mean over steps, a plain tensor that losses, attacks and ONNX all take as they are.
 * Export: the Python loop over steps is traced into a straight-line ONNX graph (``steps`` copies
@@ -72,8 +75,8 @@ class SpikingVGG(nn.Module):
         # search's candidates, a Ray task's bundle) must carry neither, and a generation of
         # candidates scored on big batches must not hold them all. Empty, as snntorch starts.
         for neurons in self.neurons:
-            neurons.mem = torch.zeros(0)
-            neurons.reset = torch.zeros(0)
+            neurons.mem = direct.new_zeros(0)
+            neurons.reset = direct.new_zeros(0)
         return logits / self.steps
 
 

@@ -15,7 +15,7 @@ from edgeprune.data import load_data
 from edgeprune.errors import UserError
 from edgeprune.space import ChannelSpace
 from edgeprune.training import train
-from edgeprune.transfer import freeze_backbone, head_layers, transfer_net
+from edgeprune.transfer import freeze_backbone, head_layers, transfer_net, transfer_vgg
 
 TESTS = Path(__file__).parent
 PROFILE = str(TESTS / "fixtures" / "fast-cpu.yaml")
@@ -60,6 +60,17 @@ def test_modes_restrict_the_search_to_the_head_or_to_the_features_it_reads():
     # removing features removes the last conv's channels with them: the backbone gets cheaper
     narrow = spaces["features"].shrink(spaces["features"].plan([64]))
     assert narrow[7].out_channels == 64 and narrow[13].in_features == 64
+
+
+def test_a_vgg_style_head_is_searched_by_neurons_or_by_the_channels_it_flattens():
+    model = transfer_vgg(num_classes=5)
+    (head,) = ChannelSpace(model, (1, 28, 28), 16, mode="head").groups
+    assert head.full == 1024 and head.name == "12"
+    features = ChannelSpace(model, (1, 28, 28), 16, mode="features")
+    (channels,) = features.groups
+    narrow = features.shrink(features.plan([16]))
+    assert channels.full == 64 and narrow[8].out_channels == 16 and narrow[12].in_features == 16 * 7 * 7
+    assert narrow(torch.zeros(2, 1, 28, 28)).shape == (2, 5)
 
 
 def _cli(*args, cwd):

@@ -144,13 +144,15 @@ def snn_row(args, work: Path) -> dict:
     shape = (1, 1, 28, 28)
     profile = load_profile("x86-cpu")
     profiler = Profiler(profile, use_cache=False)
-    profiler.set_reference("bench-seeds-snn", shape, export_onnx_bytes(dense, shape, profile.opset), recheck=False)
-    uniform, ratio = None, 0.0
+    anchor = profiler.set_reference("bench-seeds-snn", shape, export_onnx_bytes(dense, shape, profile.opset), recheck=False)
+    budget = anchor.median_ms / args.snn_speedup  # the prune's budget, in this run's units
     for ratio in (r / 20 for r in range(1, 20)):  # least pruning first
         uniform = uniform_prune(dense, ratio, profile.channel_step, shape[1:])
         blob = export_onnx_bytes(uniform, shape, profile.opset)
-        if profiler.latency(f"bench-seeds-uniform-{blob_digest(blob)}", shape, lambda b=blob: b, fresh=True)[0].median_ms <= report["budget_ms"]:
+        if profiler.latency(f"bench-seeds-uniform-{blob_digest(blob)}", shape, lambda b=blob: b, fresh=True)[0].median_ms <= budget:
             break
+    else:
+        raise SystemExit(f"no uniform pruning ratio up to 0.95 meets {budget:.4f} ms")
     profiler.close()
     uniform = _fine_tuned(uniform, data, args.finetune_epochs, args.seed, teacher=dense)
     control = _fine_tuned(dense, data, args.finetune_epochs, args.seed)
@@ -159,9 +161,14 @@ def snn_row(args, work: Path) -> dict:
         "dense_acc": evaluate(dense, data.test), "pruned_acc": evaluate(pruned, data.test), "uniform_acc": evaluate(uniform, data.test),
         "control_acc": evaluate(control, data.test),
         "ratio": latency["pruned"] / latency["dense"], "uniform_ratio": latency["uniform"] / latency["dense"], "uniform_pruning": ratio,
-        "widths": report["pruned"]["group_widths"], "uniform_widths": layer_widths(uniform), "budget_met": report["budget_met"],
+        "widths": {name: _conv_widths(m) for name, m in (("dense", dense), ("pruned", pruned), ("uniform", uniform))}, "budget_met": report["budget_met"],
         "target": 1 / args.snn_speedup,
     }
+
+
+def _conv_widths(model) -> str:
+    """``32/64/128``: the output channels of the model's convolutions, in the order they run."""
+    return "/".join(str(w) for name, w in layer_widths(model).items() if name.startswith("convs."))
 
 
 def _fine_tuned(model, data, epochs: float, seed: int, teacher=None):
@@ -224,15 +231,14 @@ def main() -> None:
         print(f"| --mode {mode} --speedup {r['speedup']:g}, fine-tuned | {r['kept']} ({1 - r['kept'] / r['full']:.0%} fewer) | {r['pruned_acc']:.2%} | {r['ratio']:.3f} | {'yes' if r['budget_met'] else 'no'} |")
     if "snn" in rows:
         r = snn_row(args, work)
-        widths = "/".join(str(w) for _, w in sorted(r["widths"].items()))
-        uniform = "/".join(str(w) for name, w in r["uniform_widths"].items() if name.startswith("convs."))
+        widths = r["widths"]
         print(f"\n## Spiking VGG (snntorch LIF, 4 steps, Fashion-MNIST, test split), pruned to {r['target']:.2f}x latency\n")
         print("| model | conv widths | test accuracy | latency × dense (alternating, this run) | budget met |")
         print("|---|---|---:|---:|---|")
-        print(f"| dense | 32/64/128 | {r['dense_acc']:.2%} | 1.000 | - |")
-        print(f"| dense, given the same fine-tune ({args.finetune_epochs:g} epoch, control) | 32/64/128 | {r['control_acc']:.2%} | 1.000 | - |")
-        print(f"| edgeprune --speedup {args.snn_speedup:.3g}, fine-tuned | {widths} | {r['pruned_acc']:.2%} | {r['ratio']:.3f} | {'yes' if r['budget_met'] else 'no'} |")
-        print(f"| uniform L1 (Torch-Pruning, ratio {r['uniform_pruning']:.2f}, least meeting the budget), same fine-tune | {uniform} | {r['uniform_acc']:.2%} | {r['uniform_ratio']:.3f} | - |")
+        print(f"| dense | {widths['dense']} | {r['dense_acc']:.2%} | 1.000 | - |")
+        print(f"| dense, given the same fine-tune ({args.finetune_epochs:g} epoch, control) | {widths['dense']} | {r['control_acc']:.2%} | 1.000 | - |")
+        print(f"| edgeprune --speedup {args.snn_speedup:.3g}, fine-tuned | {widths['pruned']} | {r['pruned_acc']:.2%} | {r['ratio']:.3f} | {'yes' if r['budget_met'] else 'no'} |")
+        print(f"| uniform L1 (Torch-Pruning, ratio {r['uniform_pruning']:.2f}, least meeting the budget), same fine-tune | {widths['uniform']} | {r['uniform_acc']:.2%} | {r['uniform_ratio']:.3f} | - |")
     if "sparsity" in rows:
         r = sparsity_row(args.sparsity_epochs, args.seed)
         print("\n## 2:4 weight sparsity (MobileNetV2, Fashion-MNIST 3x32x32, test split)\n")

@@ -16,15 +16,17 @@ from __future__ import annotations
 from torch import nn
 
 
+def _block(c_in: int, c_out: int, pool: bool) -> list[nn.Module]:
+    """Conv 3x3 - BN - ReLU, then a 2x2 max-pool when ``pool``: the backbones' building block."""
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(), *([nn.MaxPool2d(2)] if pool else [])]
+
+
 def transfer_net(num_classes: int = 5, hidden: int = 256, in_channels: int = 1) -> nn.Module:
     """Backbone (three conv blocks, global average pooling) → head (Linear 128→hidden, ReLU,
     Linear hidden→classes). ``prune --mode head`` searches the ``hidden`` neurons; ``--mode
     features`` the 128 features, which removes the last conv block's channels with them."""
-    def block(c_in: int, c_out: int, pool: bool) -> list[nn.Module]:
-        return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(), *([nn.MaxPool2d(2)] if pool else [])]
-
     return nn.Sequential(
-        *block(in_channels, 32, False), *block(32, 64, True), *block(64, 128, True),
+        *_block(in_channels, 32, False), *_block(32, 64, True), *_block(64, 128, True),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(128, hidden), nn.ReLU(), nn.Linear(hidden, num_classes),
     )
@@ -36,11 +38,8 @@ def transfer_vgg(num_classes: int = 5, hidden: int = 1024, in_channels: int = 1)
     AlexNet the head then holds most of the weights and, at batch 1 on a CPU where reading them
     is the cost, most of the latency: the model ``prune --mode head`` is for. ``--mode features``
     searches the 64 channels (49 features each)."""
-    def block(c_in: int, c_out: int, pool: bool) -> list[nn.Module]:
-        return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(), *([nn.MaxPool2d(2)] if pool else [])]
-
     return nn.Sequential(
-        *block(in_channels, 32, True), *block(32, 64, True), *block(64, 64, False),
+        *_block(in_channels, 32, True), *_block(32, 64, True), *_block(64, 64, False),
         nn.Flatten(), nn.Linear(64 * 7 * 7, hidden), nn.ReLU(), nn.Linear(hidden, num_classes),
     )
 

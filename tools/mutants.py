@@ -44,6 +44,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -112,16 +113,17 @@ TARGETS = [
     ),
     Target(
         "prune-verdict", "prune's verdict: budget from --speedup, the final latency, budget_met, the exit code",
-        (Span("edgeprune/pipeline.py", where="_baseline", lines=("budget_ms = cfg.budget_ms if",)),
-         Span("edgeprune/pipeline.py", where="_report", lines=("final_latency = ", '"budget_met":')),
-         Span("edgeprune/commands/prune.py", where="run", lines=('return 0 if report["budget_met"]',))),
+        (Span("edgeprune/pipeline.py", where="_report", lines=('"budget_met":', "final_latency = ")),
+         Span("edgeprune/commands/prune.py", where="run", lines=('return 0 if report["budget_met"]',)),
+         Span("edgeprune/pipeline.py", where="_baseline", lines=("budget_ms = cfg.budget_ms if",))),
         # the end-to-end prunes, and whatever later tests judge the verdict (by name)
         ("tests/test_cli.py", "tests/test_verdict.py", "tests/test_demo.py", "-k", "end_to_end or budget or speedup or verdict or demo"),
     ),
     Target(
         "ensemble-verdict", "ensemble's verdict: its latency in the run's units, budget_met, the exit code",
-        (Span("edgeprune/ensemble.py", where="run_ensemble", lines=("scale = ", '"latency_ms": timed["ensemble"]', '"budget_met":')),
-         Span("edgeprune/commands/ensemble.py", where="run", lines=("return 0 if",))),
+        (Span("edgeprune/ensemble.py", where="run_ensemble", lines=('"budget_met":',)),
+         Span("edgeprune/commands/ensemble.py", where="run", lines=("return 0 if",)),
+         Span("edgeprune/ensemble.py", where="run_ensemble", lines=("scale = ", '"latency_ms": timed["ensemble"]'))),
         ("tests/test_robustness.py", "-k", "ensemble"),
     ),
 ]
@@ -264,30 +266,32 @@ def _diff_lines(diff: str) -> str:
 
 
 def mutants_for(target: Target, root: Path) -> list:
-    """cosmic-ray's work items (one mutant each) on the target's lines, in file/line order; paths
-    relative to ``root``."""
+    """cosmic-ray's work items (one mutant each) on the target's lines, the first span's first
+    (so the deciding lines run first when time is short); paths relative to ``root``."""
     from cosmic_ray.commands import init
     from cosmic_ray.work_db import WorkDB, use_db
 
-    items = []
+    items = []  # (span index, item): mutants in the order the target lists its spans
     cwd = os.getcwd()
     os.chdir(root)
     try:
         with tempfile.TemporaryDirectory() as tmp, use_db(str(Path(tmp) / "session.sqlite"), WorkDB.Mode.create) as db:
             for file in sorted({s.file for s in target.spans}):
-                wanted = set().union(*(span_lines(root, s) for s in target.spans if s.file == file))
+                spans = [(i, span_lines(root, s)) for i, s in enumerate(target.spans) if s.file == file]
                 init([Path(file)], db, {})  # clears the db first
                 for item in db.work_items:
                     m = item.mutations[0]
-                    if m.start_pos[0] in wanted and _keep_operator(m.operator_name):
-                        items.append(item)
+                    first = next((i for i, lines in spans if m.start_pos[0] in lines), None)
+                    if first is not None and _keep_operator(m.operator_name):
+                        items.append((first, item))
     finally:
         os.chdir(cwd)
-    items.sort(key=lambda i: (str(i.mutations[0].module_path), i.mutations[0].start_pos, i.mutations[0].operator_name))
+    items.sort(key=lambda t: (t[0], str(t[1].mutations[0].module_path), t[1].mutations[0].start_pos, t[1].mutations[0].operator_name))
+    items = [item for _, item in items]
     return items[: target.limit] if target.limit is not None else items
 
 
-def run_target(target: Target, copy: Path, python: str, log) -> Outcome:
+def run_target(target: Target, copy: Path, python: str, log, deadline: float = float("inf")) -> Outcome:
     from cosmic_ray.mutating import mutate_and_test
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome
 
@@ -296,6 +300,9 @@ def run_target(target: Target, copy: Path, python: str, log) -> Outcome:
     tests = _tests_present(copy, target.tests)
     if not any(not a.startswith("-") for a in tests):
         out.note = "no test file of this target exists here"
+        return out
+    if time.time() > deadline:
+        out.note = "not run: --minutes were spent on the targets before it"
         return out
     command = " ".join([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *[_quote(a) for a in tests]])
     env_before = dict(os.environ)
@@ -313,6 +320,9 @@ def run_target(target: Target, copy: Path, python: str, log) -> Outcome:
         log(f"[{target.name}] tests pass unmutated in {clean_s:.0f} s; per-mutant timeout {timeout:.0f} s")
         items = mutants_for(target, copy)
         for n, item in enumerate(items, 1):
+            if time.time() > deadline:
+                out.note = f"stopped at --minutes after {n - 1} of {len(items)} mutants; the rest were not run"
+                break
             m = item.mutations[0]
             result = mutate_and_test(item.mutations, command, timeout)
             where = f"{m.module_path}:{m.start_pos[0]}"
@@ -402,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", default=str(ROOT), help="the checkout to test (default: the one this file is in)")
     ap.add_argument("--save", metavar="FILE", help="append each target's outcome to FILE (JSON lines) as soon as it is done")
     ap.add_argument("--show", metavar="FILE", help="print the table of the outcomes saved in FILE and exit")
+    ap.add_argument("--minutes", type=float, help="start no mutant after this many minutes (the table says what was left)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (printed) for inspection")
     args = ap.parse_args(argv)
     root = Path(args.root).resolve()
@@ -423,13 +434,16 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the scratch folder is removed
+    start = time.time()
     work = Path(tempfile.mkdtemp(prefix="edgeprune-mutants-"))
     try:
         copy, python = make_scratch(root, work)
         log(f"scratch copy of {root} in {copy}")
         outcomes = []
         for t in targets:
-            outcomes.append(run_target(t, copy, python, log))
+            deadline = start + 60 * args.minutes if args.minutes else float("inf")
+            outcomes.append(run_target(t, copy, python, log, deadline))
             if args.save:
                 with open(args.save, "a") as f:
                     f.write(json.dumps(dataclasses.asdict(outcomes[-1])) + "\n")

@@ -75,6 +75,27 @@ def load_model(
     return model, {"kind": kind, "spec": spec, "num_classes": num_classes, "weights": weights}
 
 
+def builds_without_code(spec: str) -> bool:
+    """Whether building the model ``spec`` runs only library code, so a spec read from a file
+    someone else wrote (plan.json, report.json, a checkpoint) may be built without
+    ``--trust-model-code``. The one rule every reader of such files asks:
+
+    * ``torchvision:NAME`` and ``timm:NAME``: an architecture from the library, by name;
+    * ``yolo:NAME.yaml``: only a model yaml that ships inside the installed ultralytics package,
+      resolved there by path (:func:`edgeprune.yolo.packaged_yaml`, never a search of the current
+      folder: a yaml's ``activation:`` line is ``eval()``ed);
+    * everything else (a model file, ``yolo:PATH.yaml``, ``yolo:FILE.pt``, ``package.module:factory``)
+      imports, unpickles or evaluates something the file's author chose.
+    """
+    if spec.startswith(("torchvision:", "timm:")):
+        return True
+    if spec.startswith("yolo:"):
+        from edgeprune import yolo
+
+        return yolo.packaged_yaml(spec.removeprefix("yolo:")) is not None
+    return False
+
+
 def file_model(path: str) -> nn.Module:
     if os.path.isdir(path):
         raise UserError(f"model path {path} is a folder; pass the .pt file saved with torch.save(model)")

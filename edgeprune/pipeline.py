@@ -28,7 +28,7 @@ from edgeprune.exporters.package import ExportOptions, PackageInputs, build_pack
 from edgeprune.html_report import write_report_html
 from edgeprune.latency import ProfiledLatency
 from edgeprune.layer_times import layer_shares, per_layer_table
-from edgeprune.models import check_input, load_model, parse_shape
+from edgeprune.models import builds_without_code, check_input, load_model, parse_shape
 from edgeprune.profiling.keys import graph_key
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.stats import LatencyStats
@@ -41,7 +41,6 @@ from edgeprune.search.encoding import make_encoding
 from edgeprune.space import MODES, ChannelSpace, layer_widths, macs_and_params
 from edgeprune.targets import Profile, load_profile
 from edgeprune.task import Classification, Recipe, Task
-from edgeprune.pruned import yolo_packaged
 from edgeprune.user_task import load_task
 from edgeprune.attack import (
     DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_SAMPLES, DEFAULT_STEPS, DEFAULT_SUBNETS, DEFAULT_TEST_SAMPLES, Attack, require_art,
@@ -246,7 +245,7 @@ def _untrusted_settings(config: dict) -> list[str]:
     """The checkpoint settings that would run code or reach files outside the checkpoint."""
     target = str(config.get("target", ""))
     named = {
-        "model": not (str(config["model"]).startswith(("torchvision:", "timm:")) or yolo_packaged(str(config["model"]))),
+        "model": not builds_without_code(str(config["model"])),
         "target": target.endswith((".yaml", ".yml")) or "/" in target or os.sep in target,
         "weights": config.get("weights") is not None,
         "data": str(config.get("data", "")).startswith(("imagefolder:", "yolo:")),

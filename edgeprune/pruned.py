@@ -85,7 +85,8 @@ def original_model(spec: dict, trust_code: bool = False) -> nn.Module:
     """The unpruned model a plan names, chosen by its ``kind`` (never by the look of ``spec``).
 
     A ``torchvision`` or ``timm`` plan builds a library architecture by name (timm's in its
-    re-parameterised deploy form, as it was pruned) and runs nothing from outside.
+    re-parameterised deploy form, as it was pruned) and runs nothing from outside; so does a
+    ``yolo`` plan naming a yaml that ships inside ultralytics (:func:`edgeprune.models.builds_without_code`).
     A ``factory`` plan imports a module and a ``file`` plan unpickles a model file: both run code
     that the plan's author chose, so they need ``trust_code`` (``--trust-model-code``).
     """
@@ -100,10 +101,10 @@ def original_model(spec: dict, trust_code: bool = False) -> nn.Module:
         if not text.startswith("timm:"):
             raise UserError(f"plan's timm model spec {text[:80]!r} does not start with 'timm:'; pass the plan.json edgeprune wrote")
         return models.deploy_form(models.timm_model(text.removeprefix("timm:"), num_classes))
-    if kind == "yolo" and yolo_packaged(text):
+    if kind == "yolo" and text.startswith("yolo:") and models.builds_without_code(text):
         from edgeprune import yolo
 
-        return yolo.build(text.removeprefix("yolo:"), num_classes)
+        return yolo.build(text.removeprefix("yolo:"), num_classes)  # from the yaml inside ultralytics
     if not trust_code:
         what = {
             "factory": "imports and runs the module",
@@ -122,13 +123,6 @@ def original_model(spec: dict, trust_code: bool = False) -> nn.Module:
 
         return yolo.build(text.removeprefix("yolo:"), num_classes)
     return models.file_model(text)
-
-
-def yolo_packaged(spec: str) -> bool:
-    """``yolo:NAME.yaml`` naming a model yaml that ships inside ultralytics (no path): built by
-    name like a torchvision model. A yaml path or a ``.pt`` is a file someone wrote."""
-    name = spec.removeprefix("yolo:")
-    return name.endswith((".yaml", ".yml")) and "/" not in name and "\\" not in name
 
 
 def build_pruned(plan: ChannelPlan, trust_code: bool = False) -> nn.Module:

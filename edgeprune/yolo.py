@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import io
 import os
+import re
 from datetime import datetime
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -138,16 +141,82 @@ def ultralytics_form(net: YoloNet):
             head.export, head.shape = True, None
 
 
+# A bare model yaml name as ultralytics ships them (yolov8n.yaml, yolo11s.yaml, yolov8n-p6.yaml).
+_BARE_YAML = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.ya?ml$")
+
+
+def _scaled_names(name: str) -> tuple[str, str]:
+    """The names ultralytics' yaml_model_load tries for ``name``: the P6 spelling (``yolov8n6`` ->
+    ``yolov8n-p6``), then its "unified" form (``yolov8n.yaml`` is ``yolov8.yaml`` at scale n)."""
+    stem, suffix = name.rsplit(".", 1)
+    if re.fullmatch(r"yolov[58][nsmlx]6", stem):
+        name = re.sub(r"(\d+)([nslmx])6(.+)?$", r"\1\2-p6\3", stem) + "." + suffix
+    return name, re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", name)
+
+
+def packaged_yaml(name: str) -> Path | None:
+    """The model yaml a bare ``name`` (``yolov8n.yaml``) denotes inside the installed ultralytics
+    package (``ultralytics/cfg/models/**``), resolved by path; None when ``name`` is a path or no
+    shipped yaml has that name.
+
+    Never ultralytics' own ``check_yaml``: it looks in the current folder first (also under the
+    unified name, ``yolov8.yaml`` for ``yolov8n.yaml``), and a model yaml runs code (its
+    ``activation:`` line is ``eval()``ed), so a yaml planted in the working folder would run.
+    """
+    if not _BARE_YAML.match(name):
+        return None
+    found = importlib.util.find_spec("ultralytics")
+    if found is None or not found.submodule_search_locations:
+        raise UserError("YOLO detection needs ultralytics; install it with pip install 'edgeprune[yolo]'")
+    root = (Path(next(iter(found.submodule_search_locations))) / "cfg" / "models").resolve()
+    for candidate in dict.fromkeys(_scaled_names(name)):
+        hits = sorted(p.resolve() for p in root.rglob(candidate) if p.is_file())
+        if len(hits) == 1 and hits[0].is_relative_to(root):
+            return hits[0]
+    return None
+
+
+def _model_config(name: str, path: Path) -> dict:
+    """What ultralytics' yaml_model_load returns for ``name``, read from the file ``path`` itself
+    (no search): the yaml's dict with the scale its name asks for."""
+    from ultralytics.nn.tasks import guess_model_scale
+    from ultralytics.utils import YAML
+
+    try:
+        config = YAML.load(path)
+    except Exception as exc:  # yaml errors of every kind
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(f"ultralytics cannot read {path} ({first}); pass a detection yaml such as yolov8n.yaml") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is not a model yaml; pass a detection yaml such as yolov8n.yaml")
+    scaled = _scaled_names(Path(name).name)[0]
+    return {**config, "scale": guess_model_scale(scaled), "yaml_file": str(Path(name).with_name(scaled))}
+
+
 def build(spec: str, num_classes: int | None, names: dict[int, str] | None = None) -> YoloNet:
-    """``yolov8n.yaml`` (any model yaml ultralytics ships or a path to one) built with random
-    weights, or an ultralytics checkpoint ``.pt`` (unpickled: your own files only), as a YoloNet."""
+    """A model yaml built with random weights, or an ultralytics checkpoint ``.pt`` (unpickled:
+    your own files only), as a YoloNet. A bare yaml name (``yolov8n.yaml``) is one that ships
+    with ultralytics, found by :func:`packaged_yaml` (never in the current folder); your own yaml
+    is named by its path (``./my.yaml``)."""
     require_ultralytics()
     from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
     if spec.endswith((".yaml", ".yml")):
+        if "/" in spec or os.sep in spec:
+            if not os.path.isfile(spec):
+                raise UserError(f"model yaml {spec} not found; pass the path of a detection yaml, or a shipped one such as yolov8n.yaml")
+            config = _model_config(spec, Path(spec))
+        else:
+            shipped = packaged_yaml(spec)
+            if shipped is None:
+                raise UserError(
+                    f"{spec[:100]} is not a model yaml that ships with ultralytics; pass one such as yolov8n.yaml, "
+                    f"or your own yaml by its path (yolo:./{spec[:100]})"
+                )
+            config = _model_config(spec, shipped)
         try:
-            model = DetectionModel(spec, nc=num_classes, verbose=False)
-        except (FileNotFoundError, ValueError, KeyError) as exc:
+            model = DetectionModel(config, nc=num_classes, verbose=False)
+        except (FileNotFoundError, ValueError, KeyError, TypeError, IndexError) as exc:
             raise UserError(f"ultralytics cannot build {spec} ({exc}); pass a detection yaml such as yolov8n.yaml or yolov8s.yaml") from None
     else:
         if not os.path.isfile(spec):

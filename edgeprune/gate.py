@@ -347,8 +347,8 @@ def run_gate(
                     profilers[b.target] = Profiler(b.profile, cache_path=Path(cache) if cache else None, use_cache=not no_cache)
                 results.append(_judge(profilers[b.target], b))
                 bar.advance(task)
-    except ValueError as exc:  # onnxruntime could not run the model
-        raise UserError(f"{b.where}: {b.path} does not run in onnxruntime ({exc}); export it again") from None
+    except ValueError:  # onnxruntime could not run the model; its text may quote the model's data: never shown
+        raise UserError(f"{b.where}: {b.path} does not run in onnxruntime; export it again (or load it in onnxruntime yourself to see why)") from None
     finally:
         for profiler in profilers.values():
             profiler.close()

@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
     add_progress_args(g, help="no progress bar")
     g.add_argument(
         "--allow-external-data", action="store_true",
-        help="time models whose tensors are in separate data files (read only from the model's own folder); refused by default",
+        help="time models whose tensors are in separate data files (plain files beside the model only: no subfolder, nothing hidden, no link); refused by default",
     )
 
 

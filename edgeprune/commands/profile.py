@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
     pr.add_argument("--json", action="store_true", help="print the stats as JSON")
     add_cache_args(pr)
     pr.add_argument("--fresh", action="store_true", help="measure even when the cache has the model (the result is still stored if new)")
-    pr.add_argument("--allow-external-data", action="store_true", help="time a model whose tensors are in separate data files (read only from the model's own folder); refused by default")
+    pr.add_argument("--allow-external-data", action="store_true", help="time a model whose tensors are in separate data files (plain files beside the model only: no subfolder, nothing hidden, no link); refused by default")
     sv = pr.add_argument_group("surrogate check (--validate-surrogate MODEL)")
     sv.add_argument("--validate-surrogate", action="store_true", help="fit the latency surrogate on random pruned variants of MODEL and print its error on others")
     sv.add_argument("--input-shape", help="CxHxW of MODEL, e.g. 3x32x32")
@@ -62,8 +62,8 @@ def _profile_file(args, profile) -> int:
         hit = None if args.fresh or args.repeats > 1 else profiler.peek(arch, shape)
         try:
             measured = [hit] if hit is not None else profiler.sessions(arch, shape, blob, args.repeats)
-        except ValueError as exc:
-            raise UserError(f"{args.onnx} does not run on {profile.name} ({exc}); export it again") from None
+        except ValueError:  # the runtime's text may quote the model's data (external data files): never shown
+            raise UserError(f"{args.onnx} does not run on {profile.name}; export it again (or load it in onnxruntime yourself to see why)") from None
         runs = [m.to_dict() for m in measured]
     finally:
         profiler.close()

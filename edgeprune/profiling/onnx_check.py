@@ -109,25 +109,69 @@ def check_input_size(shape: tuple[int, ...], max_input_elements: int = MAX_INPUT
         )
 
 
+# The most bytes --allow-external-data inlines into one model (protobuf's own limit is 2 GiB).
+MAX_EXTERNAL_BYTES = 1 << 30
+
+
 def inline_external_data(path, proto) -> None:
     """Load a user's own model's external tensors into ``proto`` (the explicit opt-in of
-    ``--allow-external-data``), only from files inside the model's own folder."""
+    ``--allow-external-data``). A data file must sit beside the model: a plain file name (no
+    folder, nothing hidden such as ``.git`` or ``.env``), a regular file and not a link, read
+    here (never by onnx's or a runtime's own loader) at exactly the size its tensor needs, so a
+    model can neither read other files nor get their bytes into an error message."""
+    import os
+    import re
+    import stat
     from pathlib import Path
 
-    from onnx.external_data_helper import load_external_data_for_model
+    import numpy as np
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
 
-    folder = Path(path).resolve().parent
+    folder = Path(path).parent
+    total = 0
     for tensor in _all_tensors(proto):
-        for entry in tensor.external_data:
-            if entry.key != "location":
-                continue
-            target = (folder / entry.value).resolve()
-            if Path(entry.value).is_absolute() or not target.is_relative_to(folder):
-                raise ModelRejected(
-                    f"tensor {tensor.name[:60]!r} stores its data at {entry.value[:80]!r}, outside the model's "
-                    "folder; keep external data files next to the model"
-                )
-            if not target.is_file():
-                raise ModelRejected(f"external data file {entry.value[:80]!r} of tensor {tensor.name[:60]!r} is missing")
-    load_external_data_for_model(proto, str(folder))
+        if tensor.data_location != onnx.TensorProto.EXTERNAL and not len(tensor.external_data):
+            continue
+        name = (tensor.name or "(unnamed)")[:60]
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}", location) or location in (".", ".."):
+            raise ModelRejected(
+                f"tensor {name!r} stores its data at {location[:80]!r}, which is not a plain file name beside the model "
+                "(no folders, no hidden files); keep external data files next to the model"
+            )
+        try:
+            dtype = np.dtype(tensor_dtype_to_np_dtype(tensor.data_type))
+            offset, length = int(info.get("offset", "0")), info.get("length")
+        except (KeyError, TypeError, ValueError):
+            raise ModelRejected(f"tensor {name!r} has an external data type or offset edgeprune cannot read; save it inside the model") from None
+        if dtype.kind in "OSU" or offset < 0:
+            raise ModelRejected(f"tensor {name!r} has an external data type or offset edgeprune cannot read; save it inside the model")
+        size = math.prod(tensor.dims) * dtype.itemsize
+        if any(d < 0 for d in tensor.dims):
+            raise ModelRejected(f"tensor {name!r} has a negative dimension; export the model again")
+        if length is not None and length != str(size):
+            raise ModelRejected(f"tensor {name!r} declares {length[:20]} bytes of external data but its shape needs {size}; export the model again")
+        total += size
+        if total > MAX_EXTERNAL_BYTES:
+            raise ModelRejected(f"the model's external data is over {MAX_EXTERNAL_BYTES >> 20} MiB; time a smaller model")
+        target = folder / location
+        if target.is_symlink():
+            raise ModelRejected(f"external data file {location[:80]!r} of tensor {name!r} is a link; put the file itself next to the model")
+        try:
+            fd = os.open(target, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            what = "a link" if target.is_symlink() else "missing"
+            raise ModelRejected(f"external data file {location[:80]!r} of tensor {name!r} is {what}; put the file itself next to the model") from None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ModelRejected(f"external data file {location[:80]!r} of tensor {name!r} is not a regular file; put the file itself next to the model")
+            f.seek(offset)
+            data = f.read(size)
+        if len(data) != size:
+            raise ModelRejected(f"external data file {location[:80]!r} is shorter than tensor {name!r} needs; export the model again")
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        tensor.raw_data = data
 

@@ -14,8 +14,9 @@ def load_onnx(path: str | Path, batch: int | None = None, allow_external_data: b
     With ``batch``, a symbolic batch dimension (what ``edgeprune export --dynamic-batch`` writes)
     is timed at that batch; any other symbolic dimension is an error. A model whose tensors are
     stored as external data is refused (a budgets file or a checkout is not always the user's own
-    work) unless ``allow_external_data``: then the data files, which must sit inside the model's
-    folder, are read into the model and the bytes returned are self-contained.
+    work) unless ``allow_external_data``: then the data files, which must be plain files beside
+    the model (:func:`inline_external_data`), are read into the model and the bytes returned are
+    self-contained.
     """
     file = Path(path)
     if not file.is_file():

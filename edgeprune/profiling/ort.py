@@ -197,7 +197,9 @@ class OrtBackend(Backend):
         options.execution_mode = _EXECUTION_MODES[p.execution_mode]
         options.graph_optimization_level = _GRAPH_OPTIMIZATION[p.graph_optimization]
         # Thread spinning stays at ORT's default: that is how the model runs when deployed.
-        options.log_severity_level = 3  # errors only: optimiser notes would flood a search's log
+        # Fatal only: optimiser notes would flood a search's log, and an error's text may quote the
+        # model's data (a user's external data file); errors reach us as exceptions, never printed.
+        options.log_severity_level = 4
         return options
 
 

@@ -1,6 +1,7 @@
 """`edgeprune gate`: exit 0 within budget, 1 over, 2 bad input; JUnit and JSON reports; re-measure near the budget."""
 
 import json
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -142,3 +143,123 @@ def test_bad_budgets_file_is_exit_2_naming_the_line(models, tmp_path, capsys, te
 def test_bad_command_line_is_exit_2(args, words, capsys):
     assert main(["gate", *args, "--no-progress"]) == 2
     assert words in capsys.readouterr().err
+
+
+# --- the verdict's statistics, on a scripted machine --------------------------------------------
+
+
+class _Scripted:
+    """A backend stand-in that answers each fresh measurement with the next of ``stats`` (and
+    fails the test when asked for more than were scripted): the gate's arithmetic is judged on
+    numbers the test chose, not on what a shared CPU happened to measure."""
+
+    supports_node_times = False
+
+    def __init__(self, stats):
+        self.stats = list(stats)
+        self.calls = 0
+
+    def fingerprint(self):
+        return {"scripted": True}
+
+    def measure(self, onnx_bytes, input_shape):
+        assert self.calls < len(self.stats), f"measured {self.calls + 1} times, {len(self.stats)} scripted"
+        self.calls += 1
+        return self.stats[self.calls - 1]
+
+    def close(self):
+        pass
+
+
+def _stats(p50: float, p90: float, p99: float):
+    from edgeprune.profiling.stats import LatencyStats
+
+    # mean_ms is none of the percentiles: a gate judging it is told apart too.
+    return LatencyStats(n=100, median_ms=p50, p90_ms=p90, p99_ms=p99, mean_ms=(p50 + p90 + p99) / 3, std_ms=0.1, cv=0.01)
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """``scripted(stats...)``: the gate's Profiler measures on a :class:`_Scripted` machine (the
+    seam the reference tests use: the profiler module's ``make_backend``)."""
+    from edgeprune.profiling import profiler as profiler_module
+
+    machine = {}
+
+    def install(*stats):
+        def make_backend(profile, **options):
+            machine["backend"] = _Scripted(stats)
+            return machine["backend"]
+
+        monkeypatch.setattr(profiler_module, "make_backend", make_backend)
+        return machine
+
+    return install
+
+
+def _scripted_gate(models, tmp_path, budget_ms, *extra) -> tuple[int, dict]:
+    _, paths, _ = models
+    out = tmp_path / "gate.json"
+    args = [str(paths["cnn.onnx"]), "--target", PROFILE, "--budget-ms", str(budget_ms), *extra]
+    code = main(["gate", *args, "--no-cache", "--json", str(out), "--no-progress"])
+    return code, json.loads(out.read_text())["results"][0]
+
+
+# Budget 10 ms, ±5 %: a first p90 of 10.4 ms is inside the band. Each case: the three p90s
+# measured, the exit code the median of the three gives, and what the first alone and the mean
+# of the three would have said instead (each the other way).
+MEDIAN_OF_THREE = [
+    ((10.4, 9.9, 9.8), 0),  # first FAIL, median 9.9 PASS, mean 10.03 FAIL
+    ((9.5, 10.1, 10.3), 1),  # first PASS, median 10.1 FAIL, mean 9.97 PASS
+]
+
+
+@pytest.mark.parametrize("p90s, code", MEDIAN_OF_THREE, ids=["first-over-median-under", "first-under-median-over"])
+def test_a_result_inside_the_band_is_judged_on_the_median_of_three_measurements(models, tmp_path, scripted, p90s, code):
+    machine = scripted(*(_stats(p / 2, p, 2 * p) for p in p90s))
+    assert (p90s[0] > 10) != (code == 1) and (sum(p90s) / 3 > 10) != (code == 1)  # the case tells the statistics apart
+    got, r = _scripted_gate(models, tmp_path, 10.0, "--tolerance", "0.05")
+    assert got == code and r["passed"] is (code == 0)
+    assert machine["backend"].calls == 3 and r["remeasured"] is True
+    assert r["measurements_ms"] == list(p90s) and r["measured_ms"] == sorted(p90s)[1]
+
+
+@pytest.mark.parametrize("p90, code", [(10.6, 1), (9.4, 0)], ids=["just-over-the-band", "just-under-the-band"])
+def test_a_result_outside_the_band_is_judged_at_once(models, tmp_path, scripted, p90, code):
+    # Scripted so that a re-measurement would flip the verdict: it must not be taken.
+    machine = scripted(_stats(p90 / 2, p90, 2 * p90), _stats(5, 20 - p90, 30), _stats(5, 20 - p90, 30))
+    got, r = _scripted_gate(models, tmp_path, 10.0, "--tolerance", "0.05")
+    assert got == code and machine["backend"].calls == 1
+    assert r["remeasured"] is False and r["measurements_ms"] == [p90] and r["measured_ms"] == p90
+
+
+# One measurement: median 4, p90 8, p99 16 ms. Each percentile is judged against a budget 20 %
+# above and 20 % below its own value (clear of the ±5 % band, so nothing is re-measured): a gate
+# that always judged the median would pass p90 and p99 below budget, one that always judged the
+# p90 default would fail p50 above and pass p99 below.
+STATS = {50: 4.0, 90: 8.0, 99: 16.0}
+
+
+@pytest.mark.parametrize("percentile", [50, 90, 99])
+@pytest.mark.parametrize("factor, code", [(1.2, 0), (0.8, 1)], ids=["budget-above", "budget-below"])
+def test_the_percentile_asked_for_is_the_one_judged(models, tmp_path, scripted, percentile, factor, code):
+    scripted(_stats(*STATS.values()))
+    got, r = _scripted_gate(models, tmp_path, factor * STATS[percentile], "--percentile", str(percentile))
+    assert got == code and r["percentile"] == percentile and r["measured_ms"] == STATS[percentile]
+
+
+def test_a_budgets_file_judges_each_entry_at_its_own_percentile(models, tmp_path, scripted):
+    folder, _, _ = models
+    # The same measurement for both entries (the second is answered from the profiler's memory).
+    scripted(_stats(*STATS.values()))
+    budgets = tmp_path / "budgets.yaml"
+    shutil.copy(folder / "cnn.onnx", tmp_path / "cnn.onnx")
+    shutil.copy(PROFILE, tmp_path / "fast-cpu.yaml")
+    budgets.write_text(
+        "- model: cnn.onnx\n  target: fast-cpu.yaml\n  budget_ms: 6\n  percentile: 50\n"
+        "- model: cnn.onnx\n  target: fast-cpu.yaml\n  budget_ms: 6\n"  # the default: p90
+    )
+    out = tmp_path / "gate.json"
+    assert main(["gate", "--budgets", str(budgets), "--no-cache", "--json", str(out), "--no-progress"]) == 1
+    results = json.loads(out.read_text())["results"]
+    assert [(r["percentile"], r["measured_ms"], r["passed"]) for r in results] == [(50, 4.0, True), (90, 8.0, False)]

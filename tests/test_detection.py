@@ -162,3 +162,92 @@ def test_prune_detection_end_to_end_reloads_into_ultralytics_and_its_onnx_gives_
         compared += 1
         assert int(want[5]) == int(got[5]) and torch.allclose(want[:4], got[:4], atol=0.05)
     assert compared >= 6
+
+
+# --- the score itself: ultralytics' validator on stand-in detectors whose answers are known -------
+
+
+def _truth(folder: Path) -> dict[str, np.ndarray]:
+    """sha256 of each image as the validator feeds it (RGB, CHW, uint8: at the set's own size the
+    letterbox changes nothing) → its labels ``[class, cx, cy, w, h]`` (normalised)."""
+    import hashlib
+
+    import cv2
+
+    truth = {}
+    for image in sorted(folder.glob("images/*/*.png")):
+        rgb = np.ascontiguousarray(cv2.imread(str(image))[..., ::-1].transpose(2, 0, 1))
+        rows = (folder / "labels" / image.parent.name / f"{image.stem}.txt").read_text().split()
+        truth[hashlib.sha256(rgb.tobytes()).hexdigest()] = np.array(rows, dtype=np.float32).reshape(-1, 5)
+    return truth
+
+
+def _stand_in(truth: dict[str, np.ndarray], answer: str):
+    """A real YOLOv8n whose forward is replaced by an oracle that looks each image up in
+    ``truth`` and answers, in the raw head's form ``[B, 4 + classes, anchors]`` (xywh in pixels,
+    class scores): ``"truth"`` its labelled boxes and classes at score 1, ``"nothing"`` no box above
+    score 0, ``"shifted"`` each box moved right by a fifth of its width (IoU 2/3 with the truth)."""
+    import hashlib
+
+    from ultralytics.nn.tasks import DetectionModel
+
+    from edgeprune.yolo import build
+
+    class Oracle(DetectionModel):
+        def predict(self, x, *args, **kwargs):
+            side, nc = x.shape[-1], len(self.names)
+            found = []
+            for image in x:
+                key = hashlib.sha256((image * 255).round().to(torch.uint8).cpu().contiguous().numpy().tobytes()).hexdigest()
+                found.append(truth.get(key, np.zeros((0, 5), dtype=np.float32)))
+            out = torch.zeros(len(x), 4 + nc, max(1, max(len(f) for f in found)))
+            for i, rows in enumerate(found):
+                for j, (cls, cx, cy, w, h) in enumerate(rows):
+                    if answer == "nothing":
+                        continue
+                    shift = 0.2 * w if answer == "shifted" else 0.0
+                    out[i, :4, j] = torch.tensor([cx + shift, cy, w, h]) * side
+                    out[i, 4 + int(cls), j] = 1.0
+            return out
+
+    torch.manual_seed(0)
+    net = build("yolov8n.yaml", 10)
+    net.model.__class__ = Oracle
+    return net
+
+
+@pytest.fixture(scope="module")
+def scored_set(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scored") / "set"
+    make_detection_set(out, Composition(train=5, val=4, size=SIZE, seed=2))
+    return out, _truth(out)
+
+
+def test_a_detector_that_answers_the_ground_truth_scores_1_and_one_that_answers_nothing_0(scored_set):
+    from edgeprune.detection import Detection
+
+    folder, truth = scored_set
+    assert len(truth) == 9  # every image told apart by its pixels
+    task = Detection(str(folder / "data.yaml"), SIZE, holdout=1, seed=0, metric="mAP50")
+    try:
+        perfect = _stand_in(truth, "truth")
+        assert task.test_score(perfect) > 0.99 and task.score(perfect) > 0.99  # 0.995: ultralytics' 101-point AP
+        assert task.test_score(_stand_in(truth, "nothing")) == 0.0
+    finally:
+        task.close()
+
+
+def test_boxes_two_thirds_on_target_count_at_map50_and_in_four_of_ten_map50_95_thresholds(scored_set):
+    from edgeprune.detection import Detection
+
+    folder, truth = scored_set
+    shifted = _stand_in(truth, "shifted")
+    scores = {}
+    for metric in ("mAP50", "mAP50-95"):
+        task = Detection(str(folder / "data.yaml"), SIZE, holdout=1, seed=0, metric=metric)
+        try:
+            scores[metric] = task.test_score(shifted)
+        finally:
+            task.close()
+    # IoU 2/3 passes the thresholds 0.50, 0.55, 0.60 and 0.65 of mAP50-95's ten.
+    assert scores["mAP50"] > 0.99 and scores["mAP50-95"] == pytest.approx(0.4 * scores["mAP50"], abs=0.02)

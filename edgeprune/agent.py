@@ -11,10 +11,11 @@ headers, no 5xx for malformed input) is added here, and the attacks and the seed
 
 Wire format (HTTP/1.1, JSON replies, every error a 4xx/5xx with ``{"error": "reason"}``):
 
-* ``GET /fingerprint`` → ``{"device": {...}, "edgeprune": VERSION, "max_upload_bytes": N}``: the
-  device facts (:func:`edgeprune.profiling.fingerprint.device_facts`, probed once at start); the
-  client composes them with its profile exactly as a local measurement would, so both share one
-  cache key.
+* ``GET /fingerprint`` → ``{"device": {...}, "edgeprune": VERSION, "max_upload_bytes": N,
+  "measure_timeout_s": S}``: the device facts (:func:`edgeprune.profiling.fingerprint.device_facts`,
+  probed once at start); the client composes them with its profile exactly as a local
+  measurement would, so both share one cache key. The two limits let a client refuse an oversized
+  upload itself and size its own deadline for a reply.
 * ``POST /reference?shape=1x3x32x32`` with the ONNX model as the raw body
   (``Content-Type: application/octet-stream``) → ``{"reference": SHA256}``: stores a reference
   model (a few, least recently used dropped) for paired measurements.
@@ -35,16 +36,18 @@ reference (the agent restarted: upload it again); 411 no ``Content-Length`` or a
 414/431 request line or headers too long; 415 wrong ``Content-Type``; 422 the model does not run
 here (runtime error, over the time or memory limit, provider missing) — the body names only a
 category, the runtime's text goes to the agent's log; 500 a bug in the agent or a broken
-installation, with a fixed body. Connections beyond the cap are closed unanswered.
+installation, with a fixed body. Connections beyond the cap (``--max-connections``, and a
+quarter of it from any one client address) are closed unanswered.
 
 Safety: loopback only unless a bearer token is configured (``Authorization: Bearer TOKEN``,
 compared in constant time, required for every request once a token file is given); the body size
 is checked against the cap before a byte is read; the ONNX must pass
 :func:`~edgeprune.profiling.onnx_check.check_model_bytes` before a runtime sees it; the profile is
-validated like a YAML file; nothing is ever unpickled. ONNX Runtime times in a child process
-(:class:`~edgeprune.profiling.isolated.IsolatedOrtBackend`) with a deadline and a memory cap, so
-a hostile model costs one child, not the agent. One measurement at a time: validation and timing
-hold one lock, so two clients never time each other.
+validated like a YAML file; nothing is ever unpickled. Every backend (ONNX Runtime, TensorRT's
+trtexec, the simulated device and its shape inference) times in a child process
+(:class:`~edgeprune.profiling.isolated.IsolatedBackend`) with a deadline and a memory cap, so a
+hostile model costs one child, not the agent. One measurement at a time: validation and timing
+hold one lock, so two clients never time each other; the deadline bounds how long it is held.
 """
 
 from __future__ import annotations
@@ -80,6 +83,12 @@ DEFAULT_MAX_MEMORY_MB = 4096  # the measuring child's cap; 0 turns it off
 DEFAULT_MEASURE_TIMEOUT_S = 600.0  # the most one measurement may take, whatever the profile says
 DEFAULT_REQUEST_TIMEOUT_S = 30.0  # to receive a request's line, headers and (see below) body
 DEFAULT_MAX_CONNECTIONS = 32
+
+
+def per_client_default(max_connections: int) -> int:
+    """Connections one client address may hold at once: a quarter of the cap (8 of the default
+    32), at least 1. A farm client holds one per agent; the rest stays free for others."""
+    return max(1, max_connections // 4)
 PROFILE_HEADER = "X-Edgeprune-Profile"
 INTERNAL_ERROR = "internal error; see the agent's log"
 _MAX_REFERENCES = 4
@@ -89,8 +98,6 @@ _MIN_UPLOAD_BYTES_PER_S = 1 << 20
 _MAX_HEADER_BYTES = 256 * 1024  # request line + headers (the stdlib caps each line at 64 KiB)
 _WRITE_TIMEOUT_S = 30.0
 _LINGER_S, _LINGER_BYTES = 0.5, 1 << 20  # see AgentServer.shutdown_request
-# Session set-up, warm-up and models slower than the profile's window, on top of the window itself.
-_MEASURE_MARGIN_S = 120.0
 _SINGLE_HEADERS = ("Host", "Content-Length", "Content-Type", "Authorization", "Origin", PROFILE_HEADER)
 
 
@@ -136,6 +143,8 @@ def read_token(path: str) -> str:
         token = file.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise UserError(f"cannot read token file {file} ({exc.strerror}); pass a readable --token-file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"token file {file} is not UTF-8 text; write the token into it as plain text (e.g. secrets.token_urlsafe(32))") from None
     if len(token) < 16 or any(c.isspace() for c in token):
         raise UserError(
             f"token file {file} must hold one token of at least 16 characters without spaces; "
@@ -210,15 +219,6 @@ def parse_content_length(values: list[str] | None) -> int | None:
     return int(values[0])
 
 
-def measurement_timeout(spec, cap: float) -> float:
-    """Seconds one measurement under ``spec`` (a MeasureSpec) may take before its process is
-    killed: the timed window, once per repeat, for the two models of a paired measurement or the
-    pooled sessions of an absolute one, doubled, plus a margin for set-up and slow models; at
-    most ``cap``."""
-    window = spec.max_seconds * (1 + spec.repeats_if_noisy)
-    return min(cap, _MEASURE_MARGIN_S + 2 * max(2, spec.sessions) * window)
-
-
 def log(message: str) -> None:
     sys.stderr.write(f"edgeprune agent: {_printable(message)}\n")
     sys.stderr.flush()
@@ -267,17 +267,20 @@ class Agent:
         return key, self._backends[key]
 
     def _new_backend(self, profile):
-        """Timed on this device (``local``: the profile's agent URL names this agent), ONNX Runtime
-        models in a child bounded by the agent's deadline and memory cap."""
+        """Timed on this device (``local``: the profile's agent URL names this agent), in a child
+        bounded by the agent's deadline and memory cap whatever the backend (ONNX Runtime,
+        TensorRT, simulated): a model from the network never runs, nor has its shapes inferred,
+        in the agent's own process."""
         from edgeprune.profiling.factory import make_backend  # noqa: PLC0415
+        from edgeprune.profiling.isolated import measurement_timeout  # noqa: PLC0415
 
-        timeout = measurement_timeout(profile.measure, self.measure_timeout_s)
+        timeout = measurement_timeout(profile, self.measure_timeout_s)
         return make_backend(profile, local=True, timeout_s=timeout, max_memory_mb=self.max_memory_mb or None)
 
     def fingerprint(self) -> dict[str, Any]:
         # The cap travels with the facts so a client can refuse an oversized upload itself: the
         # 413 is sent without reading the body, and a client still sending sees a broken pipe.
-        return {"device": self.facts, "edgeprune": __version__, "max_upload_bytes": self.max_upload_bytes}
+        return {"device": self.facts, "edgeprune": __version__, "max_upload_bytes": self.max_upload_bytes, "measure_timeout_s": self.measure_timeout_s}
 
     def add_reference(self, blob: bytes, shape: tuple[int, ...] | None) -> dict[str, Any]:
         with self.lock:
@@ -333,19 +336,32 @@ def _measurement_refusal(exc: Exception, profile) -> RequestError | None:
     """What the client hears about a failed measurement: a 422 naming a category, never the
     runtime's text (it can quote the model's tensors, or files a runtime was tricked into reading);
     the text goes to the log. None for anything else: a bug, answered 500 with a fixed body."""
-    from edgeprune.profiling.isolated import MeasurementFailed, MeasurementTimeout, WorkerDied  # noqa: PLC0415
+    from edgeprune.profiling.isolated import MEASURE_MARGIN_S, MeasurementFailed, MeasurementTimeout, WorkerDied  # noqa: PLC0415
 
-    runtime = "TensorRT" if profile.backend == "tensorrt" else "ONNX Runtime"
+    runtime = {"tensorrt": "TensorRT", "simulated": "the simulated device"}.get(profile.backend, "ONNX Runtime")
+    if isinstance(exc, UserError):  # the device cannot time this profile (e.g. trtexec missing): our own one line
+        log(f"measurement refused: {exc}")
+        return RequestError(422, str(exc)[:500])
     if isinstance(exc, WorkerDied) and exc.starting:
         return None  # no model had been sent: the device's installation is at fault
     if isinstance(exc, (MeasurementTimeout, WorkerDied, ValueError)):
         log(f"measurement failed ({type(exc).__name__}): {exc}")
+    if isinstance(exc, MeasurementTimeout) and exc.trtexec:
+        return RequestError(
+            422,
+            f"trtexec did not finish building or timing the model within {exc.seconds:g} s and was stopped; "
+            "time a smaller model, or ask the device's owner to check trtexec",
+        )
     if isinstance(exc, MeasurementTimeout):
+        limit = (
+            "the agent's --measure-timeout-s, for TensorRT (the engine build included)" if profile.backend == "tensorrt" else
+            f"{MEASURE_MARGIN_S:g} s + 2 x max(2, measure.sessions) x measure.max_seconds x (1 + repeats_if_noisy)"
+            f"{' + 2 x simulated.device_seconds' if profile.backend == 'simulated' else ''}, at most the agent's --measure-timeout-s"
+        )
         return RequestError(
             422,
             f"timing the model took longer than the agent's limit of {exc.seconds:g} s for this profile "
-            f"({_MEASURE_MARGIN_S:g} s + 2 x max(2, measure.sessions) x measure.max_seconds x (1 + repeats_if_noisy), at most the agent's "
-            "--measure-timeout-s); the measurement was stopped: lower measure.max_seconds or min_runs, or time a smaller model",
+            f"({limit}); the measurement was stopped: lower measure.max_seconds or min_runs, or time a smaller model",
         )
     if isinstance(exc, WorkerDied):
         return RequestError(
@@ -545,28 +561,69 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
+def peer_key(host: str) -> str:
+    """Whose connection this is, for the per-client cap: the IPv4 address, or the /64 of an IPv6
+    one (one host is given a whole /64; an IPv4 peer mapped into IPv6 counts as its IPv4)."""
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 class AgentServer(ThreadingHTTPServer):
-    """At most ``max_connections`` connections, each with its own thread; one more is closed as
-    soon as it is accepted, so idle sockets cannot make the agent start a thread apiece."""
+    """At most ``max_connections`` connections, each with its own thread, and at most
+    ``max_per_client`` of them from one client address (see :func:`peer_key`); one more is
+    closed as soon as it is accepted, so idle sockets cannot make the agent start a thread apiece,
+    nor one peer (a token is only checked once a request arrives) take every slot."""
 
     daemon_threads = True
     block_on_close = False  # closing the server must not wait for clients that never finish
     request_queue_size = 64
 
-    def __init__(self, address, agent: Agent, request_timeout_s: float, max_connections: int):
+    def __init__(self, address, agent: Agent, request_timeout_s: float, max_connections: int, max_per_client: int | None = None):
         self.agent = agent
         self.request_timeout_s = request_timeout_s
         self.slots = threading.BoundedSemaphore(max_connections)
+        self.max_per_client = max_per_client if max_per_client is not None else per_client_default(max_connections)
+        self._per_client: dict[str, int] = {}
+        self._per_client_lock = threading.Lock()
         super().__init__(address, Handler)
 
+    def _take_client_slot(self, key: str) -> bool:
+        with self._per_client_lock:
+            held = self._per_client.get(key, 0)
+            if held >= self.max_per_client:
+                return False
+            self._per_client[key] = held + 1
+            return True
+
+    def _release_client_slot(self, key: str) -> None:
+        with self._per_client_lock:
+            held = self._per_client.get(key, 0) - 1
+            if held > 0:
+                self._per_client[key] = held
+            else:
+                self._per_client.pop(key, None)
+
     def process_request(self, request, client_address) -> None:
-        if not self.slots.acquire(blocking=False):
+        key = peer_key(str(client_address[0]))
+        if not self._take_client_slot(key):
             super().shutdown_request(request)  # at once: this is the accepting thread
+            return
+        if not self.slots.acquire(blocking=False):
+            self._release_client_slot(key)
+            super().shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:  # the thread did not start
             self.slots.release()
+            self._release_client_slot(key)
             raise
 
     def process_request_thread(self, request, client_address) -> None:
@@ -574,6 +631,7 @@ class AgentServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
+            self._release_client_slot(peer_key(str(client_address[0])))
 
     def shutdown_request(self, request) -> None:
         """End a handled connection: half-close, then read and drop what the client still sends,
@@ -647,15 +705,19 @@ def make_server(
     measure_timeout_s: float = DEFAULT_MEASURE_TIMEOUT_S,
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    max_connections_per_client: int | None = None,
 ) -> AgentServer:
     """The HTTP server (not yet serving). Raises UserError for a bad option, and for a
-    non-loopback address without a token."""
+    non-loopback address without a token. ``max_connections_per_client``: None for
+    :func:`per_client_default`."""
     options = dict(max_memory_mb=max_memory_mb, measure_timeout_s=measure_timeout_s, request_timeout_s=request_timeout_s, max_connections=max_connections)
     _check_options(host, port, token, max_upload_mb, options)
+    per_client = per_client_default(max_connections) if max_connections_per_client is None else max_connections_per_client
+    _check_number("max_connections_per_client", per_client, 1, max_connections, whole=True)
     agent = Agent(token, int(max_upload_mb * 1024 * 1024), int(max_memory_mb), float(measure_timeout_s))
     server_class = _AgentServer6 if ":" in host else AgentServer  # an IPv6 literal
     try:
-        return server_class((host, port), agent, float(request_timeout_s), int(max_connections))
+        return server_class((host, port), agent, float(request_timeout_s), int(max_connections), int(per_client))
     except OSError as exc:
         agent.close()
         raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or --host") from None

@@ -278,7 +278,7 @@ def test_killing_one_of_three_agents_mid_search_loses_nothing(setup, tmp_path):
             a.stop()
     assert _rows(survived) == _rows(reference)  # the search finished, with the same candidates
     killed = started[1].url
-    assert [r["agent"] for r in summary["removed"]] == [killed]
+    assert [r["agent"] for r in summary["removed"]] == [killed], (log, summary)
     lost = [e["label"] for e in log if e["agent"] == killed and not e["ok"]]
     assert len(lost) == 1
     redone = [e for e in log if e["label"] == lost[0] and e["ok"]]

@@ -207,12 +207,14 @@ class LatencyCache:
         self, fp_hash: str, arch_key: str, input_shape: Sequence[int], not_before: float | None = None
     ) -> LatencyStats | None:
         """The stored latency, or None; ``not_before`` (a Unix time) ignores rows created earlier,
-        i.e. rows measured against an anchor that has since been replaced."""
+        i.e. rows measured against an anchor that has since been replaced. A row dated in the
+        future (beyond the clock-skew allowance) is never read: it would survive every
+        ``not_before`` and every replacement."""
         sql = (
             "SELECT n, median, p90, p99, mean, std, cv FROM latency "
-            "WHERE fingerprint = ? AND arch = ? AND input_shape = ?"
+            "WHERE fingerprint = ? AND arch = ? AND input_shape = ? AND created <= ?"
         )
-        params: tuple = (fp_hash, arch_key, _shape_key(input_shape))
+        params: tuple = (fp_hash, arch_key, _shape_key(input_shape), _latest_valid())
         if not_before is not None:
             sql += " AND created >= ?"
             params += (float(not_before),)
@@ -223,10 +225,12 @@ class LatencyCache:
         return LatencyStats(n, median, p90, p99, mean, std, cv)
 
     def created(self, fp_hash: str, arch_key: str, input_shape: Sequence[int]) -> float | None:
-        """When the row of this key was stored (Unix time), or None."""
+        """When the row of this key was stored (Unix time), or None (also for a row dated in the
+        future, which :meth:`get` does not read either: as a baseline's date it would hide every
+        row written after it)."""
         row = self._db.execute(
-            "SELECT created FROM latency WHERE fingerprint = ? AND arch = ? AND input_shape = ?",
-            (fp_hash, arch_key, _shape_key(input_shape)),
+            "SELECT created FROM latency WHERE fingerprint = ? AND arch = ? AND input_shape = ? AND created <= ?",
+            (fp_hash, arch_key, _shape_key(input_shape), _latest_valid()),
         ).fetchone()
         return None if row is None else float(row[0])
 
@@ -241,10 +245,15 @@ class LatencyCache:
         """Store ``stats`` unless the key is already there: the first measurement wins, so a
         number that has been reported never changes under the user's feet. The one exception is
         a row older than ``replace_before``: it was measured against an anchor that a fresh
-        measurement has since replaced, so it is in units nobody uses any more."""
+        measurement has since replaced, so it is in units nobody uses any more. A row of the key
+        dated in the future is no measurement's (no reader sees it) and is replaced too."""
         if stats.noisy:
             raise ValueError("refusing to cache a noisy measurement; re-measure it instead")
         key = (fp_hash, arch_key, _shape_key(input_shape))
+        self._db.execute(
+            "DELETE FROM latency WHERE fingerprint = ? AND arch = ? AND input_shape = ? AND created > ?",
+            (*key, _latest_valid()),
+        )
         if replace_before is not None:
             self._db.execute(
                 "DELETE FROM latency WHERE fingerprint = ? AND arch = ? AND input_shape = ? AND created < ?",
@@ -424,6 +433,11 @@ class LatencyCache:
         self._db.close()
 
 
+def _latest_valid() -> float:
+    """The latest ``created`` a row may carry now: later is a future date, not clock skew."""
+    return time.time() + FUTURE_SLACK_S
+
+
 def _shape_key(input_shape: Sequence[int]) -> str:
     return "x".join(str(int(d)) for d in input_shape)
 
@@ -487,7 +501,10 @@ MAX_N = 10**9
 MAX_MS = 1e7
 MAX_CV = 10.0
 EARLIEST_CREATED = 1577836800.0  # 2020-01-01 UTC: no edgeprune cache row is older
-_FUTURE_SLACK_S = 86400.0  # clocks of the machines that share a file may disagree by a day
+# Clocks of the machines that share a file may disagree by this much. A row dated further ahead
+# would outlive every re-check of the baseline (rows older than a replaced baseline are retired,
+# a row from "tomorrow" never is) and, as the baseline itself, hide every row written after it.
+FUTURE_SLACK_S = 300.0
 _HASH_RE = re.compile(r"[0-9a-f]{16}")  # what fingerprint_hash() returns
 # Real architecture keys: 24 hex digits (ChannelSpace.arch_key), "onnx-" + 24 (graph_key), or
 # short names in tests; printable ASCII without spaces keeps a terminal safe from escapes.
@@ -634,8 +651,9 @@ def _row_problem(row: Any, now: float) -> str | None:
             return f"'{key}' must be a finite number from 0 to {top:g}, got {_show(row[key])}"
     if not row["median"] <= row["p90"] <= row["p99"]:
         return f"has median {row['median']} > p90 {row['p90']} or p90 > p99 {row['p99']}"
-    if not _number_in(row["created"], EARLIEST_CREATED, now + _FUTURE_SLACK_S):
-        return f"'created' must be a Unix time from 2020-01-01 to tomorrow, got {_show(row['created'])}"
+    if not _number_in(row["created"], EARLIEST_CREATED, now + FUTURE_SLACK_S):
+        return (f"'created' must be a Unix time from 2020-01-01 to now (+{FUTURE_SLACK_S / 60:g} minutes of clock skew), "
+                f"got {_show(row['created'])}")
     return None
 
 

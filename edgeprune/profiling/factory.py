@@ -9,10 +9,10 @@ from typing import Any
 from edgeprune.errors import UserError
 from edgeprune.profiling.backend import Backend
 from edgeprune.profiling.farm import FarmBackend
-from edgeprune.profiling.isolated import IsolatedOrtBackend
+from edgeprune.profiling.isolated import IsolatedBackend
 from edgeprune.profiling.remote import RemoteBackend
 from edgeprune.profiling.simulated import SimulatedBackend
-from edgeprune.profiling.tensorrt import TensorRTBackend
+from edgeprune.profiling.tensorrt import TensorRTBackend, require_trtexec
 from edgeprune.targets import Profile
 
 
@@ -23,23 +23,29 @@ def make_backend(profile: Profile, *, local: bool = False, agents: list[str] | N
 
     ``local=True`` measures on this host whatever ``agent`` says: the agent itself passes it, as
     the profile's ``agent`` is the very device it runs on. ``options`` are the keyword options of
-    :class:`~edgeprune.profiling.isolated.IsolatedOrtBackend` (``timeout_s``, ``max_memory_mb``),
-    with which the agent bounds models from the network; the other backends take none.
+    :class:`~edgeprune.profiling.isolated.IsolatedBackend` (``timeout_s``, ``max_memory_mb``),
+    with which the agent bounds models from the network: given them, every backend (TensorRT and
+    simulated too) measures in that bounded child. ONNX Runtime always does.
     """
     if agents:
         return FarmBackend(profile, agents, warn)
     if profile.agent and not local:
         return RemoteBackend(profile)
     if profile.backend == "tensorrt":
+        if options:
+            require_trtexec()  # here, in one line: the child could only die of it
+            return IsolatedBackend(profile, **options)
         return TensorRTBackend(profile)
     if profile.backend == "onnxruntime":
         # Here, not at the top: a TensorRT-only device may have no onnxruntime at all.
         from edgeprune.profiling.ort import require_provider  # noqa: PLC0415
 
         require_provider(profile)  # in this process: the child could only die of it, unexplained
-        return IsolatedOrtBackend(profile, **options)
+        return IsolatedBackend(profile, **options)
     if profile.backend == "simulated":
-        return SimulatedBackend(profile)
+        if profile.simulated is None:
+            raise UserError(f"target '{profile.name}' ({profile.source}) uses backend 'simulated' without a 'simulated' section; add one (see profiles/simulated.yaml)")
+        return IsolatedBackend(profile, **options) if options else SimulatedBackend(profile)
     raise UserError(
         f"target '{profile.name}' ({profile.source}) uses backend '{profile.backend}', "
         f"which edgeprune cannot run; set backend to one of: onnxruntime, tensorrt, simulated"

@@ -5,6 +5,8 @@ free, one measurement per device at a time.
 for their fingerprint first; agents with equal fingerprints share one queue (:class:`Pool`). A run
 measures on one pool only, so one candidate's latency never mixes devices of different
 fingerprints, and every number in the run's cache rows is keyed by the devices that produced it.
+Which pool is the user's choice, not the agents' (they report their own facts): the one of the
+profile's own ``agent`` when it is listed, else the one of the first agent listed that answers.
 Paired measurements (candidate next to the reference) make agents of one pool interchangeable:
 each agent times the reference with every candidate, and a slower board of the same kind moves
 both alike.
@@ -227,9 +229,12 @@ class Pool:
 
 
 class FarmBackend(Backend):
-    """A :class:`Backend` over the largest pool of ``urls`` (ties: the pool of the agent listed
-    first); agents of other fingerprints, and those that do not answer at the start, are left out
-    with a warning and named in :meth:`summary`.
+    """A :class:`Backend` over the agents of ``urls`` whose fingerprint is the one the user
+    expects: that of the profile's own ``agent`` when it is one of ``urls``, else that of the
+    first agent listed (each the first that answers, in that order). Never a majority: agents
+    report their own facts, and look-alikes in numbers must not take a run, nor its cache rows.
+    Agents of other fingerprints, and those that do not answer at the start, are left out with a
+    warning and named in :meth:`summary`.
 
     Besides the Backend methods, :meth:`submit` starts a measurement and returns at once, which
     is how the Profiler keeps every agent busy (``Profiler.start``)."""
@@ -250,10 +255,16 @@ class FarmBackend(Backend):
             groups.setdefault(fingerprint_hash(fp), []).append(member)
         if not groups:
             raise UserError(f"none of the {len(urls)} agent(s) answered; start `edgeprune agent` on the devices (first: {self.left_out[0]['reason']})")
-        chosen = max(groups, key=lambda h: len(groups[h]))  # max keeps the first of equals: listing order
+        answered = [m for group in groups.values() for m in group]
+        expected = (profile.agent or "").rstrip("/")
+        # The profile's own agent first, then listing order: the first of them that answered sets
+        # the fingerprint.
+        first = min(answered, key=lambda m: (m.url != expected, members.index(m)))
+        self.decided_by = first.url
+        chosen = next(h for h, group in groups.items() if first in group)
         for h, group in groups.items():
             if h != chosen:
-                self.left_out += [{"agent": m.url, "reason": f"fingerprint {h} differs from the farm's {chosen}"} for m in group]
+                self.left_out += [{"agent": m.url, "reason": f"fingerprint {h} differs from {first.url}'s {chosen}, which this run uses"} for m in group]
         for entry in self.left_out:
             warn(f"agent {entry['agent']} left out: {entry['reason']}")
         self.pool = Pool(groups[chosen][0].fingerprint(), groups[chosen], warn)
@@ -287,7 +298,7 @@ class FarmBackend(Backend):
         self.pool.close()
 
     def summary(self) -> dict[str, Any]:
-        return self.pool.summary() | {"left_out": list(self.left_out)}
+        return self.pool.summary() | {"left_out": list(self.left_out), "fingerprint_of": self.decided_by}
 
 
 def _fingerprint_or_error(member: RemoteBackend) -> tuple[dict[str, Any] | None, str | None]:

@@ -1,10 +1,12 @@
-"""ONNX Runtime measurements in a torch-free child process (see :mod:`edgeprune.profiling.worker`).
+"""Measurements in a torch-free child process (see :mod:`edgeprune.profiling.worker`): every ONNX
+Runtime measurement, and on the device agent every backend (ONNX Runtime, TensorRT, simulated), so
+a model from the network is bounded by the same deadline and memory cap whatever times it.
 
 Every exchange with the child has a deadline, so neither the prune loop nor the device agent can
-wait forever on a model that runs for hours or a runtime that hangs: past it the child is killed
-and the request raises :class:`MeasurementTimeout`; the next request starts a fresh child. The
-pipes are non-blocking and waited on with a selector, because a deadline cannot interrupt a
-blocking ``read()`` on the buffered pipe objects.
+wait forever on a model that runs for hours or a runtime that hangs: past it the child is killed,
+with everything it started (trtexec), and the request raises :class:`MeasurementTimeout`; the next
+request starts a fresh child. The pipes are non-blocking and waited on with a selector, because a
+deadline cannot interrupt a blocking ``read()`` on the buffered pipe objects.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import json
 import os
 import re
 import selectors
+import signal
 import subprocess
 import sys
 import threading
 import time
 from typing import Any
 
+from edgeprune.errors import UserError
 from edgeprune.profiling.backend import Backend
 from edgeprune.profiling.fingerprint import host_fingerprint
 from edgeprune.profiling.stats import LatencyStats, NodeTimes
@@ -32,6 +36,25 @@ START_TIMEOUT_S = 120.0
 _CHUNK = 1 << 20
 _MAX_REPLY = 1 << 30
 _LEN_SIZE = 8
+# Session set-up, warm-up and models slower than the profile's window, on top of the window itself.
+MEASURE_MARGIN_S = 120.0
+
+
+def measurement_timeout(profile: Profile, cap: float) -> float:
+    """Seconds one measurement under ``profile`` may take before its process is killed: the timed
+    window (``measure.max_seconds``), once per repeat, for the two models of a paired measurement
+    or the pooled sessions of an absolute one, doubled, plus a margin for set-up and slow models
+    (and, on a simulated device, twice its ``device_seconds``); at most ``cap``. A TensorRT
+    profile gets ``cap`` itself: the first measurement of a graph builds its engine, which takes
+    as long as the model and the device make it, not the profile."""
+    if profile.backend == "tensorrt":
+        return float(cap)
+    spec = profile.measure
+    window = spec.max_seconds * (1 + spec.repeats_if_noisy)
+    seconds = MEASURE_MARGIN_S + 2 * max(2, spec.sessions) * window
+    if profile.backend == "simulated" and profile.simulated is not None:
+        seconds += 2 * profile.simulated.device_seconds
+    return min(float(cap), seconds)
 
 
 class MeasurementFailed(ValueError):
@@ -46,11 +69,14 @@ class MeasurementFailed(ValueError):
 
 
 class MeasurementTimeout(RuntimeError):
-    """The child did not answer within the deadline; it was killed."""
+    """The child did not answer within the deadline; it was killed. ``trtexec``: it was trtexec's
+    own time limit that ran out (the child answered, trtexec was stopped)."""
 
-    def __init__(self, profile_name: str, seconds: float):
-        super().__init__(f"the measurement process for {profile_name} did not answer within {seconds:g} s and was stopped")
+    def __init__(self, profile_name: str, seconds: float, trtexec: bool = False):
+        what = "trtexec" if trtexec else "the measurement process"
+        super().__init__(f"{what} for {profile_name} did not finish within {seconds:g} s and was stopped")
         self.seconds = seconds
+        self.trtexec = trtexec
 
 
 class WorkerDied(RuntimeError):
@@ -67,16 +93,19 @@ class _Deadline(Exception):
     pass
 
 
-class IsolatedOrtBackend(Backend):
-    """:class:`~edgeprune.profiling.ort.OrtBackend`'s measurements, taken in a torch-free child.
+class IsolatedBackend(Backend):
+    """The measurements of the backend ``profile.backend`` names (ONNX Runtime, TensorRT or
+    simulated), taken in a torch-free child.
 
-    ``timeout_s`` bounds each request (the child is killed past it); ``max_memory_mb`` caps the
-    child's memory (None: no cap)."""
+    ``timeout_s`` bounds each request (the child, and whatever it started, is killed past it);
+    ``max_memory_mb`` caps the child's memory (None: no cap). Per-node times only for ONNX
+    Runtime."""
 
     supports_node_times = True
 
     def __init__(self, profile: Profile, *, timeout_s: float = DEFAULT_TIMEOUT_S, max_memory_mb: int | None = None):
         self.profile = profile
+        self.supports_node_times = profile.backend == "onnxruntime"
         self.timeout_s = float(timeout_s)
         self.max_memory_mb = max_memory_mb
         self._fingerprint: dict[str, Any] | None = None
@@ -97,14 +126,23 @@ class IsolatedOrtBackend(Backend):
             argv = [sys.executable, "-m", "edgeprune.profiling.worker", json.dumps(self.profile.to_dict())]
             if self.max_memory_mb:
                 argv.append(str(int(self.max_memory_mb)))
-            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            # A session of its own: past the deadline the whole group goes, trtexec included.
+            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
             os.set_blocking(self._proc.stdin.fileno(), False)
             os.set_blocking(self._proc.stdout.fileno(), False)
             try:
                 ready = _receive(self._proc, time.monotonic() + START_TIMEOUT_S)
             except (_Deadline, EOFError, OSError):
                 ready = None
-            if ready is None or not json.loads(ready).get("ready"):
+            try:
+                answer = json.loads(ready) if ready is not None else {}
+            except ValueError:
+                answer = {}
+            answer = answer if isinstance(answer, dict) else {}
+            if answer.get("user_error"):  # e.g. trtexec missing: the device's set-up, said in one line
+                self._kill()
+                raise UserError(str(answer.get("error", "the measuring backend could not start"))[:500])
+            if not answer.get("ready"):
                 code = self._kill()
                 raise WorkerDied(f"the measurement process for {self.profile.name} did not start (exit {code}); its error is in the log above", code, starting=True)
         return self._proc
@@ -133,6 +171,8 @@ class IsolatedOrtBackend(Backend):
             raise WorkerDied(f"the measurement process for {self.profile.name} died (exit {code})", code)
         result = json.loads(reply)
         if not result["ok"]:
+            if result.get("kind") == "TrtexecTimeout":
+                raise MeasurementTimeout(self.profile.name, float(result.get("seconds") or self.timeout_s), trtexec=True)
             raise MeasurementFailed(str(result.get("kind", "Error")), str(result["error"]))
         return result
 
@@ -168,15 +208,20 @@ class IsolatedOrtBackend(Backend):
                 self._proc.stdin.close()
                 self._proc.wait(timeout=10)
             except Exception:
-                self._proc.kill()
-                self._proc.wait()
+                self._kill()
             self._discard()
 
     def _kill(self) -> int | None:
-        """Kill the child now; its exit status (negative: the signal)."""
+        """Kill the child and everything it started (its process group) now; its exit status
+        (negative: the signal)."""
         proc = self._proc
         if proc is None:
             return None
+        if proc.returncode is None:  # not reaped yet, so its pid is still its group's id
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the child leads its own group (start_new_session)
+            except (ProcessLookupError, PermissionError):
+                pass
         if proc.poll() is None:
             proc.kill()
         code = proc.wait()
@@ -191,6 +236,10 @@ class IsolatedOrtBackend(Backend):
                 except OSError:
                     pass
             self._proc = None
+
+
+# The name this backend had when only ONNX Runtime ran in the child.
+IsolatedOrtBackend = IsolatedBackend
 
 
 def _wait(fd: int, event: int, deadline: float) -> None:

@@ -196,7 +196,8 @@ def stats_from_trtexec(summary: TrtexecSummary, compute_ms: list[float]) -> Late
 # --- the backend ----------------------------------------------------------------------------------
 
 
-def _require_trtexec() -> str:
+def require_trtexec() -> str:
+    """trtexec's path, or a one-line UserError naming where it was looked for and the fix."""
     trtexec = find_trtexec()
     if trtexec is None:
         raise UserError(
@@ -207,11 +208,23 @@ def _require_trtexec() -> str:
     return trtexec
 
 
+class TrtexecTimeout(UserError):
+    """trtexec ran past its time limit and was stopped. ``seconds``: that limit. Its message names
+    no file: on the device agent it may reach a client."""
+
+    def __init__(self, seconds: float):
+        super().__init__(
+            f"trtexec did not finish building or timing the engine within {seconds:g} s and was stopped; "
+            "time a smaller model, or check that trtexec runs on this device (e.g. trtexec --help)"
+        )
+        self.seconds = seconds
+
+
 def _run(argv: list[str]) -> str:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=_TRTEXEC_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"trtexec ran longer than {_TRTEXEC_TIMEOUT_S:.0f} s: {' '.join(argv)}") from None
+        raise TrtexecTimeout(_TRTEXEC_TIMEOUT_S) from None
     output = done.stdout + done.stderr
     if done.returncode != 0:
         tail = " | ".join(line for line in output.strip().splitlines()[-5:])
@@ -227,7 +240,7 @@ class TensorRTBackend(Backend):
 
     def __init__(self, profile: Profile, cache_dir: Path | None = None):
         self.profile = profile
-        self.trtexec = _require_trtexec()
+        self.trtexec = require_trtexec()
         version = trtexec_version(self.trtexec)
         self.version = tuple(int(v) for v in version.split(".")) if version else (8, 0, 0)
         self._fingerprint = host_fingerprint(profile)
@@ -312,7 +325,7 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
     onnx_file = Path(onnx_path)
     if not onnx_file.is_file():
         raise UserError(f"ONNX file {onnx_file} not found; pass the path of an exported model.onnx")
-    trtexec = trtexec or _require_trtexec()
+    trtexec = trtexec or require_trtexec()
     version_text = trtexec_version(trtexec)
     version = tuple(int(v) for v in version_text.split(".")) if version_text else (8, 0, 0)
     out = Path(engine_path)

@@ -1,4 +1,5 @@
-"""A torch-free child process that times ONNX models: the local stand-in for the target.
+"""A torch-free child process that times ONNX models: the local stand-in for the target (ONNX
+Runtime), and on the device agent the process every backend times in (TensorRT, simulated too).
 
 Measured here: importing torch into the timing process makes onnxruntime's CPU kernels run
 ~1.4x slower and bimodal across sessions (0.145 vs 0.104 ms for the same mobilenet_v2 variant),
@@ -101,13 +102,35 @@ def _handle(backend, request: dict, blob: bytes) -> dict:
     return {"ok": True, "stats": backend.measure(blob, shape).to_dict()}
 
 
+def make_local_backend(profile):
+    """The in-process backend this child runs for ``profile.backend``: ONNX Runtime, TensorRT
+    (trtexec) or the simulated device. Imported here, so a child loads only its runtime."""
+    if profile.backend == "tensorrt":
+        from edgeprune.profiling.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(profile)
+    if profile.backend == "simulated":
+        from edgeprune.profiling.simulated import SimulatedBackend
+
+        return SimulatedBackend(profile)
+    from edgeprune.profiling.ort import OrtBackend
+
+    return OrtBackend(profile)
+
+
 def serve(profile_json: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
     """Serve requests until stdin closes. ``profile_json`` is the parent's whole profile (not a
-    file name), so overrides made in memory apply here too."""
-    from edgeprune.profiling.ort import OrtBackend
+    file name), so overrides made in memory apply here too. A backend that cannot start for a
+    reason the user can fix (trtexec missing) answers ``{"ok": false, "user_error": true,
+    "error": TEXT}`` instead of ready, TEXT being edgeprune's own one-line message."""
+    from edgeprune.errors import UserError
     from edgeprune.targets import Profile
 
-    backend = OrtBackend(Profile.from_dict(json.loads(profile_json)))
+    try:
+        backend = make_local_backend(Profile.from_dict(json.loads(profile_json)))
+    except UserError as exc:
+        write_frame(stdout, json.dumps({"ok": False, "user_error": True, "error": str(exc)}).encode())
+        return
     write_frame(stdout, json.dumps({"ok": True, "ready": True}).encode())
     while True:
         header = read_frame(stdin)
@@ -118,6 +141,8 @@ def serve(profile_json: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
             reply = _handle(backend, json.loads(header), blob)
         except Exception as exc:  # reported to the parent, which raises it there
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "kind": error_kind(exc)}
+            if isinstance(getattr(exc, "seconds", None), (int, float)):  # trtexec's own time limit
+                reply["seconds"] = float(exc.seconds)
         write_frame(stdout, json.dumps(reply).encode())
 
 

@@ -27,6 +27,7 @@ import typing
 from pathlib import Path
 
 from edgeprune.errors import UserError
+from edgeprune.jsonfile import MAX_JSON_BYTES
 from edgeprune.choice import Choice, Group, GroupLayout
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.search.interface import Candidate
@@ -426,7 +427,11 @@ class RunCheckpoint:
         """A JSON file of the checkpoint, checked: a missing one is as broken as a wrong one."""
         if not path.is_file():
             raise _error(path, self.folder, "missing")
-        return self._check(path, _parse(path.read_bytes(), path, self.folder), schema)
+        with open(path, "rb") as f:  # at most the cap and one byte: a huge file is not read whole
+            raw = f.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
+            raise _error(path, self.folder, f"larger than {MAX_JSON_BYTES >> 20} MiB, far above what edgeprune writes")
+        return self._check(path, _parse(raw, path, self.folder), schema)
 
     def read_run(self) -> dict:
         """run.json, its shape checked: the settings (``config``), ``budget_ms`` and ``anchor``."""

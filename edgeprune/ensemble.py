@@ -116,6 +116,7 @@ def run_ensemble(cfg: EnsembleConfig) -> dict:
     folder = Path(cfg.out_dir)
     report = read_report(folder)
     _check(cfg, report)
+    _check_report(folder, report)
     run = _run_settings(report)
     budget = cfg.budget_ms if cfg.budget_ms is not None else run["budget_ms"]
     front = _front(report)
@@ -129,6 +130,7 @@ def run_ensemble(cfg: EnsembleConfig) -> dict:
     names = [g.name for g in space.groups]
     if any(set(p["widths"]) != set(names) for p in front):
         raise UserError("report.json's Pareto widths do not name this model's channel groups (another model or target step); prune again")
+    _check_on_grid(front, space.groups)
     chosen = choose_members(front, cfg.members, budget)
 
     robust = RobustPruning(run["attack"], data, test_samples=cfg.robust_test_samples or run["test_samples"], seed=cfg.seed, progress=cfg.progress)
@@ -274,6 +276,66 @@ def _check(cfg: EnsembleConfig, report: dict) -> None:
         raise UserError("the Pareto front of a run with --rounds > 1 is on the last round's network, not the original: ensemble a one-round run")
     if search.get("encoding", "width") != "width" or search.get("strategy", "nsga2") != "nsga2":
         raise UserError("the front of a --encoding mask or --strategy coevolution run holds channel masks report.json does not keep: ensemble a run of the default search")
+
+
+def _check_report(folder: Path, report: dict) -> None:
+    """report.json is a file anyone may have written: checked once, before anything is built from
+    it, against the schema every report is written with and then field by field for what the
+    schema lets through (NaN, a zero or negative latency, a missing run model), with the rules the
+    checkpoint reader uses. The run's model.onnx is checked like any model handed to a runtime."""
+    from edgeprune.checkpoint import _Malformed
+    from edgeprune.profiling.onnx_check import ModelRejected, check_model_bytes
+    from edgeprune.report_schema import report_problems
+
+    path = folder / "report.json"
+    problems = report_problems(report)
+    if problems:
+        raise UserError(f"{path} is not a report edgeprune writes ({problems[0]}); run `edgeprune prune` again")
+    try:
+        _REPORT(report, "")
+    except _Malformed as exc:
+        raise UserError(f"{path}: {exc}; run `edgeprune prune` again") from None
+    onnx = folder / report["artifacts"]["onnx"]
+    if onnx.is_symlink() or not onnx.is_file() or onnx.stat().st_size > _MAX_ONNX_BYTES:
+        raise UserError(f"{path}: artifacts.onnx names {report['artifacts']['onnx'][:80]!r}, which is not the run's model file in {folder}; run `edgeprune prune` again")
+    try:
+        check_model_bytes(onnx.read_bytes())
+    except ModelRejected as exc:
+        raise UserError(f"{onnx} is not a model ensemble times ({exc}); run `edgeprune prune` again") from None
+
+
+def _check_on_grid(front: list[dict], groups) -> None:
+    """Every front point's widths are widths its group can take (a depth gene is 0 or 1)."""
+    for i, point in enumerate(front):
+        for g in groups:
+            if point["widths"][g.name] not in g.options:
+                raise UserError(
+                    f"report.json's pareto[{i}].widths.{g.name[:60]} is {point['widths'][g.name]}, not one of the group's "
+                    f"widths {', '.join(map(str, g.options[:12]))}{' ...' if len(g.options) > 12 else ''}; run `edgeprune prune` again"
+                )
+
+
+def _report_rules():
+    """The fields of report.json ensemble reads, as checkpoint.py's schema rules."""
+    from edgeprune.checkpoint import _FRACTION, _POSITIVE, _POSITIVE_INT, _is_number, _items, _nullable, _object, _rule, _values
+
+    name = _rule(lambda v: isinstance(v, str) and 0 < len(v) <= 200, "a name of at most 200 characters")
+    point = _object(
+        {"accuracy": _FRACTION, "latency_ms": _POSITIVE, "widths": _values(_rule(lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"))},
+        {"scores": _values(_rule(_is_number, "a finite number"))},
+    )
+    return _object({
+        "model": _object({"spec": name}),
+        "search": _object({}, {"rounds": _POSITIVE_INT, "encoding": name, "strategy": name, "mode": name}),
+        "artifacts": _object({"onnx": _rule(lambda v: isinstance(v, str), "the file name of the run's model.onnx")}),
+        "pareto": _items(point),
+        "pruned": _object({"accuracy": _FRACTION}, {"robust_accuracy": _nullable(_FRACTION)}),
+    })
+
+
+_REPORT = _report_rules()
+# A single-file ONNX model is one protobuf message, which cannot exceed 2 GiB.
+_MAX_ONNX_BYTES = 2 << 30
 
 
 def _front(report: dict) -> list[dict]:

@@ -39,6 +39,14 @@ _SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 # session-to-session spread seen on a busy shared VM (4-5 %, docs/benchmarks.md).
 DRIFT_FLAG = 0.10
 
+# What the page shows of manifest.json, a file anyone may have written: a folder edgeprune writes
+# lists about ten files with hashes of 64 characters, so these bounds cut only a crafted manifest
+# (16 MiB of it made a 16 MiB page).
+MAX_MANIFEST_FILES = 64
+MAX_MANIFEST_TEXT = 200
+_MAX_MANIFEST_ITEMS = 64  # entries of any other list or object
+_MAX_MANIFEST_DEPTH = 8
+
 
 # --- reading the folder ------------------------------------------------------------------------
 
@@ -84,7 +92,29 @@ def read_folder(folder: Path) -> tuple[dict, dict | None]:
         manifest = read_json(folder / MANIFEST_JSON, "run `edgeprune export` on the folder to rewrite it")
         if not isinstance(manifest, dict):
             raise UserError(f"{folder / MANIFEST_JSON} is not a JSON object; run `edgeprune export` on the folder to rewrite it")
+        listed = manifest.get("artifacts")
+        manifest = _bounded(manifest, MAX_MANIFEST_FILES)
+        manifest["files_listed"] = len(listed) if isinstance(listed, list) else 0
     return report, manifest
+
+
+def _bounded(value: object, items: int = _MAX_MANIFEST_ITEMS, depth: int = 0) -> object:
+    """``value`` cut to what a page shows: strings to MAX_MANIFEST_TEXT characters, lists and
+    objects to ``items`` entries (the top level's ``artifacts`` to MAX_MANIFEST_FILES), nesting to
+    _MAX_MANIFEST_DEPTH levels."""
+    if depth > _MAX_MANIFEST_DEPTH:
+        return None
+    if isinstance(value, str):
+        return value if len(value) <= MAX_MANIFEST_TEXT else value[:MAX_MANIFEST_TEXT] + "…"
+    if isinstance(value, list):
+        return [_bounded(v, depth=depth + 1) for v in value[:items]]
+    if isinstance(value, dict):
+        out = {}
+        for key, v in list(value.items())[:_MAX_MANIFEST_ITEMS]:
+            key = str(key)[:MAX_MANIFEST_TEXT]
+            out[key] = _bounded(v, MAX_MANIFEST_FILES if depth == 0 and key == "artifacts" else _MAX_MANIFEST_ITEMS, depth + 1)
+        return out
+    return value
 
 
 def write_report_html(folder: Path) -> Path:
@@ -524,6 +554,9 @@ def _artifacts(r: dict, manifest: dict | None, folder: Path) -> str:
                          f"<code>{esc(a.get('sha256', '–'))}</code>", f'<span class="{css}">{esc(state)}</span>'])
         table = _table(["file", "role", "size", "sha256 (manifest.json)", "on disk when this page was written"], rows, "files")
         intro = f"Every file the folder hands over, pinned by sha256 in {_link(folder, MANIFEST_JSON)}; this page itself is derived from them and not in the manifest."
+        listed = num(_d(manifest).get("files_listed")) or 0
+        if listed > len(entries):
+            intro += f" The manifest lists {int(listed):,} files, far more than edgeprune writes: only the first {len(entries)} are shown."
     else:
         names = [n for n in _d(r.get("artifacts")).values() if isinstance(n, str)]
         table = _table(["file"], [[_link(folder, n)] for n in names])

@@ -51,6 +51,13 @@ from edgeprune.profiling.farm import agent_urls, is_farm_file
 from edgeprune.workers import RayWorkers, parse_workers, require_ray
 from edgeprune.sparsity import apply, make_permanent, model_share, onnx_share, parse_sparsity
 
+# Bounds of the search's size: each network of a population is scored (and most are timed), so a
+# run beyond these would take months; --population 10**9 would fill memory before the first score.
+MAX_POPULATION = 1000
+MAX_GENERATIONS = 1000
+MAX_ROUNDS = 100
+MAX_CLASSES = 100_000  # a classifier head of more outputs is no CNN pruned for an edge device
+
 
 
 @dataclass
@@ -119,10 +126,11 @@ def _numeric_rules(cfg: PruneConfig) -> list[tuple[str, object, bool, str]]:
         ("--sparsity-epochs", cfg.sparsity_epochs, fin(cfg.sparsity_epochs) and cfg.sparsity_epochs >= 0, "a number of epochs, 0 or more"),
         ("--budget-ms", cfg.budget_ms, cfg.budget_ms is None or (fin(cfg.budget_ms) and cfg.budget_ms > 0), "a positive number of ms"),
         ("--speedup", cfg.speedup, cfg.speedup is None or (fin(cfg.speedup) and cfg.speedup > 1), "above 1 (a latency target faster than the original)"),
-        ("--population", cfg.population, cfg.population >= 4, "at least 4"),
-        ("--generations", cfg.generations, cfg.generations >= 1, "at least 1"),
+        ("--population", cfg.population, 4 <= cfg.population <= MAX_POPULATION, f"between 4 and {MAX_POPULATION}"),
+        ("--generations", cfg.generations, 1 <= cfg.generations <= MAX_GENERATIONS, f"between 1 and {MAX_GENERATIONS}"),
         ("--patience", cfg.patience, cfg.patience >= 0, "0 (off) or more generations"),
-        ("--rounds", cfg.rounds, cfg.rounds >= 1, "at least 1"),
+        ("--rounds", cfg.rounds, 1 <= cfg.rounds <= MAX_ROUNDS, f"between 1 and {MAX_ROUNDS}"),
+        ("--num-classes", cfg.num_classes, cfg.num_classes is None or 1 <= cfg.num_classes <= MAX_CLASSES, f"between 1 and {MAX_CLASSES} (or left out: the dataset's)"),
         ("--finetune-epochs", cfg.finetune_epochs, fin(cfg.finetune_epochs) and 0 <= cfg.finetune_epochs <= 1000, "between 0 and 1000"),
         ("--refine-epochs", cfg.refine_epochs, fin(cfg.refine_epochs) and 0 <= cfg.refine_epochs <= 1000, "between 0 and 1000"),
         ("--refine-top", cfg.refine_top, cfg.refine_top >= 1, "at least 1"),
@@ -265,7 +273,13 @@ def _remote_agents(text: str) -> bool:
         return False
     if is_farm_file(text):
         return True
-    return not all(is_loopback(urllib.parse.urlsplit(u.strip()).hostname or "") for u in text.split(",") if u.strip())
+    def host(url: str) -> str:
+        try:
+            return urllib.parse.urlsplit(url.strip()).hostname or ""
+        except ValueError:  # a broken IPv6 host ("http://[::1"): not this machine, and refused when used
+            return ""
+
+    return not all(is_loopback(host(u)) for u in text.split(",") if u.strip())
 
 
 def resume_config(out: str, progress: bool = True, trust_model_code: bool = False) -> PruneConfig:
@@ -616,9 +630,9 @@ def _search_section(job: _Job, rounds) -> dict:
         "population": cfg.population,
         "generations": rounds[-1].result.generations,
         "rounds": cfg.rounds,
-        # evaluations: distinct networks scored in this process; restored: answered from the
-        # checkpoint of an interrupted run (--resume).
-        "evaluations": job.problem.evaluations + sum(r.problem.evaluations for r in rounds),
+        # evaluations: distinct networks scored for the run, a resumed run's included; restored:
+        # those of them answered from the checkpoint of the interrupted run (--resume).
+        "evaluations": job.problem.evaluations + sum(r.problem.evaluations + r.problem.restored_count for r in rounds),
         "restored": sum(r.problem.restored_count for r in rounds),
         "latency_measurements": job.profiler.measurements,
         # candidates the surrogate predicted far over the limit, so neither timed nor scored

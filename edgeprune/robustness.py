@@ -140,12 +140,15 @@ class AdversarialSet:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path, settings: dict, shape: tuple[int, ...]) -> "AdversarialSet | None":
+    def load(cls, path: Path, settings: dict, shape: tuple[int, ...], num_classes: int | None = None) -> "AdversarialSet | None":
         """The set saved at ``path`` when it was made with exactly ``settings`` for inputs of
-        ``shape``; None when there is none or it does not match. Arrays are read with
-        ``allow_pickle=False`` and checked for shape, dtype and size."""
-        if not path.is_file() or path.is_symlink():
+        ``shape`` (and labels below ``num_classes``); None when there is none or it does not
+        match. Arrays are read with ``allow_pickle=False`` and checked for shape, dtype and size.
+        Something else at ``path`` (a folder, a device) is refused: the new set could not replace it."""
+        if path.is_symlink() or not path.exists():
             return None
+        if not path.is_file():
+            raise UserError(f"{path} is not a file (an adversarial set edgeprune wrote is one); delete it and resume")
         images = settings["subnets"] * settings["samples"]
         expected = images * 4 * math.prod(shape) + images * 8 + (1 << 20)  # x, y and the settings
         try:
@@ -164,6 +167,8 @@ class AdversarialSet:
         if (x.dtype != np.float32 or y.dtype != np.int64 or x.shape != (images, *shape) or y.shape != (images,)
                 or not np.isfinite(x).all() or (y < 0).any()):
             raise UserError(f"{path} holds arrays of the wrong shape, type or values for {images} inputs of {list(shape)}; delete it and resume")
+        if num_classes is not None and images and int(y.max()) >= num_classes:
+            raise UserError(f"{path} holds label {int(y.max())}, but the data has {num_classes} classes (0 to {num_classes - 1}); delete it and resume")
         return cls(torch.from_numpy(x.copy()), torch.from_numpy(y.copy()), settings)
 
 
@@ -229,7 +234,7 @@ class RobustPruning:
 
         settings = self._settings(number)
         path = None if folder is None else Path(folder) / "adversarial.npz"
-        found = AdversarialSet.load(path, settings, tuple(space.input_shape)) if path is not None and reuse else None
+        found = AdversarialSet.load(path, settings, tuple(space.input_shape), self.data.num_classes) if path is not None and reuse else None
         if found is not None:
             console.print(f"round {number}: reusing the shared adversarial set of the checkpoint ({len(found.y)} images)")
             return found

@@ -249,13 +249,13 @@ def _check_backend(profile: Profile, source: str) -> None:
 
 
 def check_agent_url(url: str, source: str) -> None:
-    parsed = urllib.parse.urlsplit(url)
-    try:
-        port = parsed.port
+    try:  # "http://[::1" and "http://[zz]:8765" (a bracketed host that is no IPv6 address) raise
+        parsed = urllib.parse.urlsplit(url)
+        port, host = parsed.port, parsed.hostname
     except ValueError:
-        port = None
-    extra = parsed.query or parsed.fragment or "@" in parsed.netloc  # user:password@ or #... would hide the real host
-    if parsed.scheme not in ("http", "https") or not parsed.hostname or port is None or parsed.path not in ("", "/") or extra:
+        parsed, port, host = None, None, None
+    extra = parsed is None or parsed.query or parsed.fragment or "@" in parsed.netloc  # user:password@ or #... would hide the real host
+    if extra or parsed.scheme not in ("http", "https") or not host or port is None or parsed.path not in ("", "/"):
         raise UserError(
             f"profile {source}: 'agent' is {url!r}; write it as http://HOST:PORT "
             "(e.g. http://127.0.0.1:8765), the address `edgeprune agent` listens on"

@@ -71,7 +71,7 @@ class UserTask:
             return getattr(self._obj, method)(*args)
         except UserError:
             raise
-        except Exception as exc:  # the task is user code: any error, one line
+        except (Exception, SystemExit) as exc:  # the task is user code: any error (or sys.exit()), one line
             raise UserError(f"task {self.spec}: {method}() raised {_first_line(exc)}; {fix}") from exc
 
     def _checked_example(self) -> torch.Tensor:
@@ -174,6 +174,6 @@ def load_task(spec: str) -> UserTask:
     factory: Callable = import_factory(spec, what="task")
     try:
         obj = factory()
-    except Exception as exc:  # the factory is user code
-        raise UserError(f"task factory {spec}() failed ({_first_line(exc)}); fix the factory") from exc
+    except (Exception, SystemExit) as exc:  # the factory is user code; sys.exit() must not end the run with exit 0
+        raise UserError(f"task factory {spec}() failed ({_first_line(exc)}); fix the factory (a function returning the task object)") from exc
     return UserTask(obj, spec)

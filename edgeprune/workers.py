@@ -21,6 +21,8 @@ user's own cluster, never a file or a network peer's input.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -36,6 +38,7 @@ from edgeprune.task import Task
 MAX_RETRIES = 3  # a worker process that dies mid-task: the task runs again elsewhere
 _KEEP_LOADED = 4  # shared bundles a worker process holds (the search's, the short tunes')
 RAY_HINT = "pip install 'edgeprune[ray]'"
+LOCAL_HOST = "127.0.0.1"  # where the cluster --workers ray starts listens
 
 
 def parse_workers(text: str) -> str | None:
@@ -66,10 +69,7 @@ class RayWorkers:
         self.address = address or "local"
         self._owned = not ray.is_initialized()
         if self._owned:
-            try:
-                ray.init(address=address or None, include_dashboard=False, log_to_driver=False, configure_logging=False)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise UserError(f"cannot start or join the Ray cluster at {self.address} ({exc}); check --workers") from None
+            _init(ray, address)
         # Each task computes with the driver's thread count and reserves that many CPUs, so Ray
         # never packs more threads onto a node than it has cores (oversubscribed, torch crawls).
         self._threads = torch.get_num_threads()
@@ -131,6 +131,45 @@ class RayWorkers:
                 f"the Ray cluster at {self.address} lost a candidate's task after {MAX_RETRIES} retries ({type(exc).__name__}); "
                 "check the cluster, then continue the run with --resume OUT_DIR"
             ) from None
+
+
+def _init(ray, address: str) -> None:
+    """Start a Ray cluster on this machine (``address`` ""), listening on 127.0.0.1 only, or join
+    the one at ``address``. Only the address the user typed is used: ``$RAY_ADDRESS`` would make
+    ``--workers ray`` (and a resumed run of it) join whatever cluster the environment names and
+    ship it the model. Any failure to start is one line (Ray's own errors are many types).
+
+    Relies on Ray 2.60's handling (the range pinned in pyproject.toml, checked by the tests):
+    ``address="local"`` always starts a new cluster, and a node whose IP is 127.0.0.1 binds its
+    servers to loopback; ``ray.init`` turns 127.0.0.1 into the host's address unless Ray's cluster
+    mode is off, so it is off while the node starts."""
+    from ray._private import ray_constants
+
+    where = address or "a local cluster"
+    env = os.environ.pop("RAY_ADDRESS", None)
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    log = logging.getLogger("ray")
+    level = log.level
+    log.setLevel(logging.ERROR)  # its start-up notices (token mode, ...) are not this run's output
+    try:
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        else:
+            ray_constants.ENABLE_RAY_CLUSTER = False
+            ray.init(address="local", _node_ip_address=LOCAL_HOST, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            node = ray.util.get_node_ip_address()
+            if node != LOCAL_HOST:
+                raise RuntimeError(f"Ray's node came up on {node}, not {LOCAL_HOST}")
+    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, OSError, RuntimeError, ValueError, TimeoutError, ...
+        if ray.is_initialized():
+            ray.shutdown()
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"cannot start or join the Ray cluster at {where} ({reason}); fix --workers ray:ADDRESS, or run with --workers local") from None
+    finally:
+        log.setLevel(level)
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+        if env is not None:
+            os.environ["RAY_ADDRESS"] = env
 
 
 _LOADED: OrderedDict[str, tuple] = OrderedDict()

@@ -52,8 +52,17 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 def add_model_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
     """The model to load: positional ``model`` plus what a torchvision or factory model needs."""
     p.add_argument("model", nargs="?" if optional else None, help="FILE saved with torch.save(model) (loading runs code from it), torchvision:NAME, or package.module:factory")
-    p.add_argument("--num-classes", type=int, help="classes for torchvision:NAME / factory models (default: the dataset's)")
+    p.add_argument("--num-classes", type=int, help="classes for torchvision:NAME / factory models, 1 to 100000 (default: the dataset's)")
     p.add_argument("--weights", help="state_dict FILE for torchvision:NAME / factory models (loaded with weights_only=True)")
+
+
+def check_num_classes(value: int | None) -> None:
+    """``--num-classes`` of the verbs that build a model (prune checks its own, a resumed run's too)."""
+    from edgeprune.errors import UserError
+    from edgeprune.pipeline import MAX_CLASSES
+
+    if value is not None and not 1 <= value <= MAX_CLASSES:
+        raise UserError(f"--num-classes must be between 1 and {MAX_CLASSES} (or left out: the dataset's), got {value}")
 
 
 def from_args(target: Callable[..., Any], args: argparse.Namespace, **derived: Any) -> Any:

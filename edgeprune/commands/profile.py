@@ -92,6 +92,7 @@ def _profile_file(args, profile) -> int:
 
 
 def _validate_surrogate(args, profile) -> int:
+    from edgeprune.commands.args import check_num_classes
     from edgeprune.models import parse_shape
     from edgeprune.surrogate_check import validate_surrogate
 
@@ -99,6 +100,7 @@ def _validate_surrogate(args, profile) -> int:
         raise UserError("--validate-surrogate needs --input-shape CxHxW (e.g. 3x32x32) for MODEL")
     if args.fit < 2 or args.validate < 1:
         raise UserError(f"--fit must be at least 2 and --validate at least 1 (got {args.fit}, {args.validate})")
+    check_num_classes(args.num_classes)
     result = validate_surrogate(
         args.onnx, profile, parse_shape(args.input_shape), num_classes=args.num_classes,
         n_fit=args.fit, n_validate=args.validate, seed=args.seed,

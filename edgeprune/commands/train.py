@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgeprune.commands.args import add_data_args, add_model_args, add_progress_args, from_args
+from edgeprune.commands.args import add_data_args, add_model_args, add_progress_args, check_num_classes, from_args
 
 
 def add_parser(sub) -> None:
@@ -22,5 +22,6 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from edgeprune.demo import train_and_save
 
+    check_num_classes(args.num_classes)
     from_args(train_and_save, args, spec=args.model, progress=not args.no_progress)
     return 0

@@ -43,8 +43,8 @@ def config_path() -> Path:
 
 def origin(url: str) -> tuple[str, str, int] | None:
     """(scheme, host, port) of an http(s) URL, the unit a token is pinned to; None if it is not one."""
-    parts = urllib.parse.urlsplit(url.strip())
-    try:
+    try:  # a broken IPv6 host ("http://[::1", "http://[zz]:8765") raises here too
+        parts = urllib.parse.urlsplit(url.strip())
         port = parts.port
     except ValueError:
         return None

@@ -23,7 +23,6 @@ import hashlib
 import http.client
 import json
 import math
-import re
 import socket
 import threading
 import time

@@ -16,7 +16,7 @@ from edgeprune.errors import UserError
 from edgeprune.profiling.farm import FarmBackend
 from edgeprune.profiling.fingerprint import compose_fingerprint, fingerprint_hash
 
-from .test_agent_replies import FACTS, GOOD_STATS, _profile, fingerprint_reply, send_reply, stand_in  # noqa: F401 - fixture
+from .test_agent_replies import FACTS, GOOD_STATS, _profile, send_reply, stand_in  # noqa: F401 - stand_in is a fixture
 
 LOOK_ALIKE = {**FACTS, "cpu": "a look-alike board"}
 

@@ -100,7 +100,7 @@ def choose_members(front: list[dict], k: int, budget_ms: float) -> list[dict]:
 
 def run_ensemble(cfg: EnsembleConfig) -> dict:
     """Choose, rebuild, fine-tune and export the members; time the ensemble; score everything."""
-    from edgeprune.export import _profile, data_from_report, read_report
+    from edgeprune.export import _profile, data_from_report, read_report, recorded_profile
     from edgeprune.exporters.onnx import export_onnx, parity
     from edgeprune.profiling.keys import graph_key
     from edgeprune.profiling.profiler import Profiler
@@ -120,8 +120,8 @@ def run_ensemble(cfg: EnsembleConfig) -> dict:
     run = _run_settings(report)
     budget = cfg.budget_ms if cfg.budget_ms is not None else run["budget_ms"]
     front = _front(report)
-    recorded = _profile(EnsembleConfig(cfg.out_dir), report)  # the run's own profile
-    profile = _profile(cfg, report) if cfg.target else recorded
+    recorded = recorded_profile(report)  # the run's own profile: its channel step
+    profile = _profile(cfg, report)  # where the ensemble is timed: --target, or the recorded one (an agent only with --trust-model-code)
     data = data_from_report(report, cfg.data)
     original = _original(cfg, report, original_model)
     depth = any(name.startswith("depth:") for name in front[0]["widths"])

@@ -143,16 +143,39 @@ def data_from_report(report: dict, data_spec: str | None = None) -> DataBundle:
     return bundle
 
 
+def recorded_profile(report: dict) -> Profile:
+    """The exact profile the prune run recorded, else its shipped target by name. report.json may
+    come from anyone: the profile is validated like one sent to the agent, and a target that is a
+    file path is not read."""
+    if isinstance(report.get("profile"), dict):
+        return profile_from_untrusted(report["profile"], "report.json's profile")
+    target = report["target"]
+    if not isinstance(target, str) or target.endswith((".yaml", ".yml")) or "/" in target or "\\" in target:
+        raise UserError(f"report.json's 'target' {str(target)[:80]!r} is not a shipped target name; pass --target")
+    return load_profile(target)
+
+
+def check_recorded_agent(profile: Profile, source: str, trusted: bool, fix: str) -> None:
+    """The one rule for where a model goes when a file someone else wrote names the target
+    (report.json here, for export and ensemble; ``--resume`` applies it to the target and agents a
+    checkpoint names, in pipeline._untrusted_settings): a profile that measures through an agent
+    would upload the model to that URL, so it is used only when the user passes
+    --trust-model-code; ``fix`` says what else will do (naming the target on the command line)."""
+    if profile.agent is not None and not trusted:
+        raise UserError(
+            f"{source} measures through the agent at {profile.agent[:120]}, which would receive the model: "
+            f"{fix}, or pass --trust-model-code if you trust whoever wrote it"
+        )
+
+
 def _profile(cfg: ExportConfig, report: dict) -> Profile:
-    """``--target``, else the exact profile the prune run recorded, else its target by name."""
+    """``--target`` (the user's choice), else the profile the prune run recorded, which may send
+    the model to an agent only with --trust-model-code (:func:`check_recorded_agent`)."""
     if cfg.target:
         return load_profile(cfg.target)
-    if isinstance(report.get("profile"), dict):
-        # report.json may come from anyone: validated like a profile sent to the agent.
-        return profile_from_untrusted(report["profile"], "report.json's profile")
-    if not isinstance(report["target"], str):
-        raise UserError("report.json's 'target' is not a profile name; pass --target")
-    return load_profile(report["target"])
+    profile = recorded_profile(report)
+    check_recorded_agent(profile, "report.json's profile", cfg.trust_model_code, "name the target yourself with --target (a shipped name, or your own profile .yaml)")
+    return profile
 
 
 def _validate(cfg: ExportConfig) -> None:

@@ -254,15 +254,17 @@ def _untrusted_settings(config: dict) -> list[str]:
     target = str(config.get("target", ""))
     named = {
         "model": not builds_without_code(str(config["model"])),
-        "target": target.endswith((".yaml", ".yml")) or "/" in target or os.sep in target,
+        # A profile file is read; a shipped target that measures through an agent uploads the model
+        # there: a checkpoint, like a report.json, never chooses where a model goes (export.check_recorded_agent).
+        "target": target.endswith((".yaml", ".yml")) or "/" in target or os.sep in target or _measures_on_agent(target),
         "weights": config.get("weights") is not None,
         "data": str(config.get("data", "")).startswith(("imagefolder:", "yolo:")),
         "cache": config.get("cache") is not None,
         "task": config.get("task", "classification") not in ("classification", "detection"),
-        # A Ray cluster's answers are unpickled here; a farm file is read; agents off this machine
-        # would receive the model (tokens never go where the user did not pin them).
+        # A Ray cluster's answers are unpickled here; a farm file is read; agents, even on this
+        # machine, would receive the model (tokens never go where the user did not pin them).
         "workers": config.get("workers", "local") not in ("local", "ray"),
-        "agents": _remote_agents(str(config.get("agents") or "")),
+        "agents": bool(str(config.get("agents") or "").strip()),
     }
     return [f"{key} {str(config.get(key))[:120]!r}" for key, flagged in named.items() if flagged]
 
@@ -282,20 +284,29 @@ def _remote_agents(text: str) -> bool:
     return not all(is_loopback(host(u)) for u in text.split(",") if u.strip())
 
 
+def _measures_on_agent(target: str) -> bool:
+    """Whether the shipped target ``target`` measures through an agent (``agent:``)."""
+    try:
+        return load_profile(target).agent is not None
+    except UserError:
+        return False  # an unknown name: the resumed run refuses it with its own message
+
+
 def resume_config(out: str, progress: bool = True, trust_model_code: bool = False) -> PruneConfig:
     """The settings of the interrupted run whose ``--out`` was ``out``.
 
     The checkpoint is a file like any other: a model it names that is not ``torchvision:`` would
     be imported or unpickled, which runs code, and a profile, weights, image folder or cache path
-    it names would be read or written; all of those need ``trust_model_code``. The output goes
+    it names would be read or written, and a target or agents that measure through an agent would
+    receive the model; all of those need ``trust_model_code``. The output goes
     where ``--resume`` says, never where the checkpoint says.
     """
     config = RunCheckpoint(Path(out)).read_config(PruneConfig)
     untrusted = _untrusted_settings(config)
     if untrusted and not trust_model_code:
         raise UserError(
-            f"the checkpoint names {', '.join(untrusted)}: resuming imports or unpickles a model or reads "
-            "those files; add --trust-model-code if this is your own interrupted run"
+            f"the checkpoint names {', '.join(untrusted)}: resuming imports or unpickles a model, reads "
+            "those files or uploads the model to an agent; add --trust-model-code if this is your own interrupted run"
         )
     config["out"] = out
     return PruneConfig(**config, resume=True, progress=progress)

@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     e.add_argument("--data", metavar="SPEC", help="the dataset the model was pruned on (default: the one report.json names; needed to confirm an imagefolder:PATH)")
     e.add_argument("--target", help="target profile name or YAML path to time on (default: the run's profile)")
     e.add_argument("--robust-test-samples", type=int, help="test images the robust accuracy of the ensemble and each member is measured on (default: the run's, else 1000)")
-    e.add_argument("--trust-model-code", action="store_true", help="allow a run whose original model is a package.module:factory (imported) or a torch.save()d file (unpickled)")
+    e.add_argument("--trust-model-code", action="store_true", help="allow a run whose original model is a package.module:factory (imported) or a torch.save()d file (unpickled), and a recorded profile that measures through an agent (the model is uploaded there; or pass --target)")
     e.add_argument("--seed", type=int, default=0, help="seed of the fine-tunes and the attacks (default 0)")
     add_cache_args(e)
     add_progress_args(e)

@@ -26,10 +26,10 @@ def add_parser(sub) -> None:
     e.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension instead of the target's fixed batch")
     e.add_argument("--engine", action="store_true", help="also build model.engine with this host's TensorRT (trtexec) for a TensorRT --target; run it on the device, engines are not portable")
     e.add_argument("--opset", type=int, help=f"ONNX opset ({MIN_OPSET} to {MAX_OPSET}; default the target profile's)")
-    e.add_argument("--target", help="target profile name or YAML path to measure on (default: the prune run's target)")
+    e.add_argument("--target", help="target profile name or YAML path to measure on (default: the prune run's recorded profile; one that measures through an agent needs --trust-model-code)")
     e.add_argument(
         "--trust-model-code", action="store_true",
-        help="allow a plan whose original model is a package.module:factory (imported and run) or a torch.save()d file (unpickled); torchvision: plans never need it",
+        help="allow a plan whose original model is a package.module:factory (imported and run) or a torch.save()d file (unpickled), and a recorded profile that measures through an agent (the model is uploaded there; or pass --target); torchvision: plans never need it",
     )
     e.add_argument("--data", metavar="SPEC", help="the dataset the model was pruned on (default: the one report.json names); needed to confirm an imagefolder:PATH a report names")
     add_cache_args(e)

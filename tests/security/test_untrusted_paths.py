@@ -60,6 +60,10 @@ def _checkpoint(tmp_path: Path, **config) -> Path:
         ({"workers": "ray:203.0.113.7:6379"}, "workers 'ray:203.0.113.7:6379'"),
         ({"agents": "/somewhere/farm.yaml"}, "agents '/somewhere/farm.yaml'"),
         ({"agents": "http://127.0.0.1:8765,http://203.0.113.9:8765"}, "agents 'http://127.0.0.1:8765,http://203.0.113.9:8765'"),
+        # agents on this machine too, and a shipped target that measures through one: a checkpoint
+        # never chooses where the model goes (the rule of export and ensemble for a report.json)
+        ({"agents": "http://127.0.0.1:8765"}, "agents 'http://127.0.0.1:8765'"),
+        ({"target": "jetson-orin"}, "target 'jetson-orin'"),
     ],
 )
 def test_a_checkpoint_naming_code_or_paths_needs_trust(tmp_path, config, words):
@@ -70,10 +74,10 @@ def test_a_checkpoint_naming_code_or_paths_needs_trust(tmp_path, config, words):
     assert resume_config(str(out), trust_model_code=True).out == str(out)
 
 
-def test_a_checkpoint_naming_a_local_ray_cluster_or_loopback_agents_needs_no_trust(tmp_path):
-    """Agents on this machine get the model anyway, and tokens go only where the user pinned them."""
-    out = _checkpoint(tmp_path, workers="ray", agents="http://127.0.0.1:8765,http://127.0.0.1:8766")
-    assert resume_config(str(out)).agents == "http://127.0.0.1:8765,http://127.0.0.1:8766"
+def test_a_checkpoint_naming_a_local_ray_cluster_needs_no_trust(tmp_path):
+    """A Ray cluster this run starts on this machine runs only this process's work."""
+    out = _checkpoint(tmp_path, workers="ray")
+    assert resume_config(str(out)).workers == "ray"
 
 
 def test_a_resumed_run_writes_where_resume_says_not_where_the_checkpoint_says(tmp_path):

@@ -389,6 +389,9 @@ def _write(target: Path, blob: bytes, members, result: dict) -> None:
         target.rename(old)
         shutil.rmtree(old, ignore_errors=True)
     tmp.rename(target)
+    from edgeprune.exporters.files import record_written
+
+    record_written(target.parent, [target.name])  # the output folder's marker: these files are edgeprune's
 
 
 def _print(result: dict) -> None:

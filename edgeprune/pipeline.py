@@ -24,6 +24,7 @@ import edgeprune
 from edgeprune.budget import DEFAULT_POLICY
 from edgeprune.data import DataBundle, load_data
 from edgeprune.errors import UserError
+from edgeprune.exporters.files import foreign_entry, mark_output
 from edgeprune.exporters.package import ExportOptions, PackageInputs, build_package, finalize
 from edgeprune.html_report import write_report_html
 from edgeprune.latency import ProfiledLatency
@@ -212,9 +213,10 @@ def _validate(cfg: PruneConfig) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file; pass --out with a folder path")
-    if out.is_dir() and any(out.iterdir()) and not (out / "report.json").exists():
+    foreign = foreign_entry(out)
+    if foreign:
         # The folder is replaced as a whole at the end: never do that to a folder we did not write.
-        raise UserError(f"output folder {out} holds files that are not an edgeprune output; pass a new or empty --out")
+        raise UserError(f"output folder {out} cannot be replaced: {foreign}; pass a new or empty --out")
 
 
 def _validate_detection(cfg: PruneConfig) -> None:
@@ -240,6 +242,10 @@ def _staging(out: Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    mark_output(tmp)  # every file in it is edgeprune's: a later run may replace the folder
+    foreign = foreign_entry(out)  # again: files may have been added to it while the run went on
+    if foreign:
+        raise UserError(f"output folder {out} was not replaced: {foreign}; the finished run is in {tmp}, move it where you want it")
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"

@@ -14,7 +14,6 @@ import os
 import shutil
 import tempfile
 import time
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +46,7 @@ from edgeprune.attack import (
     DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_SAMPLES, DEFAULT_STEPS, DEFAULT_SUBNETS, DEFAULT_TEST_SAMPLES, Attack, require_art,
 )
 from edgeprune.robustness import MAX_SAMPLES, MAX_SUBNETS, RobustPruning
-from edgeprune.agent import is_loopback
-from edgeprune.profiling.farm import agent_urls, is_farm_file
+from edgeprune.profiling.farm import agent_urls
 from edgeprune.workers import RayWorkers, parse_workers, require_ray
 from edgeprune.sparsity import apply, make_permanent, model_share, onnx_share, parse_sparsity
 
@@ -273,21 +271,6 @@ def _untrusted_settings(config: dict) -> list[str]:
         "agents": bool(str(config.get("agents") or "").strip()),
     }
     return [f"{key} {str(config.get(key))[:120]!r}" for key, flagged in named.items() if flagged]
-
-
-def _remote_agents(text: str) -> bool:
-    """Whether ``--agents`` names a farm file or any agent that is not on this machine."""
-    if not text:
-        return False
-    if is_farm_file(text):
-        return True
-    def host(url: str) -> str:
-        try:
-            return urllib.parse.urlsplit(url.strip()).hostname or ""
-        except ValueError:  # a broken IPv6 host ("http://[::1"): not this machine, and refused when used
-            return ""
-
-    return not all(is_loopback(host(u)) for u in text.split(",") if u.strip())
 
 
 def _measures_on_agent(target: str) -> bool:

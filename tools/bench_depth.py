@@ -14,6 +14,7 @@ torchvision stem takes three channels), on the target:
 
     python tools/bench_depth.py                         # speedup 2, 1 training epoch
     python tools/bench_depth.py --floors-only           # just the floors (about a minute)
+    python tools/bench_depth.py --smoke                 # a tiny residual net on sklearn's digits (seconds)
 """
 
 from __future__ import annotations
@@ -36,8 +37,13 @@ from edgeprune.profiling.profiler import Profiler
 from edgeprune.space import ChannelSpace
 from edgeprune.targets import load_profile
 
+sys.path.insert(0, str(Path(__file__).parent))
+from smoke import SMOKE_MODEL, SMOKE_NOTE, smoke_profile_file  # noqa: E402
+
 MODEL = "torchvision:regnet_y_400mf"
 SHAPE = (3, 28, 28)
+DATA = "fashion-mnist"
+HOLDOUT = 2000
 
 
 def floors(profile) -> tuple[float, float, int]:
@@ -58,19 +64,20 @@ def floors(profile) -> tuple[float, float, int]:
     return channel, both, sum(g.depth for g in space.groups)
 
 
-def trained(epochs: float, seed: int) -> Path:
-    path = default_cache_path().parent / "bench" / f"regnet_y_400mf-fashion-mnist-3x28x28-e{epochs:g}-s{seed}.pt"
+def trained(epochs: float, seed: int, folder: Path | None = None) -> Path:
+    side = "x".join(map(str, SHAPE))
+    path = (folder or default_cache_path().parent / "bench") / f"{MODEL.split(':')[-1]}-{DATA}-{side}-e{epochs:g}-s{seed}.pt"
     if not path.exists():
-        train_and_save(MODEL, data="fashion-mnist", input_shape="3x28x28", out=path, epochs=epochs, seed=seed)
+        train_and_save(MODEL, data=DATA, input_shape=side, out=path, epochs=epochs, seed=seed, num_classes=10, progress=False)
     return path
 
 
 def prune(weights: Path, args, depth: bool, out: Path) -> tuple[str, ...]:
     cfg = PruneConfig(
-        model=MODEL, weights=str(weights), num_classes=10, data="fashion-mnist", input_shape="3x28x28", target=args.target,
-        speedup=args.speedup, population=args.population, generations=args.generations, patience=2, holdout=2000,
-        refine_top=2, refine_epochs=0.05, widen_passes=0, finetune_epochs=args.finetune_epochs, depth=depth,
-        out=str(out), seed=args.seed, progress=False,
+        model=MODEL, weights=str(weights), num_classes=10, data=DATA, input_shape="x".join(map(str, SHAPE)), target=args.target,
+        speedup=args.speedup, population=args.population, generations=args.generations, patience=2, holdout=HOLDOUT,
+        refine_top=1 if args.smoke else 2, refine_epochs=0.01 if args.smoke else 0.05, widen_passes=0,
+        finetune_epochs=args.finetune_epochs, depth=depth, out=str(out), seed=args.seed, progress=False, no_cache=args.smoke,
     )
     try:
         report = run_prune(cfg)
@@ -94,7 +101,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generations", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--floors-only", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help=f"a tiny residual net on sklearn's digits at 3x16x16, 4 candidates, 1 generation ({SMOKE_NOTE})")
     args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as work:
+        return _run(args, Path(work))
+
+
+def _run(args, work: Path) -> int:
+    global MODEL, SHAPE, DATA, HOLDOUT
+    weights_folder = None
+    if args.smoke:
+        MODEL, SHAPE, DATA, HOLDOUT, weights_folder = SMOKE_MODEL, (3, 16, 16), "digits", 100, work
+        args.train_epochs, args.finetune_epochs, args.population, args.generations = 1.0, 0.05, 4, 1
+        args.target = smoke_profile_file(args.target, work)
+        print(SMOKE_NOTE)
     try:
         profile = load_profile(args.target)
     except UserError as exc:
@@ -102,12 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     channel, both, blocks = floors(profile)
     console = Console(width=180)
-    console.print(f"{MODEL} at 3x28x28 on {profile.name}: channel floor {channel:.3f}x of the unpruned latency; "
+    console.print(f"{MODEL} at {'x'.join(map(str, SHAPE))} on {profile.name}: channel floor {channel:.3f}x of the unpruned latency; "
                   f"with all {blocks} droppable blocks dropped too {both:.3f}x")
     if args.floors_only:
         return 0
-    weights = trained(args.train_epochs, args.seed)
-    table = Table(title=f"{MODEL}, Fashion-MNIST 3x28x28, --speedup {args.speedup:g} on {profile.name}")
+    weights = trained(args.train_epochs, args.seed, weights_folder)
+    table = Table(title=f"{MODEL}, {DATA} {'x'.join(map(str, SHAPE))}, --speedup {args.speedup:g} on {profile.name}")
     for col in ("search", "test accuracy", "latency / unpruned", "budget", "dropped blocks"):
         table.add_column(col)
     with tempfile.TemporaryDirectory() as folder:

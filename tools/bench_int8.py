@@ -12,6 +12,7 @@ integer kernels); test accuracy per format is what ``edgeprune export --int8`` m
 
     python tools/bench_int8.py                                  # mobilenet_v2, resnet18 at 32 and 224
     python tools/bench_int8.py --models torchvision:mobilenet_v2 --sizes 32
+    python tools/bench_int8.py --smoke     # a tiny CNN at 16x16, one session pair per format (seconds)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import dataclasses
 import statistics
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -33,6 +35,10 @@ from edgeprune.models import load_model
 from edgeprune.profiling.isolated import IsolatedOrtBackend
 from edgeprune.profiling.stats import ratio
 from edgeprune.targets import load_profile
+
+sys.path.insert(0, str(Path(__file__).parent))
+from smoke import SMOKE_NOTE, smoke_profile, tiny_cnn  # noqa: E402
+
 
 
 def unfused_qdq(onnx_bytes: bytes) -> tuple[int, int]:
@@ -61,15 +67,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="torchvision:mobilenet_v2,torchvision:resnet18")
     parser.add_argument("--sizes", default="32,224", help="input sides, comma-separated (default 32,224)")
     parser.add_argument("--pairs", type=int, default=3, help="fresh session pairs per format (default 3)")
+    parser.add_argument("--smoke", action="store_true", help=f"a tiny CNN at 16x16, 1 session pair per format ({SMOKE_NOTE})")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.models, args.sizes, args.pairs = "smoke:tiny_cnn", "16", 1
     try:
         profile = load_profile(args.target)
         sizes = [int(s) for s in args.sizes.split(",")]
     except (UserError, ValueError) as exc:
         print(f"bench_int8: error: {exc}", file=sys.stderr)
         return 2
+    if args.smoke:
+        profile = smoke_profile(profile)
     formats = [f for f in INT8_FORMATS if f != "nncf-qdq" or nncf_available()]
-    table = Table(title=f"INT8 / FP32 latency on {profile.name} (median of {args.pairs} interleaved session pairs; < 1 = INT8 faster)")
+    table = Table(title=f"INT8 / FP32 latency on {profile.name} (median of {args.pairs} interleaved session pairs; < 1 = INT8 faster)"
+                        + (f" ({SMOKE_NOTE})" if args.smoke else ""))
     for col in ("model", "input", "FP32 ms", *formats, "unfused Q/DQ nodes", "integer ops"):
         table.add_column(col)
     for spec in args.models.split(","):

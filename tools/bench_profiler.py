@@ -27,6 +27,7 @@ Targets, for a quiet machine: CV <= 2 %, cache hit <= 5 ms, surrogate >= 95 % wi
     python tools/bench_profiler.py --target x86-cpu            # full: 10 repeats, 200 candidates
     python tools/bench_profiler.py --sections bias,absolute    # just the two protocol checks
     python tools/bench_profiler.py --quick                     # smoke run, minutes
+    python tools/bench_profiler.py --smoke                     # every section at tiny sizes, seconds (the test suite's run)
 """
 
 from __future__ import annotations
@@ -56,7 +57,12 @@ from edgeprune.space import ChannelSpace
 from edgeprune.surrogate_check import validate_surrogate
 from edgeprune.targets import MeasureSpec, load_profile
 
+sys.path.insert(0, str(Path(__file__).parent))
+from smoke import SMOKE_MODEL, SMOKE_NOTE, smoke_profile  # noqa: E402
+
 MODELS = ("torchvision:mobilenet_v2", "torchvision:resnet18")
+# --smoke: the same sections on two tiny models.
+SMOKE_MODELS = (SMOKE_MODEL, "smoke:tiny_cnn")
 INPUT = (3, 32, 32)
 SECTIONS = ("stability", "cost", "surrogate", "bias", "absolute")
 
@@ -66,11 +72,12 @@ HARNESS = """
 import json, statistics, sys, time
 import numpy as np, onnxruntime as ort
 path, threads, level, shape = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+sessions, runs = (int(sys.argv[5]), int(sys.argv[6])) if len(sys.argv) > 6 else (5, 200)
 levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
           "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
 x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
 medians = []
-for _ in range(5):
+for _ in range(sessions):
     o = ort.SessionOptions(); o.intra_op_num_threads = threads; o.inter_op_num_threads = 1
     o.graph_optimization_level = levels[level]
     s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
@@ -78,7 +85,7 @@ for _ in range(5):
     for _ in range(20):
         s.run(None, feed)
     t = []
-    for _ in range(200):
+    for _ in range(runs):
         t0 = time.perf_counter(); s.run(None, feed); t.append(time.perf_counter() - t0)
     medians.append(statistics.median(t) * 1e3)
 print(statistics.median(medians))
@@ -97,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit", type=int, default=40, help="measured candidates the surrogate is fitted on (default 40)")
     parser.add_argument("--bias-candidates", type=int, default=60, help="candidates timed twice in the in-search vs fresh check (default 60)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 3 repeats, fit 8 + validate 12, short timing windows")
+    parser.add_argument("--quick", action="store_true", help="short run: 3 repeats, fit 8 + validate 12, short timing windows")
+    parser.add_argument("--smoke", action="store_true", help=f"every section at tiny sizes: 2 repeats, fit 3 + validate 2 on one model ({SMOKE_NOTE})")
     parser.add_argument("--sections", default="stability,cost,surrogate,bias,absolute",
                         help="comma-separated subset of: stability, cost, surrogate, bias, absolute (default: all)")
     args = parser.parse_args(argv)
@@ -117,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         profile = dataclasses.replace(profile, measure=MeasureSpec(
             warmup_runs=min(m.warmup_runs, 10), min_runs=min(m.min_runs, 30), max_runs=m.max_runs,
             max_seconds=min(m.max_seconds, 0.1), cv_threshold=100.0, repeats_if_noisy=0, sessions=2))  # smoke: never "noisy"
+    harness = (5, 200)
+    if args.smoke:
+        global MODELS
+        MODELS = SMOKE_MODELS
+        args.repeats, args.candidates, args.fit, args.bias_candidates = 2, 2, 3, 2
+        profile, harness = smoke_profile(profile), (2, 20)
     shape = (profile.batch, *INPUT)
     rows: list[tuple[str, str, str]] = []
 
@@ -125,13 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     if "cost" in sections:
         rows += _cost(profile, shape)
     if "surrogate" in sections:
-        rows += _surrogate(profile, args)
+        rows += _surrogate(profile, args, MODELS[:1] if args.smoke else MODELS)
     if "bias" in sections:
         rows += _bias(profile, shape, args.bias_candidates, args.seed)
     if "absolute" in sections:
-        rows += _absolute(profile, shape, 3 if args.quick else 10)
+        rows += _absolute(profile, shape, 1 if args.smoke else 3 if args.quick else 10, harness)
 
-    table = Table(title=f"edgeprune profiling bench on {profile.name}{' (--quick: smoke run, not a result)' if args.quick else ''}")
+    note = f" ({SMOKE_NOTE})" if args.smoke else " (--quick: short run, not a result)" if args.quick else ""
+    table = Table(title=f"edgeprune profiling bench on {profile.name}{note}")
     for col in ("metric", "value", "target"):
         table.add_column(col)
     for row in rows:
@@ -193,10 +208,10 @@ def _cost(profile, shape) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _surrogate(profile, args) -> list[tuple[str, str, str]]:
+def _surrogate(profile, args, models=MODELS) -> list[tuple[str, str, str]]:
     """How well the latency surrogate predicts measured candidates."""
     rows = []
-    for spec in MODELS:
+    for spec in models:
         result = validate_surrogate(spec, profile, INPUT, num_classes=10, n_fit=args.fit,
                                     n_validate=args.candidates, seed=args.seed)
         rows.append((f"surrogate within ±10 %, {spec} ({args.fit} fit / {args.candidates} checked)",
@@ -244,7 +259,7 @@ def _bias(profile, shape, count: int, seed: int) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _absolute(profile, shape, repeats: int) -> list[tuple[str, str, str]]:
+def _absolute(profile, shape, repeats: int, harness: tuple[int, int] = (5, 200)) -> list[tuple[str, str, str]]:
     """Edgeprune's absolute protocol and an independent harness, interleaved on one file."""
     model, _ = load_model(MODELS[0], 10)
     ours, theirs = [], []
@@ -257,7 +272,8 @@ def _absolute(profile, shape, repeats: int) -> list[tuple[str, str, str]]:
             for _ in range(repeats):
                 ours.append(backend.measure(blob, shape).median_ms)
                 out = subprocess.run(
-                    [sys.executable, "-c", HARNESS, str(path), str(profile.intra_op_threads), profile.graph_optimization, json.dumps(list(shape))],
+                    [sys.executable, "-c", HARNESS, str(path), str(profile.intra_op_threads), profile.graph_optimization, json.dumps(list(shape)),
+                     *map(str, harness)],
                     check=True, capture_output=True, text=True,
                 )
                 theirs.append(float(out.stdout.strip()))
@@ -266,8 +282,8 @@ def _absolute(profile, shape, repeats: int) -> list[tuple[str, str, str]]:
     def describe(values):
         return f"mean {statistics.mean(values):.4f} ms, CV {100 * _cv(values):.1f} %, spread {100 * (max(values) / min(values) - 1):.1f} %"
     return [
-        (f"absolute, {repeats} repeats of mobilenet_v2: edgeprune ({profile.measure.sessions} sessions pooled)", describe(ours), "spread ≤ harness's"),
-        ("  independent harness (median of 5 sessions x 200 runs), interleaved", describe(theirs), ""),
+        (f"absolute, {repeats} repeats of {MODELS[0].removeprefix('torchvision:')}: edgeprune ({profile.measure.sessions} sessions pooled)", describe(ours), "spread ≤ harness's"),
+        (f"  independent harness (median of {harness[0]} sessions x {harness[1]} runs), interleaved", describe(theirs), ""),
     ]
 
 

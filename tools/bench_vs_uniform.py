@@ -23,6 +23,7 @@ resnet18 above it), which measures how far one more epoch of training gets, not 
 
     python tools/bench_vs_uniform.py                        # both models, budgets 0.7 and 0.5
     python tools/bench_vs_uniform.py --models mobilenet_v2 --budgets 0.5 --finetune-epochs 1
+    python tools/bench_vs_uniform.py --smoke     # a tiny residual net on sklearn's digits, 4 candidates (seconds)
 
 Run it on an otherwise idle machine: it measures latency.
 """
@@ -43,6 +44,7 @@ import torch
 import torch_pruning as tp
 
 sys.path.insert(0, str(Path(__file__).parent))
+from smoke import SMOKE_MODEL, SMOKE_NOTE, smoke_profile_file  # noqa: E402
 from timing import blob_digest, time_alternating  # noqa: E402
 
 from edgeprune.data import load_data
@@ -59,16 +61,22 @@ from edgeprune.targets import load_profile
 from edgeprune.training import train
 
 SHAPE = (3, 32, 32)
+DATA = "fashion-mnist"
 
 # Fresh sessions each final model is timed in (their median is the reported latency).
 FINAL_SESSIONS = 5
 
 
-def trained_weights(name: str, epochs: float, seed: int) -> Path:
+def model_spec(name: str) -> str:
+    return name if ":" in name else f"torchvision:{name}"
+
+
+def trained_weights(name: str, epochs: float, seed: int, folder: Path | None = None) -> Path:
     # The demo's naming and recipe: mobilenet_v2 reuses the demo's trained weights.
-    path = default_cache_path().parent / "demo" / f"{name}-fashion-mnist-3x32x32-e{epochs:g}-s{seed}.pt"
+    side = "x".join(map(str, SHAPE))
+    path = (folder or default_cache_path().parent / "demo") / f"{name.replace(':', '-')}-{DATA}-{side}-e{epochs:g}-s{seed}.pt"
     if not path.exists():
-        train_and_save(f"torchvision:{name}", data="fashion-mnist", input_shape="3x32x32", out=path, epochs=epochs, seed=seed, num_classes=10)
+        train_and_save(model_spec(name), data=DATA, input_shape=side, out=path, epochs=epochs, seed=seed, num_classes=10, progress=False)
     return path
 
 
@@ -101,7 +109,7 @@ def uniform_prune(model, ratio: float, step: int | None, shape: tuple[int, ...] 
 def run_uniform(model, profiler: Profiler, budget_ms: float, step: int, opset: int):
     """Smallest ratio (least pruning) whose measured latency meets the budget."""
     for ratio in np.arange(0.05, 0.96, 0.05):
-        candidate = uniform_prune(model, float(ratio), step)
+        candidate = uniform_prune(model, float(ratio), step, SHAPE)
         blob = export_onnx_bytes(candidate, (1, *SHAPE), opset)
         stats, _ = profiler.latency(f"bench-uniform-{ratio:.2f}-{blob_digest(blob)}", (1, *SHAPE), lambda: blob, fresh=True)
         if stats.median_ms <= budget_ms:
@@ -127,13 +135,27 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-ceiling", action="store_true", help="skip the unpruned model's own fine-tune (the accuracy ceiling row)")
     ap.add_argument("--json", help="also write the rows to this JSON file")
+    ap.add_argument("--smoke", action="store_true", help=f"a tiny residual net on sklearn's digits at 3x16x16, one budget, 4 candidates ({SMOKE_NOTE})")
     args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as work:
+        return _run(args, Path(work))
+
+
+def _run(args, work: Path) -> int:
+    global SHAPE, DATA
+    weights_folder, settings = None, {}
+    if args.smoke:
+        SHAPE, DATA, weights_folder = (3, 16, 16), "digits", work
+        args.models, args.budgets, args.train_epochs, args.finetune_epochs, args.population, args.generations = SMOKE_MODEL, "0.7", 1.0, 0.05, 4, 1
+        args.target = smoke_profile_file(args.target, work)
+        settings = dict(holdout=100, refine_top=1, refine_epochs=0.01, widen_passes=0, progress=False)
+        print(SMOKE_NOTE)
     profile = load_profile(args.target)
-    data = load_data("fashion-mnist", input_shape=SHAPE, seed=args.seed)
+    data = load_data(DATA, input_shape=SHAPE, seed=args.seed, **({"holdout": 100} if args.smoke else {}))
     rows = []
     for name in args.models.split(","):
-        weights = trained_weights(name, args.train_epochs, args.seed)
-        model, _ = load_model(f"torchvision:{name}", num_classes=10, weights=str(weights))
+        weights = trained_weights(name, args.train_epochs, args.seed, weights_folder)
+        model, _ = load_model(model_spec(name), num_classes=10, weights=str(weights))
         full_bytes = export_onnx_bytes(model, (1, *SHAPE), profile.opset)
         rows.append({
             "model": name, "budget": "-", "method": "unpruned", "latency_ms": None, "meets": None,
@@ -154,9 +176,9 @@ def main(argv=None) -> int:
         for fraction in (float(b) for b in args.budgets.split(",")):
             with tempfile.TemporaryDirectory() as tmp:
                 report = run_prune(PruneConfig(
-                    model=f"torchvision:{name}", weights=str(weights), num_classes=10, data="fashion-mnist",
-                    input_shape="3x32x32", target=args.target, speedup=1 / fraction, population=args.population,
-                    generations=args.generations, finetune_epochs=args.finetune_epochs, out=f"{tmp}/out", seed=args.seed,
+                    model=model_spec(name), weights=str(weights), num_classes=10, data=DATA,
+                    input_shape="x".join(map(str, SHAPE)), target=args.target, speedup=1 / fraction, population=args.population,
+                    generations=args.generations, finetune_epochs=args.finetune_epochs, out=f"{tmp}/out", seed=args.seed, **settings,
                 ))
                 ours_bytes = Path(f"{tmp}/out/model.onnx").read_bytes()
             budget = report["budget_ms"]
@@ -172,7 +194,7 @@ def main(argv=None) -> int:
             # The same protocol for both final models: fresh sessions, each timed in blocks alternating
             # with the unpruned model, the two models' sessions alternating too (A B A B ...), so
             # a burst of other tenants' load on this shared VM hits both alike.
-            lat = time_alternating(profiler, {"edgeprune": ours_bytes, "uniform": uniform_bytes}, (1, *SHAPE), FINAL_SESSIONS)
+            lat = time_alternating(profiler, {"edgeprune": ours_bytes, "uniform": uniform_bytes}, (1, *SHAPE), 2 if args.smoke else FINAL_SESSIONS)
             profiler.close()
             for method, blob, macs, search_s, note in (
                 ("edgeprune", ours_bytes, report["pruned"]["macs"], report["phases"]["search_s"],
@@ -185,11 +207,11 @@ def main(argv=None) -> int:
                     "accuracy": onnx_accuracy(blob, data.test), "macs": int(macs), "search_s": search_s, "note": note,
                 })
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(f"\n{'model':<14}{'budget':<22}{'method':<11}{'latency ms':>11}{'meets':>7}{'test acc':>10}{'MMACs':>9}{'search s':>10}  note")
+    print(f"\n{'model':<18}{'budget':<22}{'method':<11}{'latency ms':>11}{'meets':>7}{'test acc':>10}{'MMACs':>9}{'search s':>10}  note")
     for r in rows:
         latency = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.4f}"
         meets = "-" if r["meets"] is None else str(r["meets"])
-        print(f"{r['model']:<14}{r['budget']:<22}{r['method']:<11}{latency:>11}{meets:>7}{r['accuracy']:>10.2%}{r['macs'] / 1e6:>9.2f}{r['search_s']:>10.0f}  {r['note']}")
+        print(f"{r['model']:<18}{r['budget']:<22}{r['method']:<11}{latency:>11}{meets:>7}{r['accuracy']:>10.2%}{r['macs'] / 1e6:>9.2f}{r['search_s']:>10.0f}  {r['note']}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

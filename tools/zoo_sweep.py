@@ -10,6 +10,7 @@ after. One line per model, then ``N passed, M failed`` and the wall time.
     python tools/zoo_sweep.py --json sweep.json     # also write the rows as JSON
     python tools/zoo_sweep.py --timm                # timm's edge families instead (TIMM_EDGE)
     python tools/zoo_sweep.py --timm --size 128     # ... at 128x128 instead of each one's native size
+    python tools/zoo_sweep.py --smoke               # resnet18 at 32x32 only (seconds; the test suite runs it)
 
 timm models are built as ``edgeprune prune timm:NAME`` builds them: random weights, in their
 re-parameterised deploy form where they have one (RepVGG, MobileOne, FastViT).
@@ -156,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timm", action="store_true", help="sweep timm models (default: TIMM_EDGE) instead of torchvision's")
     parser.add_argument("--size", type=int, help="input size for every model (default: each model's native size)")
     parser.add_argument("--timeout", type=int, default=300, help="seconds one model may take before it counts as failed (default 300)")
+    parser.add_argument("--smoke", action="store_true", help="the sweep's code path on resnet18 at 32x32 only (the test suite's run)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.models, args.size = args.models or ["resnet18"], args.size or 32
     torch.set_num_threads(args.threads)
     if args.timm:
         import timm

@@ -142,7 +142,12 @@ def print_summary(report: dict, out_dir: Path, out: Console | None = None) -> No
         table.add_row(label, fmt.format(before), fmt.format(after), _fmt_change(before, after, unit))
     out.print(table, width=width)
     verdict = "[green]met[/green]" if report["budget_met"] else "[red]NOT met[/red]"
-    out.print(f"budget {verdict}: pruned {pruned['latency_ms']['median']:.4f} ms median against {report['budget_ms']:.4g} ms", width=width)
+    reached = base["latency_ms"]["median"] / pruned["latency_ms"]["median"]
+    out.print(
+        f"budget {verdict}: pruned {pruned['latency_ms']['median']:.4f} ms median against {report['budget_ms']:.4g} ms "
+        f"(reached {reached:.2f}x the unpruned model's speed, asked {base['latency_ms']['median'] / report['budget_ms']:.2f}x)",
+        width=width,
+    )
     dropped = report["pruned"].get("dropped_blocks") or []
     if dropped:
         out.print(f"dropped residual blocks ({len(dropped)}): {', '.join(dropped)}", width=width)

@@ -120,7 +120,7 @@ def _round(cfg, number, budgets, space, latency, first, policy, checkpoint, make
     problem = _problem(cfg, number, space, latency, first, policy.search_limit(budget), checkpoint, policy, scores)
     if len(budgets) > 1:
         console.print(f"round {number}/{len(budgets)}: budget {budget:.4f} ms")
-    result, seeded = _search(cfg, problem, make_encoding)
+    result, seeded = _search(cfg, problem, make_encoding, budget)
     if finished is not None:  # the last round finished before the kill: same pick, same weights
         picked = next((c for c in problem.known_candidates() if list(c.widths) == finished[0]["group_widths_round"]), None)
         if picked is None:
@@ -161,8 +161,13 @@ def _restored(number, budget, problem, result, picked, finished, original, plan)
     return Round(number, budget, problem.space, problem, result, picked, model, plan, summary)
 
 
-def _search(cfg, problem: PruningProblem, make_encoding) -> tuple[SearchResult, list[Candidate]]:
-    """The round's search; returns the result and the evaluated ratio-profile seeds."""
+def _search(cfg, problem: PruningProblem, make_encoding, budget_ms: float) -> tuple[SearchResult, list[Candidate]]:
+    """The round's search; returns the result and the evaluated ratio-profile seeds. When even the
+    smallest allowed network misses the budget, nothing else can meet it: that network is the
+    round's only candidate, and the run's verdict is "not met"."""
+    smallest = problem.evaluate_widths(problem.space.widths_from_indices(problem.space.min_indices()))
+    if smallest.latency.median_ms > budget_ms:
+        return SearchResult([smallest], [smallest]), []
     seeds = ratio_seeds(problem, problem.limit_ms)  # NSGA-II starts from them; both short-tune them
     if cfg.strategy == "coevolution":
         result = run_coevolution(problem, cfg.population, cfg.generations, cfg.seed, cfg.progress, journal=problem.journal)

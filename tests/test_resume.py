@@ -31,14 +31,18 @@ def _resume(out: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_prune, tmp_path_factory):
-    """``(cache, report)`` of the session's uninterrupted run (conftest.tiny_prune). Every run of
-    this module shares a copy of its latency cache, as runs on one device do: the latencies are
-    then identical and any difference in the result comes from the checkpoint/replay logic."""
-    cache = tmp_path_factory.mktemp("uninterrupted") / "c.sqlite"
-    shutil.copy(tiny_prune.cache, cache)
-    assert not tiny_prune.out.with_name("out.checkpoint").exists()  # a finished run leaves nothing to resume
-    return cache, tiny_prune.report
+def uninterrupted(tmp_path_factory):
+    """``(cache, report)`` of an uninterrupted run of the same command. Every run of this module
+    shares a copy of its latency cache, as runs on one device do: the latencies are then
+    identical and any difference in the result comes from the checkpoint/replay logic."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    out, cache = folder / "out", folder / "c.sqlite"
+    run = subprocess.run(_cmd(out, cache), cwd=TESTS, env=ENV, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert not out.with_name("out.checkpoint").exists()  # a finished run leaves nothing to resume
+    shared = tmp_path_factory.mktemp("shared-cache") / "c.sqlite"
+    shutil.copy(cache, shared)
+    return shared, json.loads((out / "report.json").read_text())
 
 
 def _complete_lines(journal: Path) -> int:

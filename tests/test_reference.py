@@ -146,3 +146,99 @@ def test_a_replaced_baseline_is_said_in_the_summary_and_a_kept_one_is_not():
     assert "2.0662 ms" in text and "1.2000 ms" in text and "15 %" in text and "timed again" in text
     assert anchor_text({"anchor_check": replaced | {"kept_cached": True}}) is None
     assert anchor_text({"anchor_check": None}) is None
+
+
+class _ScriptedNoise:
+    """The real backend's times on a machine whose noise the test decides: quiet (every
+    measurement's CV capped at 0.05, whatever other tenants do meanwhile) except that, with
+    ``spoil``, a competing process spoils every third paired measurement: its runs scatter (CV
+    0.9, over the shipped 0.3 threshold) and read 3x slow."""
+
+    def __init__(self, real, spoil: bool):
+        self.real, self.spoil, self.calls = real, spoil, []  # (sha256 of the candidate, spoiled?) per pair
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    @staticmethod
+    def _quiet(stats):
+        import dataclasses
+
+        return dataclasses.replace(stats, cv=min(stats.cv, 0.05), noisy=False)
+
+    def measure(self, onnx_bytes, input_shape):
+        return self._quiet(self.real.measure(onnx_bytes, input_shape))
+
+    def measure_pair(self, onnx_bytes, input_shape):
+        import dataclasses
+        import hashlib
+
+        raw, ref = (self._quiet(s) for s in self.real.measure_pair(onnx_bytes, input_shape))
+        spoiled = self.spoil and len(self.calls) % 3 == 1
+        self.calls.append((hashlib.sha256(onnx_bytes).hexdigest(), spoiled))
+        if spoiled:
+            raw = dataclasses.replace(raw.scaled(3.0), cv=0.9, noisy=True)
+        return raw, ref
+
+
+def _shipped_thresholds(tmp_path: Path) -> str:
+    """The fast test profile with x86-cpu's noise and anchor thresholds instead of its loose ones."""
+    import yaml
+
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "profiles" / "x86-cpu.yaml").read_text())["measure"]
+    profile = yaml.safe_load(PROFILE.read_text())
+    for key in ("cv_threshold", "repeats_if_noisy", "anchor_tolerance"):
+        profile["measure"].pop(key, None)  # x86-cpu's value where it sets one, else the default
+        if key in shipped:
+            profile["measure"][key] = shipped[key]
+    path = tmp_path / "shipped-thresholds.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    return str(path)
+
+
+def test_a_noisy_measurement_is_taken_again_never_cached_and_a_stale_cached_baseline_is_replaced(tmp_path, monkeypatch):
+    """Two real prunes on one cache with the shipped thresholds. Between them every cached row is
+    made 3x slower (a spell the machine has left); the second run, on a machine that spoils every
+    third measurement, must time the baseline afresh and replace it, re-time the candidates the
+    stale rows described, re-measure each spoiled measurement at once, and cache none of them."""
+    import sqlite3
+
+    from edgeprune.pipeline import PruneConfig, run_prune
+    from edgeprune.profiling import profiler as profiler_module
+
+    profile, cache = _shipped_thresholds(tmp_path), tmp_path / "c.sqlite"
+
+    def prune(out: str) -> dict:
+        return run_prune(PruneConfig(
+            model="tiny_models:tiny_resnet", target=profile, data="digits", holdout=300, budget_ms=5.0,
+            population=4, generations=2, finetune_epochs=0, refine_epochs=0, widen_passes=0, seed=1,
+            out=str(tmp_path / out), cache=str(cache), progress=False,
+        ))
+
+    real_factory, machine = profiler_module.make_backend, {}
+
+    def scripted(spoil: bool):
+        def factory(profile, **options):
+            machine["backend"] = _ScriptedNoise(real_factory(profile, **options), spoil)
+            return machine["backend"]
+        return factory
+
+    monkeypatch.setattr(profiler_module, "make_backend", scripted(spoil=False))
+    prune("first")
+    with sqlite3.connect(cache) as db:
+        stale = dict(db.execute("SELECT arch, median FROM latency"))
+        db.execute("UPDATE latency SET median = 3 * median, p90 = 3 * p90, p99 = 3 * p99, mean = 3 * mean, std = 3 * std")
+    monkeypatch.setattr(profiler_module, "make_backend", scripted(spoil=True))
+    report = prune("second")
+
+    check = report["anchor_check"]  # the stale baseline: timed again twice, off by 3x, replaced
+    assert check["kept_cached"] is False and check["tolerance"] == 0.15 and check["fresh_ms"] < check["cached_ms"] / 2
+    assert report["baseline"]["latency_ms"]["median"] == check["fresh_ms"]
+    # The candidates the stale rows described were timed again, not read from them.
+    assert report["search"]["latency_measurements"] >= len(stale) - 1
+    calls = machine["backend"].calls
+    spoiled = [i for i, (_, bad) in enumerate(calls) if bad]
+    assert spoiled and all(i + 1 < len(calls) and calls[i + 1][0] == calls[i][0] for i in spoiled)  # taken again at once
+    with sqlite3.connect(cache) as db:
+        rows = db.execute("SELECT arch, median, cv FROM latency").fetchall()
+    assert rows and all(cv <= 0.3 for _, _, cv in rows)  # no noisy measurement was cached

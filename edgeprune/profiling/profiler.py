@@ -221,11 +221,24 @@ class Profiler:
     def _measure(self, onnx: bytes, shape: tuple[int, ...]) -> LatencyStats:
         """One fresh measurement, in the reference's units when a reference is set. The trimmed
         mean is how the backend's two models are compared, not a number reported or cached, so
-        a cached answer is the same as the fresh one it came from."""
+        a cached answer is the same as the fresh one it came from.
+
+        A paired measurement flagged noisy (a competing process, an interrupt storm) is taken
+        again, up to the profile's ``repeats_if_noisy`` times, and the least noisy kept: a noisy
+        number would otherwise rank a candidate in the search by the machine's bad moment. (The
+        backends repeat an absolute measurement themselves.)"""
         self.measurements += 1
         if self.anchor is None:
             return self._absolute(self.backend.measure(onnx, shape))
-        return self._paired(*self.backend.measure_pair(onnx, shape))
+        stats = self._paired(*self.backend.measure_pair(onnx, shape))
+        for _ in range(self.profile.measure.repeats_if_noisy):
+            if not stats.noisy:
+                break
+            self.measurements += 1
+            again = self._paired(*self.backend.measure_pair(onnx, shape))
+            if (again.noisy, again.cv) < (stats.noisy, stats.cv):
+                stats = again
+        return stats
 
     def _absolute(self, raw: LatencyStats) -> LatencyStats:
         return dataclasses.replace(raw, trimmed_ms=None)

@@ -3,6 +3,7 @@
 import math
 from pathlib import Path
 
+import pytest
 from tiny_models import TinyResNet
 
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
@@ -14,23 +15,50 @@ PROFILE = Path(__file__).parent / "fixtures" / "fast-cpu.yaml"
 SHAPE = (1, 1, 8, 8)
 
 
+class _Recording:
+    """The real backend, keeping every (candidate, reference) pair it returned."""
+
+    def __init__(self, real):
+        self.real, self.pairs = real, []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def measure_pair(self, onnx_bytes, input_shape):
+        pair = self.real.measure_pair(onnx_bytes, input_shape)
+        self.pairs.append(pair)
+        return pair
+
+
+def _in_anchor_units(anchor, pair):
+    """What a candidate timed next to the reference reads in the anchor's units: the anchor times
+    their ratio, by trimmed means (stats.ratio's rule, which the isolated backend always allows)."""
+    raw, ref = pair
+    assert raw.trimmed_ms and ref.trimmed_ms
+    return anchor.median_ms * raw.trimmed_ms / ref.trimmed_ms
+
+
 def test_candidates_are_scaled_to_the_anchor_and_survive_a_worker_restart(tmp_path):
+    """Checked exactly against the pair the backend returned, not against a band around the
+    anchor: the reference timed as a candidate reads ~1x the anchor whether or not it is scaled,
+    so a band could not tell the two apart, and on a shared machine it needed to be 0.6-1.6x."""
     profiler = Profiler(load_profile(str(PROFILE)), cache_path=tmp_path / "c.sqlite")
+    profiler.backend = backend = _Recording(profiler.backend)
     ref = export_onnx_bytes(TinyResNet().eval(), SHAPE, 17)
     anchor = profiler.set_reference("ref", SHAPE, ref)
-    assert profiler.anchor is anchor and profiler.measurements == 1
-    # The reference timed against itself: the ratio is ~1, so it comes back near the anchor.
+    assert profiler.anchor is anchor and profiler.measurements == 1 and not backend.pairs  # the anchor is absolute
     again, cached = profiler.latency("ref", SHAPE, lambda: ref, fresh=True)
-    assert not cached and 0.6 * anchor.median_ms < again.median_ms < 1.6 * anchor.median_ms
-    # A killed measurement process is restarted and is sent the reference again.
-    dead = profiler.backend._proc
+    assert not cached and len(backend.pairs) == 1
+    assert again.median_ms == pytest.approx(_in_anchor_units(anchor, backend.pairs[0]), rel=1e-12)
+    assert again.median_ms != backend.pairs[0][0].median_ms  # the raw time is not what is reported
+    # A killed measurement process is restarted and is sent the reference again: the paired
+    # request succeeds (the child refuses one without a reference) and is scaled the same way.
+    dead = backend._proc
     dead.kill()
     dead.wait()
     stats, cached = profiler.latency("ref-2", SHAPE, lambda: ref)  # a dead child is seen and replaced
-    assert not cached and profiler.backend._proc is not dead and profiler.backend._proc.poll() is None
-    # Paired with the re-sent reference (itself), so the ratio is ~1 again; without the reference
-    # the paired request would fail instead.
-    assert 0.6 * anchor.median_ms < stats.median_ms < 1.6 * anchor.median_ms
+    assert not cached and backend._proc is not dead and backend._proc.poll() is None
+    assert len(backend.pairs) == 2 and stats.median_ms == pytest.approx(_in_anchor_units(anchor, backend.pairs[1]), rel=1e-12)
     profiler.close()
 
 

@@ -105,25 +105,45 @@ def test_a_measurement_over_several_sessions_reports_and_caches_the_median_one(t
     profiler.close()
 
 
+def _weights(onnx_bytes: bytes) -> int:
+    import onnx
+
+    return sum(math.prod(t.dims) for t in onnx.load_from_string(onnx_bytes).graph.initializer)
+
+
 class _SlowingMachine:
-    """The real ORT backend on a machine that becomes ``factor`` times slower after ``after``
-    paired measurements: candidate and reference alike, as a CPU hog or thermal throttling does."""
+    """A scripted machine, for a test of the verdict's logic rather than of this machine: every
+    run of a model takes 1 us per 100 of its weights (a stand-in for its work, which pruning
+    shrinks; metadata does not change it), and after ``after`` paired measurements the machine
+    becomes ``factor`` times slower, candidate and reference alike, as a CPU hog or thermal
+    throttling does. Everything else (fingerprint, per-node times for the surrogate) is the real
+    backend's."""
 
     def __init__(self, real, after: int, factor: float):
-        self.real, self.after, self.factor, self.pairs = real, after, factor, 0
+        self.real, self.after, self.factor, self.pairs, self.reference = real, after, factor, 0, None
 
     def __getattr__(self, name):
         return getattr(self.real, name)
 
+    def _stats(self, onnx_bytes) -> LatencyStats:
+        ms = 1e-5 * _weights(onnx_bytes) * (self.factor if self.pairs > self.after else 1.0)
+        return LatencyStats(200, ms, ms, ms, ms, 0.0, 0.0, trimmed_ms=ms)
+
+    def set_reference(self, onnx_bytes, input_shape):
+        self.reference = onnx_bytes
+
+    def measure(self, onnx_bytes, input_shape):
+        return self._stats(onnx_bytes)
+
     def measure_pair(self, onnx_bytes, input_shape):
-        raw, ref = self.real.measure_pair(onnx_bytes, input_shape)
         self.pairs += 1
-        if self.pairs <= self.after:
-            return raw, ref
-        return raw.scaled(self.factor), ref.scaled(self.factor)
+        return self._stats(onnx_bytes), self._stats(self.reference)
 
 
 def test_a_machine_that_slows_mid_run_keeps_a_speedup_verdict_and_the_report_records_the_drift(tmp_path, monkeypatch, capsys):
+    """On a scripted machine the times are exact, so the verdict is asserted as it is, with no
+    band: a real 0.03 ms model's final re-timing scatters by more than the pick's 3 % margin now
+    and then, which once made this test allow 1.1x the budget and never read ``budget_met``."""
     from edgeprune.pipeline import PruneConfig, run_prune
     from edgeprune.profiling import profiler as profiler_module
 
@@ -142,15 +162,18 @@ def test_a_machine_that_slows_mid_run_keeps_a_speedup_verdict_and_the_report_rec
     )
     report = run_prune(cfg)
     assert machine["backend"].pairs >= 6 + 5  # the first 5 sessions ran before the slowdown, the last 5 after
-    drift = report["drift"]
-    # 2x slower at the end than at the start, and recorded (a tiny model's sessions scatter, hence 1.4)
-    assert drift["last_ms"] / drift["first_ms"] > 1.4 and drift["last_factor"] > drift["first_factor"]
+    drift = report["drift"]  # 2x slower at the end than at the start, and recorded
+    assert (drift["first_factor"], drift["last_factor"]) == (1.0, 2.0) and drift["last_ms"] == 2 * drift["first_ms"]
     # Judged as ratios timed together, the pruned model is as fast relative to the baseline as
-    # before the slowdown: the verdict is not failed by the machine. A miss caused by the drift
-    # would land near 2x the budget; the final re-timing of a 0.03 ms model scatters by more than
-    # the pick's 3 % margin now and then (1 run in about 15 here), so the bound is 10 %.
-    assert report["budget_kind"] == "speedup"
-    assert report["pruned"]["latency_ms"]["median"] <= 1.1 * report["budget_ms"]
+    # before the slowdown: the verdict is met, and its number is the unslowed one. Reported
+    # without the pairing (the slowed raw time), the final latency would be 2x its value.
+    # (Timed raw, a slowed machine makes the search cut deeper instead: that run also ends "met",
+    # so the reported number is what tells the two apart.)
+    assert report["budget_kind"] == "speedup" and report["budget_met"] is True
+    final, baseline = report["pruned"]["latency_ms"]["median"], report["baseline"]["latency_ms"]["median"]
+    assert final <= report["budget_ms"] == pytest.approx(baseline / 2.0)
+    assert final == pytest.approx(1e-5 * _weights((tmp_path / "out" / "model.onnx").read_bytes()), rel=1e-9)  # the delivered file, unslowed
+    assert len(set(report["rounds"][0]["confirmation"]["sessions_ms"])) == 1  # the pick's sessions, slowed or not, read alike
     assert "which drift does not change" in " ".join(capsys.readouterr().err.split())  # said at the end
 
 

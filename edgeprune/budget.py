@@ -28,6 +28,13 @@ class BudgetPolicy:
     # between two independent checks of the same kind.
     confirm_z: float = 2.0
 
+    @staticmethod
+    def met(latency_ms: float, budget_ms: float) -> bool:
+        """The verdict of every command that judges a delivered file (prune, ensemble, gate): its
+        latency at most the budget, a latency equal to it included. The margins above only steer
+        the stages towards a pick that will pass it."""
+        return latency_ms <= budget_ms
+
     def search_limit(self, budget_ms: float) -> float:
         return budget_ms * (1 - self.search_margin)
 

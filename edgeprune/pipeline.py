@@ -561,7 +561,7 @@ def _report(job: _Job, rounds, package, baseline, baseline_latency: LatencyStats
         "fingerprint": job.profiler.fingerprint,
         "profile": job.profile.to_dict(),
         "budget_ms": budget_ms,
-        "budget_met": final_latency.median_ms <= budget_ms,
+        "budget_met": DEFAULT_POLICY.met(final_latency.median_ms, budget_ms),
         "budget_kind": "speedup" if cfg.speedup is not None else "absolute",
         "drift": job.profiler.drift(),
         "anchor_check": job.profiler.anchor_check,

@@ -78,7 +78,7 @@ class Target:
 
 TARGETS = [
     Target(
-        "budget", "BudgetPolicy: the margins and the limits every stage works to",
+        "budget", "BudgetPolicy: the margins, the limits every stage works to, and met(), the verdict",
         (Span("edgeprune/budget.py", ("BudgetPolicy",)),),
         ("tests/test_budget.py",),
     ),
@@ -118,7 +118,8 @@ TARGETS = [
          Span("edgeprune/commands/prune.py", where="run", lines=('return 0 if report["budget_met"]',)),
          Span("edgeprune/pipeline.py", where="_baseline", lines=("budget_ms = cfg.budget_ms if",))),
         # the end-to-end prunes, and whatever later tests judge the verdict (by name)
-        ("tests/test_cli.py", "tests/test_verdict.py", "tests/test_demo.py", "-k", "end_to_end or budget or speedup or verdict or demo"),
+        ("tests/test_cli.py", "tests/test_resume.py", "tests/test_verdict.py", "tests/test_demo.py",
+         "-k", "end_to_end or budget or speedup or reach or independent or kill_9 or verdict or demo"),
     ),
     Target(
         "ensemble-verdict", "ensemble's verdict: its latency in the run's units, budget_met, the exit code",

@@ -9,6 +9,7 @@ import base64
 import dataclasses
 import http.client
 import json
+import math
 import os
 import socket
 import statistics
@@ -30,6 +31,7 @@ from edgeprune.profiling.fingerprint import fingerprint_hash, host_fingerprint
 from edgeprune.profiling.isolated import IsolatedOrtBackend
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.remote import RemoteBackend
+from edgeprune.profiling.stats import LatencyStats
 from edgeprune.targets import MeasureSpec, load_profile
 
 SHAPE = (1, 3, 32, 32)
@@ -339,14 +341,75 @@ def test_agent_module_imports_no_torch():
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
-def test_remote_and_local_agree_within_15_percent(agent, onnx_bytes):
-    """The agent's measuring child and the local one time the same model alike: the median of
-    15 interleaved remote/local ratios is within 15 %.
+class _ScriptedDevice:
+    """A measuring backend that answers chosen numbers: what the agent gets back from its child."""
+
+    STATS = LatencyStats(137, 0.123456789, 0.2, 0.3, 0.15, 0.01, 0.0667, trimmed_ms=0.121)
+    REFERENCE = LatencyStats(211, 0.3456789, 0.4, 0.5, 0.36, 0.02, 0.0556, trimmed_ms=0.342)
+
+    def measure(self, onnx_bytes, input_shape):
+        return self.STATS
+
+    def set_reference(self, onnx_bytes, input_shape):
+        self.reference = onnx_bytes
+
+    def measure_pair(self, onnx_bytes, input_shape):
+        return self.STATS, self.REFERENCE
+
+    def close(self):
+        pass
+
+
+def test_the_agent_times_with_the_clients_protocol_and_its_numbers_come_back_untouched(monkeypatch, onnx_bytes):
+    """Remote and local time alike because the agent's child gets the client's profile, every
+    field of it, and the client gets the child's numbers, unchanged. Checked exactly with an
+    in-process agent and a scripted child; a timing comparison cannot see most such mistakes (one
+    intra-op thread against two: a median ratio of 1.007 on a busy 2-core machine)."""
+    import threading
+
+    from edgeprune.profiling import factory
+
+    children = []
+
+    def scripted(profile, **options):
+        children.append((profile, options))
+        return _ScriptedDevice()
+
+    monkeypatch.setattr(factory, "make_backend", scripted)
+    server = make_server("127.0.0.1", 0, None, 1)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        profile = dataclasses.replace(_profile(url, max_seconds=0.2), intra_op_threads=3, graph_optimization="extended")
+        client = RemoteBackend(profile)
+        assert client.measure(onnx_bytes, SHAPE) == _ScriptedDevice.STATS
+        client.set_reference(onnx_bytes, SHAPE)
+        assert client.measure_pair(_model(8), SHAPE) == (_ScriptedDevice.STATS, _ScriptedDevice.REFERENCE)
+    finally:
+        server.shutdown()
+        server.server_close()
+        server.agent.close()
+    (timed, options), = children  # one child for the one profile
+    sent = {k: v for k, v in profile.to_dict().items() if k != "source"}
+    assert {k: v for k, v in timed.to_dict().items() if k != "source"} == sent and options["local"] is True
+
+
+def test_remote_and_local_time_alike_within_5_percent_and_the_sampling_error(agent, onnx_bytes):
+    """The agent's measuring child and the local one time the same model alike on this machine:
+    the median of 15 interleaved remote/local ratios is within 5 % of 1, give or take three
+    standard errors of that median, estimated from the ratios' own scatter. That is a test of
+    "at most 5 % apart" that fails a sound agent only when the median lands three standard errors
+    past a 5 % difference, on any machine, where a fixed band is either too tight for a busy
+    machine or blind on a quiet one (it was 5 %, then 15 %). Ratios of session medians scatter
+    with a CV of 5-10 % on the 2-core CI VM (docs/benchmarks.md), a standard error of 1.6-3.2 %
+    for the median of 15 (1.25 sigma / sqrt(15)): the bound is 10-15 % there and about 6 % on a
+    quiet machine. Timing the upload or building the session in the timed loop, or another
+    graph optimisation level (1.5x here), lands far outside it.
 
     Each ratio is taken from a remote and a local session back to back, so a busy minute on a
-    shared machine moves both; a systematic difference (another protocol, a window, a thread
-    count, timing the upload) shifts every ratio. The 5 % this test once asked for failed on
-    the 2-core CI VM, whose sessions scatter by up to 10 % (docs/benchmarks.md)."""
+    shared machine moves both; a systematic difference shifts every ratio. That the protocol
+    itself is the client's is checked exactly above."""
     local = IsolatedOrtBackend(_profile(None, max_seconds=0.2))
     remote = RemoteBackend(_profile(agent.url, max_seconds=0.2))
     ratios = []
@@ -358,9 +421,12 @@ def test_remote_and_local_agree_within_15_percent(agent, onnx_bytes):
             ratios.append(a / b if first is remote else b / a)
     finally:
         local.close()
-    ratio = statistics.median(ratios)
-    print(f"remote/local: median ratio {ratio:.3f} of {[round(r, 3) for r in ratios]}")
-    assert abs(ratio - 1) < 0.15
+    logs = [math.log(r) for r in ratios]
+    centre = statistics.median(logs)
+    sigma = 1.4826 * statistics.median(abs(x - centre) for x in logs)  # robust: one stalled session barely moves it
+    bound = math.log(1.05) + 3 * 1.25 * sigma / math.sqrt(len(logs))
+    print(f"remote/local: median ratio {math.exp(centre):.3f}, bound {math.exp(bound):.3f}x, of {[round(r, 3) for r in ratios]}")
+    assert abs(centre) <= bound
 
 
 def test_profile_command_with_an_agent_profile_measures_on_the_agent(agent, onnx_bytes, tmp_path, monkeypatch, capsys):

@@ -263,3 +263,67 @@ def test_a_budgets_file_judges_each_entry_at_its_own_percentile(models, tmp_path
     assert main(["gate", "--budgets", str(budgets), "--no-cache", "--json", str(out), "--no-progress"]) == 1
     results = json.loads(out.read_text())["results"]
     assert [(r["percentile"], r["measured_ms"], r["passed"]) for r in results] == [(50, 4.0, True), (90, 8.0, False)]
+
+
+# A judged statistic equal to the budget is within it (the verdict is "at most the budget"); one
+# a millionth of a millisecond above is over. Both are inside the band, so all three measurements
+# are scripted to the same value: the median is that value whatever the band does.
+@pytest.mark.parametrize("p90, code", [(10.0, 0), (10.000001, 1)], ids=["at-the-budget", "just-over-the-budget"])
+def test_a_result_equal_to_the_budget_is_within_it(models, tmp_path, scripted, capsys, p90, code):
+    machine = scripted(*[_stats(p90 / 2, p90, 2 * p90)] * 3)
+    junit = tmp_path / "gate.xml"
+    got, r = _scripted_gate(models, tmp_path, 10.0, "--tolerance", "0.05", "--junit", str(junit))
+    assert got == code and machine["backend"].calls == 3 and r["measured_ms"] == p90
+    # What the reports say about the entry agrees with the exit code.
+    assert r["passed"] is (code == 0) and json.loads((tmp_path / "gate.json").read_text())["passed"] is (code == 0)
+    failure = ET.parse(junit).getroot().find("testsuite").find("testcase").find("failure")
+    assert (failure is None) is (code == 0)
+    if code:
+        assert failure.get("type") == "LatencyBudgetExceeded"
+    assert ("1 of 1 within budget" if code == 0 else "0 of 1 within budget; 1 over budget") in capsys.readouterr().out
+
+
+def _robust_run_folder(folder: Path, onnx: bytes, robust_accuracy: float) -> Path:
+    """``folder`` as a prune run with robustness leaves it, as far as the gate reads it: model.onnx,
+    report.json (``pruned.robust_accuracy``, ``artifacts.onnx``) and manifest.json pinning both,
+    written by the exporter's own manifest builder and writer."""
+    from edgeprune.exporters.files import atomic_write_all
+    from edgeprune.exporters.manifest import MANIFEST, REPORT, build_manifest
+    from edgeprune.exporters.package import FP32_FILE
+
+    folder.mkdir()
+    export_keys = ("target", "fingerprint", "fingerprint_hash", "plan_sha256_16", "input", "output", "accuracy_torch_test", "models", "int8_gate")
+    report = {
+        "model": "tiny-cnn",
+        "pruned": {"accuracy": 0.9, "robust_accuracy": robust_accuracy},
+        "artifacts": {"onnx": FP32_FILE, "manifest": MANIFEST},
+        "export": dict.fromkeys(export_keys),
+    }
+    pending = {FP32_FILE: onnx, REPORT: (json.dumps(report, indent=2) + "\n").encode()}
+    pending[MANIFEST] = (json.dumps(build_manifest(report, folder, pending), indent=2) + "\n").encode()
+    atomic_write_all(folder, pending)
+    return folder / FP32_FILE
+
+
+# min_robust_accuracy 0.5: a model at 0.49 fails, one at exactly 0.50 or above passes (the least
+# robust accuracy is "at least"). Latency is well within budget (5 ms of 10, outside the band).
+@pytest.mark.parametrize("robust, code", [(0.49, 1), (0.50, 0), (0.51, 0)], ids=["below", "equal", "above"])
+def test_the_least_robust_accuracy_is_at_least_min_robust_accuracy(models, tmp_path, scripted, capsys, robust, code):
+    _, paths, _ = models
+    model = _robust_run_folder(tmp_path / "run", paths["cnn.onnx"].read_bytes(), robust)
+    shutil.copy(PROFILE, tmp_path / "run" / "fast-cpu.yaml")
+    budgets = tmp_path / "run" / "budgets.yaml"
+    budgets.write_text(f"- model: {model.name}\n  target: fast-cpu.yaml\n  budget_ms: 10\n  min_robust_accuracy: 0.5\n")
+    machine = scripted(_stats(2.5, 5.0, 10.0))
+    out, junit = tmp_path / "gate.json", tmp_path / "gate.xml"
+    got = main(["gate", "--budgets", str(budgets), "--no-cache", "--json", str(out), "--junit", str(junit), "--no-progress"])
+    (r,) = json.loads(out.read_text())["results"]
+    assert got == code and machine["backend"].calls == 1 and r["measured_ms"] == 5.0
+    assert r["robust_accuracy"] == robust and r["min_robust_accuracy"] == 0.5
+    assert r["passed"] is (code == 0) and r["robust_passed"] is (code == 0)
+    failure = ET.parse(junit).getroot().find("testsuite").find("testcase").find("failure")
+    assert (failure is None) is (code == 0)
+    if code:
+        assert failure.get("type") == "RobustAccuracyTooLow"
+    table = capsys.readouterr().out
+    assert "1 of 1 within budget" in table and ("below the least robust accuracy" in table) is (code == 1)

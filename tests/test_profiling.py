@@ -495,6 +495,9 @@ def test_ort_node_times_of_a_real_conv_net(onnx_bytes):
     assert conv.input_shapes[1][0] in (8, 16) and conv.output_shapes[0][2:] == [16, 16]
     assert any(n.op_type == "Gemm" for n in times.nodes)
     assert all(0 < n.median_ms < times.run_ms for n in times.nodes)
+    # A factor 2, not equality: per-node medians need not add up to the run's median (each is the
+    # median of its own runs) and the run includes time between nodes. Node times in another unit
+    # land 1000x over it, summed over the 7 runs about 3x.
     assert sum(n.median_ms for n in times.nodes) < 2 * times.run_ms
 
 

@@ -21,6 +21,7 @@
 
     python tools/bench_detection.py                      # ~1 h on 2 cores, most of it training
     python tools/bench_detection.py --train-epochs 30 --finetune-epochs 5
+    python tools/bench_detection.py --smoke     # 24 canvases of 64x64, 1 epoch each, 4 candidates (seconds)
 
 Run it on an otherwise idle machine: it measures latency.
 """
@@ -40,6 +41,7 @@ import torch
 import torch_pruning as tp
 
 sys.path.insert(0, str(Path(__file__).parent))
+from smoke import SMOKE_NOTE, smoke_profile_file  # noqa: E402
 from timing import blob_digest, time_alternating  # noqa: E402
 
 from edgeprune.compose import Composition, make_detection_set
@@ -56,6 +58,7 @@ from edgeprune.yolo import build, checkpoint_bytes
 SIZE = 160
 SHAPE = (3, SIZE, SIZE)
 FINAL_SESSIONS = 5
+TRAIN, VAL, HOLDOUT = 2000, 400, 400  # composed canvases, and the train images the search scores on
 
 
 
@@ -63,7 +66,7 @@ FINAL_SESSIONS = 5
 def data_set(root: Path) -> Path:
     folder = root / f"fashion-detection-{SIZE}"
     if not (folder / "data.yaml").exists():
-        make_detection_set(folder, Composition(train=2000, val=400, size=SIZE))
+        make_detection_set(folder, Composition(train=TRAIN, val=VAL, size=SIZE))
     return folder / "data.yaml"
 
 
@@ -71,7 +74,7 @@ def trained(root: Path, data_yaml: Path, epochs: int, seed: int) -> Path:
     """YOLOv8n trained from scratch with ultralytics' recipe (cached)."""
     path = root / f"yolov8n-e{epochs}-s{seed}.pt"
     if not path.exists():
-        task = Detection(str(data_yaml), SIZE, 400, seed)
+        task = Detection(str(data_yaml), SIZE, HOLDOUT, seed)
         net = build("yolov8n.yaml", task.num_classes, task.names)
         t = time.perf_counter()
         task.fine_tune(net, None, float(epochs), seed, f"train YOLOv8n from scratch ({epochs} epochs)")
@@ -131,13 +134,29 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ceiling", action="store_true", help="skip the unpruned model's own fine-tune (the ceiling row)")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     ap.add_argument("--keep", help="keep edgeprune's output folder here (model.pt, report.html, ...)")
+    ap.add_argument("--smoke", action="store_true",
+                    help=f"24 canvases of 64x64, 1 training and 1 fine-tune epoch, 4 candidates, no ceiling row ({SMOKE_NOTE})")
     args = ap.parse_args(argv)
+    if args.smoke:
+        with tempfile.TemporaryDirectory() as folder:
+            global SIZE, SHAPE, FINAL_SESSIONS, TRAIN, VAL, HOLDOUT
+            SIZE, FINAL_SESSIONS, TRAIN, VAL, HOLDOUT = 64, 2, 24, 8, 8
+            SHAPE = (3, SIZE, SIZE)
+            args.train_epochs, args.finetune_epochs, args.population, args.generations = 1, 1.0, 4, 1
+            args.refine_top, args.refine_epochs, args.no_ceiling = 1, 0.0, True
+            args.target = smoke_profile_file(args.target, Path(folder))
+            print(SMOKE_NOTE)
+            return _run(args, Path(folder))
     root = default_cache_path().parent / "bench-detection"
     root.mkdir(parents=True, exist_ok=True)
+    return _run(args, root)
+
+
+def _run(args, root: Path) -> int:
     profile = load_profile(args.target)
     data_yaml = data_set(root)
     weights = trained(root, data_yaml, args.train_epochs, args.seed)
-    task = Detection(str(data_yaml), SIZE, 400, args.seed, metric=args.metric)
+    task = Detection(str(data_yaml), SIZE, HOLDOUT, args.seed, metric=args.metric)
     other = "mAP50-95" if args.metric == "mAP50" else "mAP50"
     net = build(str(weights), task.num_classes, task.names)
     full_bytes = export_onnx(net, (1, *SHAPE), profile.opset)
@@ -158,10 +177,11 @@ def main(argv=None) -> int:
         out = Path(args.keep) if args.keep else Path(tmp) / "out"
         t = time.perf_counter()
         report = run_prune(PruneConfig(
-            model=f"yolo:{weights}", task="detection", data=f"yolo:{data_yaml}", input_shape=f"3x{SIZE}x{SIZE}", holdout=400,
+            model=f"yolo:{weights}", task="detection", data=f"yolo:{data_yaml}", input_shape=f"3x{SIZE}x{SIZE}", holdout=HOLDOUT,
             detection_metric=args.metric, target=args.target, speedup=1 / args.budget, population=args.population,
             generations=args.generations, refine_top=args.refine_top, refine_epochs=args.refine_epochs,
-            finetune_epochs=args.finetune_epochs, out=str(out), seed=args.seed,
+            finetune_epochs=args.finetune_epochs, out=str(out), seed=args.seed, progress=not args.smoke,
+            **({"widen_passes": 0} if args.smoke else {}),
         ))
         prune_s = time.perf_counter() - t
         ours_bytes = (out / "model.onnx").read_bytes()

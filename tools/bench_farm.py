@@ -2,6 +2,7 @@
 
     python tools/bench_farm.py                       # about 12 minutes on a 2-core VM
     python tools/bench_farm.py --device-seconds 5 --agents 1,2,4,8,16
+    python tools/bench_farm.py --smoke      # a tiny net on sklearn's digits, 1 and 2 agents, no Ray (seconds)
 
 The model is the demo's MobileNetV2 trained on Fashion-MNIST (3x32x32, trained once and cached).
 Latency comes from the ``simulated`` device (profiles/simulated.yaml): a fixed function of the
@@ -44,6 +45,9 @@ from edgeprune.search.nsga import run_nsga2
 from edgeprune.space import ChannelSpace
 from edgeprune.targets import load_profile
 from edgeprune.task import Classification, Recipe
+
+sys.path.insert(0, str(Path(__file__).parent))
+from smoke import SMOKE_MODEL, SMOKE_NOTE  # noqa: E402
 
 
 def start_agents(count: int) -> list[tuple[subprocess.Popen, str]]:
@@ -118,7 +122,7 @@ def coordinator_parts(space, shape: tuple[int, ...], folder: Path, count: int = 
     return statistics.median(export_s), cache_s
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device-seconds", type=float, default=4.0, help="how long one measurement holds an agent (default 4)")
     ap.add_argument("--agents", default="1,2,4,8", help="agent counts to run (default 1,2,4,8)")
@@ -128,14 +132,22 @@ def main() -> None:
     ap.add_argument("--holdout", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray rows")
-    args = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true",
+                    help=f"a tiny residual net (random weights) on sklearn's digits at 3x16x16, 1 and 2 agents, 0.05 s per measurement, no Ray ({SMOKE_NOTE})")
+    args = ap.parse_args(argv)
+    model_name, shape_text, data_name, weights = DEMO_MODEL, DEMO_SHAPE, "fashion-mnist", None
+    if args.smoke:
+        args.agents, args.device_seconds, args.population, args.generations, args.holdout, args.no_ray = "1,2", 0.05, 4, 1, 100, True
+        model_name, shape_text, data_name = SMOKE_MODEL, "3x16x16", "digits"
+        print(SMOKE_NOTE)
     counts = [int(n) for n in args.agents.split(",")]
 
     torch.manual_seed(args.seed)
-    weights = demo_weights(args.seed, progress=False)
-    data = load_data("fashion-mnist", input_shape=parse_shape(DEMO_SHAPE), holdout=args.holdout, seed=args.seed)
-    model, spec = load_model(DEMO_MODEL, num_classes=10, weights=str(weights))
-    space = ChannelSpace(model, parse_shape(DEMO_SHAPE), 16, model_spec=spec)
+    if not args.smoke:
+        weights = str(demo_weights(args.seed, progress=False))
+    data = load_data(data_name, input_shape=parse_shape(shape_text), holdout=args.holdout, seed=args.seed)
+    model, spec = load_model(model_name, num_classes=10, weights=weights)
+    space = ChannelSpace(model, parse_shape(shape_text), 16, model_spec=spec)
     task = Classification(data, Recipe(0.01, 128, 0.5, 4.0, progress=False), seed=args.seed)
 
     folder = Path(tempfile.mkdtemp(prefix="bench-farm-"))
@@ -154,7 +166,7 @@ def main() -> None:
 
     base = results[counts[0]]
     print(f"\n## Search throughput vs agents (simulated device, {args.device_seconds:g} s per measurement; "
-          f"NSGA-II population {args.population}, {args.generations} generations, MobileNetV2 / Fashion-MNIST 3x32x32)\n")
+          f"NSGA-II population {args.population}, {args.generations} generations, {model_name} / {data_name} {shape_text})\n")
     print("| agents | candidates | search wall (s) | candidates / hour | speed-up vs 1 | measurements per agent | same candidates as 1 agent |")
     print("|---:|---:|---:|---:|---:|---|---|")
     for n in counts:
@@ -184,7 +196,7 @@ def main() -> None:
 
     device_s = statistics.median(results[max(counts)]["device_s"])
     per_gen = base["per_generation"]
-    export_s, cache_s = coordinator_parts(space, parse_shape(DEMO_SHAPE), folder)
+    export_s, cache_s = coordinator_parts(space, parse_shape(shape_text), folder, count=2 if args.smoke else 10)
     print("\n## A larger farm, modelled on these measurements\n")
     print(f"Measured: one measurement holds an agent {device_s:.2f} s (median, HTTP included); the coordinator "
           f"spends {coordinator_s:.3f} s per candidate scoring here (shrink, ONNX export, adaptive-BN accuracy: the "

@@ -3,6 +3,7 @@ and feature selection (EvoPruneDeepTL), a pruned spiking VGG (CCSRP), 2:4 weight
 
     python tools/bench_seeds.py --work /tmp/seeds   # all rows, about an hour on a 2-core VM
     python tools/bench_seeds.py --rows head         # any of: head, features, snn, sparsity
+    python tools/bench_seeds.py --smoke             # every row on sklearn's digits, tiny epochs, 4 candidates (seconds)
 
 Transfer rows (``--mode head`` and ``--mode features``), as a user runs them (the CLI): the model
 trained on Fashion-MNIST classes 0-4 (the source), its head trained afresh on classes 5-9 with the
@@ -69,16 +70,31 @@ from edgeprune.training import evaluate
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_vs_uniform import uniform_prune
+from smoke import SMOKE_MODEL, SMOKE_NOTE, smoke_profile_file
 from timing import blob_digest, time_alternating
 
 HOLDOUT = 2000
+DATA = "fashion-mnist"  # --smoke: digits, resized to 28x28 (GREY) for the transfer and spiking rows
+GREY = None
+SEARCH = ["--population", "12", "--generations", "5"]
+TARGET = "x86-cpu"
+IN_PROCESS = False  # --smoke: the CLI's main() in this process (no interpreter start per command)
+
+
+def _data_args() -> list[str]:
+    return [] if GREY is None else ["--input-shape", "x".join(map(str, GREY))]
 
 
 def sparsity_row(epochs: float, seed: int) -> dict:
     pattern = parse_sparsity("2:4")
-    shape = parse_shape(DEMO_SHAPE)
-    data = load_data("fashion-mnist", input_shape=shape, holdout=5000, seed=seed)
-    dense, _ = load_model(DEMO_MODEL, num_classes=10, weights=str(demo_weights(seed, progress=False)))
+    if IN_PROCESS:  # smoke: a tiny residual net with random weights
+        shape = (3, 16, 16)
+        data = load_data(DATA, input_shape=shape, holdout=100, seed=seed)
+        dense, _ = load_model(SMOKE_MODEL, num_classes=10)
+    else:
+        shape = parse_shape(DEMO_SHAPE)
+        data = load_data(DATA, input_shape=shape, holdout=5000, seed=seed)
+        dense, _ = load_model(DEMO_MODEL, num_classes=10, weights=str(demo_weights(seed, progress=False)))
     model = copy.deepcopy(dense)
     before = evaluate(dense, data.test)
     layers = apply(model, pattern)
@@ -104,19 +120,19 @@ def transfer_row(args, work: Path, mode: str) -> dict:
     model, _, full = TRANSFER[mode]
     work = work / mode
     source, target, out = work / "source.pt", work / "target.pt", work / "pruned"
-    common = ["--holdout", str(HOLDOUT), "--seed", str(args.seed), "--no-progress"]
+    common = ["--holdout", str(HOLDOUT), "--seed", str(args.seed), "--no-progress", *_data_args()]
     if not source.exists():
-        _cli("train", model, "--data", "fashion-mnist@0-4", "--epochs", str(args.source_epochs), "--out", str(source), *common)
+        _cli("train", model, "--data", f"{DATA}@0-4", "--epochs", str(args.source_epochs), "--out", str(source), *common)
     if not target.exists():
-        _cli("train", model, "--data", "fashion-mnist@5-9", "--epochs", str(args.head_epochs), "--weights", str(source), "--freeze-backbone", "--out", str(target), *common)
+        _cli("train", model, "--data", f"{DATA}@5-9", "--epochs", str(args.head_epochs), "--weights", str(source), "--freeze-backbone", "--out", str(target), *common)
     speedup = args.head_speedup if mode == "head" else args.speedup
     if not (out / "report.json").exists():
-        _cli("prune", model, "--weights", str(target), "--data", "fashion-mnist@5-9", "--mode", mode, "--speedup", str(speedup),
-             "--population", "12", "--generations", "5", "--finetune-epochs", str(args.finetune_epochs), "--out", str(out), "--no-cache", *common)
+        _cli("prune", model, "--weights", str(target), "--data", f"{DATA}@5-9", "--mode", mode, "--speedup", str(speedup), "--target", TARGET,
+             *SEARCH, "--finetune-epochs", str(args.finetune_epochs), "--out", str(out), "--no-cache", *common)
     report = json.loads((out / "report.json").read_text())
     dense, _ = load_model(model, num_classes=5, weights=str(target))
     pruned = load_pruned(out / "plan.json", out / "state_dict.pt", trust_code=True)
-    data = load_data("fashion-mnist@5-9", holdout=HOLDOUT, seed=args.seed)
+    data = load_data(f"{DATA}@5-9", input_shape=GREY, holdout=HOLDOUT, seed=args.seed)
     control = _fine_tuned(dense, data, args.finetune_epochs, args.seed)
     latency = _timed({"dense": dense, "pruned": pruned}, (1, 1, 28, 28))
     (kept,) = report["pruned"]["group_widths"].values()
@@ -133,19 +149,19 @@ def snn_row(args, work: Path) -> dict:
     model = "edgeprune.snn:spiking_vgg"
     work = work / "snn"
     trained, out = work / "snn.pt", work / "pruned"
-    common = ["--holdout", str(HOLDOUT), "--seed", str(args.seed), "--no-progress"]
+    common = ["--holdout", str(HOLDOUT), "--seed", str(args.seed), "--no-progress", *_data_args()]
     if not trained.exists():
-        _cli("train", model, "--data", "fashion-mnist", "--epochs", str(args.snn_epochs), "--out", str(trained), *common)
+        _cli("train", model, "--data", DATA, "--epochs", str(args.snn_epochs), "--out", str(trained), *common)
     if not (out / "report.json").exists():
-        _cli("prune", model, "--weights", str(trained), "--data", "fashion-mnist", "--speedup", str(args.snn_speedup), "--population", "12",
-             "--generations", "5", "--refine-top", "3", "--finetune-epochs", str(args.finetune_epochs), "--kd-alpha", str(args.snn_kd_alpha),
+        _cli("prune", model, "--weights", str(trained), "--data", DATA, "--speedup", str(args.snn_speedup), "--target", TARGET, *SEARCH,
+             "--refine-top", "1" if IN_PROCESS else "3", "--finetune-epochs", str(args.finetune_epochs), "--kd-alpha", str(args.snn_kd_alpha),
              "--out", str(out), "--no-cache", *common)
     report = json.loads((out / "report.json").read_text())
     dense, _ = load_model(model, num_classes=10, weights=str(trained))
     pruned = load_pruned(out / "plan.json", out / "state_dict.pt", trust_code=True)
-    data = load_data("fashion-mnist", holdout=HOLDOUT, seed=args.seed)
+    data = load_data(DATA, input_shape=GREY, holdout=HOLDOUT, seed=args.seed)
     shape = (1, 1, 28, 28)
-    profile = load_profile("x86-cpu")
+    profile = load_profile(TARGET)
     profiler = Profiler(profile, use_cache=False)
     anchor = profiler.set_reference("bench-seeds-snn", shape, export_onnx_bytes(dense, shape, profile.opset), recheck=False)
     budget = anchor.median_ms / args.snn_speedup  # the prune's budget, in this run's units
@@ -185,7 +201,7 @@ def _fine_tuned(model, data, epochs: float, seed: int, teacher=None, kd_alpha: f
 
 def _timed(models: dict, shape: tuple[int, ...]) -> dict[str, float]:
     """Median ms of each model's ONNX file, in alternating fresh sessions (x86-cpu), this run."""
-    profile = load_profile("x86-cpu")
+    profile = load_profile(TARGET)
     files = {name: export_onnx(m.eval(), shape, profile.opset) for name, m in models.items()}
     profiler = Profiler(profile, use_cache=False)
     profiler.set_reference("bench-seeds-dense", shape, files["dense"], recheck=False)
@@ -195,12 +211,19 @@ def _timed(models: dict, shape: tuple[int, ...]) -> dict[str, float]:
 
 
 def _cli(*args: str) -> None:
+    if IN_PROCESS:
+        from edgeprune.cli import main as cli_main
+
+        code = cli_main(list(args))
+        if code not in (0, 1):
+            raise SystemExit(f"edgeprune {args[0]} failed with exit code {code}")
+        return
     run = subprocess.run([sys.executable, "-m", "edgeprune", *args], check=False, capture_output=True, text=True)
     if run.returncode not in (0, 1):
         raise SystemExit(f"edgeprune {args[0]} failed: {run.stderr[-2000:]}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="head,features,snn,sparsity", help="rows to measure, comma-separated (default head,features,snn,sparsity)")
     ap.add_argument("--seed", type=int, default=0)
@@ -214,11 +237,27 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=float, default=1.0, help="the prunes' fine-tune, and the controls' (default 1)")
     ap.add_argument("--sparsity-epochs", type=float, default=0.3, help="2:4 row: fine-tune with the masks fixed (default 0.3)")
     ap.add_argument("--work", type=Path, help="keep the rows' models and runs here, and reuse them")
-    args = ap.parse_args()
-    rows = args.rows.split(",")
-    unknown = set(rows) - {"head", "features", "snn", "sparsity"}
+    ap.add_argument("--smoke", action="store_true",
+                    help=f"every row on sklearn's digits, tiny epochs, 4 candidates, the CLI run in this process ({SMOKE_NOTE})")
+    args = ap.parse_args(argv)
+    unknown = set(args.rows.split(",")) - {"head", "features", "snn", "sparsity"}
     if unknown:
         ap.error(f"unknown rows {sorted(unknown)}; choose from head, features, snn, sparsity")
+    if args.smoke:
+        with tempfile.TemporaryDirectory() as folder:
+            global DATA, GREY, SEARCH, TARGET, IN_PROCESS, HOLDOUT
+            DATA, GREY, HOLDOUT, SEARCH, IN_PROCESS = "digits", (1, 28, 28), 100, ["--population", "4", "--generations", "1", "--widen-passes", "0"], True
+            TARGET = smoke_profile_file("x86-cpu", Path(folder))
+            for name in ("source_epochs", "head_epochs", "snn_epochs"):
+                setattr(args, name, 0.2)
+            args.finetune_epochs, args.sparsity_epochs, args.work = 0.05, 0.05, Path(folder) / "work"
+            print(SMOKE_NOTE)
+            return _run(args)
+    return _run(args)
+
+
+def _run(args) -> None:
+    rows = args.rows.split(",")
     torch.manual_seed(args.seed)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-seeds-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from edgeprune.budget import DEFAULT_POLICY
 from edgeprune.errors import UserError
 from edgeprune.profiling.keys import PERCENTILES, graph_key, percentile_ms
 from edgeprune.targets import Profile, load_profile
@@ -56,6 +57,16 @@ class Budget:
     min_robust_accuracy: float | None = None
     robust_accuracy: float | None = None
 
+    # The two parts of the verdict, computed here only: the exit code (GateResult.passed, set by
+    # _judge) and what the table, JUnit, JSON and HTML reports say (GateResult's properties) agree.
+    def latency_met(self, measured_ms: float) -> bool:
+        """At most the budget, equal included: the rule prune and ensemble judge a file by too."""
+        return DEFAULT_POLICY.met(measured_ms, self.budget_ms)
+
+    def robust_met(self) -> bool | None:
+        """At or above min_robust_accuracy; None where robustness is not gated."""
+        return None if self.min_robust_accuracy is None else self.robust_accuracy >= self.min_robust_accuracy
+
 
 @dataclass
 class GateResult:
@@ -70,12 +81,11 @@ class GateResult:
 
     @property
     def robust_passed(self) -> bool | None:
-        b = self.budget
-        return None if b.min_robust_accuracy is None else b.robust_accuracy >= b.min_robust_accuracy
+        return self.budget.robust_met()
 
     @property
     def latency_passed(self) -> bool:
-        return self.measured_ms <= self.budget.budget_ms
+        return self.budget.latency_met(self.measured_ms)
 
     def to_dict(self) -> dict:
         b = self.budget
@@ -365,11 +375,10 @@ def _judge(profiler, b: Budget) -> GateResult:
             fresh, _ = profiler.latency(key, b.shape, lambda: b.onnx_bytes, fresh=True)
             values.append(percentile_ms(fresh, b.percentile))
     measured = statistics.median(values)
-    robust_ok = b.min_robust_accuracy is None or b.robust_accuracy >= b.min_robust_accuracy
     return GateResult(
         budget=b,
         measured_ms=measured,
-        passed=measured <= b.budget_ms and robust_ok,
+        passed=b.latency_met(measured) and b.robust_met() is not False,
         source="cache" if cached else "measured",
         measurements_ms=values,
         stats=stats.to_dict(),

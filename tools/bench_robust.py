@@ -2,6 +2,7 @@
 
     python tools/bench_robust.py                 # about an hour on a 2-core VM
     python tools/bench_robust.py --work DIR      # keep and reuse the runs' folders in DIR
+    python tools/bench_robust.py --smoke         # a tiny residual net on sklearn's digits, every row (seconds)
 
 Rows, each measured in this one run, every file re-timed in alternating fresh sessions with the
 unpruned model (ratios, not absolute times): the unpruned model; (a) accuracy-only search, plain
@@ -32,6 +33,7 @@ import torch
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).parent))
+from smoke import SMOKE_MODEL, SMOKE_NOTE, smoke_profile_file  # noqa: E402
 from timing import time_alternating  # noqa: E402
 
 from edgeprune.data import load_data  # noqa: E402
@@ -51,18 +53,30 @@ from edgeprune.training import evaluate, train  # noqa: E402
 
 SHAPE = (3, 32, 32)
 MODEL = "torchvision:mobilenet_v2"
+DATA = "fashion-mnist"
+HOLDOUT = 2000
+TARGET = "x86-cpu"
 # Held-out images each sub-net attacks for the shared set (5 sub-nets: 1500 adversarial images).
 SHARED_SAMPLES = 300
+TEST_SAMPLES = 1000
+SEARCH = dict(population=12, generations=6, patience=2, refine_top=3, refine_epochs=0.05, widen_passes=1)
+ROBUST: dict = {}  # settings of the runs that measure robustness (b, c, d)
+SUBNETS: dict = {}  # and of those with the robustness objective (c, d)
 
 
-def base_weights(clean_epochs: float, adv_epochs: float, seed: int) -> Path:
+def _side() -> str:
+    return "x".join(map(str, SHAPE))
+
+
+def base_weights(clean_epochs: float, adv_epochs: float, seed: int, folder: Path | None = None) -> Path:
     """MobileNetV2 trained clean, then adversarially (half of each batch PGD), cached."""
-    path = default_cache_path().parent / "bench-robust" / f"mobilenet_v2-e{clean_epochs:g}-adv{adv_epochs:g}-s{seed}.pt"
+    name = "mobilenet_v2" if MODEL == "torchvision:mobilenet_v2" else f"{MODEL.replace(':', '-')}-{DATA}-{_side()}"
+    path = (folder or default_cache_path().parent / "bench-robust") / f"{name}-e{clean_epochs:g}-adv{adv_epochs:g}-s{seed}.pt"
     if path.exists():
         print(f"reusing {path}")
         return path
     torch.manual_seed(seed)
-    data = load_data("fashion-mnist", input_shape=SHAPE, holdout=2000, seed=seed)
+    data = load_data(DATA, input_shape=SHAPE, holdout=HOLDOUT, seed=seed)
     model, _ = load_model(MODEL, num_classes=10)
     train(model, data.train, clean_epochs, lr=0.05, seed=seed, description="train clean")
     if adv_epochs > 0:
@@ -78,12 +92,12 @@ def prune(out: Path, weights: Path, args, **overrides) -> dict:
         print(f"reusing {out}")
         return json.loads((out / "report.json").read_text())
     settings = dict(
-        model=MODEL, weights=str(weights), num_classes=10, data="fashion-mnist", input_shape="3x32x32", target="x86-cpu",
-        speedup=2.0, population=12, generations=6, patience=2, holdout=2000, refine_top=3, refine_epochs=0.05,
-        widen_passes=1, finetune_epochs=args.finetune_epochs, seed=args.seed, out=str(out),
+        model=MODEL, weights=str(weights), num_classes=10, data=DATA, input_shape=_side(), target=TARGET,
+        speedup=2.0, **SEARCH, holdout=HOLDOUT, finetune_epochs=args.finetune_epochs, seed=args.seed, out=str(out),
         cache=str(args.work / "latency.sqlite"), progress=args.progress,
     )
-    return run_prune(PruneConfig(**(settings | overrides)))
+    robust = overrides.get("adv_finetune") or "robustness" in overrides.get("objectives", "")
+    return run_prune(PruneConfig(**(settings | (ROBUST if robust else {}) | overrides)))
 
 
 def ceiling(unpruned, data, args):
@@ -103,10 +117,10 @@ def ceiling(unpruned, data, args):
 
 def spearman(report: dict, weights: Path, args, samples: int = 12) -> dict:
     """Shared-set robust accuracy vs a PGD attack on each candidate, on the same held-out images."""
-    data = load_data("fashion-mnist", input_shape=SHAPE, holdout=2000, seed=args.seed)
-    model, _ = load_model(MODEL, num_classes=10, weights=str(weights))
-    profile = load_profile("x86-cpu")
-    space = ChannelSpace(model, SHAPE, profile.channel_step, model_spec={"kind": "torchvision", "spec": MODEL, "num_classes": 10})
+    data = load_data(DATA, input_shape=SHAPE, holdout=HOLDOUT, seed=args.seed)
+    model, spec = load_model(MODEL, num_classes=10, weights=str(weights))
+    profile = load_profile(TARGET)
+    space = ChannelSpace(model, SHAPE, profile.channel_step, model_spec=spec)
     robust = RobustPruning(Attack(), data, samples=SHARED_SAMPLES, seed=args.seed, progress=args.progress)
     calib = data.train.subset(512, seed=args.seed)
     batches = [x for x, _ in calib.batches(128)]
@@ -137,39 +151,61 @@ def main(argv=None) -> int:
     ap.add_argument("--members", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", dest="progress", action="store_false")
+    ap.add_argument("--smoke", action="store_true",
+                    help=f"a tiny residual net on sklearn's digits at 3x16x16, every row, 4 candidates, 2 members, 40 attacked images ({SMOKE_NOTE})")
     args = ap.parse_args(argv)
+    if args.smoke:
+        with tempfile.TemporaryDirectory() as folder:
+            global MODEL, SHAPE, DATA, HOLDOUT, TARGET, SHARED_SAMPLES, TEST_SAMPLES, SEARCH, ROBUST, SUBNETS
+            MODEL, SHAPE, DATA, HOLDOUT, SHARED_SAMPLES, TEST_SAMPLES = SMOKE_MODEL, (3, 16, 16), "digits", 100, 40, 40
+            SEARCH = dict(population=4, generations=1, patience=0, refine_top=1, refine_epochs=0.01, widen_passes=0)
+            ROBUST, SUBNETS = dict(robust_test_samples=40), dict(adv_subnets=2)
+            TARGET = smoke_profile_file("x86-cpu", Path(folder))
+            args.work, args.clean_epochs, args.adv_epochs, args.finetune_epochs, args.members, args.progress = Path(folder) / "work", 0.2, 0.05, 0.05, 2, False
+            print(SMOKE_NOTE)
+            return _run(args, Path(folder))
+    return _run(args)
+
+
+def _run(args, weights_folder: Path | None = None) -> int:
     args.work = args.work or Path(tempfile.mkdtemp(prefix="bench-robust-"))
     args.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    weights = base_weights(args.clean_epochs, args.adv_epochs, args.seed)
+    weights = base_weights(args.clean_epochs, args.adv_epochs, args.seed, weights_folder)
     runs = {
         "a": prune(args.work / "a", weights, args),
         "b": prune(args.work / "b", weights, args, adv_finetune=True),
-        "c": prune(args.work / "c", weights, args, adv_finetune=True, objectives="accuracy,latency,robustness", adv_samples=SHARED_SAMPLES),
+        "c": prune(args.work / "c", weights, args, adv_finetune=True, objectives="accuracy,latency,robustness", adv_samples=SHARED_SAMPLES, **SUBNETS),
     }
     budget_ms = runs["c"]["budget_ms"]
     # The ensemble's front: the same robust search at a third of the budget, members fine-tuned by `ensemble`.
-    prune(args.work / "d", weights, args, speedup=2.0 * args.members, adv_finetune=True, objectives="accuracy,latency,robustness", adv_samples=SHARED_SAMPLES,
+    # --smoke: a looser budget and a larger population, so that the tiny net's front holds the members.
+    front = dict(speedup=1.5, population=8) if args.smoke else dict(speedup=2.0 * args.members)
+    prune(args.work / "d", weights, args, **front, adv_finetune=True, objectives="accuracy,latency,robustness", adv_samples=SHARED_SAMPLES, **SUBNETS,
           finetune_epochs=0.0, refine_epochs=0.0, widen_passes=0)
     if not (args.work / "d" / "ensemble" / "ensemble.json").exists():
         from edgeprune.ensemble import EnsembleConfig, run_ensemble
 
-        run_ensemble(EnsembleConfig(str(args.work / "d"), members=args.members, budget_ms=budget_ms, weights=str(weights),
-                                    finetune_epochs=args.finetune_epochs, cache=str(args.work / "latency.sqlite"), progress=args.progress))
+        # --smoke: the tiny net's front at a loose budget cannot fit (c)'s; a budget it fits, the same code path.
+        together = budget_ms * 2 * args.members if args.smoke else budget_ms
+        run_ensemble(EnsembleConfig(str(args.work / "d"), members=args.members, budget_ms=together, weights=str(weights),
+                                    finetune_epochs=args.finetune_epochs, cache=str(args.work / "latency.sqlite"), progress=args.progress,
+                                    robust_test_samples=TEST_SAMPLES, trust_model_code=args.smoke))
 
-    data = load_data("fashion-mnist", input_shape=SHAPE, holdout=2000, seed=args.seed)
-    robust = RobustPruning(Attack(), data, test_samples=1000, seed=args.seed, progress=args.progress)
+    data = load_data(DATA, input_shape=SHAPE, holdout=HOLDOUT, seed=args.seed)
+    robust = RobustPruning(Attack(), data, test_samples=TEST_SAMPLES, seed=args.seed, progress=args.progress)
     unpruned, _ = load_model(MODEL, num_classes=10, weights=str(weights))
     models = {"unpruned": unpruned.eval()}
     for key in ("a", "b", "c"):
-        models[key] = load_pruned(args.work / key / "plan.json", args.work / key / "state_dict.pt")
+        # --smoke's model is a factory in tools/smoke.py; its plans are this run's own, in its temporary folder.
+        models[key] = load_pruned(args.work / key / "plan.json", args.work / key / "state_dict.pt", trust_code=args.smoke)
     models["ceiling"] = ceiling(unpruned, data, args)
     folder = args.work / "d" / "ensemble"
-    members = [load_pruned(folder / f"member-{i}.plan.json", folder / f"member-{i}.state_dict.pt") for i in range(1, args.members + 1)]
+    members = [load_pruned(folder / f"member-{i}.plan.json", folder / f"member-{i}.state_dict.pt", trust_code=args.smoke) for i in range(1, args.members + 1)]
     models["ensemble"] = SoftmaxEnsemble(members).eval()
 
-    profile = load_profile("x86-cpu")
+    profile = load_profile(TARGET)
     shape = (profile.batch, *SHAPE)
     files = {name: export_onnx(m, shape, profile.opset) for name, m in models.items()}
     profiler = Profiler(profile, use_cache=False)
@@ -194,9 +230,9 @@ def main(argv=None) -> int:
             "macs": sum(macs_and_params(m, SHAPE)[0] for m in members) if name == "ensemble" else macs_and_params(model, SHAPE)[0],
         })
         print(f"scored {name}")
-    rank = spearman(runs["c"], weights, args)
+    rank = spearman(runs["c"], weights, args, samples=4 if args.smoke else 12)
 
-    print(f"\nMobileNetV2, Fashion-MNIST 3x32x32, x86-cpu, budget 0.5x the unpruned model; fine-tune {args.finetune_epochs:g} epoch "
+    print(f"\n{MODEL}, {DATA} {_side()}, {TARGET if not args.smoke else 'x86-cpu (smoke protocol)'}, budget 0.5x the unpruned model; fine-tune {args.finetune_epochs:g} epoch "
           f"(KD); PGD Linf 8/255, 10 steps, 2/255; {time.perf_counter() - t0:.0f} s")
     print(f"{'model':<52}{'x unpruned':>11}{'meets':>7}{'test acc':>10}{'robust acc':>12}{'MMACs':>8}")
     for r in rows:

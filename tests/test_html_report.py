@@ -341,7 +341,8 @@ PROBE = (
     'addEventListener("load",()=>{const box=e=>{const b=e.getBBox();return [b.width,b.height]};'
     'const charts=[...document.querySelectorAll("svg.chart")].map(s=>({id:s.id,children:s.childElementCount,box:box(s)}));'
     'const pick=document.getElementById("pick-final");'
-    'const r={charts,pick:pick?{text:pick.textContent,box:box(pick)}:null,load_ms:performance.now()};'
+    'const r={charts,pick:pick?{text:pick.textContent,box:box(pick)}:null,load_ms:performance.now(),'
+    'elements:document.getElementsByTagName("*").length};'
     'document.documentElement.setAttribute("data-probe",JSON.stringify(r));console.log("edgeprune-probe")});'
 )
 
@@ -387,7 +388,8 @@ def _not_blank(shot: Path) -> int:
 
 def test_report_renders_in_a_headless_browser_offline(folder, tmp_path):
     """No console message but the probe's own (a blocked load or script would be one), every
-    chart laid out with content, the pick's final accuracy on screen, opened in under 2 s."""
+    chart laid out with content, the pick's final accuracy on screen, a page light enough to open
+    at once."""
     page = write_report_html(folder)
     probe, console, shot = _browser(page, tmp_path, "report-screenshot.png", 2400)
     assert len(console) == 1 and "edgeprune-probe" in console[0], console
@@ -396,7 +398,16 @@ def test_report_renders_in_a_headless_browser_offline(folder, tmp_path):
     assert all(c["children"] > 5 and min(c["box"]) > 50 for c in charts.values()), charts
     final = f"{100 * json.loads((folder / 'report.json').read_text())['pruned']['accuracy']:.2f} %"
     assert probe["pick"] and final in probe["pick"]["text"] and min(probe["pick"]["box"]) > 5
-    assert probe["load_ms"] < 2000 and page.stat().st_size < 5_000_000
+    # Opens fast, by what opening costs rather than by a clock: the page is static HTML and SVG
+    # with no script, so its open time is parsing and laying out its elements. Measured here
+    # (chromium, busy 2-core VM), copies of this page's body opened at the load event in 70-90 ms
+    # (544 elements, 30 kB), 125-180 ms (5.4k), 0.5-0.7 s (21k) and 1.5 s (86k, 4.3 MB). A tiny
+    # model's page has about 550 elements; 2,000 keeps it near a tenth of a second, and a page
+    # that renders every evaluation, or a table many times over, crosses it. (A 2 s bound on
+    # load_ms, as before, was a bound on the machine: printed, never asserted.)
+    size = page.stat().st_size
+    print(f"report.html: {probe['elements']} elements, {size} bytes, load event at {probe['load_ms']:.0f} ms")
+    assert probe["elements"] <= 2000 and size <= 200_000
     assert _not_blank(shot) > 30
 
 

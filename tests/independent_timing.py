@@ -47,3 +47,17 @@ def paired_ratio(model: Path, reference: Path, pairs: int = 9, runs: int = 200, 
         b = _session_median_ms(second, runs, warmup)
         ratios.append(a / b if first == model else b / a)
     return statistics.median(ratios)
+
+
+def ratio_check(ratios: list[float], allowed: float = 0.05) -> tuple[float, float]:
+    """``(median ratio, bound)`` of paired ratios that should be 1: the median's log must be within
+    ``log(1 + allowed)`` plus three standard errors of the median, estimated from the ratios' own
+    scatter (1.4826 x their median absolute log-deviation; 1.25 sigma / sqrt(n)). A fixed band
+    is either too tight for a busy machine or blind on a quiet one; this one widens only with the
+    scatter the test itself measured. Assert ``abs(log(median)) <= log(bound)``."""
+    import math
+
+    logs = [math.log(r) for r in ratios]
+    centre = statistics.median(logs)
+    sigma = 1.4826 * statistics.median(abs(x - centre) for x in logs)  # one stalled session barely moves it
+    return math.exp(centre), math.exp(math.log1p(allowed) + 3 * 1.25 * sigma / math.sqrt(len(logs)))

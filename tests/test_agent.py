@@ -12,13 +12,13 @@ import json
 import math
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 
 import pytest
+from independent_timing import ratio_check
 from torch_block import BLOCK_TORCH
 import yaml
 import torch
@@ -421,12 +421,9 @@ def test_remote_and_local_time_alike_within_5_percent_and_the_sampling_error(age
             ratios.append(a / b if first is remote else b / a)
     finally:
         local.close()
-    logs = [math.log(r) for r in ratios]
-    centre = statistics.median(logs)
-    sigma = 1.4826 * statistics.median(abs(x - centre) for x in logs)  # robust: one stalled session barely moves it
-    bound = math.log(1.05) + 3 * 1.25 * sigma / math.sqrt(len(logs))
-    print(f"remote/local: median ratio {math.exp(centre):.3f}, bound {math.exp(bound):.3f}x, of {[round(r, 3) for r in ratios]}")
-    assert abs(centre) <= bound
+    centre, bound = ratio_check(ratios, allowed=0.05)
+    print(f"remote/local: median ratio {centre:.3f}, bound {bound:.3f}x, of {[round(r, 3) for r in ratios]}")
+    assert abs(math.log(centre)) <= math.log(bound)
 
 
 def test_profile_command_with_an_agent_profile_measures_on_the_agent(agent, onnx_bytes, tmp_path, monkeypatch, capsys):

@@ -22,15 +22,16 @@ from edgeprune.transfer import freeze_backbone as freeze_backbone_of
 DEMO_MODEL = "torchvision:mobilenet_v2"
 DEMO_SHAPE = "3x32x32"
 DEMO_EPOCHS = 0.5
-# The demo's job, sized so that training, search and export finish within 10 minutes on a 2-core
-# VM (docs/benchmarks.md has the measured wall times; a training epoch alone takes about 4 min
-# there): a small population that stops when the front settles, a 2000-image holdout for the
-# proxy (it only ranks candidates; the short tune re-ranks the shortlist), two short tunes, no
-# widening (it measures every group once more and re-confirms: about a minute here), 0.7 epoch
-# of final distillation (on the pruned network, about 1.5 min).
+# The demo's job, sized so that training, search and export finish within 8 minutes on a 2-core
+# VM (docs/benchmarks.md has the measured wall times; half an epoch of training takes about 2 min
+# there, and one search evaluation of this model 5-11 s depending on the VM): a small population
+# that stops when the front settles, a 1000-image holdout for the proxy (it only ranks
+# candidates; the short tune re-ranks the shortlist), two short tunes, no widening (it measures
+# every group once more and re-confirms: about a minute here), half an epoch of final
+# distillation (on the pruned network, about 1.2 min).
 DEMO_SEARCH = dict(
-    population=10, generations=5, patience=2, holdout=2000,
-    refine_top=2, refine_epochs=0.05, widen_passes=0, finetune_epochs=0.7,
+    population=8, generations=3, patience=2, holdout=1000,
+    refine_top=2, refine_epochs=0.05, widen_passes=0, finetune_epochs=0.5,
 )
 
 

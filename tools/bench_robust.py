@@ -62,6 +62,7 @@ TEST_SAMPLES = 1000
 SEARCH = dict(population=12, generations=6, patience=2, refine_top=3, refine_epochs=0.05, widen_passes=1)
 ROBUST: dict = {}  # settings of the runs that measure robustness (b, c, d)
 SUBNETS: dict = {}  # and of those with the robustness objective (c, d)
+ATTACK = Attack()  # PGD as the prune's defaults (--smoke: 2 steps)
 
 
 def _side() -> str:
@@ -80,7 +81,7 @@ def base_weights(clean_epochs: float, adv_epochs: float, seed: int, folder: Path
     model, _ = load_model(MODEL, num_classes=10)
     train(model, data.train, clean_epochs, lr=0.05, seed=seed, description="train clean")
     if adv_epochs > 0:
-        robust = RobustPruning(Attack(), data, seed=seed)
+        robust = RobustPruning(ATTACK, data, seed=seed)
         train(model, data.train, adv_epochs, lr=0.02, seed=seed + 1, description="train adversarially", adversary=robust.adversary(), adv_ratio=0.5)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
@@ -108,7 +109,7 @@ def ceiling(unpruned, data, args):
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
-    robust = RobustPruning(Attack(), data, seed=args.seed)
+    robust = RobustPruning(ATTACK, data, seed=args.seed)
     task = Classification(data, Recipe(0.01, 128, 0.5, 4.0, args.progress, robust.adversary(), 0.5), seed=args.seed)
     task.fine_tune(model, unpruned, args.finetune_epochs, args.seed, "fine-tune unpruned (ceiling)")
     torch.save(model.state_dict(), path)
@@ -121,7 +122,7 @@ def spearman(report: dict, weights: Path, args, samples: int = 12) -> dict:
     model, spec = load_model(MODEL, num_classes=10, weights=str(weights))
     profile = load_profile(TARGET)
     space = ChannelSpace(model, SHAPE, profile.channel_step, model_spec=spec)
-    robust = RobustPruning(Attack(), data, samples=SHARED_SAMPLES, seed=args.seed, progress=args.progress)
+    robust = RobustPruning(ATTACK, data, samples=SHARED_SAMPLES, seed=args.seed, progress=args.progress)
     calib = data.train.subset(512, seed=args.seed)
     batches = [x for x, _ in calib.batches(128)]
     calibrate = lambda m: recalibrate_bn(m, batches)  # noqa: E731
@@ -156,10 +157,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.smoke:
         with tempfile.TemporaryDirectory() as folder:
-            global MODEL, SHAPE, DATA, HOLDOUT, TARGET, SHARED_SAMPLES, TEST_SAMPLES, SEARCH, ROBUST, SUBNETS
+            global MODEL, SHAPE, DATA, HOLDOUT, TARGET, SHARED_SAMPLES, TEST_SAMPLES, SEARCH, ROBUST, SUBNETS, ATTACK
             MODEL, SHAPE, DATA, HOLDOUT, SHARED_SAMPLES, TEST_SAMPLES = SMOKE_MODEL, (3, 16, 16), "digits", 100, 40, 40
             SEARCH = dict(population=4, generations=1, patience=0, refine_top=1, refine_epochs=0.01, widen_passes=0)
-            ROBUST, SUBNETS = dict(robust_test_samples=40), dict(adv_subnets=2)
+            ATTACK = Attack(steps=2)
+            ROBUST, SUBNETS = dict(robust_test_samples=40, attack_steps=ATTACK.steps), dict(adv_subnets=2)
             TARGET = smoke_profile_file("x86-cpu", Path(folder))
             args.work, args.clean_epochs, args.adv_epochs, args.finetune_epochs, args.members, args.progress = Path(folder) / "work", 0.2, 0.05, 0.05, 2, False
             print(SMOKE_NOTE)
@@ -194,7 +196,7 @@ def _run(args, weights_folder: Path | None = None) -> int:
                                     robust_test_samples=TEST_SAMPLES, trust_model_code=args.smoke))
 
     data = load_data(DATA, input_shape=SHAPE, holdout=HOLDOUT, seed=args.seed)
-    robust = RobustPruning(Attack(), data, test_samples=TEST_SAMPLES, seed=args.seed, progress=args.progress)
+    robust = RobustPruning(ATTACK, data, test_samples=TEST_SAMPLES, seed=args.seed, progress=args.progress)
     unpruned, _ = load_model(MODEL, num_classes=10, weights=str(weights))
     models = {"unpruned": unpruned.eval()}
     for key in ("a", "b", "c"):

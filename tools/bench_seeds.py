@@ -76,6 +76,7 @@ from timing import blob_digest, time_alternating
 HOLDOUT = 2000
 DATA = "fashion-mnist"  # --smoke: digits, resized to 28x28 (GREY) for the transfer and spiking rows
 GREY = None
+SNN_SIDE = 28  # --smoke: 12 (the spiking VGG pools its last spikes globally: any side works)
 SEARCH = ["--population", "12", "--generations", "5"]
 TARGET = "x86-cpu"
 IN_PROCESS = False  # --smoke: the CLI's main() in this process (no interpreter start per command)
@@ -149,7 +150,7 @@ def snn_row(args, work: Path) -> dict:
     model = "edgeprune.snn:spiking_vgg"
     work = work / "snn"
     trained, out = work / "snn.pt", work / "pruned"
-    common = ["--holdout", str(HOLDOUT), "--seed", str(args.seed), "--no-progress", *_data_args()]
+    common = ["--holdout", str(HOLDOUT), "--seed", str(args.seed), "--no-progress", *(["--input-shape", f"1x{SNN_SIDE}x{SNN_SIDE}"] if GREY else [])]
     if not trained.exists():
         _cli("train", model, "--data", DATA, "--epochs", str(args.snn_epochs), "--out", str(trained), *common)
     if not (out / "report.json").exists():
@@ -159,8 +160,8 @@ def snn_row(args, work: Path) -> dict:
     report = json.loads((out / "report.json").read_text())
     dense, _ = load_model(model, num_classes=10, weights=str(trained))
     pruned = load_pruned(out / "plan.json", out / "state_dict.pt", trust_code=True)
-    data = load_data(DATA, input_shape=GREY, holdout=HOLDOUT, seed=args.seed)
-    shape = (1, 1, 28, 28)
+    data = load_data(DATA, input_shape=GREY and (1, SNN_SIDE, SNN_SIDE), holdout=HOLDOUT, seed=args.seed)
+    shape = (1, 1, SNN_SIDE, SNN_SIDE)
     profile = load_profile(TARGET)
     profiler = Profiler(profile, use_cache=False)
     anchor = profiler.set_reference("bench-seeds-snn", shape, export_onnx_bytes(dense, shape, profile.opset), recheck=False)
@@ -245,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"unknown rows {sorted(unknown)}; choose from head, features, snn, sparsity")
     if args.smoke:
         with tempfile.TemporaryDirectory() as folder:
-            global DATA, GREY, SEARCH, TARGET, IN_PROCESS, HOLDOUT
+            global DATA, GREY, SEARCH, TARGET, IN_PROCESS, HOLDOUT, SNN_SIDE
+            SNN_SIDE = 12
             DATA, GREY, HOLDOUT, SEARCH, IN_PROCESS = "digits", (1, 28, 28), 100, ["--population", "4", "--generations", "1", "--widen-passes", "0"], True
             TARGET = smoke_profile_file("x86-cpu", Path(folder))
             for name in ("source_epochs", "head_epochs", "snn_epochs"):

@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted([*(ROOT / "tools").glob("bench_*.py"), ROOT / "tools" / "zoo_sweep.py"])
 
 NUM = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
+# Smoke runs that prune end to end (several prunes, training, a detector): a minute or more on a
+# shared 2-core machine, so out of the quick loop (`-m "not slow"`); CI runs them.
+SLOW = {"bench_depth", "bench_detection", "bench_robust", "bench_seeds", "bench_vs_uniform"}
 
 # script: [(words the table's header line holds, a regex of one of its rows: every group a number)]
 TABLES = {
@@ -70,7 +73,7 @@ def test_every_bench_script_is_found():
     assert {p.stem for p in SCRIPTS} >= {"bench_ab", "bench_gmacs", "bench_profiler", "zoo_sweep"}
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("script", [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if p.stem in SLOW else []) for p in SCRIPTS])
 def test_smoke_run_prints_its_table(script: Path):
     run = subprocess.run(
         [sys.executable, str(script), "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False,

@@ -556,7 +556,9 @@ def _read_headers(file_lists: list[list[Path]]) -> dict[Path, tuple[str, tuple[i
             try:
                 with Image.open(path) as img:
                     headers[path] = (img.mode, img.size)
-            except (UnidentifiedImageError, OSError) as exc:
+            except (UnidentifiedImageError, OSError, ImportError) as exc:
+                # ImportError: once ultralytics is imported (--task detection, or the same Python
+                # process), its patched Image.open tries a HEIF plugin on a file PIL cannot read.
                 raise UserError(f"cannot read image {path} ({exc}); fix or remove it") from exc
     return headers
 

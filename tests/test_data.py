@@ -275,6 +275,17 @@ def test_imagefolder_errors_name_path_and_layout(tmp_path, damage, message):
     assert str(root) in str(info.value)
 
 
+def test_an_unreadable_image_is_one_line_also_once_ultralytics_patched_pil(tmp_path):
+    """ultralytics replaces PIL's Image.open when imported (a detection run, or any test before
+    this one): on a file PIL cannot read, its version tries to import a HEIF plugin instead."""
+    pytest.importorskip("ultralytics.utils.patches")  # importing it applies the patch
+    root = tmp_path / "data"
+    make_folder(root)
+    (root / "train" / "cat" / "x.png").write_bytes(b"no")
+    with pytest.raises(UserError, match="cannot read image"):
+        load_data(f"imagefolder:{root}")
+
+
 def test_imagefolder_empty_path():
     with pytest.raises(UserError, match="imagefolder: needs a path"):
         load_data("imagefolder:")

@@ -62,7 +62,7 @@ def test_prune_output_has_manifest_card_and_measured_metadata(pruned_out):
     assert manifest["models"]["engine"] is None and manifest["models"]["int8"] is None
     assert manifest["versions"]["torch"] == version("torch") and manifest["versions"]["onnx"] == onnx.__version__
     assert manifest["versions"]["onnxruntime"] == ort.__version__ and "tensorrt" in manifest["versions"]
-    assert manifest["fingerprint"] == report["fingerprint"] and manifest["input"]["shape"] == [1, 1, 8, 8]
+    assert manifest["fingerprint"] == report["fingerprint"] and manifest["input"]["shape"] == [1, 1, 16, 16]
     fp32 = manifest["models"]["fp32"]
     assert fp32["latency_ms"] == report["pruned"]["latency_ms"]
     meta = onnx.load(out / "model.onnx").metadata_props
@@ -71,7 +71,7 @@ def test_prune_output_has_manifest_card_and_measured_metadata(pruned_out):
     assert json.loads(meta["latency_ms"])["p99"] == report["pruned"]["latency_ms"]["p99"]
     assert json.loads(meta["fingerprint"]) == report["fingerprint"]
     assert json.loads(meta["class_names"]) == [str(d) for d in range(10)]
-    assert meta["input_name"] == "input" and meta["input_shape"] == "1x1x8x8" and meta["precision"] == "fp32"
+    assert meta["input_name"] == "input" and meta["input_shape"] == "1x1x16x16" and meta["precision"] == "fp32"
     assert meta["plan_sha256_16"] == manifest["plan_sha256_16"] == report["export"]["plan_sha256_16"]
     card = (out / "MODEL_CARD.md").read_text()
     for section in ("## Intended use", "## Data", "## Metrics", "## Latency per target", "## Caveats"):
@@ -167,9 +167,9 @@ def test_export_dynamic_batch_and_opset(out_copy):
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {18}
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert session.run(None, {"input": np.zeros((5, 1, 8, 8), np.float32)})[0].shape == (5, 10)
+    assert session.run(None, {"input": np.zeros((5, 1, 16, 16), np.float32)})[0].shape == (5, 10)
     manifest = _check_manifest(out)
-    assert manifest["input"]["shape"] == [None, 1, 8, 8] and manifest["models"]["fp32"]["parity_vs_torch"]["top1_agreement"] == 1.0
+    assert manifest["input"]["shape"] == [None, 1, 16, 16] and manifest["models"]["fp32"]["parity_vs_torch"]["top1_agreement"] == 1.0
 
 
 @pytest.mark.parametrize(

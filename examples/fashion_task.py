@@ -61,7 +61,7 @@ class FashionTask:
     metric = "balanced accuracy"
 
     def __init__(self, train_items: int = 12000, holdout_items: int = 2000, seed: int = 0):
-        from edgeprune.data import load_data
+        from edgeprune.tasks.data import load_data
 
         data = load_data("fashion-mnist", holdout=1, seed=seed)
         gen = torch.Generator().manual_seed(seed)

@@ -61,7 +61,7 @@ class SegmentationTask:
     metric = "mIoU"
 
     def __init__(self, train_items: int = 3000, holdout_items: int = 500, test_items: int = 500, seed: int = 0):
-        from edgeprune.data import load_data
+        from edgeprune.tasks.data import load_data
 
         data = load_data("fashion-mnist", holdout=1, seed=seed)
         self.train = compose(data.train.images, data.train.labels, train_items, seed)

@@ -23,7 +23,7 @@ import numpy as np
 from edgeprune.errors import UserError
 
 if TYPE_CHECKING:  # the CLI reads DEFAULT_CALIBRATION_SAMPLES without importing torch
-    from edgeprune.data import Split
+    from edgeprune.tasks.data import Split
 
 # NNCF's own default calibration size: enough for stable activation ranges on CNNs.
 DEFAULT_CALIBRATION_SAMPLES = 300

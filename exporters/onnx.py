@@ -17,8 +17,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from edgeprune import outputs
-from edgeprune.data import Split
+from edgeprune.tasks import outputs
+from edgeprune.tasks.data import Split
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 
 INPUT_NAME = "input"

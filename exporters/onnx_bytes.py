@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from edgeprune import outputs
+from edgeprune.tasks import outputs
 
 
 def export_onnx_bytes(
@@ -25,7 +25,7 @@ def export_onnx_bytes(
     """ONNX serialisation of ``model`` in eval mode for a fixed ``input_shape``.
 
     A classifier's one output is named ``logits``; a model returning a tuple or dict gets one
-    ONNX output per tensor, named by :func:`edgeprune.outputs.names`.
+    ONNX output per tensor, named by :func:`edgeprune.tasks.outputs.names`.
 
     Every module's training flag is restored afterwards (not just the root's), so exporting in
     the middle of fine-tuning leaves e.g. deliberately frozen BatchNorm layers as they were.

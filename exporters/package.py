@@ -17,20 +17,20 @@ import torch
 from torch import nn
 
 import edgeprune
-from edgeprune.data import DataBundle, Split
+from edgeprune.tasks.data import DataBundle, Split
 from edgeprune.exporters.files import atomic_write_all
 from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES, INT8_FORMATS, INT8_METHODS, QDQ_FORMATS, calibration_items, nncf_available, quantize_int8
 from edgeprune.exporters.manifest import MANIFEST, MODEL_CARD, REPORT, build_manifest
 from edgeprune.profiling.keys import graph_key
-from edgeprune.report_schema import check_report
+from edgeprune.report.schema import check_report
 from edgeprune.exporters.model_card import render_model_card
 from edgeprune.exporters.onnx import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, OnnxModule, export_onnx, onnx_accuracy, parity, with_metadata
-from edgeprune import outputs
+from edgeprune.tasks import outputs
 from edgeprune.profiling.fingerprint import fingerprint_hash
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.progress import console, progress_bar
-from edgeprune.targets import Profile
+from edgeprune.profiling.targets import Profile
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"

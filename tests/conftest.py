@@ -19,13 +19,13 @@ def tiny_problem(tmp_path):
     import torch
     from tiny_models import TinyResNet
 
-    from edgeprune.data import load_data
-    from edgeprune.latency import ProfiledLatency
-    from edgeprune.problem import PruningProblem
+    from edgeprune.tasks.data import load_data
+    from edgeprune.problem.latency import ProfiledLatency
+    from edgeprune.problem.pruning import PruningProblem
     from edgeprune.profiling.profiler import Profiler
-    from edgeprune.space import ChannelSpace
-    from edgeprune.targets import load_profile
-    from edgeprune.task import Classification, Recipe
+    from edgeprune.space.channels import ChannelSpace
+    from edgeprune.profiling.targets import load_profile
+    from edgeprune.tasks.task import Classification, Recipe
 
     torch.manual_seed(0)
     space = ChannelSpace(TinyResNet().eval(), (1, 8, 8), step=16)

@@ -24,7 +24,7 @@ import yaml
 import torch
 from torch import nn
 
-from edgeprune.agent import make_server
+from edgeprune.profiling.agent import make_server
 from edgeprune.errors import UserError
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.profiling.fingerprint import fingerprint_hash, host_fingerprint
@@ -32,7 +32,7 @@ from edgeprune.profiling.isolated import IsolatedOrtBackend
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.remote import RemoteBackend
 from edgeprune.profiling.stats import LatencyStats
-from edgeprune.targets import MeasureSpec, load_profile
+from edgeprune.profiling.targets import MeasureSpec, load_profile
 
 SHAPE = (1, 3, 32, 32)
 TOKEN = "test-token-0123456789abcdef"
@@ -337,7 +337,7 @@ def test_agent_cli_refuses_short_token(tmp_path):
 
 
 def test_agent_module_imports_no_torch():
-    code = "import sys, edgeprune.cli, edgeprune.agent, edgeprune.profiling.ort, edgeprune.profiling.tensorrt; sys.exit('torch' in sys.modules)"
+    code = "import sys, edgeprune.cli, edgeprune.profiling.agent, edgeprune.profiling.ort, edgeprune.profiling.tensorrt; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 

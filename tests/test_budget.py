@@ -2,7 +2,7 @@
 
 import pytest
 
-from edgeprune.budget import DEFAULT_POLICY, BudgetPolicy, percent
+from edgeprune.select.budget import DEFAULT_POLICY, BudgetPolicy, percent
 
 
 def test_the_limits_nest_under_the_budget():

@@ -12,7 +12,7 @@ from edgeprune.cli import main
 from edgeprune.profiling.cache import LatencyCache
 from edgeprune.profiling.fingerprint import fingerprint_hash, host_fingerprint
 from edgeprune.profiling.stats import LatencyStats
-from edgeprune.targets import load_profile
+from edgeprune.profiling.targets import load_profile
 
 TESTS = Path(__file__).parent
 PROFILE = str(TESTS / "fixtures" / "fast-cpu.yaml")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from edgeprune.search.coevolution import bounded_bit_flip, run_coevolution, snap
-from edgeprune.space import ChannelSpace
+from edgeprune.space.channels import ChannelSpace
 from tiny_models import TinyResNet
 
 

@@ -62,7 +62,7 @@ def _option_dests(verb: str) -> set[str]:
 def test_every_prune_option_reaches_the_config():
     """The mapping is by name: an option that is not a PruneConfig field would be dropped silently."""
     from edgeprune.commands.prune import config
-    from edgeprune.pipeline import PruneConfig
+    from edgeprune.jobs.prune import PruneConfig
 
     command_line_only = {"resume", "trust_model_code", "no_progress", "no_screen"}
     assert _option_dests("prune") - command_line_only <= {f.name for f in fields(PruneConfig)}
@@ -75,7 +75,7 @@ def test_every_prune_option_reaches_the_config():
 
 def test_every_export_option_reaches_the_config():
     from edgeprune.commands.export import config
-    from edgeprune.export import ExportConfig
+    from edgeprune.jobs.export import ExportConfig
 
     assert _option_dests("export") - {"no_progress"} <= {f.name for f in fields(ExportConfig)}
     cfg = config(build_parser().parse_args(["export", "out", "--int8", "--opset", "17", "--no-progress"]))

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeprune import data
-from edgeprune.data import Preprocess, Split, load_data, read_idx
+from edgeprune.tasks import data
+from edgeprune.tasks.data import Preprocess, Split, load_data, read_idx
 from edgeprune.errors import UserError
 
 HAVE_FASHION = all(

@@ -12,9 +12,9 @@ from tiny_models import TinyBlockNet, TinyResNet
 
 from edgeprune.errors import UserError
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
-from edgeprune.models import load_model
-from edgeprune.pruned import load_pruned
-from edgeprune.space import DEPTH_PREFIX, ChannelSpace, residual_blocks
+from edgeprune.tasks.models import load_model
+from edgeprune.space.pruned import load_pruned
+from edgeprune.space.channels import DEPTH_PREFIX, ChannelSpace, residual_blocks
 
 TESTS = Path(__file__).parent
 SHAPE = (1, 8, 8)

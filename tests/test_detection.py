@@ -11,9 +11,9 @@ import torch
 import yaml
 
 from edgeprune.cli import main
-from edgeprune.compose import Composition, make_detection_set
-from edgeprune.space import ChannelSpace
-from edgeprune.yolo import build, split_free
+from edgeprune.tasks.compose import Composition, make_detection_set
+from edgeprune.space.channels import ChannelSpace
+from edgeprune.tasks.yolo import build, split_free
 
 PROFILE = str(Path(__file__).parent / "fixtures" / "fast-cpu.yaml")
 SIZE = 64
@@ -50,7 +50,7 @@ def test_make_detection_writes_a_yolo_set_whose_boxes_are_the_pasted_items(tmp_p
 
 def test_each_box_is_the_tight_box_of_its_pasted_silhouette():
     """A solid 14×8 block inside a 28×28 item, pasted unscaled: its box is exactly the block."""
-    from edgeprune.compose import compose_canvas
+    from edgeprune.tasks.compose import compose_canvas
 
     item = np.zeros((1, 28, 28), dtype=np.uint8)
     item[0, 6:20, 10:18] = 255
@@ -140,11 +140,11 @@ def test_prune_detection_end_to_end_reloads_into_ultralytics_and_its_onnx_gives_
     assert 0.0 <= metrics.box.map50 <= 1.0
 
     # Its ONNX gives torch's top boxes on 8 images (the rebuilt model, from plan + state_dict).
-    from edgeprune.pruned import load_pruned
+    from edgeprune.space.pruned import load_pruned
 
     net = load_pruned(out / "plan.json", out / "state_dict.pt")
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    from edgeprune.detection import Detection
+    from edgeprune.tasks.detection import Detection
 
     task = Detection(str(tiny_set / "data.yaml"), SIZE, 8, 0)
     images = torch.cat(task.calibration_batches())[:8]
@@ -191,7 +191,7 @@ def _stand_in(truth: dict[str, np.ndarray], answer: str):
 
     from ultralytics.nn.tasks import DetectionModel
 
-    from edgeprune.yolo import build
+    from edgeprune.tasks.yolo import build
 
     class Oracle(DetectionModel):
         def predict(self, x, *args, **kwargs):
@@ -224,7 +224,7 @@ def scored_set(tmp_path_factory):
 
 
 def test_a_detector_that_answers_the_ground_truth_scores_1_and_one_that_answers_nothing_0(scored_set):
-    from edgeprune.detection import Detection
+    from edgeprune.tasks.detection import Detection
 
     folder, truth = scored_set
     assert len(truth) == 9  # every image told apart by its pixels
@@ -238,7 +238,7 @@ def test_a_detector_that_answers_the_ground_truth_scores_1_and_one_that_answers_
 
 
 def test_boxes_two_thirds_on_target_count_at_map50_and_in_four_of_ten_map50_95_thresholds(scored_set):
-    from edgeprune.detection import Detection
+    from edgeprune.tasks.detection import Detection
 
     folder, truth = scored_set
     shifted = _stand_in(truth, "shifted")

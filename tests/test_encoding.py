@@ -8,7 +8,7 @@ from pymoo.core.problem import Problem
 
 from edgeprune.errors import UserError
 from edgeprune.search.encoding import MaskEncoding, WidthEncoding, make_encoding, snap_mask
-from edgeprune.space import ChannelSpace
+from edgeprune.space.channels import ChannelSpace
 
 
 @pytest.fixture(scope="module")

@@ -112,7 +112,7 @@ def test_export_int8_puts_int8_next_to_fp32_in_the_manifest(out_copy, capsys):
     meta = {p.key: p.value for p in q.metadata_props}
     assert meta["precision"] == "int8" and float(meta["latency_median_ms"]) == pytest.approx(int8["latency_ms"]["median"], rel=1e-5)
     # accuracy is measured on the shipped file: recompute it independently
-    from edgeprune.export import data_from_report
+    from edgeprune.jobs.export import data_from_report
 
     data = data_from_report(report)
     assert onnx_accuracy((out / "model.int8.onnx").read_bytes(), data.test) == int8["accuracy"]["test"]
@@ -235,7 +235,7 @@ def test_with_metadata_replaces_keys_and_keeps_the_graph():
 
 
 def test_the_written_report_matches_its_schema_and_a_broken_one_does_not(pruned_out):
-    from edgeprune.report_schema import check_report, report_problems
+    from edgeprune.report.schema import check_report, report_problems
 
     out, _ = pruned_out
     report = json.loads((out / "report.json").read_text())
@@ -253,7 +253,7 @@ def test_the_written_report_matches_its_schema_and_a_broken_one_does_not(pruned_
 
 def test_int8_auto_makes_the_formats_the_target_runs(monkeypatch):
     from edgeprune.exporters.package import _int8_formats
-    from edgeprune.targets import load_profile
+    from edgeprune.profiling.targets import load_profile
 
     cpu = load_profile("x86-cpu")
     assert _int8_formats("auto", cpu) == ("nncf-qdq", "ort-qdq", "ort-qoperator")

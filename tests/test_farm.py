@@ -16,20 +16,20 @@ import yaml
 from test_agent import AgentProcess
 from tiny_models import TinyResNet
 
-from edgeprune.agent import make_server
-from edgeprune.data import load_data
+from edgeprune.profiling.agent import make_server
+from edgeprune.tasks.data import load_data
 from edgeprune.errors import UserError
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
-from edgeprune.latency import ProfiledLatency
-from edgeprune.problem import PruningProblem
+from edgeprune.problem.latency import ProfiledLatency
+from edgeprune.problem.pruning import PruningProblem
 from edgeprune.profiling.factory import make_backend
 from edgeprune.profiling.farm import FarmBackend, Pool, agent_urls
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.remote import AgentUnavailable
 from edgeprune.search.nsga import run_nsga2
-from edgeprune.space import ChannelSpace
-from edgeprune.targets import load_profile
-from edgeprune.task import Classification, Recipe
+from edgeprune.space.channels import ChannelSpace
+from edgeprune.profiling.targets import load_profile
+from edgeprune.tasks.task import Classification, Recipe
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

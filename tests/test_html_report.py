@@ -25,7 +25,7 @@ from tiny_models import TinyCNN
 from torch_block import BLOCK_TORCH
 
 from edgeprune.cli import main
-from edgeprune.html_report import CSP, write_report_html
+from edgeprune.report.html import CSP, write_report_html
 
 PROFILE = str(Path(__file__).parent / "fixtures" / "fast-cpu.yaml")
 HOSTILE = '<script>alert("x")</script>'
@@ -65,7 +65,7 @@ def test_summary_fits_100_columns_and_keeps_the_path_whole(tiny_prune, tmp_path)
     longer than that), while a path longer than 100 characters stays on one unbroken line."""
     from rich.console import Console
 
-    from edgeprune.report import print_summary
+    from edgeprune.report.summary import print_summary
 
     deep = tmp_path / ("a-long-folder-name-" * 6) / "out"
     shutil.copytree(tiny_prune.out, deep)
@@ -248,7 +248,7 @@ def test_unreadable_manifest_is_one_line_error_and_keeps_the_old_page(folder, ca
 
 def test_unwritable_folder_is_one_line_error(folder, monkeypatch, capsys):
     """A read-only shared drive: the reason and the way out, not a traceback."""
-    import edgeprune.html_report as page
+    import edgeprune.report.html as page
 
     def refuse(path, data):
         raise PermissionError(13, "Permission denied")
@@ -263,7 +263,7 @@ def test_unwritable_folder_is_one_line_error(folder, monkeypatch, capsys):
 
 
 def _capture_figure(monkeypatch):
-    import edgeprune.report as report
+    import edgeprune.report.summary as report
 
     figures = []
     monkeypatch.setattr(report.plt, "close", lambda fig: figures.append(fig))
@@ -276,7 +276,7 @@ def _candidate(latency: float, accuracy: float):
 
 def test_pareto_png_labels_proxies_and_marks_the_delivered_accuracy(tmp_path, monkeypatch):
     """The plot's pick sits at its proxy (20 %); the delivered model's 86 % is drawn and named."""
-    from edgeprune.report import plot_pareto
+    from edgeprune.report.summary import plot_pareto
 
     figures = _capture_figure(monkeypatch)
     front = [_candidate(0.3, 0.15), _candidate(0.45, 0.2)]
@@ -296,7 +296,7 @@ def test_pareto_png_labels_proxies_and_marks_the_delivered_accuracy(tmp_path, mo
 
 def _gate_results():
     """Two judged models as `edgeprune gate` makes them (one over budget), without timing any."""
-    from edgeprune.gate import Budget, GateResult
+    from edgeprune.jobs.gate import Budget, GateResult
 
     def result(model, measured, budget):
         b = Budget(model, Path(model), "fast-cpu", 90, budget, 0.05, model, profile=SimpleNamespace(name="fast-cpu"))
@@ -413,7 +413,7 @@ def test_report_renders_in_a_headless_browser_offline(folder, tmp_path):
 
 
 def test_gate_page_renders_in_a_headless_browser(tmp_path):
-    from edgeprune.gate import html_page
+    from edgeprune.jobs.gate import html_page
 
     page = tmp_path / "gate.html"
     page.write_bytes(html_page(_gate_results()))
@@ -424,7 +424,7 @@ def test_gate_page_renders_in_a_headless_browser(tmp_path):
 
 
 def test_pareto_png_draws_robust_accuracy_where_robustness_was_an_objective(tmp_path, monkeypatch):
-    from edgeprune.report import plot_pareto
+    from edgeprune.report.summary import plot_pareto
 
     figures = _capture_figure(monkeypatch)
     front = [_candidate(0.3, 0.15), _candidate(0.45, 0.2)]

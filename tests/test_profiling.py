@@ -29,7 +29,7 @@ from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.remote import RemoteBackend
 from edgeprune.profiling.tensorrt import TensorRTBackend
 from edgeprune.profiling.stats import LatencyStats, summarize
-from edgeprune.targets import MeasureSpec, load_profile
+from edgeprune.profiling.targets import MeasureSpec, load_profile
 
 SHAPE = (1, 3, 16, 16)
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from edgeprune.errors import UserError
-from edgeprune.models import load_model
-from edgeprune.pruned import load_pruned, read_plan
+from edgeprune.tasks.models import load_model
+from edgeprune.space.pruned import load_pruned, read_plan
 from edgeprune.search.encoding import MaskEncoding
-from edgeprune.space import ChannelSpace
+from edgeprune.space.channels import ChannelSpace
 
 SHAPE = (3, 32, 32)
 

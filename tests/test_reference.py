@@ -9,7 +9,7 @@ from tiny_models import TinyResNet
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.stats import LatencyStats
-from edgeprune.targets import load_profile
+from edgeprune.profiling.targets import load_profile
 
 PROFILE = Path(__file__).parent / "fixtures" / "fast-cpu.yaml"
 SHAPE = (1, 1, 8, 8)
@@ -144,7 +144,7 @@ def test_a_machine_that_slows_mid_run_keeps_a_speedup_verdict_and_the_report_rec
     """On a scripted machine the times are exact, so the verdict is asserted as it is, with no
     band: a real 0.03 ms model's final re-timing scatters by more than the pick's 3 % margin now
     and then, which once made this test allow 1.1x the budget and never read ``budget_met``."""
-    from edgeprune.pipeline import PruneConfig, run_prune
+    from edgeprune.jobs.prune import PruneConfig, run_prune
     from edgeprune.profiling import profiler as profiler_module
 
     real_factory = profiler_module.make_backend
@@ -178,7 +178,7 @@ def test_a_machine_that_slows_mid_run_keeps_a_speedup_verdict_and_the_report_rec
 
 
 def test_an_absolute_verdict_on_a_drifting_machine_carries_a_warning_and_a_steady_one_none():
-    from edgeprune.report import drift_note
+    from edgeprune.report.summary import drift_note
 
     drift = {"anchor_ms": 1.0, "sessions": 20, "first_ms": 1.0, "last_ms": 1.6, "first_factor": 1.0, "last_factor": 1.6}
     absolute = drift_note({"budget_kind": "absolute", "drift": drift})
@@ -190,7 +190,7 @@ def test_an_absolute_verdict_on_a_drifting_machine_carries_a_warning_and_a_stead
 
 
 def test_a_replaced_baseline_is_said_in_the_summary_and_a_kept_one_is_not():
-    from edgeprune.html_report import anchor_text
+    from edgeprune.report.html import anchor_text
 
     replaced = {"cached_ms": 2.066234, "fresh_ms": 1.2, "kept_cached": False, "tolerance": 0.15}
     text = anchor_text({"anchor_check": replaced})
@@ -254,7 +254,7 @@ def test_a_noisy_measurement_is_taken_again_never_cached_and_a_stale_cached_base
     stale rows described, re-measure each spoiled measurement at once, and cache none of them."""
     import sqlite3
 
-    from edgeprune.pipeline import PruneConfig, run_prune
+    from edgeprune.jobs.prune import PruneConfig, run_prune
     from edgeprune.profiling import profiler as profiler_module
 
     profile, cache = _shipped_thresholds(tmp_path), tmp_path / "c.sqlite"

@@ -16,16 +16,16 @@ import torch
 from conftest import tiny_prune_command
 from tiny_models import TinyResNet
 
-from edgeprune.data import load_data
+from edgeprune.tasks.data import load_data
 from edgeprune.errors import UserError
-from edgeprune.pipeline import PruneConfig, _validate
-from edgeprune.problem import parse_objectives, recalibrate_bn
+from edgeprune.jobs.prune import PruneConfig, _validate
+from edgeprune.problem.pruning import parse_objectives, recalibrate_bn
 from edgeprune.profiling.stats import LatencyStats
-from edgeprune.robustness import AdversarialSet, Attack, Normalisation, RobustPruning, accuracy_on, pgd, subnet_choice
+from edgeprune.problem.robustness import AdversarialSet, Attack, Normalisation, RobustPruning, accuracy_on, pgd, subnet_choice
 from edgeprune.search.interface import Candidate
 from edgeprune.search.nsga import hypervolume, pareto_front
-from edgeprune.space import ChannelSpace
-from edgeprune.training import evaluate, train
+from edgeprune.space.channels import ChannelSpace
+from edgeprune.tasks.training import evaluate, train
 
 TESTS = Path(__file__).parent
 ENV = {**os.environ, "PYTHONPATH": str(TESTS)}
@@ -94,7 +94,7 @@ def test_shared_set_is_k_attacks_of_the_same_images_saved_without_pickles_and_re
     assert made.measure(model) < evaluate(model, data.holdout)
     assert (tmp_path / "adversarial.npz").is_file()
 
-    import edgeprune.robustness as robustness
+    import edgeprune.problem.robustness as robustness
 
     monkeypatch.setattr(robustness, "shared_set", lambda *a, **k: pytest.fail("the saved set should have been reused"))
     again = robust.round_set(1, space, calibrate, tmp_path)
@@ -389,7 +389,7 @@ def test_without_the_attack_library_the_error_names_the_package(monkeypatch):
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_art)
-    from edgeprune.attack import require_art
+    from edgeprune.problem.attack import require_art
 
     with pytest.raises(UserError, match="pip install 'adversarial-robustness-toolbox"):
         require_art()

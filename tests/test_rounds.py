@@ -7,12 +7,12 @@ import pytest
 import torch
 from tiny_models import TinyResNet
 
-from edgeprune.data import load_data
-from edgeprune.pipeline import PruneConfig, run_prune
-from edgeprune.pruned import load_pruned
-from edgeprune.rounds import compose, round_budgets
-from edgeprune.space import ChannelPlan
-from edgeprune.training import train
+from edgeprune.tasks.data import load_data
+from edgeprune.jobs.prune import PruneConfig, run_prune
+from edgeprune.space.pruned import load_pruned
+from edgeprune.jobs.rounds import compose, round_budgets
+from edgeprune.space.channels import ChannelPlan
+from edgeprune.tasks.training import train
 
 PROFILE = str(Path(__file__).parent / "fixtures" / "fast-cpu.yaml")
 

@@ -11,8 +11,8 @@ from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.profiling.ort import OrtBackend
 from edgeprune.profiling.surrogate import LatencySurrogate
 from edgeprune.search.nsga import run_nsga2
-from edgeprune.screening import Screen
-from edgeprune.targets import load_profile
+from edgeprune.problem.screening import Screen
+from edgeprune.profiling.targets import load_profile
 
 
 class _Surrogate:

@@ -9,19 +9,19 @@ import pytest
 import torch
 from tiny_models import TinyResNet
 
-from edgeprune.budget import BudgetPolicy
-from edgeprune.data import load_data
+from edgeprune.select.budget import BudgetPolicy
+from edgeprune.tasks.data import load_data
 from edgeprune.errors import UserError
-from edgeprune.latency import ProfiledLatency
-from edgeprune.problem import PruningProblem, parse_objectives, recalibrate_bn
+from edgeprune.problem.latency import ProfiledLatency
+from edgeprune.problem.pruning import PruningProblem, parse_objectives, recalibrate_bn
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.search.interface import Candidate
 from edgeprune.search.nsga import run_nsga2
-from edgeprune.select import SessionNoise, confirm, confirmed, ratio_seeds, refine, shortlist, widen
-from edgeprune.space import ChannelSpace, macs_and_params
-from edgeprune.targets import load_profile
-from edgeprune.task import Classification, Recipe
+from edgeprune.select.selection import SessionNoise, confirm, confirmed, ratio_seeds, refine, shortlist, widen
+from edgeprune.space.channels import ChannelSpace, macs_and_params
+from edgeprune.profiling.targets import load_profile
+from edgeprune.tasks.task import Classification, Recipe
 
 PROFILE = Path(__file__).parent / "fixtures" / "fast-cpu.yaml"
 RECIPE = Recipe(lr=0.01, batch_size=64, kd_alpha=0.5, kd_temperature=4.0, progress=False)

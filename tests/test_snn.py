@@ -16,12 +16,12 @@ import pytest
 import torch
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 
-from edgeprune.data import load_data
+from edgeprune.tasks.data import load_data
 from edgeprune.errors import UserError
-from edgeprune.models import load_model
-from edgeprune.snn import SpikingVGG
-from edgeprune.space import ChannelSpace
-from edgeprune.training import evaluate, train
+from edgeprune.tasks.models import load_model
+from edgeprune.tasks.snn import SpikingVGG
+from edgeprune.space.channels import ChannelSpace
+from edgeprune.tasks.training import evaluate, train
 
 TESTS = Path(__file__).parent
 PROFILE = str(TESTS / "fixtures" / "fast-cpu.yaml")

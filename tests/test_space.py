@@ -7,7 +7,7 @@ import torch
 import torchvision
 from tiny_models import TinyResNet
 
-from edgeprune.space import ChannelSpace, layer_widths, macs_and_params
+from edgeprune.space.channels import ChannelSpace, layer_widths, macs_and_params
 
 
 @pytest.fixture(scope="module", params=["resnet18", "mobilenet_v2"])

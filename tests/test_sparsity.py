@@ -18,8 +18,8 @@ from torch import nn
 from edgeprune.errors import UserError
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.profiling.tensorrt import build_flags
-from edgeprune.sparsity import apply, eligible, magnitude_mask, make_permanent, model_share, onnx_share, parse_sparsity
-from edgeprune.targets import load_profile
+from edgeprune.space.sparsity import apply, eligible, magnitude_mask, make_permanent, model_share, onnx_share, parse_sparsity
+from edgeprune.profiling.targets import load_profile
 
 TESTS = Path(__file__).parent
 PATTERN = parse_sparsity("2:4")
@@ -114,7 +114,7 @@ def test_prune_with_2_4_sparsity_end_to_end(tmp_path):
 
 
 def test_sparsity_is_refused_where_the_fine_tune_would_not_keep_the_masks(tmp_path):
-    from edgeprune.pipeline import PruneConfig, run_prune
+    from edgeprune.jobs.prune import PruneConfig, run_prune
 
     with pytest.raises(UserError, match="--sparsity 2:4 works with classification"):
         run_prune(PruneConfig(model="yolo:yolov8n.yaml", task="detection", data="yolo:d.yaml", budget_ms=1.0, sparsity="2:4", out=str(tmp_path / "o")))

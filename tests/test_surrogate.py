@@ -8,11 +8,11 @@ from tiny_models import TinyCNN, TinyResNet
 
 from edgeprune.cli import main
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
-from edgeprune.layers import layer_descriptors
+from edgeprune.space.layers import layer_descriptors
 from edgeprune.profiling.ort import OrtBackend
 from edgeprune.profiling.stats import NodeTime, NodeTimes
 from edgeprune.profiling.surrogate import LatencySurrogate, Layer, assign_nodes
-from edgeprune.targets import load_profile
+from edgeprune.profiling.targets import load_profile
 
 PROFILE = str(Path(__file__).parent / "fixtures" / "fast-cpu.yaml")
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from edgeprune.errors import UserError
-from edgeprune.targets import MeasureSpec, Profile, TensorRTSpec, list_profiles, load_profile, profile_from_untrusted
+from edgeprune.profiling.targets import MeasureSpec, Profile, TensorRTSpec, list_profiles, load_profile, profile_from_untrusted
 
 
 def _shipped_dict() -> dict:

@@ -15,7 +15,7 @@ import pytest
 from edgeprune.errors import UserError
 from edgeprune.profiling import fingerprint as fpmod
 from edgeprune.profiling import tensorrt as trt
-from edgeprune.targets import load_profile
+from edgeprune.profiling.targets import load_profile
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trtexec"
 
@@ -251,7 +251,7 @@ def test_x86_ort_fingerprint_keeps_its_historic_keys():
 
 
 def test_export_engine_is_built_from_the_fp32_onnx_and_marked_not_portable(fake_trtexec):
-    from edgeprune.export import _build_engine
+    from edgeprune.jobs.export import _build_engine
 
     blob, info = _build_engine(load_profile("jetson-orin"), b"fp32-onnx")
     assert blob == b"engine:fp32-onnx"

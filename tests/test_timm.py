@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 
 from edgeprune.cli import main
-from edgeprune.models import load_model
-from edgeprune.pruned import load_pruned
-from edgeprune.space import ChannelSpace
+from edgeprune.tasks.models import load_model
+from edgeprune.space.pruned import load_pruned
+from edgeprune.space.channels import ChannelSpace
 
 PROFILE = str(Path(__file__).parent / "fixtures" / "fast-cpu.yaml")
 

@@ -7,9 +7,9 @@ from rich.console import Console
 from rich.progress import Progress
 from tiny_models import TinyCNN
 
-from edgeprune.data import load_data
+from edgeprune.tasks.data import load_data
 from edgeprune.errors import UserError
-from edgeprune.training import _lr_factor, evaluate, train
+from edgeprune.tasks.training import _lr_factor, evaluate, train
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeprune.data import load_data
+from edgeprune.tasks.data import load_data
 from edgeprune.errors import UserError
-from edgeprune.space import ChannelSpace
-from edgeprune.training import train
-from edgeprune.transfer import freeze_backbone, head_layers, transfer_net, transfer_vgg
+from edgeprune.space.channels import ChannelSpace
+from edgeprune.tasks.training import train
+from edgeprune.tasks.transfer import freeze_backbone, head_layers, transfer_net, transfer_vgg
 
 TESTS = Path(__file__).parent
 PROFILE = str(TESTS / "fixtures" / "fast-cpu.yaml")

@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from edgeprune import outputs
+from edgeprune.tasks import outputs
 from edgeprune.cli import main
 from edgeprune.errors import UserError
 from edgeprune.exporters.onnx import OnnxModule, export_onnx, parity
-from edgeprune.space import ChannelSpace
-from edgeprune.user_task import UserTask
+from edgeprune.space.channels import ChannelSpace
+from edgeprune.tasks.user_task import UserTask
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = str(Path(__file__).parent / "fixtures" / "fast-cpu.yaml")

@@ -16,16 +16,16 @@ import torch
 from conftest import tiny_prune_command
 from tiny_models import TinyResNet
 
-from edgeprune.data import load_data
+from edgeprune.tasks.data import load_data
 from edgeprune.errors import UserError
-from edgeprune.latency import ProfiledLatency
-from edgeprune.problem import PruningProblem
+from edgeprune.problem.latency import ProfiledLatency
+from edgeprune.problem.pruning import PruningProblem
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.search.nsga import run_nsga2
-from edgeprune.space import ChannelSpace
-from edgeprune.targets import load_profile
-from edgeprune.task import Classification, Recipe
-from edgeprune.workers import parse_workers
+from edgeprune.space.channels import ChannelSpace
+from edgeprune.profiling.targets import load_profile
+from edgeprune.tasks.task import Classification, Recipe
+from edgeprune.problem.workers import parse_workers
 
 pytest.importorskip("ray")
 
@@ -95,7 +95,7 @@ class DiesOnce(Classification):
 def test_a_worker_that_dies_mid_task_is_retried_and_nothing_is_lost_or_counted_twice(tmp_path, monkeypatch):
     import ray
 
-    from edgeprune.workers import RayWorkers
+    from edgeprune.problem.workers import RayWorkers
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     torch.manual_seed(0)

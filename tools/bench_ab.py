@@ -23,7 +23,7 @@ from rich.table import Table
 from edgeprune.errors import UserError
 from edgeprune.profiling.isolated import IsolatedOrtBackend
 from edgeprune.profiling.onnx_file import load_onnx
-from edgeprune.targets import load_profile
+from edgeprune.profiling.targets import load_profile
 
 sys.path.insert(0, str(Path(__file__).parent))
 from smoke import SMOKE_NOTE, smoke_profile, tiny_cnn  # noqa: E402

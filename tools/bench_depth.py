@@ -27,15 +27,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from edgeprune.demo import train_and_save
+from edgeprune.jobs.demo import train_and_save
 from edgeprune.errors import UserError
-from edgeprune.latency import ProfiledLatency
-from edgeprune.models import load_model
-from edgeprune.pipeline import PruneConfig, run_prune
+from edgeprune.problem.latency import ProfiledLatency
+from edgeprune.tasks.models import load_model
+from edgeprune.jobs.prune import PruneConfig, run_prune
 from edgeprune.profiling.cache import default_cache_path
 from edgeprune.profiling.profiler import Profiler
-from edgeprune.space import ChannelSpace
-from edgeprune.targets import load_profile
+from edgeprune.space.channels import ChannelSpace
+from edgeprune.profiling.targets import load_profile
 
 sys.path.insert(0, str(Path(__file__).parent))
 from smoke import SMOKE_MODEL, SMOKE_NOTE, smoke_profile_file  # noqa: E402

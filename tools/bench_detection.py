@@ -44,16 +44,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from smoke import SMOKE_NOTE, smoke_profile_file  # noqa: E402
 from timing import blob_digest, time_alternating  # noqa: E402
 
-from edgeprune.compose import Composition, make_detection_set
-from edgeprune.detection import Detection
+from edgeprune.tasks.compose import Composition, make_detection_set
+from edgeprune.tasks.detection import Detection
 from edgeprune.exporters.onnx import export_onnx
-from edgeprune.outputs import output_layers
-from edgeprune.pipeline import PruneConfig, run_prune
+from edgeprune.tasks.outputs import output_layers
+from edgeprune.jobs.prune import PruneConfig, run_prune
 from edgeprune.profiling.cache import default_cache_path
 from edgeprune.profiling.profiler import Profiler
-from edgeprune.space import ChannelSpace, macs_and_params
-from edgeprune.targets import load_profile
-from edgeprune.yolo import build, checkpoint_bytes
+from edgeprune.space.channels import ChannelSpace, macs_and_params
+from edgeprune.profiling.targets import load_profile
+from edgeprune.tasks.yolo import build, checkpoint_bytes
 
 SIZE = 160
 SHAPE = (3, SIZE, SIZE)
@@ -185,7 +185,7 @@ def _run(args, root: Path) -> int:
         ))
         prune_s = time.perf_counter() - t
         ours_bytes = (out / "model.onnx").read_bytes()
-        from edgeprune.pruned import load_pruned
+        from edgeprune.space.pruned import load_pruned
 
         ours = load_pruned(out / "plan.json", out / "state_dict.pt", trust_code=True)
     budget = report["budget_ms"]

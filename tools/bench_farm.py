@@ -35,16 +35,16 @@ from pathlib import Path
 import torch
 import yaml
 
-from edgeprune.data import load_data
-from edgeprune.demo import DEMO_MODEL, DEMO_SHAPE, demo_weights
-from edgeprune.latency import ProfiledLatency
-from edgeprune.models import load_model, parse_shape
-from edgeprune.problem import PruningProblem
+from edgeprune.tasks.data import load_data
+from edgeprune.jobs.demo import DEMO_MODEL, DEMO_SHAPE, demo_weights
+from edgeprune.problem.latency import ProfiledLatency
+from edgeprune.tasks.models import load_model, parse_shape
+from edgeprune.problem.pruning import PruningProblem
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.search.nsga import run_nsga2
-from edgeprune.space import ChannelSpace
-from edgeprune.targets import load_profile
-from edgeprune.task import Classification, Recipe
+from edgeprune.space.channels import ChannelSpace
+from edgeprune.profiling.targets import load_profile
+from edgeprune.tasks.task import Classification, Recipe
 
 sys.path.insert(0, str(Path(__file__).parent))
 from smoke import SMOKE_MODEL, SMOKE_NOTE  # noqa: E402
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     local = search(space, task, fast, args)
     coordinator_s = local["wall"] / local["count"]
     if not args.no_ray:
-        from edgeprune.workers import RayWorkers
+        from edgeprune.problem.workers import RayWorkers
 
         workers = RayWorkers("")
         try:

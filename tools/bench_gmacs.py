@@ -37,13 +37,13 @@ from torch import nn
 
 from edgeprune.errors import UserError
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
-from edgeprune.latency import ProfiledLatency
-from edgeprune.models import load_model
-from edgeprune.problem import PruningProblem
+from edgeprune.problem.latency import ProfiledLatency
+from edgeprune.tasks.models import load_model
+from edgeprune.problem.pruning import PruningProblem
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.search.nsga import run_nsga2
-from edgeprune.space import ChannelSpace, macs_and_params
-from edgeprune.targets import load_profile
+from edgeprune.space.channels import ChannelSpace, macs_and_params
+from edgeprune.profiling.targets import load_profile
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_vs_uniform import uniform_prune  # noqa: E402  (a sibling script, not a package)

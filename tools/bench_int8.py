@@ -31,10 +31,10 @@ from rich.table import Table
 from edgeprune.errors import UserError
 from edgeprune.exporters.int8 import INT8_FORMATS, nncf_available, quantize_int8
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
-from edgeprune.models import load_model
+from edgeprune.tasks.models import load_model
 from edgeprune.profiling.isolated import IsolatedOrtBackend
 from edgeprune.profiling.stats import ratio
-from edgeprune.targets import load_profile
+from edgeprune.profiling.targets import load_profile
 
 sys.path.insert(0, str(Path(__file__).parent))
 from smoke import SMOKE_NOTE, smoke_profile, tiny_cnn  # noqa: E402

@@ -50,12 +50,12 @@ from rich.table import Table
 
 from edgeprune.errors import UserError
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
-from edgeprune.models import load_model
+from edgeprune.tasks.models import load_model
 from edgeprune.profiling.isolated import IsolatedOrtBackend
 from edgeprune.profiling.profiler import Profiler
-from edgeprune.space import ChannelSpace
-from edgeprune.surrogate_check import validate_surrogate
-from edgeprune.targets import MeasureSpec, load_profile
+from edgeprune.space.channels import ChannelSpace
+from edgeprune.jobs.surrogate_check import validate_surrogate
+from edgeprune.profiling.targets import MeasureSpec, load_profile
 
 sys.path.insert(0, str(Path(__file__).parent))
 from smoke import SMOKE_MODEL, SMOKE_NOTE, smoke_profile  # noqa: E402

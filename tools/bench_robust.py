@@ -36,20 +36,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 from smoke import SMOKE_MODEL, SMOKE_NOTE, smoke_profile_file  # noqa: E402
 from timing import time_alternating  # noqa: E402
 
-from edgeprune.data import load_data  # noqa: E402
-from edgeprune.ensemble import SoftmaxEnsemble, LogProbabilities  # noqa: E402
+from edgeprune.tasks.data import load_data  # noqa: E402
+from edgeprune.jobs.ensemble import SoftmaxEnsemble, LogProbabilities  # noqa: E402
 from edgeprune.exporters.onnx import export_onnx  # noqa: E402
-from edgeprune.models import load_model  # noqa: E402
-from edgeprune.pipeline import PruneConfig, run_prune  # noqa: E402
-from edgeprune.problem import recalibrate_bn  # noqa: E402
+from edgeprune.tasks.models import load_model  # noqa: E402
+from edgeprune.jobs.prune import PruneConfig, run_prune  # noqa: E402
+from edgeprune.problem.pruning import recalibrate_bn  # noqa: E402
 from edgeprune.profiling.cache import default_cache_path  # noqa: E402
 from edgeprune.profiling.profiler import Profiler  # noqa: E402
-from edgeprune.pruned import load_pruned  # noqa: E402
-from edgeprune.robustness import Attack, RobustPruning, accuracy_on, pgd  # noqa: E402
-from edgeprune.space import ChannelSpace, macs_and_params  # noqa: E402
-from edgeprune.targets import load_profile  # noqa: E402
-from edgeprune.task import Classification, Recipe  # noqa: E402
-from edgeprune.training import evaluate, train  # noqa: E402
+from edgeprune.space.pruned import load_pruned  # noqa: E402
+from edgeprune.problem.robustness import Attack, RobustPruning, accuracy_on, pgd  # noqa: E402
+from edgeprune.space.channels import ChannelSpace, macs_and_params  # noqa: E402
+from edgeprune.profiling.targets import load_profile  # noqa: E402
+from edgeprune.tasks.task import Classification, Recipe  # noqa: E402
+from edgeprune.tasks.training import evaluate, train  # noqa: E402
 
 SHAPE = (3, 32, 32)
 MODEL = "torchvision:mobilenet_v2"
@@ -187,7 +187,7 @@ def _run(args, weights_folder: Path | None = None) -> int:
     prune(args.work / "d", weights, args, **front, adv_finetune=True, objectives="accuracy,latency,robustness", adv_samples=SHARED_SAMPLES, **SUBNETS,
           finetune_epochs=0.0, refine_epochs=0.0, widen_passes=0)
     if not (args.work / "d" / "ensemble" / "ensemble.json").exists():
-        from edgeprune.ensemble import EnsembleConfig, run_ensemble
+        from edgeprune.jobs.ensemble import EnsembleConfig, run_ensemble
 
         # --smoke: the tiny net's front at a loose budget cannot fit (c)'s; a budget it fits, the same code path.
         together = budget_ms * 2 * args.members if args.smoke else budget_ms

@@ -29,7 +29,7 @@ Every row's files are re-timed in alternating fresh sessions in this run (ratios
 the test split.
 
 2:4 row: the demo's MobileNetV2 (Fashion-MNIST 3x32x32, trained once and cached) given 2:4 masks
-by magnitude on every layer TensorRT can run sparse (``edgeprune.sparsity``, what ``prune
+by magnitude on every layer TensorRT can run sparse (``edgeprune.space.sparsity``, what ``prune
 --sparsity 2:4`` does after its channel search), test accuracy dense, with the masks alone, and
 after a fine-tune with the masks fixed (distillation from the dense model); then the share of
 weight groups holding the pattern in the exported ONNX file and in torch, and how much of the
@@ -51,22 +51,22 @@ import torch
 from edgeprune.exporters.onnx import export_onnx
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 
-from edgeprune.data import load_data
-from edgeprune.demo import DEMO_MODEL, DEMO_SHAPE, demo_weights
-from edgeprune.models import load_model, parse_shape
+from edgeprune.tasks.data import load_data
+from edgeprune.jobs.demo import DEMO_MODEL, DEMO_SHAPE, demo_weights
+from edgeprune.tasks.models import load_model, parse_shape
 from edgeprune.profiling.profiler import Profiler
-from edgeprune.pruned import load_pruned
-from edgeprune.space import layer_widths
-from edgeprune.sparsity import (
+from edgeprune.space.pruned import load_pruned
+from edgeprune.space.channels import layer_widths
+from edgeprune.space.sparsity import (
     apply,
     make_permanent,
     model_share,
     onnx_share,
     parse_sparsity,
 )
-from edgeprune.targets import load_profile
-from edgeprune.task import Classification, Recipe
-from edgeprune.training import evaluate
+from edgeprune.profiling.targets import load_profile
+from edgeprune.tasks.task import Classification, Recipe
+from edgeprune.tasks.training import evaluate
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_vs_uniform import uniform_prune

@@ -47,18 +47,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from smoke import SMOKE_MODEL, SMOKE_NOTE, smoke_profile_file  # noqa: E402
 from timing import blob_digest, time_alternating  # noqa: E402
 
-from edgeprune.data import load_data
-from edgeprune.demo import train_and_save
+from edgeprune.tasks.data import load_data
+from edgeprune.jobs.demo import train_and_save
 from edgeprune.exporters.onnx import export_onnx
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
-from edgeprune.models import load_model
-from edgeprune.pipeline import PruneConfig, run_prune
+from edgeprune.tasks.models import load_model
+from edgeprune.jobs.prune import PruneConfig, run_prune
 from edgeprune.profiling.cache import default_cache_path
 from edgeprune.profiling.profiler import Profiler
-from edgeprune.outputs import output_layers
-from edgeprune.space import ChannelSpace, macs_and_params
-from edgeprune.targets import load_profile
-from edgeprune.training import train
+from edgeprune.tasks.outputs import output_layers
+from edgeprune.space.channels import ChannelSpace, macs_and_params
+from edgeprune.profiling.targets import load_profile
+from edgeprune.tasks.training import train
 
 SHAPE = (3, 32, 32)
 DATA = "fashion-mnist"

@@ -79,19 +79,19 @@ class Target:
 TARGETS = [
     Target(
         "budget", "BudgetPolicy: the margins, the limits every stage works to, and met(), the verdict",
-        (Span("edgeprune/budget.py", ("BudgetPolicy",)),),
+        (Span("edgeprune/select/budget.py", ("BudgetPolicy",)),),
         ("tests/test_budget.py",),
     ),
     Target(
         "confirm", "selection's confirmation: session spread, fresh-session median against its limit",
-        (Span("edgeprune/select.py", ("MIN_SESSION_SPREAD", "CONFIRM_SESSIONS", "SessionNoise", "Confirmation", "confirm", "confirmed")),),
+        (Span("edgeprune/select/selection.py", ("MIN_SESSION_SPREAD", "CONFIRM_SESSIONS", "SessionNoise", "Confirmation", "confirm", "confirmed")),),
         ("tests/test_search.py", "-k", "confirm"),
     ),
     Target(
         "gate", "the gate's judging: tolerance band, re-measures, median, pass/fail",
-        (Span("edgeprune/gate.py", ("_judge", "REMEASURES")),
+        (Span("edgeprune/jobs/gate.py", ("_judge", "REMEASURES")),
          Span("edgeprune/commands/gate.py", where="run", lines=("return 0 if all(",)),
-         Span("edgeprune/gate.py", ("Budget.latency_met", "Budget.robust_met", "GateResult.latency_passed", "GateResult.robust_passed"))),
+         Span("edgeprune/jobs/gate.py", ("Budget.latency_met", "Budget.robust_met", "GateResult.latency_passed", "GateResult.robust_passed"))),
         ("tests/test_gate.py", "-k", "not bad_"),  # not the budgets-file parser's error tests
     ),
     Target(
@@ -114,25 +114,25 @@ TARGETS = [
     ),
     Target(
         "prune-verdict", "prune's verdict: budget from --speedup, the final latency, budget_met, the exit code",
-        (Span("edgeprune/pipeline.py", where="_report", lines=('"budget_met":', "final_latency = ")),
+        (Span("edgeprune/jobs/prune.py", where="_report", lines=('"budget_met":', "final_latency = ")),
          Span("edgeprune/commands/prune.py", where="run", lines=('return 0 if report["budget_met"]',)),
-         Span("edgeprune/pipeline.py", where="_baseline", lines=("budget_ms = cfg.budget_ms if",))),
+         Span("edgeprune/jobs/prune.py", where="_baseline", lines=("budget_ms = cfg.budget_ms if",))),
         # the end-to-end prunes, and whatever later tests judge the verdict (by name)
         ("tests/test_cli.py", "tests/test_resume.py", "tests/test_verdict.py", "tests/test_demo.py",
          "-k", "end_to_end or budget or speedup or reach or independent or kill_9 or verdict or demo"),
     ),
     Target(
         "ensemble-verdict", "ensemble's verdict: its latency in the run's units, budget_met, the exit code",
-        (Span("edgeprune/ensemble.py", where="run_ensemble", lines=('"budget_met":',)),
+        (Span("edgeprune/jobs/ensemble.py", where="run_ensemble", lines=('"budget_met":',)),
          Span("edgeprune/commands/ensemble.py", where="run", lines=("return 0 if",)),
-         Span("edgeprune/ensemble.py", where="run_ensemble", lines=("scale = ", '"latency_ms": timed["ensemble"]'))),
+         Span("edgeprune/jobs/ensemble.py", where="run_ensemble", lines=("scale = ", '"latency_ms": timed["ensemble"]'))),
         ("tests/test_robustness.py", "-k", "ensemble"),
     ),
 ]
 # --smoke: the first three mutants of BudgetPolicy.search_limit and two fast tests of it.
 SMOKE = Target(
     "smoke", "BudgetPolicy.search_limit and confirmation_limit, first 3 mutants",
-    (Span("edgeprune/budget.py", ("BudgetPolicy.search_limit", "BudgetPolicy.confirmation_limit")),),
+    (Span("edgeprune/select/budget.py", ("BudgetPolicy.search_limit", "BudgetPolicy.confirmation_limit")),),
     ("tests/test_budget.py", "-k", "limits or margin"), limit=3,
 )
 

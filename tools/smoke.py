@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from edgeprune.targets import MeasureSpec, Profile, load_profile
+from edgeprune.profiling.targets import MeasureSpec, Profile, load_profile
 
 # A few runs per session, never "noisy" (so nothing is re-timed), a cached baseline always kept.
 SMOKE_MEASURE = dict(

@@ -37,10 +37,10 @@ import onnxruntime as ort
 import torch
 import torchvision
 
-from edgeprune.data import load_data
+from edgeprune.tasks.data import load_data
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
-from edgeprune.models import deploy_form, timm_model as timm_model_of
-from edgeprune.space import ChannelSpace, macs_and_params
+from edgeprune.tasks.models import deploy_form, timm_model as timm_model_of
+from edgeprune.space.channels import ChannelSpace, macs_and_params
 
 STEP = 8  # round_to=8, the TensorRT FP16 grid: the setting of the failing check
 BATCH = 4

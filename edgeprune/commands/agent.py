@@ -1,6 +1,6 @@
 """``edgeprune agent``: serve latency measurements on the device.
 
-Torch-free like :mod:`edgeprune.agent` itself: the device (a Jetson, a CI box) may have only
+Torch-free like :mod:`edgeprune.profiling.agent` itself: the device (a Jetson, a CI box) may have only
 onnxruntime. That module is stdlib-only at import, so the parser takes its defaults from it.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgeprune import agent
+from edgeprune.profiling import agent
 
 
 def add_parser(sub) -> None:

@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeprune.compose import Composition, make_detection_set
+    from edgeprune.tasks.compose import Composition, make_detection_set
     from edgeprune.progress import console
 
     counts = make_detection_set(args.out, from_args(Composition, args))

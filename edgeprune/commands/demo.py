@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """0 when the demo's pruned model meets its budget, 1 when it does not."""
-    from edgeprune.demo import run_demo
+    from edgeprune.jobs.demo import run_demo
 
     report = from_args(run_demo, args, progress=not args.no_progress)
     return 0 if report["budget_met"] else 1

@@ -1,6 +1,6 @@
 """``edgeprune ensemble OUT_DIR``: K members of a prune run's Pareto front as one averaging ONNX.
 
-The work is :func:`edgeprune.ensemble.run_ensemble`; torch loads only when it runs.
+The work is :func:`edgeprune.jobs.ensemble.run_ensemble`; torch loads only when it runs.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """0 when the ensemble meets its budget, 1 when it does not."""
-    from edgeprune.ensemble import EnsembleConfig, run_ensemble
+    from edgeprune.jobs.ensemble import EnsembleConfig, run_ensemble
 
     result = run_ensemble(from_args(EnsembleConfig, args, progress=not args.no_progress))
     return 0 if result["ensemble"]["budget_met"] else 1

@@ -1,6 +1,6 @@
 """``edgeprune export OUT_DIR``: re-export an edgeprune output folder (other opset, dynamic batch, INT8).
 
-The work is :func:`edgeprune.export.run_export`; torch loads only when it runs.
+The work is :func:`edgeprune.jobs.export.run_export`; torch loads only when it runs.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from edgeprune.commands.args import add_cache_args, add_progress_args, from_args
-from edgeprune.export import MAX_OPSET, MIN_OPSET, ExportConfig, run_export
+from edgeprune.jobs.export import MAX_OPSET, MIN_OPSET, ExportConfig, run_export
 from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES, INT8_FORMATS
 
 

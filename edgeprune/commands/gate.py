@@ -2,7 +2,7 @@
 
 Exit codes are the contract with CI: 0 every model within budget (and robust enough where asked), 1 at
 least one fails, 2 the input
-is wrong. Like :mod:`edgeprune.gate`, nothing here imports torch: a CI runner has only onnxruntime.
+is wrong. Like :mod:`edgeprune.jobs.gate`, nothing here imports torch: a CI runner has only onnxruntime.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from edgeprune.commands.args import add_cache_args, add_progress_args
 from edgeprune.errors import UserError
 from edgeprune.exporters.files import atomic_write
-from edgeprune.gate import (
+from edgeprune.jobs.gate import (
     DEFAULT_PERCENTILE, DEFAULT_TARGET, DEFAULT_TOLERANCE, html_page, json_report, junit_xml, load_budgets, print_table, run_gate,
     single_budget,
 )

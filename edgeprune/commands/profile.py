@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeprune.targets import load_profile
+    from edgeprune.profiling.targets import load_profile
 
     if args.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {args.repeats}")
@@ -93,8 +93,8 @@ def _profile_file(args, profile) -> int:
 
 def _validate_surrogate(args, profile) -> int:
     from edgeprune.commands.args import check_num_classes
-    from edgeprune.models import parse_shape
-    from edgeprune.surrogate_check import validate_surrogate
+    from edgeprune.tasks.models import parse_shape
+    from edgeprune.jobs.surrogate_check import validate_surrogate
 
     if args.input_shape is None:
         raise UserError("--validate-surrogate needs --input-shape CxHxW (e.g. 3x32x32) for MODEL")

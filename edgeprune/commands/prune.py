@@ -1,6 +1,6 @@
 """``edgeprune prune``: search, prune, fine-tune and export a model for a target.
 
-Only the command line lives here; the job itself is :func:`edgeprune.pipeline.run_prune`, which
+Only the command line lives here; the job itself is :func:`edgeprune.jobs.prune.run_prune`, which
 imports torch, so it is imported when the command runs, not when the parser is built.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgeprune.budget import DEFAULT_POLICY, percent
+from edgeprune.select.budget import DEFAULT_POLICY, percent
 from edgeprune.commands.args import add_cache_args, add_data_args, add_model_args, add_progress_args, from_args
 from edgeprune.errors import UserError
 
@@ -54,7 +54,7 @@ def add_parser(sub) -> None:
 
 
 def _add_robustness_args(p: argparse.ArgumentParser) -> None:
-    from edgeprune.attack import DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_SAMPLES, DEFAULT_STEPS, DEFAULT_SUBNETS, DEFAULT_TEST_SAMPLES
+    from edgeprune.problem.attack import DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_SAMPLES, DEFAULT_STEPS, DEFAULT_SUBNETS, DEFAULT_TEST_SAMPLES
 
     g = p.add_argument_group("robustness (classification; PGD from adversarial-robustness-toolbox, pixel scale [0, 1])")
     g.add_argument("--attack-eps", type=float, default=DEFAULT_EPS, help="L-infinity radius of the PGD attack (default 8/255)")
@@ -74,10 +74,10 @@ def _add_scale_out_args(p: argparse.ArgumentParser) -> None:
 
 
 def config(args: argparse.Namespace):
-    """The :class:`~edgeprune.pipeline.PruneConfig` of a fresh run: every option whose name is a
+    """The :class:`~edgeprune.jobs.prune.PruneConfig` of a fresh run: every option whose name is a
     config field, plus the negated flags. ``--resume`` names a folder on the command line, while
     the config's ``resume`` marks a run continued from a checkpoint, so a fresh run sets it False."""
-    from edgeprune.pipeline import PruneConfig
+    from edgeprune.jobs.prune import PruneConfig
 
     return from_args(PruneConfig, args, progress=not args.no_progress, screen=not args.no_screen, resume=False)
 
@@ -93,7 +93,7 @@ def _options_besides_resume(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """0 when the pruned model meets the budget, 1 when it does not."""
-    from edgeprune.pipeline import resume_config, run_prune
+    from edgeprune.jobs.prune import resume_config, run_prune
 
     if args.resume:
         ignored = (["the model argument"] if args.model else []) + _options_besides_resume(args)

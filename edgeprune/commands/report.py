@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """0 when the page was written; a folder without a readable report.json is bad input (exit 2)."""
-    from edgeprune.html_report import write_report_html
+    from edgeprune.report.html import write_report_html
 
     path = write_report_html(Path(args.out_dir))
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")

@@ -10,7 +10,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeprune.targets import list_profiles
+    from edgeprune.profiling.targets import list_profiles
 
     for profile in list_profiles():
         print(f"{profile.name:<20} step {profile.channel_step:<3} {profile.description}")

@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeprune.demo import train_and_save
+    from edgeprune.jobs.demo import train_and_save
 
     check_num_classes(args.num_classes)
     from_args(train_and_save, args, spec=args.model, progress=not args.no_progress)

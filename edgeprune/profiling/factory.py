@@ -13,7 +13,7 @@ from edgeprune.profiling.isolated import IsolatedBackend
 from edgeprune.profiling.remote import RemoteBackend
 from edgeprune.profiling.simulated import SimulatedBackend
 from edgeprune.profiling.tensorrt import TensorRTBackend, require_trtexec
-from edgeprune.targets import Profile
+from edgeprune.profiling.targets import Profile
 
 
 def make_backend(profile: Profile, *, local: bool = False, agents: list[str] | None = None, warn: Callable[[str], None] = lambda _m: None, **options: Any) -> Backend:

@@ -41,7 +41,7 @@ from edgeprune.profiling.backend import Backend
 from edgeprune.profiling.fingerprint import fingerprint_hash
 from edgeprune.profiling.remote import AgentUnavailable, RemoteBackend
 from edgeprune.profiling.stats import LatencyStats, NodeTimes
-from edgeprune.targets import Profile, check_agent_url
+from edgeprune.profiling.targets import Profile, check_agent_url
 
 MAX_AGENTS = 256
 _MAX_FARM_FILE_BYTES = 1 << 20

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.profiling.trtexec import find_trtexec, trtexec_version
-from edgeprune.targets import Profile
+from edgeprune.profiling.targets import Profile
 
 # Read locations, module-level so tests can point them at fake files.
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")

@@ -26,7 +26,7 @@ from edgeprune.errors import UserError
 from edgeprune.profiling.backend import Backend
 from edgeprune.profiling.fingerprint import host_fingerprint
 from edgeprune.profiling.stats import LatencyStats, NodeTimes
-from edgeprune.targets import Profile
+from edgeprune.profiling.targets import Profile
 
 # Generous for the prune loop (per-node traces of a large model on a slow CPU); the agent, which
 # times models from the network, passes a deadline derived from the request's profile.

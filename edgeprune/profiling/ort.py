@@ -22,7 +22,7 @@ from edgeprune.errors import UserError
 from edgeprune.profiling.backend import Backend
 from edgeprune.profiling.fingerprint import host_fingerprint
 from edgeprune.profiling.stats import LatencyStats, NodeTime, NodeTimes, summarize
-from edgeprune.targets import MeasureSpec, Profile
+from edgeprune.profiling.targets import MeasureSpec, Profile
 
 # Interleaved blocks per model in measure_pair: 20 blocks of 30 ms (at a 0.6 s window), compared
 # by trimmed means, gave a candidate/reference ratio with CV 2-4 % over fresh session pairs; 4

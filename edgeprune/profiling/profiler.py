@@ -18,7 +18,7 @@ from edgeprune.profiling.cache import LatencyCache, default_cache_path
 from edgeprune.profiling.factory import make_backend
 from edgeprune.profiling.fingerprint import fingerprint_hash
 from edgeprune.profiling.stats import LatencyStats, NodeTimes, ratio
-from edgeprune.targets import Profile
+from edgeprune.profiling.targets import Profile
 
 
 @dataclass
@@ -152,7 +152,7 @@ class Profiler:
         be an independent measurement, not the one the search happened to select it by.
         A measurement takes ``sessions`` fresh sessions and keeps the one with the median
         latency: on a shared machine one session can land several percent off the next (see
-        ``edgeprune.select.SessionNoise``). Noisy results are returned (so the caller can report them)
+        ``edgeprune.select.selection.SessionNoise``). Noisy results are returned (so the caller can report them)
         but never stored, so the next request measures again.
         """
         if sessions < 1:

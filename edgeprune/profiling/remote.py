@@ -1,5 +1,5 @@
 """Remote backend: measurements on a device running ``edgeprune agent`` (wire format in
-:mod:`edgeprune.agent`).
+:mod:`edgeprune.profiling.agent`).
 
 A :class:`~edgeprune.profiling.backend.Backend` like the local ones, so the Profiler and its
 SQLite cache do not know the difference; the fingerprint is the DEVICE's (its facts fetched
@@ -36,7 +36,7 @@ from edgeprune.profiling.credentials import TOKEN_ENV, URL_ENV, config_path, tok
 from edgeprune.profiling.fingerprint import compose_fingerprint
 from edgeprune.profiling.isolated import START_TIMEOUT_S, measurement_timeout
 from edgeprune.profiling.stats import LatencyStats, NodeTimes
-from edgeprune.targets import Profile
+from edgeprune.profiling.targets import Profile
 
 # A reply is a few kB of JSON; anything larger is not an agent talking.
 _MAX_REPLY_BYTES = 1 << 20

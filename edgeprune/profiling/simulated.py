@@ -27,7 +27,7 @@ from onnx import shape_inference
 from edgeprune.profiling.backend import Backend
 from edgeprune.profiling.fingerprint import compose_fingerprint, device_facts
 from edgeprune.profiling.stats import LatencyStats, NodeTimes
-from edgeprune.targets import Profile, SimulatedSpec
+from edgeprune.profiling.targets import Profile, SimulatedSpec
 
 _RUN_SPREAD = 0.02  # the per-run spread around the median a session reports (its CV)
 

@@ -4,7 +4,7 @@ Why: a measurement costs an export, a session and about a second of timed runs; 
 needs that for candidates that may end up on the Pareto front. The surrogate decides which ones
 are worth it, and is never reported as a latency (DESIGN.md: "latency is measured, not estimated").
 
-How (each step chosen from what ONNX Runtime does; :func:`edgeprune.surrogate_check.validate_surrogate`
+How (each step chosen from what ONNX Runtime does; :func:`edgeprune.jobs.surrogate_check.validate_surrogate`
 is the check):
 
 * ORT fuses Conv+BN+ReLU/Clip (and residual adds) into one node, so a *layer* here is a Conv or
@@ -45,7 +45,7 @@ _TIMED_KINDS = ("conv", "linear")
 class Layer:
     """What decides a layer's cost: its kind, channels, kernel, stride, groups and spatial size.
 
-    Plain data, so the surrogate needs no torch: :func:`edgeprune.layers.layer_descriptors` takes
+    Plain data, so the surrogate needs no torch: :func:`edgeprune.space.layers.layer_descriptors` takes
     them from a model."""
 
     name: str  # module path in the torch model: the layer's position

@@ -40,7 +40,7 @@ from edgeprune.profiling.fingerprint import device_facts, fingerprint_hash, host
 from edgeprune.profiling.paths import cache_folder
 from edgeprune.profiling.stats import LatencyStats, NodeTimes, summarize
 from edgeprune.profiling.trtexec import TRTEXEC_DEFAULT, TRTEXEC_ENV, find_trtexec, parse_version, trtexec_version
-from edgeprune.targets import Profile
+from edgeprune.profiling.targets import Profile
 
 # An engine build of a large CNN on an Orin Nano takes minutes; a hung trtexec must still end.
 _TRTEXEC_TIMEOUT_S = 3600.0

@@ -124,7 +124,7 @@ def serve(profile_json: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
     reason the user can fix (trtexec missing) answers ``{"ok": false, "user_error": true,
     "error": TEXT}`` instead of ready, TEXT being edgeprune's own one-line message."""
     from edgeprune.errors import UserError
-    from edgeprune.targets import Profile
+    from edgeprune.profiling.targets import Profile
 
     try:
         backend = make_local_backend(Profile.from_dict(json.loads(profile_json)))

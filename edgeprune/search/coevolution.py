@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from edgeprune.choice import Choice, Group
+from edgeprune.records import Choice, Group
 from edgeprune.progress import progress_bar
 from edgeprune.search.interface import GenerationLog, SearchProblem
 from edgeprune.search.nsga import SearchResult, finish, record_generation

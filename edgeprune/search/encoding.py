@@ -1,6 +1,6 @@
 """Genome encodings: how the GA's integer vectors map onto channels to keep.
 
-Both decode to a :data:`~edgeprune.choice.Choice` (kept channel indices per group) whose widths
+Both decode to a :data:`~edgeprune.records.Choice` (kept channel indices per group) whose widths
 lie on the target's step grid, so every genome is a network the target runs on fast kernels.
 
 * *width* (default) holds, per prunable group, an index into that group's allowed widths; the
@@ -22,7 +22,7 @@ from pymoo.operators.mutation.pm import PM
 from pymoo.operators.repair.rounding import RoundingRepair
 
 from edgeprune.errors import UserError
-from edgeprune.choice import Choice, Group, GroupLayout
+from edgeprune.records import Choice, Group, GroupLayout
 
 ENCODINGS = ("width", "mask")
 UNIFORM_SEEDS = (0.75, 0.5, 0.35, 0.25)

@@ -1,10 +1,10 @@
 """What a search algorithm sees of the pruning problem (pymoo's split: algorithm vs problem).
 
 The algorithms in this package (NSGA-II, co-evolution) and the encodings know a
-:class:`~edgeprune.choice.GroupLayout` (the groups and their width grids), can ask the problem to
+:class:`~edgeprune.records.GroupLayout` (the groups and their width grids), can ask the problem to
 evaluate a choice of channels, and read back each candidate's objectives and constraints as
 arrays. How a candidate is scored (a task on held-out data, a profiler on a device, a surrogate
-screen, a checkpoint that answers repeats) is :class:`edgeprune.problem.PruningProblem`'s
+screen, a checkpoint that answers repeats) is :class:`edgeprune.problem.pruning.PruningProblem`'s
 business; nothing here imports torch, the channel space, the profiler or training, which an
 import-linter contract in pyproject.toml enforces.
 """
@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edgeprune.choice import Choice, GroupLayout, widths_of
+from edgeprune.records import Choice, GroupLayout, widths_of
 
 
 class Latency(Protocol):

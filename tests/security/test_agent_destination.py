@@ -20,12 +20,12 @@ import pytest
 import torch
 import torchvision
 
-from edgeprune.checkpoint import RunCheckpoint
-from edgeprune.data import load_data
+from edgeprune.jobs.checkpoint import RunCheckpoint
+from edgeprune.tasks.data import load_data
 from edgeprune.errors import UserError
-from edgeprune.pipeline import PruneConfig, resume_config
+from edgeprune.jobs.prune import PruneConfig, resume_config
 from edgeprune.profiling.stats import LatencyStats
-from edgeprune.targets import load_profile
+from edgeprune.profiling.targets import load_profile
 
 TESTS = Path(__file__).resolve().parent.parent
 
@@ -153,7 +153,7 @@ def test_a_checkpoint_naming_a_shipped_target_that_measures_on_an_agent_needs_th
 
 @pytest.mark.parametrize("target", ["/somewhere/evil.yaml", "../profiles/mine.yaml", "sub\\x"])
 def test_a_reports_target_that_is_a_file_path_is_not_read(target):
-    from edgeprune.export import recorded_profile
+    from edgeprune.jobs.export import recorded_profile
 
     with pytest.raises(UserError, match="is not a shipped target name; pass --target"):
         recorded_profile({"target": target})

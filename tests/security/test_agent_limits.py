@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.agent import make_server
+from edgeprune.profiling.agent import make_server
 from edgeprune.errors import UserError
 from edgeprune.profiling import isolated
 from edgeprune.profiling import tensorrt as trt
 from edgeprune.profiling.worker import read_frame, serve, write_frame
-from edgeprune.targets import MeasureSpec, Profile, load_profile
+from edgeprune.profiling.targets import MeasureSpec, Profile, load_profile
 
 from .test_agent_security import SHAPE, conv_model, in_process, measure_headers, request
 
@@ -278,7 +278,7 @@ def _held(sockets: list[socket.socket]) -> int:
 
 
 def test_the_per_address_share_is_checked_and_ipv6_counts_by_its_64():
-    from edgeprune.agent import peer_key
+    from edgeprune.profiling.agent import peer_key
 
     assert peer_key("2001:db8::1") == peer_key("2001:db8::ffff:1") != peer_key("2001:db8:0:1::1")
     assert peer_key("::ffff:10.0.0.1") == peer_key("10.0.0.1") != peer_key("10.0.0.2")

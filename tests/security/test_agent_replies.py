@@ -26,7 +26,7 @@ from edgeprune.profiling.farm import FarmBackend
 from edgeprune.profiling.fingerprint import device_facts
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.remote import AgentUnavailable, InvalidReply, ModelRefused, RemoteBackend
-from edgeprune.targets import MeasureSpec, load_profile
+from edgeprune.profiling.targets import MeasureSpec, load_profile
 
 from .test_agent_security import conv_model, in_process
 

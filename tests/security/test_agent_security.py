@@ -2,8 +2,8 @@
 
 Models are built with onnx.helper (no torch: the agent must run without it, and so can these
 tests). An agent runs either in a subprocess with torch blocked (``AgentProcess``, started through
-:func:`edgeprune.agent.serve` so that options the CLI does not expose can be set), or in this
-process with :func:`edgeprune.agent.make_server` in a thread (``in_process``), where its threads
+:func:`edgeprune.profiling.agent.serve` so that options the CLI does not expose can be set), or in this
+process with :func:`edgeprune.profiling.agent.make_server` in a thread (``in_process``), where its threads
 and calls can be counted.
 """
 
@@ -29,9 +29,9 @@ import pytest
 from torch_block import BLOCK_TORCH
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeprune.agent import INTERNAL_ERROR, make_server
+from edgeprune.profiling.agent import INTERNAL_ERROR, make_server
 from edgeprune.errors import UserError
-from edgeprune.targets import MeasureSpec, load_profile
+from edgeprune.profiling.targets import MeasureSpec, load_profile
 
 SHAPE = (1, 3, 32, 32)
 TOKEN = "security-token-0123456789abcdef"
@@ -43,7 +43,7 @@ _BOOT = BLOCK_TORCH + textwrap.dedent(
     """
     import json, sys
 
-    from edgeprune.agent import serve
+    from edgeprune.profiling.agent import serve
     token_file, max_upload_mb, options = sys.argv[1] or None, float(sys.argv[2]), json.loads(sys.argv[3])
     serve("127.0.0.1", 0, token_file, max_upload_mb, **options)
     """

@@ -105,7 +105,7 @@ def small_run(tmp_path_factory):
 
 def test_the_run_s_own_report_passes_ensemble_s_checks(small_run):
     """The control of the cases below: a report edgeprune wrote is not refused."""
-    from edgeprune.ensemble import _check_report
+    from edgeprune.jobs.ensemble import _check_report
 
     run = small_run / "run"
     _check_report(run, json.loads((run / "report.json").read_text()))
@@ -271,9 +271,9 @@ def test_report_html_shows_a_bounded_part_of_a_huge_manifest(small_run, tmp_path
 def _robust_checkpoint(tmp_path: Path) -> tuple[Path, dict]:
     """An interrupted robust run's checkpoint as edgeprune writes it, before round 1's search:
     run.json, and the folder round 1's adversarial.npz goes in. Returns (--out, the set's settings)."""
-    from edgeprune.attack import Attack
-    from edgeprune.checkpoint import CHECKPOINT_FORMAT_VERSION
-    from edgeprune.pipeline import PruneConfig
+    from edgeprune.problem.attack import Attack
+    from edgeprune.jobs.checkpoint import CHECKPOINT_FORMAT_VERSION
+    from edgeprune.jobs.prune import PruneConfig
 
     out = tmp_path / "out"
     cfg = PruneConfig(model="tiny_models:tiny_resnet", data="digits", holdout=300, target=PROFILE, budget_ms=5.0, population=4, generations=1,
@@ -329,7 +329,7 @@ def test_workers_ray_starts_its_own_cluster_on_loopback_whatever_ray_address_say
     127.0.0.1 only (Ray's default is every interface)."""
     pytest.importorskip("ray")
     psutil = pytest.importorskip("psutil")
-    from edgeprune.workers import RayWorkers
+    from edgeprune.problem.workers import RayWorkers
 
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # nothing there: joining it would fail
     workers = RayWorkers("")

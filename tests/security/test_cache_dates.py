@@ -20,7 +20,7 @@ from edgeprune.profiling import cache as cache_mod
 from edgeprune.profiling.cache import LatencyCache
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.simulated import SimulatedBackend
-from edgeprune.targets import load_profile
+from edgeprune.profiling.targets import load_profile
 
 from .test_agent_security import conv_model
 from .test_cache_security import FP, _doc, _row, _stats

@@ -20,7 +20,7 @@ from edgeprune.errors import UserError
 from edgeprune.profiling import credentials
 from edgeprune.profiling.credentials import token_for
 from edgeprune.profiling.remote import RemoteBackend
-from edgeprune.targets import load_profile
+from edgeprune.profiling.targets import load_profile
 
 TOKEN = "secret-token-0123456789abcdef"
 

@@ -18,10 +18,10 @@ import torch
 
 from edgeprune.errors import UserError
 from edgeprune.search.interface import Candidate
-from edgeprune.pipeline import PruneConfig
+from edgeprune.jobs.prune import PruneConfig
 from edgeprune.profiling.stats import LatencyStats
-from edgeprune.checkpoint import RunCheckpoint, SearchJournal
-from edgeprune.space import ChannelSpace
+from edgeprune.jobs.checkpoint import RunCheckpoint, SearchJournal
+from edgeprune.space.channels import ChannelSpace
 
 TESTS = Path(__file__).parent.parent
 PROFILE = str(TESTS / "fixtures" / "fast-cpu.yaml")

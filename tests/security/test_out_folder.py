@@ -11,7 +11,7 @@ import pytest
 from edgeprune.cli import main
 from edgeprune.errors import UserError
 from edgeprune.exporters.files import OUTPUT_MARKER, atomic_write_all, foreign_entry
-from edgeprune.pipeline import _staging
+from edgeprune.jobs.prune import _staging
 
 TESTS = Path(__file__).resolve().parent.parent
 PRUNE = ["tiny_models:tiny_resnet", "--data", "digits", "--holdout", "300", "--target", str(TESTS / "fixtures" / "fast-cpu.yaml"),

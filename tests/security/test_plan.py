@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from edgeprune.errors import UserError
-from edgeprune.pruned import load_pruned, read_plan
+from edgeprune.space.pruned import load_pruned, read_plan
 
 TESTS = Path(__file__).resolve().parent.parent
 
@@ -134,7 +134,7 @@ def test_a_report_artifact_that_links_outside_is_refused(tmp_path):
 
 
 def test_report_profile_is_validated_like_an_untrusted_one(tmp_path):
-    from edgeprune.targets import load_profile
+    from edgeprune.profiling.targets import load_profile
 
     profile = load_profile("x86-cpu").to_dict()
     for bad, words in (({"agent_token_file": "/etc/hostname"}, "not read from a profile"),

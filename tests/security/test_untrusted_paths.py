@@ -15,11 +15,11 @@ from onnx import TensorProto, helper
 
 from edgeprune.cli import main
 from edgeprune.errors import UserError
-from edgeprune.pipeline import PruneConfig, resume_config
+from edgeprune.jobs.prune import PruneConfig, resume_config
 from edgeprune.profiling import credentials
 from edgeprune.profiling.stats import LatencyStats
-from edgeprune.checkpoint import RunCheckpoint
-from edgeprune.targets import load_profile
+from edgeprune.jobs.checkpoint import RunCheckpoint
+from edgeprune.profiling.targets import load_profile
 
 
 def _onnx(path: Path) -> None:
@@ -164,7 +164,7 @@ def test_the_token_never_goes_through_a_proxy_from_the_environment(tmp_path, mon
 
 
 def test_a_plan_cannot_ask_for_a_huge_input(tmp_path):
-    from edgeprune.pruned import read_plan
+    from edgeprune.space.pruned import read_plan
 
     plan = {"format_version": 1, "model": {"kind": "torchvision", "spec": "torchvision:resnet18"},
             "input_shape": [3, 16384, 16384], "kept": {}}

@@ -18,13 +18,13 @@ import yaml
 
 pytest.importorskip("ultralytics")
 
-from edgeprune import yolo  # noqa: E402
-from edgeprune.checkpoint import RunCheckpoint  # noqa: E402
+from edgeprune.tasks import yolo  # noqa: E402
+from edgeprune.jobs.checkpoint import RunCheckpoint  # noqa: E402
 from edgeprune.errors import UserError  # noqa: E402
-from edgeprune.models import builds_without_code, load_model  # noqa: E402
-from edgeprune.pipeline import PruneConfig, resume_config  # noqa: E402
+from edgeprune.tasks.models import builds_without_code, load_model  # noqa: E402
+from edgeprune.jobs.prune import PruneConfig, resume_config  # noqa: E402
 from edgeprune.profiling.stats import LatencyStats  # noqa: E402
-from edgeprune.pruned import load_pruned, original_model  # noqa: E402
+from edgeprune.space.pruned import load_pruned, original_model  # noqa: E402
 
 SHIPPED = yolo.packaged_yaml("yolov8n.yaml")
 

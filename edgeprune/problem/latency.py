@@ -1,0 +1,84 @@
+"""The one way a pruning problem gets latency: shrunk torch model → ONNX → the target's Profiler.
+
+:class:`LatencySource` is what :class:`edgeprune.problem.pruning.PruningProblem` and the selection stage
+ask; :class:`ProfiledLatency` answers through :class:`edgeprune.profiling.profiler.Profiler`
+(cache, reference interleaving, backend: ORT, TensorRT or an agent). Latency belongs to the
+architecture, so everything is keyed by widths; an ONNX export happens only on a cache miss.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from torch import nn
+
+from edgeprune.exporters.onnx_bytes import export_onnx_bytes
+from edgeprune.profiling.profiler import Pending, Profiler
+from edgeprune.profiling.stats import LatencyStats, NodeTimes
+from edgeprune.space.channels import ChannelSpace
+
+
+class LatencySource(Protocol):
+    shape: tuple[int, ...]  # what the target runs, batch included
+    has_node_times: bool
+
+    def measure(self, widths: tuple[int, ...], model: nn.Module | None = None, fresh: bool = False) -> tuple[LatencyStats, bool]:
+        """``(stats, from_cache)`` of the architecture ``widths`` (``model``: its shrunk network,
+        when the caller has it already). ``fresh`` measures again whatever is known."""
+
+    def start(self, widths: tuple[int, ...], model: nn.Module | None = None, fresh: bool = False) -> Pending:
+        """Begin measuring ``widths``: at once on a farm of agents (the answer comes while the
+        caller scores accuracy), else now; :meth:`finish` gives ``(stats, from_cache)``.
+        ``fresh``: one more fresh session, whatever is known."""
+
+    def finish(self, pending: Pending) -> tuple[LatencyStats, bool]:
+        """The answer of :meth:`start` (waits for it)."""
+
+    def peek(self, widths: tuple[int, ...]) -> LatencyStats | None:
+        """The known latency of ``widths``, without measuring."""
+
+    def node_times(self, widths: tuple[int, ...], model: nn.Module) -> NodeTimes:
+        """Per-node times of ``widths`` (only when ``has_node_times``)."""
+
+    def set_reference(self, widths: tuple[int, ...], anchor: LatencyStats | None = None) -> LatencyStats:
+        """Time every later architecture next to ``widths``; returns the anchor (its latency)."""
+
+
+class ProfiledLatency:
+    """:class:`LatencySource` over the target's Profiler, for the architectures of ``space``."""
+
+    def __init__(self, space: ChannelSpace, profiler: Profiler, opset: int, batch: int = 1):
+        self.space, self.profiler, self.opset = space, profiler, opset
+        self.shape = (batch, *space.input_shape)
+
+    @property
+    def has_node_times(self) -> bool:
+        return self.profiler.has_node_times
+
+    def set_reference(self, widths: tuple[int, ...], anchor: LatencyStats | None = None) -> LatencyStats:
+        """Time all later architectures next to ``widths`` (see Profiler.set_reference)."""
+        return self.profiler.set_reference(self._key(widths), self.shape, self._onnx(widths), anchor=anchor)
+
+    def measure(self, widths, model=None, fresh=False):
+        onnx = lambda: self._onnx(widths, model)  # noqa: E731 - deferred: a cache hit never exports
+        return self.profiler.latency(self._key(widths), self.shape, onnx, fresh=fresh)
+
+    def start(self, widths, model=None, fresh=False):
+        return self.profiler.start(self._key(widths), self.shape, lambda: self._onnx(widths, model), fresh)
+
+    def finish(self, pending):
+        return self.profiler.finish(pending)
+
+    def peek(self, widths):
+        return self.profiler.peek(self._key(widths), self.shape)
+
+    def node_times(self, widths, model):
+        return self.profiler.node_times(self._key(widths), self.shape, lambda: self._onnx(widths, model))
+
+    def _key(self, widths) -> str:
+        return self.space.arch_key(widths)
+
+    def _onnx(self, widths, model=None) -> bytes:
+        """ONNX of the architecture (shrunk from the original unless ``model`` is given)."""
+        model = model if model is not None else self.space.shrink(self.space.plan(widths))
+        return export_onnx_bytes(model, self.shape, self.opset)

@@ -1,0 +1,332 @@
+"""The pruning problem: channel choices → objectives and a latency constraint (pymoo's split).
+
+:class:`PruningProblem` owns the channel space, the task (accuracy), the latency source and the
+round's latency limit, and exposes to the searches only what :class:`edgeprune.search.interface.
+SearchProblem` declares: evaluate a choice, and the candidates' objectives ``F`` and constraints
+``G``. New objectives are plug-ins (:data:`OBJECTIVES` and :class:`ModelScore`), never edits of
+an algorithm.
+
+Accuracy proxy (EagleEye): a freshly pruned network's BatchNorm statistics belong to the unpruned
+network, which makes raw accuracy of candidates almost meaningless. Re-estimating the statistics on
+a few hundred training images (train-mode forward, no gradient) and scoring on a held-out split of
+TRAIN ranks candidates the way fine-tuning will. The test split is never looked at here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeprune.records import Choice, widths_of
+from edgeprune.errors import UserError
+from edgeprune.problem.latency import LatencySource
+from edgeprune.profiling.stats import LatencyStats
+from edgeprune.problem.screening import Screen
+from edgeprune.search.interface import Candidate
+from edgeprune.space.channels import ChannelSpace, macs_and_params
+from edgeprune.tasks.task import Task
+
+
+def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
+    """Adaptive-BN: replace running statistics by a cumulative average over ``batches``."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average: every batch counts equally
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    return model.eval()
+
+
+def scores_of(model: nn.Module, task: Task, model_scores: Sequence[ModelScore]) -> dict[str, float]:
+    """``{"accuracy": ..., score name: ...}`` of a network as it is now: what a candidate, a
+    short-tuned network or a Ray task reports, computed the same way wherever it runs."""
+    return {"accuracy": task.score(model)} | {s.name: float(s.measure(model)) for s in model_scores}
+
+
+class ModelScore(Protocol):
+    """A further objective measured on each candidate network (higher is better), e.g. robust
+    accuracy; its value lands in ``Candidate.scores[name]`` and becomes a column of ``F``."""
+
+    name: str
+
+    def measure(self, model: nn.Module) -> float: ...
+
+
+class Workers(Protocol):
+    """Where candidates' accuracy is scored besides this process (:mod:`edgeprune.problem.workers`)."""
+
+    def score(self, space: ChannelSpace, task: Task, model_scores: Sequence[ModelScore], plans: list) -> list[tuple[float, dict[str, float], float]]:
+        """``(accuracy, model scores, seconds)`` of each plan's shrunk network after adaptive BN,
+        exactly as this process would score it."""
+
+    def short_tune(self, space: ChannelSpace, task: Task, model_scores: Sequence[ModelScore], teacher: nn.Module, plans: list, epochs: float, seed: int) -> list[dict[str, float]]:
+        """Accuracy and model scores of each plan's network after ``epochs`` of the task's fine-tune."""
+
+
+class CandidateLog(Protocol):
+    """Where each evaluated candidate is recorded as it completes (the checkpoint journal)."""
+
+    def record(self, cand: Candidate) -> None: ...
+
+
+# The built-in objectives, each a minimised column of F. Latency is floored at ``focus`` of the
+# limit (see PruningProblem); MACs stand in for energy and memory traffic where those matter.
+OBJECTIVES: dict[str, Callable[[Candidate, "PruningProblem"], float]] = {
+    "accuracy": lambda c, p: -c.accuracy,
+    "latency": lambda c, p: max(c.latency.median_ms, p.focus * p.limit_ms),
+    "macs": lambda c, p: float(c.macs),
+    # Accuracy on the round's shared adversarial set (edgeprune.problem.robustness); needs that ModelScore.
+    "robustness": lambda c, p: -c.scores.get("robustness", 0.0),
+}
+# The objectives that say how good a network is; the pick ranks by their mean (CCSRP ranks by
+# (ACC + ACCr) / 2), latency and MACs only decide between equals.
+QUALITY = ("accuracy", "robustness")
+DEFAULT_OBJECTIVES = ("accuracy", "latency")
+_BUILT_IN = ("accuracy", "latency", "macs")
+
+
+def parse_objectives(text: str) -> tuple[str, ...]:
+    """``accuracy,latency,robustness`` → the names, checked: known, no repeats, accuracy or
+    robustness included (the pick is made by them within the budget; latency is always a
+    constraint, whether or not it is also an objective)."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown or not set(QUALITY) & set(names) or len(set(names)) != len(names):
+        raise UserError(
+            f"--objectives {text!r} must name accuracy or robustness (or both) and optionally latency and macs, "
+            f"each once (known: {', '.join(OBJECTIVES)}), e.g. accuracy,latency,robustness"
+        )
+    return names
+
+
+@dataclass
+class PruningProblem:
+    """Scores channel choices of ``space``; each is evaluated once, whatever the search asks.
+
+    ``limit_ms`` is the constraint (latency <= limit); ``focus`` (a fraction of the limit) makes
+    latencies below ``focus * limit`` count as equal in the latency objective: the job picks ONE
+    network at the budget, and a front spread down to tiny models spends most evaluations where
+    no pick will come from (the report's fronts use the real latencies). ``known`` candidates
+    (evaluated by the job before this problem, e.g. the baseline) answer repeats without being
+    journaled; ``restored`` ones (from the journal of an interrupted run) are handed out as the
+    replayed search asks for them, in the original order, so that the screen learns from them
+    exactly as it did before the interruption.
+    """
+
+    space: ChannelSpace
+    task: Task
+    latency: LatencySource
+    limit_ms: float = math.inf
+    focus: float = 0.0
+    reference_ms: float | None = None
+    objective_names: tuple[str, ...] = DEFAULT_OBJECTIVES
+    model_scores: tuple[ModelScore, ...] = ()
+    journal: CandidateLog | None = None
+    screen: Screen | None = None
+    known: Iterable[Candidate] = ()
+    restored: Iterable[Candidate] = ()
+    workers: Workers | None = None
+
+    def __post_init__(self):
+        self.results: dict[Choice, Candidate] = {c.choice: c for c in self.known}
+        self._restored = {c.choice: c for c in self.restored if c.choice not in self.results}
+        self.restored_count = len(self._restored)
+        self.evaluations = 0
+        self._scores: dict[Choice, tuple[float, int]] = {}
+        self._columns = [OBJECTIVES[n] for n in self.objective_names]
+        # A screened candidate was never scored: 0, like its accuracy (it is infeasible anyway).
+        self._columns += [(lambda c, p, name=s.name: -c.scores.get(name, 0.0)) for s in self.model_scores if s.name not in self.objective_names]
+        missing = [n for n in self.objective_names if n not in _BUILT_IN and n not in {s.name for s in self.model_scores}]
+        if missing:
+            raise ValueError(f"objectives {missing} need a model score of that name")
+        self.quality_names = tuple(n for n in QUALITY if n in self.objective_names) or ("accuracy",)
+
+    # --- what a search sees (SearchProblem) ---------------------------------------------------
+
+    @property
+    def layout(self) -> ChannelSpace:
+        """The space's groups and width grids (a ChannelSpace is a GroupLayout)."""
+        return self.space
+
+    @property
+    def n_obj(self) -> int:
+        return len(self._columns)
+
+    def objectives(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        return np.array([[column(c, self) for column in self._columns] for c in candidates], dtype=float)
+
+    def constraints(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        return np.array([[c.latency.median_ms - self.limit_ms] for c in candidates], dtype=float)
+
+    @property
+    def front_scores(self) -> tuple[str, ...]:
+        """The model scores that are objectives: the Pareto front is non-dominated in them too."""
+        return tuple(n for n in self.objective_names if n not in _BUILT_IN)
+
+    def quality(self, cand: Candidate) -> float:
+        """How good a candidate is: the mean of its accuracy and robust accuracy where robustness
+        is an objective (CCSRP's (ACC + ACCr) / 2), else its accuracy."""
+        values = [cand.accuracy if n == "accuracy" else cand.scores.get(n, 0.0) for n in self.quality_names]
+        return sum(values) / len(values)
+
+    def model_quality(self, model: nn.Module) -> dict[str, float]:
+        """A network's accuracy and every model score, measured now (after a short tune), with
+        ``quality`` their mean as :meth:`quality` takes it."""
+        return self.with_quality(scores_of(model, self.task, self.model_scores))
+
+    def with_quality(self, values: dict[str, float]) -> dict[str, float]:
+        """A network's accuracy and model scores, plus ``quality`` (see :meth:`quality`)."""
+        return values | {"quality": sum(values[n] for n in self.quality_names) / len(self.quality_names)}
+
+    def evaluated(self) -> list[Candidate]:
+        return list(self.results.values())
+
+    def partial_score(self, choice: Choice) -> tuple[float, int]:
+        choice = _normal(choice)
+        known = self.results.get(choice)
+        if known is not None and not known.predicted:
+            return self.quality(known), known.macs
+        if choice not in self._scores:
+            model = self._calibrated(self.space.shrink(self.space.plan_of(choice)))
+            quality = self.model_quality(model)["quality"] if self.front_scores else self.task.score(model)
+            self._scores[choice] = (quality, macs_and_params(model, self.space.input_shape)[0])
+        return self._scores[choice]
+
+    def evaluate(self, choice: Choice) -> Candidate:
+        """The candidate for ``choice`` (see :meth:`evaluate_batch`)."""
+        return self.evaluate_batch([choice])[0]
+
+    def evaluate_batch(self, choices: Sequence[Choice]) -> list[Candidate]:
+        """The candidates for ``choices``, in order; each choice is evaluated once.
+
+        Latency first, for every choice: on this host's CPU it is measured there and then (on
+        an idle CPU: nothing else of ours runs while the profiler times); on a farm of agents
+        every measurement is started at once and answered while accuracy is scored here. A
+        candidate the screen predicts far over the limit is neither timed nor scored. Then
+        accuracy after BN recalibration, on this host or on the problem's ``workers`` (Ray), in
+        parallel. Candidates are journaled in the order given, so the result is the same
+        whichever way the work was spread.
+        """
+        order = [_normal(c) for c in choices]
+        fresh: dict[Choice, _Pending] = {}
+        for choice in order:
+            if choice in self.results or choice in fresh:
+                continue
+            start = time.perf_counter()
+            widths = widths_of(choice)
+            model = self.space.shrink(self.space.plan_of(choice))
+            restored = self._restored.pop(choice, None)
+            if restored is not None:
+                self._teach_screen(widths, model, restored)
+                self.results[choice] = restored
+                continue
+            skipped = self._screened(choice, widths, model, start)
+            latency = None if skipped is not None else self.latency.start(widths, model)
+            if latency is not None and self.screen is not None:
+                # The screen learns from each measurement before deciding on the next choice.
+                stats = self.latency.finish(latency)[0]
+                self.screen.learn(model, stats.median_ms, lambda: self.latency.node_times(widths, model))
+            fresh[choice] = _Pending(widths, model, latency, skipped, time.perf_counter() - start)
+        scored = [c for c, p in fresh.items() if p.skipped is None]
+        accuracies = self._accuracies(scored, [fresh[c].model for c in scored])
+        for choice, pending in fresh.items():
+            if pending.skipped is not None:
+                self._keep(pending.skipped)
+                continue
+            start = time.perf_counter()
+            stats, cached = self.latency.finish(pending.latency)
+            (accuracy, scores, seconds) = accuracies[choice]
+            macs, params = macs_and_params(pending.model, self.space.input_shape)
+            took = pending.seconds + seconds + time.perf_counter() - start
+            self._keep(Candidate(choice, accuracy, stats, macs, params, cached, took, False, scores))
+        return [self.results[c] for c in order]
+
+    def _screened(self, choice: Choice, widths, model: nn.Module, start: float) -> Candidate | None:
+        """The candidate the screen skips (predicted far over the limit, latency unknown), else None."""
+        if self.screen is None or self.latency.peek(widths) is not None:
+            return None
+        predicted = self.screen.skip(model)
+        if predicted is None:
+            return None
+        macs, params = macs_and_params(model, self.space.input_shape)
+        stats = LatencyStats(0, predicted, predicted, predicted, predicted, 0.0, 0.0)
+        return Candidate(choice, 0.0, stats, macs, params, False, time.perf_counter() - start, True)
+
+    def _accuracies(self, choices: list[Choice], models: list[nn.Module]) -> dict[Choice, tuple[float, dict[str, float], float]]:
+        """``{choice: (accuracy, model scores, seconds)}`` after BN recalibration."""
+        if self.workers is not None and choices:
+            answers = self.workers.score(self.space, self.task, self.model_scores, [self.space.plan_of(c) for c in choices])
+            return dict(zip(choices, answers))
+        out = {}
+        for choice, model in zip(choices, models):
+            start = time.perf_counter()
+            scores = scores_of(self._calibrated(model), self.task, self.model_scores)
+            out[choice] = (scores.pop("accuracy"), scores, time.perf_counter() - start)
+        return out
+
+    # --- what the job and the selection stage use -----------------------------------------------
+
+    def evaluate_widths(self, widths) -> Candidate:
+        """Evaluate the most important ``widths`` channels of every group."""
+        return self.evaluate(self.space.choice(widths))
+
+    def latency_of(self, widths: tuple[int, ...], fresh: bool = False) -> LatencyStats:
+        """Measured latency of an architecture (the cache answers repeats unless ``fresh``)."""
+        return self.latency.measure(tuple(widths), None, fresh)[0]
+
+    def fresh_sessions(self, widths: tuple[int, ...], count: int) -> list[LatencyStats]:
+        """``count`` fresh sessions of an architecture, in the order started: one after the
+        other on this host, several at once on a farm of agents."""
+        started = [self.latency.start(tuple(widths), None, True) for _ in range(count)]
+        return [self.latency.finish(p)[0] for p in started]
+
+    def known_candidates(self) -> list[Candidate]:
+        """Every candidate evaluated in this run or restored from its checkpoint: a resumed run
+        looks its finished pick up here (the pick may be a widened network the GA never saw)."""
+        return [*self.results.values(), *self._restored.values()]
+
+    def _calibrated(self, model: nn.Module) -> nn.Module:
+        return recalibrate_bn(model, self.task.calibration_batches())
+
+    def _teach_screen(self, widths, model, restored: Candidate) -> None:
+        if self.screen is not None and restored.predicted:
+            self.screen.replay_skip()
+        elif self.screen is not None:
+            self.screen.learn(model, restored.latency.median_ms, lambda: self.latency.node_times(widths, model))
+
+    def _keep(self, cand: Candidate) -> Candidate:
+        self.results[cand.choice] = cand
+        self.evaluations += 1
+        if self.journal is not None:
+            self.journal.record(cand)
+        return cand
+
+
+@dataclass
+class _Pending:
+    """A choice of :meth:`PruningProblem.evaluate_batch` between its latency and its accuracy."""
+
+    widths: tuple[int, ...]
+    model: nn.Module
+    latency: object  # what LatencySource.start returned; None when skipped
+    skipped: Candidate | None
+    seconds: float
+
+
+def _normal(choice) -> Choice:
+    return tuple(tuple(int(i) for i in idxs) for idxs in choice)

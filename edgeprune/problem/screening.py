@@ -1,0 +1,97 @@
+"""Which candidates are worth measuring: the latency surrogate as a screen, never as a result.
+
+A measurement costs an ONNX export, a session and about a second of timed runs; most of a
+search's late candidates are mutants of networks that are already too slow. The screen predicts
+each uncached candidate's latency from its torch model (:class:`LatencySurrogate`) and skips the
+measurement — and the accuracy evaluation — of those predicted clearly over the budget. Such a
+candidate enters the GA as infeasible with its *predicted* latency, and is never a Pareto point,
+a pick or a number in the report.
+
+"Clearly" is earned, not assumed: the screen first measures ``warmup`` candidates with ORT
+per-node times to build the surrogate's table, then keeps predicting every candidate it lets
+through and comparing with the measurement. It skips only while the median error of the last
+``window`` predictions is at most ``max_error``, and only candidates predicted above
+``limit × (1 + 3 × that error)`` — so a surrogate that is off on this model (a different
+architecture family, a noisy machine) simply stops screening.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from dataclasses import dataclass
+
+from torch import nn
+
+from edgeprune.space.layers import layer_descriptors
+from edgeprune.profiling.surrogate import LatencySurrogate
+
+WARMUP = 8
+WINDOW = 8
+MAX_ERROR = 0.10
+
+
+@dataclass
+class Screen:
+    surrogate: LatencySurrogate
+    warmup: int = WARMUP
+    window: int = WINDOW
+    max_error: float = MAX_ERROR
+    limit_ms: float | None = None  # the round's latency constraint (PruningProblem.limit_ms)
+    skips: int = 0
+    _with_nodes: int = 0
+
+    def __post_init__(self):
+        self.errors: deque[float] = deque(maxlen=self.window)  # relative errors of recent predictions
+
+    @property
+    def recent_error(self) -> float | None:
+        return statistics.median(self.errors) if len(self.errors) >= self.window else None
+
+    def threshold_ms(self) -> float | None:
+        """Predictions above this are not measured (None: the screen is not trusted right now)."""
+        error = self.recent_error
+        if self.limit_ms is None or error is None or error > self.max_error:
+            return None
+        return self.limit_ms * (1 + 3 * error)
+
+    def skip(self, model: nn.Module) -> float | None:
+        """The predicted latency when ``model`` need not be measured, else None."""
+        threshold = self.threshold_ms()
+        if threshold is None:
+            return None
+        predicted = self.surrogate.predict(self._layers(model))
+        if predicted > threshold:
+            self.skips += 1
+            return predicted
+        return None
+
+    def learn(self, model: nn.Module, measured_ms: float, node_times) -> None:
+        """After a real measurement: score the prediction, then teach the surrogate.
+
+        ``node_times()`` gives the model's ORT per-node profile (cached like latencies, so a
+        resumed or repeated run on the same cache builds the same table); it is only asked for
+        during the warm-up."""
+        layers = self._layers(model)
+        if self._with_nodes >= self.warmup:
+            predicted = self.surrogate.predict(layers)
+            self.errors.append(abs(predicted - measured_ms) / measured_ms)
+            self.surrogate.observe(layers, measured_ms)
+        else:
+            self.surrogate.observe(layers, measured_ms, node_times())
+            self._with_nodes += 1
+
+    def _layers(self, model: nn.Module):
+        """What the surrogate reads: the model's layer descriptors at the shape it is fitted for."""
+        return layer_descriptors(model, self.surrogate.input_shape)
+
+    def replay_skip(self) -> None:
+        """A skip of the interrupted run, replayed from its journal."""
+        self.skips += 1
+
+    def to_dict(self) -> dict:
+        return {
+            "skips": self.skips,
+            "observed": self.surrogate.observations,
+            "recent_median_error": self.recent_error,
+        }

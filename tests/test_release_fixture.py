@@ -68,19 +68,36 @@ def test_the_release_model_is_gated(tmp_path):
     assert impossible.returncode == 1, impossible.stderr[-2000:]
 
 
-@pytest.mark.slow
-def test_a_checkpoint_of_the_release_resumes(tmp_path):
-    """The killed run's checkpoint (8 evaluations journaled) continues to a finished run. Its
-    run.json names the writer's absolute paths, as every checkpoint does; they are pointed at
-    this copy, as a user who moved the folder would."""
+def _resume_release_checkpoint(tmp_path: Path, budget_ms: float | None = None):
+    """Resume a copy of the killed run's checkpoint (8 evaluations journaled). Its run.json names
+    the writer's absolute paths, as every checkpoint does; they are pointed at this copy, as a
+    user who moved the folder would. ``budget_ms`` replaces the recorded budget."""
     checkpoint = tmp_path / "out.checkpoint"
     shutil.copytree(RELEASE / "out.checkpoint", checkpoint)
     run_json = checkpoint / "run.json"
     state = json.loads(run_json.read_text())
     state["config"].update(out=str(tmp_path / "out"), cache=str(tmp_path / "c.sqlite"), target=str(FAST_CPU))
+    if budget_ms is not None:
+        state["budget_ms"] = state["config"]["budget_ms"] = budget_ms
     run_json.write_text(json.dumps(state))
-    run = run_edgeprune(["--resume", str(tmp_path / "out"), "--trust-model-code", "--no-progress"])
+    return run_edgeprune(["--resume", str(tmp_path / "out"), "--trust-model-code", "--no-progress"]), checkpoint
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_the_release_resumes(tmp_path):
+    run, checkpoint = _resume_release_checkpoint(tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["budget_met"] is True
     assert not checkpoint.exists()
+
+
+@pytest.mark.slow
+def test_a_resumed_run_that_misses_its_budget_exits_1(tmp_path):
+    """The verdict of a resumed run is the exit code too: a budget far below what the network can
+    reach (0.1 µs) is missed, and the run says so with exit 1, not 0."""
+    run, _ = _resume_release_checkpoint(tmp_path, budget_ms=0.0001)
+    assert run.returncode == 1, run.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["budget_met"] is False
+    assert "out of reach" in run.stderr

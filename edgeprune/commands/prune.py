@@ -102,11 +102,12 @@ def run(args: argparse.Namespace) -> int:
                 f"--resume takes its settings from the checkpoint; drop {', '.join(ignored)} "
                 "(only --no-progress and --trust-model-code apply to a resumed run)"
             )
-        report = run_prune(resume_config(args.resume, progress=not args.no_progress, trust_model_code=args.trust_model_code))
-        return 0 if report["budget_met"] else 1
-    if args.trust_model_code:
+        cfg = resume_config(args.resume, progress=not args.no_progress, trust_model_code=args.trust_model_code)
+    elif args.trust_model_code:
         raise UserError("--trust-model-code only applies with --resume (a model named on the command line is trusted); drop it")
-    if not args.model:
+    elif not args.model:
         raise UserError("no model given; pass a model file, torchvision:NAME or package.module:factory (or --resume OUT_DIR)")
-    report = run_prune(config(args))
+    else:
+        cfg = config(args)
+    report = run_prune(cfg)
     return 0 if report["budget_met"] else 1

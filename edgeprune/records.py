@@ -1,16 +1,24 @@
-"""What a search chooses, without the network: channel groups, their widths and kept channels.
+"""What a search chooses and what comes back, without the network: channel groups, their widths
+and kept channels, and the evaluated :class:`Candidate`.
 
 A search only needs to know, per prunable group, how wide it is, which widths the target's step
 grid allows and which channels matter most. That is plain data, so it lives here, apart from the
 torch model and Torch-Pruning's graph (:class:`edgeprune.space.channels.ChannelSpace` adds those): the
-searches (``edgeprune.search``) work on a :class:`GroupLayout` and never import torch.
+searches (``edgeprune.search``) work on a :class:`GroupLayout` and never import torch. Every stage
+after the search (problem, select, jobs, report) passes candidates around, so the record sits on
+the ground floor, as pymoo keeps ``Individual`` in its core, and none of them imports the search
+to name it. The ratio-bounded bit flip is here for the same reason: co-evolution mutates group
+masks with it and the robustness objective mutates sub-nets with it, two stages, one operator.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
 
 # Kept channel indices per group (ascending), in layout order: what a genome decodes to. Two
 # choices with the same widths are the same architecture (same latency) but different networks
@@ -103,3 +111,56 @@ class GroupLayout:
     def full_choice(self) -> Choice:
         """Every channel of every group: the unpruned network."""
         return self.choice(self.widths_from_indices(self.full_indices()))
+
+
+class Latency(Protocol):
+    """A latency measurement as the stages read it (``edgeprune.profiling.stats.LatencyStats``)."""
+
+    median_ms: float
+
+
+@dataclass
+class Candidate:
+    """One evaluated network. ``latency`` is a measurement unless ``predicted`` (see below)."""
+
+    choice: Choice
+    accuracy: float
+    latency: Latency
+    macs: int
+    params: int
+    from_cache: bool = False
+    seconds: float = 0.0
+    # Not measured: the screen predicted it far over the latency limit. Such candidates steer the
+    # GA (as infeasible) but are never a Pareto point, a pick or a reported number.
+    predicted: bool = False
+    # Values of the problem's further objectives, by name (higher is better), e.g. robustness.
+    scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return widths_of(self.choice)
+
+    def summary(self, layout: GroupLayout) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "latency_ms": self.latency.median_ms,
+            "macs": self.macs,
+            "params": self.params,
+            "widths": {g.name: int(w) for g, w in zip(layout.groups, self.widths)},
+            **({"scores": dict(self.scores)} if self.scores else {}),
+        }
+
+
+# CCSRP's mutation settings (section 4): bit-flip rate p1 for a fresh mutant, ratio bound r.
+P1, RATIO_BOUND = 0.05, 0.1
+
+
+def bounded_bit_flip(bits: np.ndarray, rate: float, bound: float, rng: np.random.Generator) -> np.ndarray:
+    """Flip each bit with probability ``rate``; then, if more than ``bound`` of the channels are
+    off, switch random off-bits back on until exactly that many are (CCEP's ratio bound)."""
+    out = bits ^ (rng.random(len(bits)) < rate)
+    max_off = int(np.floor(bound * len(bits)))
+    off = np.flatnonzero(~out)
+    if len(off) > max_off:
+        out[rng.choice(off, size=len(off) - max_off, replace=False)] = True
+    return out

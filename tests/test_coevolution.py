@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgeprune.search.coevolution import bounded_bit_flip, run_coevolution, snap
+from edgeprune.records import bounded_bit_flip
+from edgeprune.search.coevolution import run_coevolution, snap
 from edgeprune.space.channels import ChannelSpace
 from tiny_models import TinyResNet
 

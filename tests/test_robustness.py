@@ -22,7 +22,7 @@ from edgeprune.jobs.prune import PruneConfig, _validate
 from edgeprune.problem.pruning import parse_objectives, recalibrate_bn
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.problem.robustness import AdversarialSet, Attack, Normalisation, RobustPruning, accuracy_on, pgd, subnet_choice
-from edgeprune.search.interface import Candidate
+from edgeprune.records import Candidate
 from edgeprune.search.nsga import hypervolume, pareto_front
 from edgeprune.space.channels import ChannelSpace
 from edgeprune.tasks.training import evaluate, train

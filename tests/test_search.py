@@ -16,7 +16,7 @@ from edgeprune.problem.latency import ProfiledLatency
 from edgeprune.problem.pruning import PruningProblem, parse_objectives, recalibrate_bn
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.stats import LatencyStats
-from edgeprune.search.interface import Candidate
+from edgeprune.records import Candidate
 from edgeprune.search.nsga import run_nsga2
 from edgeprune.select.selection import SessionNoise, confirm, confirmed, ratio_seeds, refine, shortlist, widen
 from edgeprune.space.channels import ChannelSpace, macs_and_params

@@ -27,10 +27,10 @@ import typing
 from pathlib import Path
 
 from edgeprune.errors import UserError
+from edgeprune.files import atomic_write
 from edgeprune.jsonfile import MAX_JSON_BYTES
-from edgeprune.records import Choice, Group, GroupLayout
+from edgeprune.records import Candidate, Choice, Group, GroupLayout
 from edgeprune.profiling.stats import LatencyStats
-from edgeprune.search.interface import Candidate
 
 CHECKPOINT_FORMAT_VERSION = 1
 
@@ -532,6 +532,4 @@ class RunCheckpoint:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True).encode("utf-8"))

@@ -31,7 +31,7 @@ from edgeprune.profiling.surrogate import LatencySurrogate
 from edgeprune.progress import console
 from edgeprune.problem.screening import Screen
 from edgeprune.search.coevolution import run_coevolution
-from edgeprune.search.interface import Candidate
+from edgeprune.records import Candidate
 from edgeprune.search.nsga import SearchResult, run_nsga2
 from edgeprune.select.selection import Selection, ratio_seeds, select
 from edgeprune.space.channels import ChannelPlan, ChannelSpace, apply_plan

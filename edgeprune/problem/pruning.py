@@ -24,12 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune.records import Choice, widths_of
+from edgeprune.records import Candidate, Choice, widths_of
 from edgeprune.errors import UserError
 from edgeprune.problem.latency import LatencySource
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.problem.screening import Screen
-from edgeprune.search.interface import Candidate
 from edgeprune.space.channels import ChannelSpace, macs_and_params
 from edgeprune.tasks.task import Task
 

@@ -11,9 +11,10 @@ Attacking every candidate of a search is out of the question on a CPU (a PGD-10 
 images costs about 14 s for MobileNetV2 at 32×32, where the clean score costs a fraction of
 one), so candidates are scored on one *shared* adversarial set per round (CCSRP Algorithm 2):
 ``k`` sub-nets of the round's base network, each with ``ceil(n / k)`` random groups mutated by
-the co-evolution's ratio-bounded bit flip, each attacked on the same sample of held-out images;
-the union is the set every candidate of the round is scored on. Sub-nets rather than the base
-alone make the set transfer to the whole neighbourhood of networks the search visits.
+the ratio-bounded bit flip that co-evolution also mutates with (``edgeprune.records``), each
+attacked on the same sample of held-out images; the union is the set every candidate of the
+round is scored on. Sub-nets rather than the base alone make the set transfer to the whole
+neighbourhood of networks the search visits.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +32,8 @@ from torch import nn
 
 from edgeprune.problem.attack import DEFAULT_SAMPLES, DEFAULT_SUBNETS, DEFAULT_TEST_SAMPLES, Attack, require_art
 from edgeprune.errors import UserError
-from edgeprune.search.coevolution import P1, RATIO_BOUND, bounded_bit_flip
+from edgeprune.files import atomic_write
+from edgeprune.records import P1, RATIO_BOUND, bounded_bit_flip
 from edgeprune.tasks.training import correct_count
 
 # Upper bounds of the shared set's settings (its size in memory and in the checkpoint follows).
@@ -135,9 +136,7 @@ class AdversarialSet:
         """``.npz`` of plain arrays (never a pickle), written atomically beside the round's journal."""
         buffer = io.BytesIO()
         np.savez_compressed(buffer, x=self.x.numpy(), y=self.y.numpy(), settings=np.frombuffer(json.dumps(self.settings).encode(), dtype=np.uint8))
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(buffer.getvalue())
-        tmp.replace(path)
+        atomic_write(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: Path, settings: dict, shape: tuple[int, ...], num_classes: int | None = None) -> "AdversarialSet | None":

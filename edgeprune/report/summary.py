@@ -17,7 +17,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from edgeprune.report.html import HTML_FILE, anchor_text, drift_text  # noqa: E402
-from edgeprune.search.interface import Candidate  # noqa: E402
+from edgeprune.records import Candidate  # noqa: E402
 from edgeprune.progress import console  # noqa: E402
 
 # The widest the end-of-prune summary gets, whatever the terminal.

@@ -3,59 +3,22 @@
 The algorithms in this package (NSGA-II, co-evolution) and the encodings know a
 :class:`~edgeprune.records.GroupLayout` (the groups and their width grids), can ask the problem to
 evaluate a choice of channels, and read back each candidate's objectives and constraints as
-arrays. How a candidate is scored (a task on held-out data, a profiler on a device, a surrogate
-screen, a checkpoint that answers repeats) is :class:`edgeprune.problem.pruning.PruningProblem`'s
-business; nothing here imports torch, the channel space, the profiler or training, which an
-import-linter contract in pyproject.toml enforces.
+arrays (the candidate is a ground-floor record, :class:`edgeprune.records.Candidate`, since every
+later stage passes it on). How a candidate is scored (a task on held-out data, a profiler on a
+device, a surrogate screen, a checkpoint that answers repeats) is
+:class:`edgeprune.problem.pruning.PruningProblem`'s business; nothing here imports torch, the
+channel space, the profiler or training, which an import-linter contract in pyproject.toml
+enforces.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from edgeprune.records import Choice, GroupLayout, widths_of
-
-
-class Latency(Protocol):
-    """A latency measurement as the search reads it (``edgeprune.profiling.stats.LatencyStats``)."""
-
-    median_ms: float
-
-
-@dataclass
-class Candidate:
-    """One evaluated network. ``latency`` is a measurement unless ``predicted`` (see below)."""
-
-    choice: Choice
-    accuracy: float
-    latency: Latency
-    macs: int
-    params: int
-    from_cache: bool = False
-    seconds: float = 0.0
-    # Not measured: the screen predicted it far over the latency limit. Such candidates steer the
-    # GA (as infeasible) but are never a Pareto point, a pick or a reported number.
-    predicted: bool = False
-    # Values of the problem's further objectives, by name (higher is better), e.g. robustness.
-    scores: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        return widths_of(self.choice)
-
-    def summary(self, layout: GroupLayout) -> dict:
-        return {
-            "accuracy": self.accuracy,
-            "latency_ms": self.latency.median_ms,
-            "macs": self.macs,
-            "params": self.params,
-            "widths": {g.name: int(w) for g, w in zip(layout.groups, self.widths)},
-            **({"scores": dict(self.scores)} if self.scores else {}),
-        }
+from edgeprune.records import Candidate, Choice, GroupLayout
 
 
 class SearchProblem(Protocol):

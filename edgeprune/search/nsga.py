@@ -21,8 +21,9 @@ from pymoo.problems.static import StaticProblem
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from edgeprune.progress import progress_bar
+from edgeprune.records import Candidate
 from edgeprune.search.encoding import WidthEncoding
-from edgeprune.search.interface import Candidate, GenerationLog, SearchProblem
+from edgeprune.search.interface import GenerationLog, SearchProblem
 
 
 @dataclass

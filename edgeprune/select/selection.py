@@ -20,10 +20,9 @@ from collections.abc import Callable
 from torch import nn
 
 from edgeprune.select.budget import BudgetPolicy
-from edgeprune.records import Choice, Group
+from edgeprune.records import Candidate, Choice, Group
 from edgeprune.problem.pruning import PruningProblem
 from edgeprune.progress import console
-from edgeprune.search.interface import Candidate
 from edgeprune.space.channels import macs_and_params
 
 # How many candidates that fail their fresh re-measure the shortlist may skip.

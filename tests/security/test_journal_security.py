@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from edgeprune.errors import UserError
-from edgeprune.search.interface import Candidate
+from edgeprune.records import Candidate
 from edgeprune.jobs.prune import PruneConfig
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.jobs.checkpoint import RunCheckpoint, SearchJournal

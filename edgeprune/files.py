@@ -1,13 +1,22 @@
-"""Atomic file writes (torch-free: the CI gate uses them for its reports too), and the marker that
-tells an output folder edgeprune wrote from any other folder."""
+"""The one way edgeprune writes files and folders: a reader never sees half of one, and a failure
+leaves what was there. Also the marker that tells an output folder edgeprune wrote from any other
+folder, which decides whether a folder may be replaced whole.
+
+Every rename in the package happens here (tests/test_architecture.py checks it). Torch-free: the
+device side (profiling) and the CI gate use it too.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from edgeprune.errors import UserError
 
 # In every output folder edgeprune writes: the files it wrote there (paths relative to the folder).
 # A folder is replaced (prune --out) only when this lists everything in it.
@@ -55,6 +64,44 @@ def _umask() -> int:
 def atomic_write(path: Path, data: bytes) -> None:
     """One file, written under a temporary name beside it and renamed into place."""
     atomic_write_all(path.parent, {path.name: data})
+
+
+def move_into_place(src: Path, dst: Path) -> None:
+    """A complete file another program wrote (trtexec's engine) renamed over ``dst`` in one step."""
+    os.replace(src, dst)
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path, output: bool = False) -> Iterator[Path]:
+    """A temporary folder beside ``out`` that replaces ``out`` whole only when the block succeeds
+    (a failure deletes it and leaves ``out`` as it was).
+
+    With ``output`` the folder is an edgeprune output (``prune --out``): it gets its marker, and it
+    replaces ``out`` only while ``out`` holds nothing edgeprune did not write (:func:`foreign_entry`
+    again: files may have been added while the block ran). Otherwise, when ``out`` lies in an
+    output folder, that folder's marker lists it (``OUT/ensemble/``).
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if output:
+        mark_output(tmp)  # every file in it is edgeprune's: a later run may replace the folder
+        foreign = foreign_entry(out)
+        if foreign:
+            raise UserError(f"output folder {out} was not replaced: {foreign}; the finished run is in {tmp}, move it where you want it")
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    if not output:
+        record_written(out.parent, [out.name])
 
 
 def _listed(folder: Path) -> set[str] | None:

@@ -18,7 +18,7 @@ from torch import nn
 
 import edgeprune
 from edgeprune.tasks.data import DataBundle, Split
-from edgeprune.exporters.files import atomic_write_all
+from edgeprune.files import atomic_write_all
 from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES, INT8_FORMATS, INT8_METHODS, QDQ_FORMATS, calibration_items, nncf_available, quantize_int8
 from edgeprune.exporters.manifest import MANIFEST, MODEL_CARD, REPORT, build_manifest
 from edgeprune.profiling.keys import graph_key

@@ -84,3 +84,32 @@ def test_no_function_over_60_lines_and_no_class_over_250():
                 if limit and node.end_lineno - node.lineno + 1 > limit:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert long == []
+
+
+def renames_outside_the_writer(roots=(PACKAGE, EXPORTERS)) -> list[str]:
+    """Each rename outside edgeprune/files.py: ``os.replace``/``os.rename``/``os.renames`` (called
+    or imported), any ``.rename(...)``, and ``.replace(x)`` with one argument and no keywords
+    (``Path.replace``; ``str.replace`` takes two, ``dataclasses.replace`` keywords)."""
+    bad = []
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            if path == PACKAGE / "files.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+                if isinstance(node, ast.ImportFrom) and node.module == "os":
+                    bad += [f"{where} imports os.{a.name}" for a in node.names if a.name in ("replace", "rename", "renames")]
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                    continue
+                name, owner = node.func.attr, node.func.value
+                if isinstance(owner, ast.Name) and owner.id == "os" and name in ("replace", "rename", "renames"):
+                    bad.append(f"{where} os.{name}")
+                elif name == "rename" or (name == "replace" and len(node.args) == 1 and not node.keywords):
+                    bad.append(f"{where} .{name}(...)")
+    return bad
+
+
+def test_files_are_renamed_into_place_only_by_the_atomic_writer():
+    """One atomic writer (edgeprune/files.py): every file or folder edgeprune renames into place
+    goes through it, so none is written without its temp name, fsync and output marker."""
+    assert renames_outside_the_writer() == []

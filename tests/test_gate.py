@@ -287,7 +287,7 @@ def _robust_run_folder(folder: Path, onnx: bytes, robust_accuracy: float) -> Pat
     """``folder`` as a prune run with robustness leaves it, as far as the gate reads it: model.onnx,
     report.json (``pruned.robust_accuracy``, ``artifacts.onnx``) and manifest.json pinning both,
     written by the exporter's own manifest builder and writer."""
-    from edgeprune.exporters.files import atomic_write_all
+    from edgeprune.files import atomic_write_all
     from edgeprune.exporters.manifest import MANIFEST, REPORT, build_manifest
     from edgeprune.exporters.package import FP32_FILE
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from edgeprune.commands.args import add_cache_file
 from edgeprune.errors import UserError
+from edgeprune.files import atomic_write
 from edgeprune.profiling.cache import LatencyCache, default_cache_path, read_export
 
 
@@ -119,16 +118,7 @@ def cmd_export(args) -> int:
         raise UserError(f"{out} is a folder; pass a file name such as {out / 'latency-cache.json'}")
     if not out.parent.is_dir():
         raise UserError(f"folder {out.parent} does not exist; create it or pass another FILE")
-    # Temp file + rename: a reader (CI) never sees half a file.
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(document, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(out, (json.dumps(document, indent=1) + "\n").encode("utf-8"))  # a reader (CI) never sees half a file
     for note in notes:
         print(f"note: {note}")
     rows = len(document["rows"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edgeprune.commands.args import add_cache_args, add_progress_args
 from edgeprune.errors import UserError
-from edgeprune.exporters.files import atomic_write
+from edgeprune.files import atomic_write
 from edgeprune.jobs.gate import (
     DEFAULT_PERCENTILE, DEFAULT_TARGET, DEFAULT_TOLERANCE, html_page, json_report, junit_xml, load_budgets, print_table, run_gate,
     single_budget,

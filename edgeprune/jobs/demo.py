@@ -6,6 +6,7 @@ the state_dict in the cache folder, and prunes it to half its measured latency o
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 
 from edgeprune.tasks.data import load_data
 from edgeprune.errors import UserError
+from edgeprune.files import atomic_write
 from edgeprune.tasks.models import check_input, load_model, parse_shape
 from edgeprune.profiling.cache import default_cache_path
 from edgeprune.progress import console
@@ -71,9 +73,9 @@ def train_and_save(
     accuracy = evaluate(model, bundle.test)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    torch.save(model.state_dict(), tmp)
-    tmp.rename(out)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    atomic_write(out, buffer.getvalue())
     console.print(f"trained {spec} for {epochs:g} epoch(s): test accuracy {accuracy:.2%}; state_dict in {out}")
     return stats | {"test_accuracy": accuracy}
 

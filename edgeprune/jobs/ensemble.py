@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +22,7 @@ from torch import nn
 
 from edgeprune.select.budget import DEFAULT_POLICY
 from edgeprune.errors import UserError
+from edgeprune.files import staged_folder
 from edgeprune.progress import console
 
 # At most this many K-subsets of the front are enumerated: the fastest points are kept until
@@ -375,24 +373,12 @@ def _write(target: Path, blob: bytes, members, result: dict) -> None:
     staged in a temporary folder and renamed into place."""
     from edgeprune.report.summary import write_json
 
-    tmp = Path(tempfile.mkdtemp(prefix=".ensemble.", dir=target.parent))
-    try:
+    with staged_folder(target) as tmp:
         (tmp / "model.onnx").write_bytes(blob)
         for i, (_, plan, model) in enumerate(members, 1):
             write_json(tmp / f"member-{i}.plan.json", plan.to_dict())
             torch.save(model.state_dict(), tmp / f"member-{i}.state_dict.pt")
         write_json(tmp / "ensemble.json", result)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        old = target.with_name(f".ensemble.old-{os.getpid()}")
-        target.rename(old)
-        shutil.rmtree(old, ignore_errors=True)
-    tmp.rename(target)
-    from edgeprune.exporters.files import record_written
-
-    record_written(target.parent, [target.name])  # the output folder's marker: these files are edgeprune's
 
 
 def _print(result: dict) -> None:

@@ -7,12 +7,9 @@ failed or interrupted run never leaves a half-written output folder.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +20,7 @@ import edgeprune
 from edgeprune.select.budget import DEFAULT_POLICY
 from edgeprune.tasks.data import DataBundle, load_data
 from edgeprune.errors import UserError
-from edgeprune.exporters.files import foreign_entry, mark_output
+from edgeprune.files import foreign_entry, staged_folder
 from edgeprune.exporters.package import ExportOptions, PackageInputs, build_package, finalize
 from edgeprune.report.html import write_report_html
 from edgeprune.problem.latency import ProfiledLatency
@@ -228,29 +225,6 @@ def _validate_detection(cfg: PruneConfig) -> None:
             raise UserError(f"--input-shape {cfg.input_shape}: a YOLO input is 3xSxS with S a multiple of 32, e.g. 3x640x640")
     if cfg.depth:
         raise UserError("--depth has no depth genes for YOLO (its blocks are not torchvision's); drop --depth")
-
-
-@contextlib.contextmanager
-def _staging(out: Path):
-    """A temporary folder beside ``out`` that replaces ``out`` only when the block succeeds."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    mark_output(tmp)  # every file in it is edgeprune's: a later run may replace the folder
-    foreign = foreign_entry(out)  # again: files may have been added to it while the run went on
-    if foreign:
-        raise UserError(f"output folder {out} was not replaced: {foreign}; the finished run is in {tmp}, move it where you want it")
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _untrusted_settings(config: dict) -> list[str]:
@@ -654,7 +628,7 @@ def _search_section(job: _Job, rounds) -> dict:
 def _write_outputs(job: _Job, rounds, package, report: dict, baseline, budget_ms: float) -> None:
     """Every file of the output folder, in a staging folder renamed into place at the end."""
     cfg, final = job.cfg, rounds[-1]
-    with _staging(Path(cfg.out)) as tmp:
+    with staged_folder(Path(cfg.out), output=True) as tmp:
         write_json(tmp / "plan.json", final.plan.to_dict())
         torch.save(final.model.state_dict(), tmp / "state_dict.pt")
         if cfg.rounds > 1:  # every round's model, loadable with load_pruned like the final one

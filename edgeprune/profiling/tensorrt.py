@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.errors import UserError
+from edgeprune.files import move_into_place
 from edgeprune.profiling.backend import Backend
 from edgeprune.profiling.fingerprint import device_facts, fingerprint_hash, host_fingerprint
 from edgeprune.profiling.paths import cache_folder
@@ -312,7 +313,7 @@ class TensorRTBackend(Backend):
             )
             output = _run(argv)
             if onnx is not None:
-                os.replace(target, engine)
+                move_into_place(target, engine)
             return parse_trtexec_output(output), parse_export_times(times.read_text(encoding="utf-8"))
 
 
@@ -336,7 +337,7 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
     start = time.monotonic()
     try:
         _run(argv)
-        os.replace(partial, out)
+        move_into_place(partial, out)
     finally:
         partial.unlink(missing_ok=True)
     facts = device_facts(tensorrt=True)

@@ -19,14 +19,13 @@ Layout (what ultralytics reads)::
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgeprune.errors import UserError
+from edgeprune.files import staged_folder
 
 INK = 40  # uint8 brightness above which a pixel belongs to the pasted item
 MAX_OVERLAP = 0.2
@@ -120,10 +119,8 @@ def make_detection_set(out: Path, comp: Composition) -> dict:
         "train": (data.train.images[:, 0].numpy(), data.train.labels.numpy()),
         "val": (data.test.images[:, 0].numpy(), data.test.labels.numpy()),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     counts = {}
-    try:
+    with staged_folder(out) as tmp:
         for split, n in (("train", comp.train), ("val", comp.val)):
             rng = np.random.default_rng([comp.seed, 0 if split == "train" else 1])
             (tmp / "images" / split).mkdir(parents=True)
@@ -145,10 +142,4 @@ def make_detection_set(out: Path, comp: Composition) -> dict:
             "train canvases use Fashion-MNIST train images; val canvases its test images.\n"
             + json.dumps({"composition": comp.__dict__, "counts": counts}, indent=2) + "\n"
         )
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return counts

@@ -10,8 +10,8 @@ import pytest
 
 from edgeprune.cli import main
 from edgeprune.errors import UserError
-from edgeprune.exporters.files import OUTPUT_MARKER, atomic_write_all, foreign_entry
-from edgeprune.jobs.prune import _staging
+from edgeprune.files import OUTPUT_MARKER, atomic_write_all, foreign_entry, staged_folder
+
 
 TESTS = Path(__file__).resolve().parent.parent
 PRUNE = ["tiny_models:tiny_resnet", "--data", "digits", "--holdout", "300", "--target", str(TESTS / "fixtures" / "fast-cpu.yaml"),
@@ -43,7 +43,7 @@ def test_prune_refuses_a_folder_that_merely_holds_a_report_json(tmp_path, capsys
 
 def test_a_marker_does_not_cover_files_someone_added_to_an_output_folder(tmp_path, capsys):
     out = tmp_path / "out"
-    with _staging(out) as tmp:
+    with staged_folder(out, output=True) as tmp:
         (tmp / "report.json").write_text("{}")
     (out / "photos").mkdir()
     (out / "photos" / "graduation.jpg").write_bytes(b"jpeg")
@@ -56,7 +56,7 @@ def test_a_marker_does_not_cover_files_someone_added_to_an_output_folder(tmp_pat
 
 def test_a_previous_edgeprune_output_is_replaced(tmp_path):
     out = tmp_path / "out"
-    with _staging(out) as tmp:
+    with staged_folder(out, output=True) as tmp:
         (tmp / "report.json").write_text('{"run": 1}')
         (tmp / "rounds" / "round-1").mkdir(parents=True)
         (tmp / "rounds" / "round-1" / "plan.json").write_text("{}")
@@ -64,17 +64,17 @@ def test_a_previous_edgeprune_output_is_replaced(tmp_path):
     atomic_write_all(out, {"model.int8.onnx": b"onnx"})  # what `edgeprune export` adds later is edgeprune's too
     (out / ".DS_Store").write_bytes(b"finder")  # a file manager's litter is nobody's work
     assert foreign_entry(out) is None
-    with _staging(out) as tmp:
+    with staged_folder(out, output=True) as tmp:
         (tmp / "report.json").write_text('{"run": 2}')
     assert _contents(out) == {"report.json": b'{"run": 2}', OUTPUT_MARKER: (out / OUTPUT_MARKER).read_bytes()}
 
 
 def test_files_added_while_a_run_goes_on_keep_the_folder_and_the_result(tmp_path):
     out = tmp_path / "out"
-    with _staging(out) as tmp:
+    with staged_folder(out, output=True) as tmp:
         (tmp / "report.json").write_text('{"run": 1}')
     with pytest.raises(UserError, match="thesis.txt, which edgeprune did not write") as err:
-        with _staging(out) as tmp:
+        with staged_folder(out, output=True) as tmp:
             (tmp / "report.json").write_text('{"run": 2}')
             (out / "thesis.txt").write_text("written during the run")
     assert (out / "thesis.txt").read_text() == "written during the run" and json.loads((out / "report.json").read_text()) == {"run": 1}

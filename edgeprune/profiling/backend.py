@@ -9,6 +9,9 @@ does not, so the Profiler reports ``candidate / reference x anchor``. ``node_tim
 Runtime's per-node profile, which the search's latency surrogate learns from; a backend that
 cannot take one says so in ``supports_node_times`` (the search then runs without the surrogate).
 
+A farm of agents is an :class:`AsyncBackend`: it can also start a measurement and return at once,
+which is how the Profiler keeps every agent busy.
+
 Backends subclass :class:`Backend`, so one lacking a method cannot be constructed; test doubles
 may match it structurally instead. Pick one with :func:`edgeprune.profiling.factory.make_backend`.
 """
@@ -16,7 +19,8 @@ may match it structurally instead. Pick one with :func:`edgeprune.profiling.fact
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, Protocol
+from concurrent.futures import Future
+from typing import Any, Protocol, runtime_checkable
 
 from edgeprune.profiling.stats import LatencyStats, NodeTimes
 
@@ -53,3 +57,20 @@ class Backend(Protocol):
     @abstractmethod
     def close(self) -> None:
         """Release what the backend holds (a child process, say), once its user is done."""
+
+
+@runtime_checkable
+class AsyncBackend(Backend, Protocol):
+    """What a farm adds to a :class:`Backend`: measurements started without waiting (the Profiler
+    tells the two apart with ``isinstance``), and an account of who measured what."""
+
+    @abstractmethod
+    def submit(self, onnx_bytes: bytes, input_shape: tuple[int, ...], paired: bool, label: str) -> Future:
+        """A measurement under way, labelled ``label`` in errors and logs: its result is
+        ``LatencyStats``, or where ``paired`` the ``(candidate, reference)`` pair of
+        :meth:`Backend.measure_pair`."""
+
+    @abstractmethod
+    def summary(self) -> dict[str, Any]:
+        """Which devices measured how much, and which were left out or removed (report.json's
+        ``search.farm``)."""

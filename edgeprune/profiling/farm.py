@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from edgeprune.errors import UserError
-from edgeprune.profiling.backend import Backend
+from edgeprune.profiling.backend import AsyncBackend
 from edgeprune.profiling.fingerprint import fingerprint_hash
 from edgeprune.profiling.remote import AgentUnavailable, RemoteBackend
 from edgeprune.profiling.stats import LatencyStats, NodeTimes
@@ -228,16 +228,13 @@ class Pool:
             }
 
 
-class FarmBackend(Backend):
-    """A :class:`Backend` over the agents of ``urls`` whose fingerprint is the one the user
+class FarmBackend(AsyncBackend):
+    """An :class:`AsyncBackend` over the agents of ``urls`` whose fingerprint is the one the user
     expects: that of the profile's own ``agent`` when it is one of ``urls``, else that of the
     first agent listed (each the first that answers, in that order). Never a majority: agents
     report their own facts, and look-alikes in numbers must not take a run, nor its cache rows.
     Agents of other fingerprints, and those that do not answer at the start, are left out with a
-    warning and named in :meth:`summary`.
-
-    Besides the Backend methods, :meth:`submit` starts a measurement and returns at once, which
-    is how the Profiler keeps every agent busy (``Profiler.start``)."""
+    warning and named in :meth:`summary`."""
 
     supports_node_times = False
 

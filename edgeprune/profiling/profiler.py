@@ -9,24 +9,27 @@ import dataclasses
 from concurrent.futures import Future
 from dataclasses import dataclass
 import math
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from edgeprune.profiling.backend import AsyncBackend
 from edgeprune.profiling.cache import LatencyCache, default_cache_path
 from edgeprune.profiling.factory import make_backend
 from edgeprune.profiling.fingerprint import fingerprint_hash
-from edgeprune.profiling.stats import LatencyStats, NodeTimes, ratio
+from edgeprune.profiling.reference import Reference
+from edgeprune.profiling.stats import LatencyStats, NodeTimes
 from edgeprune.profiling.targets import Profile
 
 
 @dataclass
 class Pending:
-    """A measurement :meth:`Profiler.start` began: its ``future`` (on a farm) or its ``answer``."""
+    """A measurement :meth:`Profiler.start` began: its ``future`` (on a farm; ``paired`` when it
+    answers ``(candidate, reference)``) or its ``answer``."""
 
     arch_key: str
     shape: tuple[int, ...]
+    paired: bool = False
     future: Future | None = None
     answer: tuple[LatencyStats, bool] | None = None
 
@@ -52,16 +55,25 @@ class Profiler:
         self._node_memory: dict[tuple[str, tuple[int, ...]], NodeTimes] = {}
         self.measurements = 0
         self.cache_hits = 0
-        self.anchor: LatencyStats | None = None
-        # What the re-check of a cached anchor found (see set_reference); None when none was cached.
-        self.anchor_check: dict | None = None
+        self.reference = Reference(profile.measure.anchor_tolerance)
         # Cache rows created before this (Unix time) were measured against an anchor that is no
         # longer the one in use: ignored on read, replaced on write.
         self._not_before: float | None = None
-        # The reference's own median in every session timed next to it, in the order timed: how
-        # the machine's speed moved during the run (see drift).
-        self.reference_sessions: list[float] = []
         self._pending: dict[tuple[str, tuple[int, ...]], Pending] = {}
+
+    @property
+    def anchor(self) -> LatencyStats | None:
+        """The reference's latency, the unit of every later measurement (None before one is set)."""
+        return self.reference.anchor
+
+    @property
+    def anchor_check(self) -> dict | None:
+        """What the re-check of a cached anchor found (see set_reference); None when none was cached."""
+        return self.reference.check
+
+    def drift(self, window: int = 5) -> dict | None:
+        """How the reference's speed moved during the run (:meth:`Reference.drift`)."""
+        return self.reference.drift(window)
 
     def set_reference(
         self,
@@ -84,8 +96,8 @@ class Profiler:
         the manifest and the report agree). Returns the anchor.
         """
         shape = tuple(int(d) for d in input_shape)
-        self.anchor, self.anchor_check, self._not_before = None, None, None
-        self.reference_sessions = []  # drift is measured against this reference only
+        self.reference = Reference(self.profile.measure.anchor_tolerance)  # drift is of this reference only
+        self._not_before = None
         if anchor is not None:
             self._not_before = self._rows_valid_since(arch_key, shape, anchor)
         elif recheck and (cached := self.peek(arch_key, shape)) is not None:
@@ -94,15 +106,13 @@ class Profiler:
             anchor, _ = self.latency(arch_key, shape, lambda: onnx_bytes)
             self._not_before = self._created(arch_key, shape)
         self.backend.set_reference(onnx_bytes, shape)
-        self.anchor = anchor
+        self.reference.anchor = anchor
         return anchor
 
     def _checked_anchor(self, cached: LatencyStats, arch_key: str, shape: tuple[int, ...], onnx_bytes: bytes) -> LatencyStats:
         """``cached`` while a fresh measurement agrees with it, else the fresh one, which then
         replaces it in the cache and retires the rows created before it."""
-        fresh, agreed = self._recheck(cached, onnx_bytes, shape)
-        tolerance = self.profile.measure.anchor_tolerance
-        self.anchor_check = {"cached_ms": cached.median_ms, "fresh_ms": fresh.median_ms, "kept_cached": agreed, "tolerance": tolerance}
+        fresh, agreed = self.reference.recheck(cached, lambda: self._measure(onnx_bytes, shape))
         if agreed:
             self.cache_hits += 1
             self._not_before = self._created(arch_key, shape)
@@ -113,19 +123,6 @@ class Profiler:
             self._cache.put(self.fingerprint_hash, arch_key, shape, fresh, replace_before=time.time())
         self._not_before = self._created(arch_key, shape)
         return fresh
-
-    def _recheck(self, cached: LatencyStats, onnx_bytes: bytes, shape: tuple[int, ...]) -> tuple[LatencyStats, bool]:
-        """``(the last fresh measurement of the reference, whether it agrees with cached)``:
-        it disagrees only when two in a row are off beyond the tolerance. One pooled measurement
-        of a tiny model still lands 25 % off the next now and then on a shared VM; a cached spell
-        the machine has left disagrees every time. A noisy measurement never overturns the cache.
-        Called before the anchor is set, so these are absolute measurements."""
-        bound = math.log1p(self.profile.measure.anchor_tolerance)
-        for _ in range(2):
-            fresh = self._measure(onnx_bytes, shape)
-            if fresh.noisy or abs(math.log(fresh.median_ms / cached.median_ms)) <= bound:
-                return fresh, True
-        return fresh, False
 
     def _rows_valid_since(self, arch_key: str, shape: tuple[int, ...], anchor: LatencyStats) -> float | None:
         """For a resumed run: rows are in its units from its anchor's row on; if that row has
@@ -179,11 +176,11 @@ class Profiler:
         shape = tuple(int(d) for d in input_shape)
         if not fresh and (arch_key, shape) in self._pending:
             return self._pending[arch_key, shape]
-        submit = getattr(self.backend, "submit", None)
-        if submit is None or (not fresh and self.peek(arch_key, shape) is not None):
+        if not isinstance(self.backend, AsyncBackend) or (not fresh and self.peek(arch_key, shape) is not None):
             return Pending(arch_key, shape, answer=self.latency(arch_key, shape, onnx_fn, fresh=fresh))
         self.measurements += 1
-        pending = Pending(arch_key, shape, future=submit(onnx_fn(), shape, self.anchor is not None, arch_key))
+        paired = self.anchor is not None
+        pending = Pending(arch_key, shape, paired, future=self.backend.submit(onnx_fn(), shape, paired, arch_key))
         if not fresh:
             self._pending[arch_key, shape] = pending
         return pending
@@ -194,7 +191,7 @@ class Profiler:
         a cache hit the second time, as it is when measured here."""
         if pending.answer is None:
             raw = pending.future.result()
-            stats = self._paired(*raw) if isinstance(raw, tuple) else self._absolute(raw)
+            stats = self.reference.scale(*raw) if pending.paired else self._absolute(raw)
             self._pending.pop((pending.arch_key, pending.shape), None)
             self._remember(pending.arch_key, pending.shape, stats)
             pending.answer = (stats, False)
@@ -219,9 +216,8 @@ class Profiler:
                 self._cache.put(self.fingerprint_hash, arch_key, shape, typical, replace_before=self._not_before)
 
     def _measure(self, onnx: bytes, shape: tuple[int, ...]) -> LatencyStats:
-        """One fresh measurement, in the reference's units when a reference is set. The trimmed
-        mean is how the backend's two models are compared, not a number reported or cached, so
-        a cached answer is the same as the fresh one it came from.
+        """One fresh measurement, in the reference's units when a reference is set (without the
+        trimmed mean, so a cached answer is the same as the fresh one it came from).
 
         A paired measurement flagged noisy (a competing process, an interrupt storm) is taken
         again, up to the profile's ``repeats_if_noisy`` times, and the least noisy kept: a noisy
@@ -230,45 +226,18 @@ class Profiler:
         self.measurements += 1
         if self.anchor is None:
             return self._absolute(self.backend.measure(onnx, shape))
-        stats = self._paired(*self.backend.measure_pair(onnx, shape))
+        stats = self.reference.scale(*self.backend.measure_pair(onnx, shape))
         for _ in range(self.profile.measure.repeats_if_noisy):
             if not stats.noisy:
                 break
             self.measurements += 1
-            again = self._paired(*self.backend.measure_pair(onnx, shape))
+            again = self.reference.scale(*self.backend.measure_pair(onnx, shape))
             if (again.noisy, again.cv) < (stats.noisy, stats.cv):
                 stats = again
         return stats
 
     def _absolute(self, raw: LatencyStats) -> LatencyStats:
         return dataclasses.replace(raw, trimmed_ms=None)
-
-    def _paired(self, raw: LatencyStats, ref: LatencyStats) -> LatencyStats:
-        self.reference_sessions.append(ref.median_ms)
-        stats = raw.scaled(self.anchor.median_ms * ratio(raw, ref) / raw.median_ms)
-        return dataclasses.replace(stats, noisy=raw.noisy or ref.noisy, trimmed_ms=None)
-
-    def drift(self, window: int = 5) -> dict | None:
-        """How fast the reference ran, relative to its anchor, in the first and the last
-        ``window`` sessions timed next to it (None before any).
-
-        Every latency is reported as ``candidate / reference x anchor``, so a ratio budget is
-        judged by ratios timed together whatever the machine does; an absolute budget is judged in
-        the anchor's units, i.e. at the speed the machine had when the anchor was timed. A factor
-        far from 1 says the machine (or, with a cached anchor, an earlier spell) ran at another
-        speed, and how far an absolute verdict leans on that assumption."""
-        if self.anchor is None or not self.reference_sessions:
-            return None
-        first = statistics.median(self.reference_sessions[:window])
-        last = statistics.median(self.reference_sessions[-window:])
-        return {
-            "anchor_ms": self.anchor.median_ms,
-            "sessions": len(self.reference_sessions),
-            "first_ms": first,
-            "last_ms": last,
-            "first_factor": first / self.anchor.median_ms,
-            "last_factor": last / self.anchor.median_ms,
-        }
 
     def peek(self, arch_key: str, input_shape: Sequence[int]) -> LatencyStats | None:
         """The known latency of ``arch_key`` (memory or cache), without measuring anything."""

@@ -123,6 +123,16 @@ def test_validate_surrogate_cli_on_a_tiny_model(capsys):
     assert result["remeasure_within_10pct"] == pytest.approx(sum(agree) / len(agree))
 
 
+def test_validate_surrogate_on_a_target_without_node_times_is_one_line(capsys):
+    """The check measures through the search's latency door, so a target whose backend serves no
+    per-node times (here the simulated one) is refused before anything is timed."""
+    simulated = str(Path(__file__).parents[1] / "profiles" / "simulated.yaml")
+    assert main(["profile", "tiny_models:tiny_resnet", "--validate-surrogate", "--input-shape", "1x8x8",
+                 "--num-classes", "10", "--target", simulated, "--fit", "2", "--validate", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "per-node times" in err and "Traceback" not in err
+
+
 def test_validate_surrogate_needs_an_input_shape(capsys):
     assert main(["profile", "tiny_models:tiny_resnet", "--validate-surrogate", "--target", PROFILE]) == 2
     assert "--input-shape" in capsys.readouterr().err

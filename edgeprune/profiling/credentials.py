@@ -31,6 +31,9 @@ TOKEN_ENV = "EDGEPRUNE_AGENT_TOKEN"
 URL_ENV = "EDGEPRUNE_AGENT_URL"
 CONFIG_ENV = "EDGEPRUNE_CONFIG_DIR"
 _MAX_AGENTS = 256
+# The keys that name a token or where to read one. Only the user's agents.yaml may hold them: a
+# profile or a farm file is often someone else's, and would choose where the token goes.
+CREDENTIAL_KEYS = ("token", "token_file", "agent_token", "agent_token_file")
 
 
 def config_path() -> Path:

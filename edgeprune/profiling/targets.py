@@ -18,6 +18,7 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 
 from edgeprune.errors import UserError
+from edgeprune.profiling.credentials import CREDENTIAL_KEYS
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 # Numbers must be >= 0; below these minimums the measurement loop or the search is meaningless.
@@ -31,9 +32,6 @@ _MAXIMUM = {
     "base_ms": 1e6, "ms_per_mmac": 1e6, "noise": 1.0, "device_seconds": 3600.0, "seed": 2**31,
 }
 _MAX_TEXT = {"description": 2000, "agent": 500}  # every other string: 200 characters
-# Removed key: a profile is often someone else's file, and a credential source named there
-# could send the user's token wherever the profile's ``agent`` points.
-_TOKEN_KEYS = ("agent_token_file", "agent_token")
 _CHOICES = {
     "backend": ("onnxruntime", "tensorrt", "simulated"),
     "execution_mode": ("sequential", "parallel"),
@@ -273,7 +271,7 @@ def _build(cls: type, data: Any, prefix: str, source: str, given: dict[str, Any]
     expected = [f for f in dataclasses.fields(cls) if f.name not in given]
     names = [f.name for f in expected]
     for key in data:
-        if key in _TOKEN_KEYS:
+        if key in CREDENTIAL_KEYS:  # a profile naming one would send the token where its ``agent`` points
             raise UserError(
                 f"profile {source}: '{key}' is not read from a profile, which anyone may have written and "
                 "which would choose where your token goes; remove it and pin the token to the agent's URL "

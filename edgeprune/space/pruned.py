@@ -17,9 +17,8 @@ from torch import nn
 from edgeprune.errors import UserError
 from edgeprune.jsonfile import read_json
 from edgeprune.space.channels import PLAN_FORMATS, ChannelPlan, apply_plan
+from edgeprune.tasks.models import MODEL_KINDS
 
-
-_KINDS = ("torchvision", "timm", "yolo", "factory", "file")
 # Far above any real network (mobilenet_v2: 52 groups, widest 1280): bounds what a file can ask for.
 _MAX_GROUPS, _MAX_CHANNELS, _MAX_DIM, _MAX_INPUT_ELEMENTS = 4096, 1 << 16, 1 << 14, 1 << 26
 
@@ -34,8 +33,8 @@ def _plan_problem(data: dict) -> str | None:
     model, kept, shape = data["model"], data["kept"], data["input_shape"]
     if not isinstance(model, dict) or not isinstance(model.get("spec"), str) or len(model["spec"]) > 4096:
         return "'model' must be an object with a 'spec' string"
-    if model.get("kind") not in _KINDS:
-        return f"'model.kind' is {str(model.get('kind'))[:40]!r}, expected one of {', '.join(_KINDS)}"
+    if model.get("kind") not in MODEL_KINDS:
+        return f"'model.kind' is {str(model.get('kind'))[:40]!r}, expected one of {', '.join(MODEL_KINDS)}"
     if model.get("num_classes") is not None and not _int(model["num_classes"], 1, 1 << 20):
         return "'model.num_classes' must be a positive integer or null"
     if not isinstance(shape, list) or not 1 <= len(shape) <= 4 or not all(_int(d, 1, _MAX_DIM) for d in shape):
@@ -106,12 +105,8 @@ def original_model(spec: dict, trust_code: bool = False) -> nn.Module:
 
         return yolo.build(text.removeprefix("yolo:"), num_classes)  # from the yaml inside ultralytics
     if not trust_code:
-        what = {
-            "factory": "imports and runs the module",
-            "yolo": "builds from a yaml file or unpickles a checkpoint, which can run code",
-        }.get(kind, "unpickles the model file, which runs any code in it")
         raise UserError(
-            f"the plan rebuilds its model from {kind} {text[:120]!r}: that {what}; pass --trust-model-code "
+            f"the plan rebuilds its model from {kind} {text[:120]!r}: that {MODEL_KINDS.get(kind) or MODEL_KINDS['file']}; pass --trust-model-code "
             "(load_pruned(..., trust_code=True)) only if you trust whoever wrote this plan.json"
         )
     if kind == "factory":

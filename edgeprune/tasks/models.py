@@ -32,6 +32,17 @@ from edgeprune.errors import UserError
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _PATH_LIKE = re.compile(r"[/\\]|\.(pt|pth|pkl|ckpt|bin)$")
 _FORMS = "a torch.save()d model file, torchvision:NAME, timm:NAME, yolo:yolov8n.yaml, or package.module:factory"
+# The one table of which model kinds run code: each kind a spec dict (plan.json) can name, and
+# what building it runs besides library code (None: nothing). A yolo spec runs nothing only when
+# it names a yaml shipped inside ultralytics (:func:`builds_without_code`).
+MODEL_KINDS = {
+    "torchvision": None,
+    "timm": None,
+    "yolo": "builds from a yaml file or unpickles a checkpoint, which can run code",
+    "factory": "imports and runs the module",
+    "file": "unpickles the model file, which runs any code in it",
+}
+_LIBRARY_PREFIXES = tuple(f"{kind}:" for kind, runs in MODEL_KINDS.items() if runs is None)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -87,7 +98,7 @@ def builds_without_code(spec: str) -> bool:
     * everything else (a model file, ``yolo:PATH.yaml``, ``yolo:FILE.pt``, ``package.module:factory``)
       imports, unpickles or evaluates something the file's author chose.
     """
-    if spec.startswith(("torchvision:", "timm:")):
+    if spec.startswith(_LIBRARY_PREFIXES):
         return True
     if spec.startswith("yolo:"):
         from edgeprune.tasks import yolo

@@ -38,6 +38,7 @@ import yaml
 
 from edgeprune.errors import UserError
 from edgeprune.profiling.backend import AsyncBackend
+from edgeprune.profiling.credentials import CREDENTIAL_KEYS
 from edgeprune.profiling.fingerprint import fingerprint_hash
 from edgeprune.profiling.remote import AgentUnavailable, RemoteBackend
 from edgeprune.profiling.stats import LatencyStats, NodeTimes
@@ -45,7 +46,6 @@ from edgeprune.profiling.targets import Profile, check_agent_url
 
 MAX_AGENTS = 256
 _MAX_FARM_FILE_BYTES = 1 << 20
-_TOKEN_KEYS = ("token", "token_file", "agent_token", "agent_token_file")
 
 
 def agent_urls(text: str, target: str) -> list[str]:
@@ -98,7 +98,7 @@ def _farm_file(path: Path, target: str) -> list[str]:
             continue
         if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
             raise UserError(f"{where}: agents[{i}] must be a URL or a mapping with 'url' (and optionally 'target')")
-        if any(k in entry for k in _TOKEN_KEYS):
+        if any(k in entry for k in CREDENTIAL_KEYS):
             raise UserError(
                 f"{where}: agents[{i}] names a token, which a farm file (often shared) may not: it would choose where "
                 "your token goes; pin the token to the agent's URL in your agents.yaml or with $EDGEPRUNE_AGENT_URL + $EDGEPRUNE_AGENT_TOKEN"

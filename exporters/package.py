@@ -2,8 +2,9 @@
 
 FP32 ONNX (checked, slimmed) → latency measured on the target → metadata written into the file →
 parity with torch and test accuracy in ONNX Runtime → optionally NNCF INT8, measured the same way
-and held to an accuracy gate → report.json's ``export`` section, ``MODEL_CARD.md`` and
-``manifest.json``. Every number that ships is measured on the file that ships.
+and held to an accuracy gate → the ``export`` section that report.json's builder
+(``edgeprune.report.builder``) takes, ``MODEL_CARD.md`` and ``manifest.json``. Every number that
+ships is measured on the file that ships.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from edgeprune.files import atomic_write_all
 from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES, INT8_FORMATS, INT8_METHODS, QDQ_FORMATS, calibration_items, nncf_available, quantize_int8
 from edgeprune.exporters.manifest import MANIFEST, MODEL_CARD, REPORT, build_manifest
 from edgeprune.profiling.keys import graph_key
-from edgeprune.report.schema import check_report
 from edgeprune.exporters.model_card import render_model_card
 from edgeprune.exporters.onnx import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, OnnxModule, export_onnx, onnx_accuracy, parity, with_metadata
 from edgeprune.tasks import outputs
@@ -138,6 +138,18 @@ class Package:
         if self.engine is not None:
             files[ENGINE_FILE] = self.engine
         return files
+
+    def artifacts(self) -> dict[str, str | None]:
+        """The files :func:`finalize` writes, by their role in report.json's ``artifacts`` (None:
+        not written by this export)."""
+        files = self.files()
+        return {
+            "onnx": FP32_FILE,
+            "int8": INT8_FILE if INT8_FILE in files else None,
+            "engine": ENGINE_FILE if ENGINE_FILE in files else None,
+            "manifest": MANIFEST,
+            "model_card": MODEL_CARD,
+        }
 
     def refusal(self) -> str | None:
         """One line saying why the INT8 model was refused, or None."""
@@ -427,20 +439,10 @@ def _json_bytes(payload: dict) -> bytes:
 def finalize(folder: Path, report: dict, package: Package) -> dict:
     """Write the package's model files, report.json, MODEL_CARD.md and manifest.json into ``folder``.
 
-    ``report`` is updated in place (``export`` section, ``parity``, ``artifacts``) and returned
-    together with the manifest. A stale INT8 file from an earlier export is removed: a file the
-    manifest does not vouch for must not sit next to those it does.
+    ``report`` is the finished report (``edgeprune.report.builder``: it holds this package's
+    section and files, and is checked). Returns the manifest. A stale INT8 file from an earlier
+    export is removed: a file the manifest does not vouch for must not sit next to those it does.
     """
-    report["export"] = package.section
-    report["parity"] = package.fp32.parity
-    report["artifacts"] |= {
-        "onnx": FP32_FILE,
-        "int8": INT8_FILE if INT8_FILE in package.files() else None,
-        "engine": ENGINE_FILE if ENGINE_FILE in package.files() else report["artifacts"].get("engine"),
-        "manifest": MANIFEST,
-        "model_card": MODEL_CARD,
-    }
-    check_report(report)
     pending = dict(package.files())
     pending[REPORT] = _json_bytes(report)
     pending[MODEL_CARD] = render_model_card(report).encode()

@@ -200,6 +200,7 @@ def run_export(cfg: ExportConfig) -> dict:
     from edgeprune.exporters.int8 import require_nncf
     from edgeprune.exporters.package import ExportOptions, PackageInputs, build_package, finalize
     from edgeprune.profiling.profiler import Profiler
+    from edgeprune.report.builder import ExportRecord, exported
     from edgeprune.space.pruned import load_pruned
     from edgeprune.tasks.training import evaluate
 
@@ -242,6 +243,7 @@ def run_export(cfg: ExportConfig) -> dict:
         profiler.close()
     if cfg.engine:
         package.engine, package.section["models"]["engine"] = _build_engine(profile, package.fp32.blob)
+    report = exported(report, ExportRecord.of(package))
     manifest = finalize(folder, report, package)
     from edgeprune.report.html import write_report_html
 

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-import edgeprune
 from edgeprune.select.budget import DEFAULT_POLICY
 from edgeprune.tasks.data import DataBundle, load_data
 from edgeprune.errors import UserError
 from edgeprune.files import foreign_entry, staged_folder
 from edgeprune.exporters.package import ExportOptions, PackageInputs, build_package, finalize
 from edgeprune.report.html import write_report_html
+from edgeprune.report.builder import Baseline, ExportRecord, PruneParts, Pruned, RoundRecord, Robustness, RunFacts, SearchSummary, prune_report
 from edgeprune.problem.latency import ProfiledLatency
 from edgeprune.report.layer_times import layer_shares, per_layer_table
 from edgeprune.tasks.models import builds_without_code, check_input, load_model, parse_shape
@@ -339,13 +339,13 @@ def _run(job: _Job, t0: float) -> dict:
     per_layer = _per_layer(job, final.model, package, baseline_latency)
     job.phases["export_s"] = time.perf_counter() - t
     job.phases["total_s"] = time.perf_counter() - t0
-    report = _report(job, rounds, package, baseline, baseline_latency, budget_ms, pruned_acc) | {"per_layer": per_layer}
-    if job.robust is not None:
-        _add_robustness(job, report, rounds, baseline)
     if sparsity is not None:
         pattern = parse_sparsity(cfg.sparsity)
-        report["sparsity"] = sparsity | {"test_accuracy_after": pruned_acc, "onnx": onnx_share(package.fp32.blob, pattern)}
-    _write_outputs(job, rounds, package, report, baseline, budget_ms)
+        sparsity |= {"test_accuracy_after": pruned_acc, "onnx": onnx_share(package.fp32.blob, pattern)}
+    extra = job.task.extra_files(final.model) if hasattr(job.task, "extra_files") else {}
+    parts = _parts(job, rounds, package, (baseline, baseline_latency), budget_ms, pruned_acc, per_layer, sparsity, extra)
+    report = prune_report(parts, ExportRecord.of(package))
+    _write_outputs(job, rounds, package, report, baseline, budget_ms, extra)
     job.checkpoint.clear()  # the run is complete: nothing left to resume
     print_summary(report, Path(cfg.out))
     return report
@@ -522,72 +522,72 @@ def _checkpoint_config(cfg: PruneConfig, spec: dict) -> dict:
     return config
 
 
-def _report(job: _Job, rounds, package, baseline, baseline_latency: LatencyStats, budget_ms: float, pruned_acc: float) -> dict:
-    """report.json (its schema: edgeprune/report/report.schema.json)."""
+def _parts(job: _Job, rounds, package, baseline, budget_ms: float, pruned_acc: float, per_layer, sparsity, extra) -> PruneParts:
+    """What the run measured, as the records report.json is built from (report/builder.py);
+    ``baseline`` is the unpruned model's (candidate, latency)."""
     cfg, final = job.cfg, rounds[-1]
-    input_shape = job.space.input_shape
-    macs, params = macs_and_params(final.model, input_shape)
-    base_macs, base_params = macs_and_params(job.model, input_shape)
+    base, baseline_latency = baseline
+    macs, params = macs_and_params(final.model, job.space.input_shape)
+    base_macs, base_params = macs_and_params(job.model, job.space.input_shape)
     final_latency = package.fp32.latency
-    return {
-        "edgeprune_version": edgeprune.__version__,
-        "target": job.profile.name,
-        "fingerprint": job.profiler.fingerprint,
-        "profile": job.profile.to_dict(),
-        "budget_ms": budget_ms,
-        "budget_met": DEFAULT_POLICY.met(final_latency.median_ms, budget_ms),
-        "budget_kind": "speedup" if cfg.speedup is not None else "absolute",
-        "drift": job.profiler.drift(),
-        "anchor_check": job.profiler.anchor_check,
-        "budget_policy": DEFAULT_POLICY.describe(),
-        "model": job.spec,
-        "task": job.task.describe(),
-        "input_shape": list(input_shape),
-        "data": _data_section(job),
-        "preprocess": job.data.preprocess.to_dict() if job.data is not None else {"input_shape": list(input_shape), "by": "the task"},
-        "baseline": {
-            "accuracy": job.task.test_score(job.model), "holdout_accuracy": baseline.accuracy,
-            "latency_ms": baseline_latency.to_dict(), "macs": base_macs, "params": base_params,
-        },
-        "pruned": {
-            "accuracy": pruned_acc, "holdout_accuracy_before_finetune": final.picked.accuracy,
-            "latency_ms": final_latency.to_dict(), "macs": macs, "params": params,
-            "widths": layer_widths(final.model), "group_widths": final.plan.widths,
-            "dropped_blocks": list(final.plan.dropped),
-        },
-        "pareto": [c.summary(final.space) for c in final.result.pareto],
-        "search": _search_section(job, rounds),
-        "rounds": [
-            {k: v for k, v in r.summary.items() if k != "finetune"}
-            | ({"plan": f"rounds/round-{r.number}/plan.json", "state_dict": f"rounds/round-{r.number}/state_dict.pt"} if cfg.rounds > 1 else {})
-            for r in rounds
-        ],
-        "finetune": final.summary["finetune"],
-        "parity": package.fp32.parity,
-        "phases": job.phases,
-        "artifacts": {
-            "onnx": "model.onnx", "plan": "plan.json", "state_dict": "state_dict.pt",
-            "engine": None, "int8": None, "manifest": None, "pareto_plot": "pareto.png",
-        },
-    }
+    return PruneParts(
+        run=_run_facts(job, budget_ms, final_latency),
+        baseline=Baseline(job.task.test_score(job.model), base.accuracy, baseline_latency, base_macs, base_params),
+        pruned=Pruned(
+            pruned_acc, final.picked.accuracy, final_latency, macs, params,
+            layer_widths(final.model), final.plan.widths, tuple(final.plan.dropped),
+        ),
+        pareto=tuple(c.summary(final.space) for c in final.result.pareto),
+        search=_search_summary(job, rounds),
+        rounds=tuple(RoundRecord(r.number, r.summary, files=cfg.rounds > 1) for r in rounds),
+        finetune=final.summary["finetune"],
+        per_layer=per_layer,
+        robustness=_robustness(job, rounds, base) if job.robust is not None else None,
+        sparsity=sparsity,
+        extra_files={role: name for role, (name, _) in extra.items()},
+    )
 
 
-def _add_robustness(job: _Job, report: dict, rounds, baseline) -> None:
+def _run_facts(job: _Job, budget_ms: float, final_latency: LatencyStats) -> RunFacts:
+    input_shape = job.space.input_shape
+    return RunFacts(
+        target=job.profile.name,
+        fingerprint=job.profiler.fingerprint,
+        profile=job.profile.to_dict(),
+        budget_ms=budget_ms,
+        budget_met=DEFAULT_POLICY.met(final_latency.median_ms, budget_ms),
+        budget_kind="speedup" if job.cfg.speedup is not None else "absolute",
+        drift=job.profiler.drift(),
+        anchor_check=job.profiler.anchor_check,
+        budget_policy=DEFAULT_POLICY.describe(),
+        model=job.spec,
+        task=job.task.describe(),
+        input_shape=tuple(input_shape),
+        data=_data_section(job),
+        preprocess=job.data.preprocess.to_dict() if job.data is not None else {"input_shape": list(input_shape), "by": "the task"},
+        phases=job.phases,
+    )
+
+
+def _robustness(job: _Job, rounds, baseline) -> Robustness:
     """Clean and robust accuracy side by side: the baseline's and the pick's under a PGD attack on
     each model itself (test split), and the shared-set scores the search ranked by (holdout)."""
     robust, final = job.robust, rounds[-1]
     console.print(f"measuring robust accuracy (PGD-{robust.attack.steps}, eps {robust.attack.eps:.4g}) on {robust.describe()['test_samples']} test images")
-    report["baseline"]["robust_accuracy"] = robust.test_accuracy(job.model)
-    report["pruned"]["robust_accuracy"] = robust.test_accuracy(final.model)
-    if "robustness" in baseline.scores:
-        report["baseline"]["holdout_robust_accuracy"] = baseline.scores["robustness"]
-        report["pruned"]["holdout_robust_accuracy_before_finetune"] = final.picked.scores.get("robustness", 0.0)
-    report["robustness"] = robust.describe(shared="robustness" in job.problem.objective_names) | {
-        "objective": "robustness" in job.problem.objective_names,
-        "adv_finetune": job.cfg.adv_finetune,
-        "adv_ratio": job.cfg.adv_ratio if job.cfg.adv_finetune else None,
-        "shared_sets": [{"round": r.number, **s.describe()} for r in rounds for s in r.problem.model_scores],
-    }
+    baseline_test, pruned_test = robust.test_accuracy(job.model), robust.test_accuracy(final.model)
+    ranked = "robustness" in baseline.scores
+    objective = "robustness" in job.problem.objective_names
+    return Robustness(
+        baseline_test, pruned_test,
+        baseline_holdout=baseline.scores["robustness"] if ranked else None,
+        pruned_holdout_before_finetune=final.picked.scores.get("robustness", 0.0) if ranked else None,
+        section=robust.describe(shared=objective) | {
+            "objective": objective,
+            "adv_finetune": job.cfg.adv_finetune,
+            "adv_ratio": job.cfg.adv_ratio if job.cfg.adv_finetune else None,
+            "shared_sets": [{"round": r.number, **s.describe()} for r in rounds for s in r.problem.model_scores],
+        },
+    )
 
 
 def _data_section(job: _Job) -> dict:
@@ -598,34 +598,30 @@ def _data_section(job: _Job) -> dict:
     return {"name": f"task {job.cfg.task}", "source": job.cfg.task, "seed": job.cfg.seed}
 
 
-def _search_section(job: _Job, rounds) -> dict:
+def _search_summary(job: _Job, rounds) -> SearchSummary:
     cfg = job.cfg
-    return {
-        "strategy": cfg.strategy,
-        "mode": cfg.mode,
-        "encoding": cfg.encoding,
-        "objectives": list(job.problem.objective_names),
-        "population": cfg.population,
-        "generations": rounds[-1].result.generations,
-        "rounds": cfg.rounds,
-        # evaluations: distinct networks scored for the run, a resumed run's included; restored:
-        # those of them answered from the checkpoint of the interrupted run (--resume).
-        "evaluations": job.problem.evaluations + sum(r.problem.evaluations + r.problem.restored_count for r in rounds),
-        "restored": sum(r.problem.restored_count for r in rounds),
-        "latency_measurements": job.profiler.measurements,
-        # candidates the surrogate predicted far over the limit, so neither timed nor scored
-        "surrogate_skips": sum(r.problem.screen.skips for r in rounds if r.problem.screen),
-        "cache_hits": job.profiler.cache_hits,
-        # where candidates were scored and timed: this process, or Ray workers and a farm of agents
-        "workers": job.workers.describe() if job.workers is not None else {"kind": "local"},
-        **({"farm": job.profiler.backend.summary()} if job.cfg.agents else {}),
-        "wall_s": job.phases["search_s"],
-        "seed": cfg.seed,
-        "history": [{"round": r.number, **h} for r in rounds if r.result for h in r.result.history],
-    }
+    return SearchSummary(
+        strategy=cfg.strategy,
+        mode=cfg.mode,
+        encoding=cfg.encoding,
+        objectives=tuple(job.problem.objective_names),
+        population=cfg.population,
+        generations=rounds[-1].result.generations,
+        rounds=cfg.rounds,
+        evaluations=job.problem.evaluations + sum(r.problem.evaluations + r.problem.restored_count for r in rounds),
+        restored=sum(r.problem.restored_count for r in rounds),
+        latency_measurements=job.profiler.measurements,
+        surrogate_skips=sum(r.problem.screen.skips for r in rounds if r.problem.screen),
+        cache_hits=job.profiler.cache_hits,
+        workers=job.workers.describe() if job.workers is not None else {"kind": "local"},
+        farm=job.profiler.backend.summary() if job.cfg.agents else None,
+        wall_s=job.phases["search_s"],
+        seed=cfg.seed,
+        history=tuple({"round": r.number, **h} for r in rounds if r.result for h in r.result.history),
+    )
 
 
-def _write_outputs(job: _Job, rounds, package, report: dict, baseline, budget_ms: float) -> None:
+def _write_outputs(job: _Job, rounds, package, report: dict, baseline, budget_ms: float, extra: dict) -> None:
     """Every file of the output folder, in a staging folder renamed into place at the end."""
     cfg, final = job.cfg, rounds[-1]
     with staged_folder(Path(cfg.out), output=True) as tmp:
@@ -650,8 +646,7 @@ def _write_outputs(job: _Job, rounds, package, report: dict, baseline, budget_ms
             final_robust=report["pruned"].get("robust_accuracy"),
             baseline_robust=report["baseline"].get("robust_accuracy"),
         )
-        for role, (name, blob) in (job.task.extra_files(final.model) if hasattr(job.task, "extra_files") else {}).items():
+        for name, blob in extra.values():
             (tmp / name).write_bytes(blob)  # e.g. detection's ultralytics checkpoint
-            report["artifacts"][role] = name
         finalize(tmp, report, package)  # model.onnx, report.json, MODEL_CARD.md, manifest.json
         write_report_html(tmp)  # report.html, drawn from the report.json and manifest.json just written

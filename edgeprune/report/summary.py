@@ -62,19 +62,7 @@ def plot_pareto(
                label="unpruned · proxy")
     ax.scatter([picked.latency.median_ms], [100 * picked.accuracy], marker="*", s=170, facecolors="none", edgecolors="#ff7f0e",
                linewidths=1.5, label="pick before its fine-tune · proxy")
-    robust = [c for c in pareto if "robustness" in getattr(c, "scores", {})]
-    if robust:  # robustness is an objective: the front's robust accuracy on the shared set, and the pick's
-        ax.plot([c.latency.median_ms for c in robust], [100 * c.scores["robustness"] for c in robust], "^:", c="#2ca02c", ms=5,
-                label="Pareto front · robust accuracy on the shared adversarial set")
-        if "robustness" in getattr(picked, "scores", {}):
-            ax.scatter([picked.latency.median_ms], [100 * picked.scores["robustness"]], marker="^", s=120, facecolors="none",
-                       edgecolors="#ff7f0e", linewidths=1.5, label="pick before its fine-tune · robust")
-    if baseline_robust is not None:
-        ax.scatter([baseline.latency.median_ms], [100 * baseline_robust], marker="^", s=60, c="black",
-                   label=f"unpruned · test robust accuracy {baseline_robust:.2%} (PGD)")
-    if final_robust is not None and final is not None:
-        ax.scatter([final[0]], [100 * final_robust], marker="^", s=150, c="#ff7f0e", edgecolors="#7c2d12", zorder=5,
-                   label=f"delivered · test robust accuracy {final_robust:.2%} (PGD)")
+    _robust_marks(ax, pareto, picked, baseline, final, final_robust, baseline_robust)
     if baseline_test is not None:
         ax.scatter([baseline.latency.median_ms], [100 * baseline_test], marker="s", s=50, c="black", label=f"unpruned · test {baseline_test:.2%}")
     if final is not None:
@@ -93,6 +81,23 @@ def plot_pareto(
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _robust_marks(ax, pareto: list[Candidate], picked: Candidate, baseline: Candidate, final, final_robust, baseline_robust) -> None:
+    """The robust accuracies of :func:`plot_pareto`, as triangles beside the clean ones."""
+    robust = [c for c in pareto if "robustness" in getattr(c, "scores", {})]
+    if robust:  # robustness is an objective: the front's robust accuracy on the shared set, and the pick's
+        ax.plot([c.latency.median_ms for c in robust], [100 * c.scores["robustness"] for c in robust], "^:", c="#2ca02c", ms=5,
+                label="Pareto front · robust accuracy on the shared adversarial set")
+        if "robustness" in getattr(picked, "scores", {}):
+            ax.scatter([picked.latency.median_ms], [100 * picked.scores["robustness"]], marker="^", s=120, facecolors="none",
+                       edgecolors="#ff7f0e", linewidths=1.5, label="pick before its fine-tune · robust")
+    if baseline_robust is not None:
+        ax.scatter([baseline.latency.median_ms], [100 * baseline_robust], marker="^", s=60, c="black",
+                   label=f"unpruned · test robust accuracy {baseline_robust:.2%} (PGD)")
+    if final_robust is not None and final is not None:
+        ax.scatter([final[0]], [100 * final_robust], marker="^", s=150, c="#ff7f0e", edgecolors="#7c2d12", zorder=5,
+                   label=f"delivered · test robust accuracy {final_robust:.2%} (PGD)")
 
 
 def _fmt_change(before: float, after: float, unit: str) -> str:

@@ -83,3 +83,36 @@ def test_plan_is_json_and_its_digest_is_stable():
     assert blob["widths"] == {g.name: w for g, w in zip(space.groups, widths)}
     assert plan.digest() == space.plan(widths).digest()
     assert space.arch_key(widths) != space.arch_key(space.widths_from_indices(space.full_indices()))
+
+
+def test_a_torch_pruning_without_a_patched_name_is_refused_in_one_line(monkeypatch):
+    """space/channels.py patches Torch-Pruning's index mappings: a version without them must say
+    so, with the installed version and the pin to install, not fail inside a graph build."""
+    import importlib.metadata
+
+    from torch_pruning.dependency import index_mapping
+
+    from edgeprune.errors import UserError
+    from edgeprune.space import channels
+
+    channels.check_torch_pruning()  # the installed version has every name
+    monkeypatch.delattr(index_mapping, "update_concat_index_mapping")
+    installed = importlib.metadata.version("torch-pruning")
+    with pytest.raises(UserError) as caught:
+        channels.check_torch_pruning()
+    message = str(caught.value)
+    assert "\n" not in message and f"Torch-Pruning {installed} lacks" in message and "update_concat_index_mapping" in message
+    assert "pip install 'torch-pruning>=1.6.1,<1.7'" in message
+
+
+def test_the_torch_pruning_probe_runs_when_the_channel_space_is_imported():
+    """At import, before any model is built: a fresh interpreter whose Torch-Pruning lacks the
+    reshape mapping cannot import the channel space."""
+    import subprocess
+    import sys
+
+    code = ("from torch_pruning.dependency import index_mapping\n"
+            "del index_mapping.update_reshape_index_mapping\n"
+            "import edgeprune.space.channels\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "update_reshape_index_mapping, which edgeprune's channel space patches" in run.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import importlib.metadata
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.dependency import index_mapping
 
+from edgeprune.errors import UserError
 from edgeprune.tasks import outputs
 from edgeprune.records import Choice, Group, GroupLayout
 
@@ -28,6 +30,37 @@ PLAN_FORMAT_VERSION = 1
 PLAN_FORMAT_DEPTH = 2
 PLAN_FORMATS = (PLAN_FORMAT_VERSION, PLAN_FORMAT_DEPTH)
 DEPTH_PREFIX = "depth:"
+
+# What this module reaches inside Torch-Pruning beyond its documented API: the two index mappings
+# _tolerant_reshape_mapping swaps out, and the graph methods _all_groups walks with. Written
+# against 1.6 (pyproject.toml pins the minor version); probed at import, so that another version
+# fails in one line here instead of deep inside a graph build.
+_TP_INTERNALS = (
+    (index_mapping, "update_reshape_index_mapping"),
+    (index_mapping, "update_concat_index_mapping"),
+    (tp.DependencyGraph, "get_pruner_of_module"),
+    (tp.DependencyGraph, "get_pruning_group"),
+)
+TP_REQUIREMENT = "torch-pruning>=1.6.1,<1.7"
+
+
+def check_torch_pruning() -> None:
+    """A one-line error naming the installed Torch-Pruning when a name this module patches or
+    walks with is missing."""
+    missing = [f"{owner.__name__}.{name}" for owner, name in _TP_INTERNALS if not callable(getattr(owner, name, None))]
+    if missing:
+        try:
+            version = importlib.metadata.version("torch-pruning")
+        except importlib.metadata.PackageNotFoundError:
+            version = getattr(tp, "__version__", "(version unknown)")
+        raise UserError(
+            f"Torch-Pruning {version} lacks {', '.join(missing)}, which edgeprune's channel space patches; "
+            f"install the version it was written for: pip install '{TP_REQUIREMENT}'"
+        )
+
+
+check_torch_pruning()
+
 
 @dataclass
 class ChannelPlan:

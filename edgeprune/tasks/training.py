@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -93,31 +94,48 @@ def train(
     teacher_was_training = teacher.training if teacher is not None else False
     if teacher is not None:
         teacher.eval()
+    with _step_bar(progress, description, total) as advance:
+        start = time.perf_counter()
+        _train_mode(model)
+        try:
+            step, ema = _run_steps(
+                model, split, optimizer, schedule, _loss_fn(teacher, kd_alpha, kd_temperature),
+                total=total, batch_size=batch_size, items=items, seed=seed, lr=lr, advance=advance,
+                adversary=adversary, adv_ratio=adv_ratio,
+            )
+        finally:
+            model.eval()
+            if teacher is not None:
+                teacher.train(teacher_was_training)
+    return {"steps": step, "final_loss": ema, "seconds": time.perf_counter() - start}
 
+
+@contextmanager
+def _step_bar(progress: bool | Progress, description: str, total: int) -> Iterator[Callable[[float], None] | None]:
+    """What each training step calls with its smoothed loss: a bar of our own (``progress`` True,
+    stopped on the way out), a task on the caller's rich ``Progress``, or nothing (False)."""
     own_bar = progress is True
     bar = _new_progress() if own_bar else (progress if isinstance(progress, Progress) else None)
-    task = bar.add_task(description, total=total, loss=float("nan")) if bar is not None else None
+    if bar is None:
+        yield None
+        return
+    task = bar.add_task(description, total=total, loss=float("nan"))
     if own_bar:
         bar.start()
-    advance = None if bar is None else (lambda ema: bar.update(task, advance=1, loss=ema))
-    start = time.perf_counter()
-    model.train()
-    for m in model.modules():  # frozen layers (a transfer's backbone) keep their statistics too
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and not m.weight.requires_grad:
-            m.eval()
     try:
-        step, ema = _run_steps(
-            model, split, optimizer, schedule, _loss_fn(teacher, kd_alpha, kd_temperature),
-            total=total, batch_size=batch_size, items=items, seed=seed, lr=lr, advance=advance,
-            adversary=adversary, adv_ratio=adv_ratio,
-        )
+        yield lambda ema: bar.update(task, advance=1, loss=ema)
     finally:
-        model.eval()
-        if teacher is not None:
-            teacher.train(teacher_was_training)
         if own_bar:
             bar.stop()
-    return {"steps": step, "final_loss": ema, "seconds": time.perf_counter() - start}
+
+
+def _train_mode(model: nn.Module) -> None:
+    """Train mode, except the BatchNorm layers of frozen parts (a transfer's backbone): their
+    affine parameters do not train, and their statistics must not move either."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and not m.weight.requires_grad:
+            m.eval()
 
 
 def _sgd(

@@ -19,7 +19,8 @@ from typing import Any
 from edgeprune.commands.args import add_cache_file
 from edgeprune.errors import UserError
 from edgeprune.files import atomic_write
-from edgeprune.profiling.cache import LatencyCache, default_cache_path, read_export
+from edgeprune.profiling.cache import LatencyCache, default_cache_path
+from edgeprune.profiling.cache_export import read_export
 
 
 def open_cache(path: str | None) -> LatencyCache:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import types
 import typing
@@ -28,18 +27,14 @@ from pathlib import Path
 
 from edgeprune.errors import UserError
 from edgeprune.files import atomic_write
-from edgeprune.jsonfile import MAX_JSON_BYTES
+from edgeprune.untrusted import (
+    ANY_OBJECT, BOOL, FRACTION, MAX_JSON_BYTES, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT,
+    Malformed, is_int, is_number, items, json_object, nullable, rule, show, values,
+)
 from edgeprune.records import Candidate, Choice, Group, GroupLayout
 from edgeprune.profiling.stats import LatencyStats
 
 CHECKPOINT_FORMAT_VERSION = 1
-
-# Whole numbers beyond this are no count, size or index we write (and float() of a longer one overflows).
-_INT_LIMIT = 2**63
-
-
-class _Malformed(Exception):
-    """One record's problem; the reader adds the file, the line and the fix (see :func:`_error`)."""
 
 
 def _error(path: Path, root: Path, problem: str, line: int | None = None) -> UserError:
@@ -47,97 +42,8 @@ def _error(path: Path, root: Path, problem: str, line: int | None = None) -> Use
     return UserError(f"{where}: {problem}; delete the checkpoint folder {root} and start again")
 
 
-def _show(value) -> str:
-    """A value as short JSON for a message (a 5000-character string must not flood the terminal)."""
-    if isinstance(value, (dict, list)):
-        return "an object" if isinstance(value, dict) else "a list"
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _label(key: str) -> str:
-    """A key of the file as part of a field name: as it is when it is a plain name, else quoted
-    (a key holding a newline must not break the one-line message)."""
-    return key if key.isprintable() and len(key) <= 60 else _show(key)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and -_INT_LIMIT < value < _INT_LIMIT
-
-
-def _is_number(value) -> bool:
-    """A finite JSON number: Python's json reads NaN, Infinity and 1e999 without complaint."""
-    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
-
-
-# --- schema rules: each is ``check(value, name)`` and raises _Malformed naming the field ---------
-
-
-def _subject(name: str) -> str:
-    """``name`` to start a message with; the record itself ("") goes unnamed: "has no 'x'"."""
-    return f"{name} " if name else ""
-
-
-def _rule(test, what: str):
-    def check(value, name):
-        if not test(value):
-            raise _Malformed(f"{_subject(name)}must be {what}, got {_show(value)}")
-
-    return check
-
-
-def _nullable(rule):
-    return lambda value, name: None if value is None else rule(value, name)
-
-
-def _items(rule):
-    def check(value, name):
-        if not isinstance(value, list):
-            raise _Malformed(f"{_subject(name)}must be a list, got {_show(value)}")
-        for i, item in enumerate(value):
-            rule(item, f"{name}[{i}]")
-
-    return check
-
-
-def _values(rule):
-    """A JSON object whose every value follows ``rule`` (keys are names: any string)."""
-
-    def check(value, name):
-        if not isinstance(value, dict):
-            raise _Malformed(f"{_subject(name)}must be a JSON object, got {_show(value)}")
-        for key, item in value.items():
-            rule(item, f"{name}.{_label(key)}")
-
-    return check
-
-
-def _object(required: dict, optional: dict | None = None):
-    """A JSON object with these keys (others are allowed: a newer writer may add some)."""
-    optional = optional or {}
-
-    def check(value, name):
-        if not isinstance(value, dict):
-            raise _Malformed(f"{_subject(name)}must be a JSON object, got {_show(value)}")
-        for key, rule in [*required.items(), *optional.items()]:
-            field = f"{name}.{key}" if name else key
-            if key in value:
-                rule(value[key], field)
-            elif key in required:
-                raise _Malformed(f"{_subject(name)}has no {key!r}")
-
-    return check
-
-
-_NONNEG_INT = _rule(lambda v: _is_int(v) and v >= 0, "a whole number >= 0")
-_POSITIVE_INT = _rule(lambda v: _is_int(v) and v >= 1, "a whole number >= 1")
-_NONNEG = _rule(lambda v: _is_number(v) and v >= 0, "a finite number >= 0")
-_POSITIVE = _rule(lambda v: _is_number(v) and v > 0, "a finite number > 0")
-_FRACTION = _rule(lambda v: _is_number(v) and 0 <= v <= 1, "a number from 0 to 1")
-_BOOL = _rule(lambda v: isinstance(v, bool), "true or false")
-_ANY_OBJECT = _rule(lambda v: isinstance(v, dict), "a JSON object")
-_CHANNELS = _rule(
-    lambda v: isinstance(v, list) and len(v) > 0 and all(_is_int(i) and i >= 0 for i in v)
+_CHANNELS = rule(
+    lambda v: isinstance(v, list) and len(v) > 0 and all(is_int(i) and i >= 0 for i in v)
     and all(a < b for a, b in zip(v, v[1:])),
     "a non-empty ascending list of channel indices",
 )
@@ -145,53 +51,53 @@ _CHANNELS = _rule(
 
 def _latency(median) -> typing.Callable:
     """LatencyStats.to_dict()'s shape. n is 0 for a screened (predicted) candidate."""
-    times = {key: _NONNEG for key in ("p90", "p99", "mean", "std", "cv")}
-    return _object({"n": _NONNEG_INT, "median": median, **times}, {"noisy": _BOOL})
+    times = {key: NONNEG for key in ("p90", "p99", "mean", "std", "cv")}
+    return json_object({"n": NONNEG_INT, "median": median, **times}, {"noisy": BOOL})
 
 
-_EVALUATION = _object(
+_EVALUATION = json_object(
     {
-        "choice": _rule(lambda v: isinstance(v, list), "a list (one entry per channel group)"),
-        "accuracy": _FRACTION,
-        "latency": _latency(_NONNEG),
-        "macs": _NONNEG_INT,
-        "params": _NONNEG_INT,
-        "from_cache": _BOOL,
-        "seconds": _NONNEG,
+        "choice": rule(lambda v: isinstance(v, list), "a list (one entry per channel group)"),
+        "accuracy": FRACTION,
+        "latency": _latency(NONNEG),
+        "macs": NONNEG_INT,
+        "params": NONNEG_INT,
+        "from_cache": BOOL,
+        "seconds": NONNEG,
     },
-    {"predicted": _BOOL, "scores": _values(_rule(_is_number, "a finite number"))},
+    {"predicted": BOOL, "scores": values(rule(is_number, "a finite number"))},
 )
-_GENERATION = _object(
+_GENERATION = json_object(
     {
-        "generation": _POSITIVE_INT,
-        "evaluations": _NONNEG_INT,
-        "best_accuracy": _nullable(_FRACTION),
-        "best_latency_ms": _nullable(_NONNEG),
-        "hypervolume": _NONNEG,
-        "pareto": _items(_object({"accuracy": _FRACTION, "latency_ms": _NONNEG, "macs": _NONNEG_INT})),
-        "wall_s": _NONNEG,
+        "generation": POSITIVE_INT,
+        "evaluations": NONNEG_INT,
+        "best_accuracy": nullable(FRACTION),
+        "best_latency_ms": nullable(NONNEG),
+        "hypervolume": NONNEG,
+        "pareto": items(json_object({"accuracy": FRACTION, "latency_ms": NONNEG, "macs": NONNEG_INT})),
+        "wall_s": NONNEG,
     }
 )
-_VERSIONED = _object({"format_version": _rule(_is_int, "a whole number")})
+_VERSIONED = json_object({"format_version": rule(is_int, "a whole number")})
 # The anchor is the unit every latency of the run is scaled by: a zero would divide by zero.
-_RUN = _object({"config": _ANY_OBJECT, "budget_ms": _POSITIVE, "anchor": _latency(_POSITIVE)})
-_SUMMARY = _object(
+_RUN = json_object({"config": ANY_OBJECT, "budget_ms": POSITIVE, "anchor": _latency(POSITIVE)})
+_SUMMARY = json_object(
     {
-        "round": _POSITIVE_INT,
-        "budget_ms": _POSITIVE,
-        "latency_ms": _NONNEG,
-        "holdout_accuracy": _FRACTION,
-        "holdout_accuracy_before_finetune": _FRACTION,
-        "macs": _NONNEG_INT,
-        "params": _NONNEG_INT,
-        "group_widths_round": _items(_POSITIVE_INT),
-        "evaluations": _NONNEG_INT,
-        "search_s": _NONNEG,
-        "finetune_s": _NONNEG,
-        "finetune": _ANY_OBJECT,
+        "round": POSITIVE_INT,
+        "budget_ms": POSITIVE,
+        "latency_ms": NONNEG,
+        "holdout_accuracy": FRACTION,
+        "holdout_accuracy_before_finetune": FRACTION,
+        "macs": NONNEG_INT,
+        "params": NONNEG_INT,
+        "group_widths_round": items(POSITIVE_INT),
+        "evaluations": NONNEG_INT,
+        "search_s": NONNEG,
+        "finetune_s": NONNEG,
+        "finetune": ANY_OBJECT,
     }
 )
-_PLAN = _object({"kept": _values(_CHANNELS)})
+_PLAN = json_object({"kept": values(_CHANNELS)})
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -260,7 +166,7 @@ def _cut_torn_tail(path: Path) -> None:
 
 def _stored_widths(item) -> int | None:
     """The width a stored group entry stands for (a width, or its kept indices), None if neither."""
-    if _is_int(item):
+    if is_int(item):
         return item
     return len(item) if isinstance(item, list) else None
 
@@ -291,7 +197,7 @@ class SearchJournal:
     def _decode_choice(self, stored: list) -> Choice:
         groups = self.space.groups
         if len(stored) != len(groups):
-            raise _Malformed(
+            raise Malformed(
                 f"choice is for {len(stored)} channel groups, the model has {len(groups)} (a checkpoint of another model or target step)"
             )
         return tuple(_decode_group(group, item, f"choice[{i}]") for i, (group, item) in enumerate(zip(groups, stored)))
@@ -341,12 +247,12 @@ class SearchJournal:
 
 
 def _checked(path: Path, root: Path, parse) -> list:
-    """``parse`` of every record of a JSONL file; its _Malformed becomes the file's one-line error."""
+    """``parse`` of every record of a JSONL file; its Malformed becomes the file's one-line error."""
     out = []
     for number, record in _read_lines(path, root):
         try:
             out.append(parse(record))
-        except _Malformed as exc:
+        except Malformed as exc:
             raise _error(path, root, str(exc), number) from None
     return out
 
@@ -355,14 +261,14 @@ def _decode_group(group: Group, item, name: str) -> tuple[int, ...]:
     """One group's kept channels from its stored entry, checked against the group: a width on its
     grid (its most important channels) or ascending indices below its full width."""
     width = _stored_widths(item)
-    if width is None or (isinstance(item, list) and not all(_is_int(i) for i in item)):
-        raise _Malformed(f"{name} must be a width or a list of channel indices, got {_show(item)}")
+    if width is None or (isinstance(item, list) and not all(is_int(i) for i in item)):
+        raise Malformed(f"{name} must be a width or a list of channel indices, got {show(item)}")
     if width not in group.options:
-        raise _Malformed(f"{name} keeps {width} channels of group {group.name}, not one of its widths {_show(list(group.options))}")
+        raise Malformed(f"{name} keeps {width} channels of group {group.name}, not one of its widths {show(list(group.options))}")
     if isinstance(item, int):
         return tuple(group.kept(item))
     if item[0] < 0 or item[-1] >= group.full or any(a >= b for a, b in zip(item, item[1:])):
-        raise _Malformed(f"{name} must list ascending channel indices of group {group.name} from 0 to {group.full - 1}")
+        raise Malformed(f"{name} must list ascending channel indices of group {group.name} from 0 to {group.full - 1}")
     return tuple(item)
 
 
@@ -378,9 +284,9 @@ def _fits(value, hint) -> bool:
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
-        return _is_int(value)
+        return is_int(value)
     if hint is float:
-        return _is_number(value)
+        return is_number(value)
     if hint is str:
         return isinstance(value, str)
     if origin is tuple:
@@ -419,7 +325,7 @@ class RunCheckpoint:
         """``record`` if it follows ``schema``, else the one-line error naming ``path``."""
         try:
             schema(record, "")
-        except _Malformed as exc:
+        except Malformed as exc:
             raise _error(path, self.folder, str(exc)) from None
         return record
 
@@ -475,7 +381,7 @@ class RunCheckpoint:
             value, hint = config[f.name], hints[f.name]
             if not _fits(value, hint):
                 what = str(hint) if typing.get_args(hint) else hint.__name__  # "float | None", "int"
-                raise _error(self.run_path, self.folder, f"config.{f.name} must be of type {what}, got {_show(value)}")
+                raise _error(self.run_path, self.folder, f"config.{f.name} must be of type {what}, got {show(value)}")
             kwargs[f.name] = tuple(value) if isinstance(value, list) else value
         return kwargs
 

@@ -224,11 +224,12 @@ def _run_settings(report: dict) -> dict:
     """The run's budget, fine-tune recipe and attack from report.json, a file anyone may have
     written: each checked like the prune command's own options (exit 2 naming the key)."""
     from edgeprune.problem.attack import Attack
+    from edgeprune.untrusted import number_in, show
 
     def number(section: dict, key: str, default, low: float, high: float, where: str) -> float:
         value = section.get(key, default) if isinstance(section, dict) else default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and low <= value <= high):
-            raise UserError(f"report.json's {where}.{key} must be a number in [{low:g}, {high:g}], got {str(value)[:40]}; prune again")
+        if not number_in(value, low, high):
+            raise UserError(f"report.json's {where}.{key} must be a number in [{low:g}, {high:g}], got {show(value)}; prune again")
         return value
 
     finetune = report.get("finetune") or {}
@@ -282,7 +283,7 @@ def _check_report(folder: Path, report: dict) -> None:
     it, against the schema every report is written with and then field by field for what the
     schema lets through (NaN, a zero or negative latency, a missing run model), with the rules the
     checkpoint reader uses. The run's model.onnx is checked like any model handed to a runtime."""
-    from edgeprune.jobs.checkpoint import _Malformed
+    from edgeprune.untrusted import Malformed
     from edgeprune.profiling.onnx_check import ModelRejected, check_model_bytes
     from edgeprune.report.schema import report_problems
 
@@ -292,7 +293,7 @@ def _check_report(folder: Path, report: dict) -> None:
         raise UserError(f"{path} is not a report edgeprune writes ({problems[0]}); run `edgeprune prune` again")
     try:
         _REPORT(report, "")
-    except _Malformed as exc:
+    except Malformed as exc:
         raise UserError(f"{path}: {exc}; run `edgeprune prune` again") from None
     onnx = folder / report["artifacts"]["onnx"]
     if onnx.is_symlink() or not onnx.is_file() or onnx.stat().st_size > _MAX_ONNX_BYTES:
@@ -316,19 +317,19 @@ def _check_on_grid(front: list[dict], groups) -> None:
 
 def _report_rules():
     """The fields of report.json ensemble reads, as checkpoint.py's schema rules."""
-    from edgeprune.jobs.checkpoint import _FRACTION, _POSITIVE, _POSITIVE_INT, _is_number, _items, _nullable, _object, _rule, _values
+    from edgeprune.untrusted import FRACTION, POSITIVE, POSITIVE_INT, is_int, is_number, items, json_object, nullable, rule, values
 
-    name = _rule(lambda v: isinstance(v, str) and 0 < len(v) <= 200, "a name of at most 200 characters")
-    point = _object(
-        {"accuracy": _FRACTION, "latency_ms": _POSITIVE, "widths": _values(_rule(lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"))},
-        {"scores": _values(_rule(_is_number, "a finite number"))},
+    name = rule(lambda v: isinstance(v, str) and 0 < len(v) <= 200, "a name of at most 200 characters")
+    point = json_object(
+        {"accuracy": FRACTION, "latency_ms": POSITIVE, "widths": values(rule(is_int, "a whole number"))},
+        {"scores": values(rule(is_number, "a finite number"))},
     )
-    return _object({
-        "model": _object({"spec": name}),
-        "search": _object({}, {"rounds": _POSITIVE_INT, "encoding": name, "strategy": name, "mode": name}),
-        "artifacts": _object({"onnx": _rule(lambda v: isinstance(v, str), "the file name of the run's model.onnx")}),
-        "pareto": _items(point),
-        "pruned": _object({"accuracy": _FRACTION}, {"robust_accuracy": _nullable(_FRACTION)}),
+    return json_object({
+        "model": json_object({"spec": name}),
+        "search": json_object({}, {"rounds": POSITIVE_INT, "encoding": name, "strategy": name, "mode": name}),
+        "artifacts": json_object({"onnx": rule(lambda v: isinstance(v, str), "the file name of the run's model.onnx")}),
+        "pareto": items(point),
+        "pruned": json_object({"accuracy": FRACTION}, {"robust_accuracy": nullable(FRACTION)}),
     })
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeprune.errors import UserError
-from edgeprune.jsonfile import read_json
+from edgeprune.untrusted import read_json
 from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES
 from edgeprune.progress import console
 from edgeprune.profiling.targets import Profile, load_profile, profile_from_untrusted

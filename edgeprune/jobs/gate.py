@@ -11,7 +11,6 @@ the budget are judged at once. Nothing here imports torch: a CI runner only need
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 import time
@@ -25,6 +24,7 @@ from edgeprune.select.budget import DEFAULT_POLICY
 from edgeprune.errors import UserError
 from edgeprune.profiling.keys import PERCENTILES, graph_key, percentile_ms
 from edgeprune.profiling.targets import Profile, load_profile
+from edgeprune.untrusted import is_int, is_number, number_in, show
 
 DEFAULT_TARGET = "x86-cpu"
 DEFAULT_PERCENTILE = 90
@@ -115,22 +115,22 @@ class GateResult:
 
 
 def _check_percentile(value, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value not in PERCENTILES:
-        raise UserError(f"{where}: percentile must be one of {', '.join(map(str, PERCENTILES))}, got {value!r}; fix it")
+    if not is_int(value) or value not in PERCENTILES:
+        raise UserError(f"{where}: percentile must be one of {', '.join(map(str, PERCENTILES))}, got {show(value)}; fix it")
     return value
 
 
 def _check_budget(value, where: str) -> float:
     # NaN compares false with everything and inf passes every model: both are refused.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise UserError(f"{where}: budget_ms must be a positive number of milliseconds, got {value!r}; fix it")
+    if not is_number(value) or value <= 0:
+        raise UserError(f"{where}: budget_ms must be a positive number of milliseconds, got {show(value)}; fix it")
     return float(value)
 
 
 def _check_tolerance(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value < 1:
+    if not is_number(value) or not 0 <= value < 1:
         raise UserError(
-            f"{where}: tolerance is a fraction of the budget in [0, 1) (0.05 = ±5 %), got {value!r}; fix it"
+            f"{where}: tolerance is a fraction of the budget in [0, 1) (0.05 = ±5 %), got {show(value)}; fix it"
         )
     return float(value)
 
@@ -138,8 +138,8 @@ def _check_tolerance(value, where: str) -> float:
 def _check_min_robust(value, where: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
-        raise UserError(f"{where}: min_robust_accuracy is a fraction in [0, 1] (0.6 = 60 %), got {value!r}; fix it")
+    if not number_in(value, 0, 1):
+        raise UserError(f"{where}: min_robust_accuracy is a fraction in [0, 1] (0.6 = 60 %), got {show(value)}; fix it")
     return float(value)
 
 
@@ -330,7 +330,7 @@ def _robust_accuracy(budget: Budget) -> float:
             raise UserError(f"{budget.where}: manifest.json beside the model does not pin this {name} (sha256 differs or is missing){fix}")
     pruned = report.get("pruned")
     value = pruned.get("robust_accuracy") if isinstance(pruned, dict) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    if not number_in(value, 0, 1):
         raise UserError(f"{budget.where}: report.json beside the model records no robust accuracy{fix}")
     return float(value)
 

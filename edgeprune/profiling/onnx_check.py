@@ -119,9 +119,7 @@ def inline_external_data(path, proto) -> None:
     folder, nothing hidden such as ``.git`` or ``.env``), a regular file and not a link, read
     here (never by onnx's or a runtime's own loader) at exactly the size its tensor needs, so a
     model can neither read other files nor get their bytes into an error message."""
-    import os
     import re
-    import stat
     from pathlib import Path
 
     import numpy as np
@@ -156,22 +154,31 @@ def inline_external_data(path, proto) -> None:
         total += size
         if total > MAX_EXTERNAL_BYTES:
             raise ModelRejected(f"the model's external data is over {MAX_EXTERNAL_BYTES >> 20} MiB; time a smaller model")
-        target = folder / location
-        if target.is_symlink():
-            raise ModelRejected(f"external data file {location[:80]!r} of tensor {name!r} is a link; put the file itself next to the model")
-        try:
-            fd = os.open(target, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError:
-            what = "a link" if target.is_symlink() else "missing"
-            raise ModelRejected(f"external data file {location[:80]!r} of tensor {name!r} is {what}; put the file itself next to the model") from None
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise ModelRejected(f"external data file {location[:80]!r} of tensor {name!r} is not a regular file; put the file itself next to the model")
-            f.seek(offset)
-            data = f.read(size)
-        if len(data) != size:
-            raise ModelRejected(f"external data file {location[:80]!r} is shorter than tensor {name!r} needs; export the model again")
+        data = _read_external(folder / location, location, name, offset, size)
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
         tensor.raw_data = data
+
+
+def _read_external(target, location: str, name: str, offset: int, size: int) -> bytes:
+    """Exactly ``size`` bytes at ``offset`` of the data file ``target`` (``location`` beside the
+    model), opened without following a link and only when it is a regular file."""
+    import os
+    import stat
+
+    if target.is_symlink():
+        raise ModelRejected(f"external data file {location[:80]!r} of tensor {name!r} is a link; put the file itself next to the model")
+    try:
+        fd = os.open(target, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        what = "a link" if target.is_symlink() else "missing"
+        raise ModelRejected(f"external data file {location[:80]!r} of tensor {name!r} is {what}; put the file itself next to the model") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ModelRejected(f"external data file {location[:80]!r} of tensor {name!r} is not a regular file; put the file itself next to the model")
+        f.seek(offset)
+        data = f.read(size)
+    if len(data) != size:
+        raise ModelRejected(f"external data file {location[:80]!r} is shorter than tensor {name!r} needs; export the model again")
+    return data
 

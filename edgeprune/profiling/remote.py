@@ -22,7 +22,6 @@ import base64
 import hashlib
 import http.client
 import json
-import math
 import socket
 import threading
 import time
@@ -31,12 +30,13 @@ from typing import Any
 
 from edgeprune.errors import UserError
 from edgeprune.profiling.backend import Backend
-from edgeprune.profiling.cache import details_problem
+from edgeprune.profiling.cache_export import details_problem
 from edgeprune.profiling.credentials import TOKEN_ENV, URL_ENV, config_path, token_for
 from edgeprune.profiling.fingerprint import compose_fingerprint
 from edgeprune.profiling.isolated import START_TIMEOUT_S, measurement_timeout
 from edgeprune.profiling.stats import LatencyStats, NodeTimes
 from edgeprune.profiling.targets import Profile
+from edgeprune.untrusted import is_int, is_number, show
 
 # A reply is a few kB of JSON; anything larger is not an agent talking.
 _MAX_REPLY_BYTES = 1 << 20
@@ -94,9 +94,9 @@ class RemoteBackend(Backend):
             reply = self._call("GET", "/fingerprint", deadline_s=_FINGERPRINT_DEADLINE_S)
             self._fingerprint = compose_fingerprint(self.profile, _device_facts(reply, self.url))
             cap = reply.get("max_upload_bytes")
-            self._max_upload = cap if _is_int(cap) and cap > 0 else None
+            self._max_upload = cap if is_int(cap) and cap > 0 else None
             limit = reply.get("measure_timeout_s")
-            if _is_number(limit) and 0 < limit <= _MAX_AGENT_LIMIT_S:
+            if is_number(limit) and 0 < limit <= _MAX_AGENT_LIMIT_S:
                 self._agent_limit_s = float(limit)
         return dict(self._fingerprint)
 
@@ -297,14 +297,6 @@ def _json_reply(data: bytes, url: str) -> dict[str, Any]:
     return reply
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
 def _stats_problem(d: Any) -> str | None:
     """Why ``d`` is not the latency statistics of a real measurement, or None."""
     if not isinstance(d, dict):
@@ -312,19 +304,19 @@ def _stats_problem(d: Any) -> str | None:
     missing = [k for k in _STAT_KEYS if k not in d]
     if missing:
         return f"lacks '{missing[0]}'"
-    if not (_is_int(d["n"]) and 1 <= d["n"] <= _MAX_N):
-        return f"has 'n' {_show(d['n'])}, not a whole number from 1 to {_MAX_N:.0e}"
+    if not (is_int(d["n"]) and 1 <= d["n"] <= _MAX_N):
+        return f"has 'n' {show(d['n'])}, not a whole number from 1 to {_MAX_N:.0e}"
     for key in ("median", "p90", "p99", "mean"):
-        if not (_is_number(d[key]) and 0 < d[key] <= _MAX_MS):
-            return f"has '{key}' {_show(d[key])}, not a positive finite number of at most {_MAX_MS:.0e} ms"
+        if not (is_number(d[key]) and 0 < d[key] <= _MAX_MS):
+            return f"has '{key}' {show(d[key])}, not a positive finite number of at most {_MAX_MS:.0e} ms"
     for key, top in (("std", _MAX_MS), ("cv", _MAX_CV)):
-        if not (_is_number(d[key]) and 0 <= d[key] <= top):
-            return f"has '{key}' {_show(d[key])}, not a finite number from 0 to {top:g}"
+        if not (is_number(d[key]) and 0 <= d[key] <= top):
+            return f"has '{key}' {show(d[key])}, not a finite number from 0 to {top:g}"
     if not isinstance(d.get("noisy", False), bool):
-        return f"has 'noisy' {_show(d['noisy'])}, not true or false"
+        return f"has 'noisy' {show(d['noisy'])}, not true or false"
     trimmed = d.get("trimmed")
-    if trimmed is not None and not (_is_number(trimmed) and 0 < trimmed <= _MAX_MS):
-        return f"has 'trimmed' {_show(trimmed)}, not a positive finite number of at most {_MAX_MS:.0e} ms"
+    if trimmed is not None and not (is_number(trimmed) and 0 < trimmed <= _MAX_MS):
+        return f"has 'trimmed' {show(trimmed)}, not a positive finite number of at most {_MAX_MS:.0e} ms"
     return None
 
 
@@ -335,11 +327,6 @@ def _stats(reply: dict[str, Any], key: str, url: str) -> LatencyStats:
     if problem is not None:
         raise InvalidReply(f"agent {url} sent latency statistics ('{key}') that {problem}; upgrade edgeprune on the device to this version, or check that the URL is an edgeprune agent")
     return LatencyStats.from_dict(reply[key])
-
-
-def _show(v: Any) -> str:
-    text = repr(v) if not isinstance(v, (dict, list)) else type(v).__name__
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _device_facts(reply: dict[str, Any], url: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import yaml
 
 from edgeprune.errors import UserError
 from edgeprune.profiling.credentials import CREDENTIAL_KEYS
+from edgeprune.untrusted import show
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 # Numbers must be >= 0; below these minimums the measurement loop or the search is meaningless.
@@ -295,23 +296,14 @@ def _build(cls: type, data: Any, prefix: str, source: str, given: dict[str, Any]
     return cls(**values)
 
 
-def _show(value: Any) -> str:
-    """A value for an error message: short, and never the 5000-digit int str() refuses to print."""
-    try:
-        text = repr(value)
-    except ValueError:
-        return "a number with thousands of digits"
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _check_range(key: str, name: str, value: int | float, source: str) -> None:
     low, high = _MINIMUM.get(name, 0), _MAXIMUM.get(name)
     if isinstance(value, float) and not math.isfinite(value):
-        raise UserError(f"profile {source}: '{key}' is {_show(value)}, not a finite number; fix the value")
+        raise UserError(f"profile {source}: '{key}' is {show(value)}, not a finite number; fix the value")
     if value < low:
-        raise UserError(f"profile {source}: '{key}' is {_show(value)}, below its minimum {low}; fix the value")
+        raise UserError(f"profile {source}: '{key}' is {show(value)}, below its minimum {low}; fix the value")
     if high is not None and value > high:
-        raise UserError(f"profile {source}: '{key}' is {_show(value)}, above its maximum {high}; fix the value")
+        raise UserError(f"profile {source}: '{key}' is {show(value)}, above its maximum {high}; fix the value")
 
 
 def _value(name: str, kind: Any, value: Any, prefix: str, source: str) -> Any:
@@ -324,13 +316,13 @@ def _value(name: str, kind: Any, value: Any, prefix: str, source: str) -> Any:
         return _build(kind, value, f"{key}.", source, {})
     if kind is bool:
         if not isinstance(value, bool):
-            raise UserError(f"profile {source}: '{key}' must be {_TYPE_NAMES[bool]}, got {_show(value)}; fix the value")
+            raise UserError(f"profile {source}: '{key}' must be {_TYPE_NAMES[bool]}, got {show(value)}; fix the value")
         return value
     # bool is an int subclass in Python; `threads: yes` is a typo, not the number 1.
     ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
     if not ok or isinstance(value, bool):
         raise UserError(
-            f"profile {source}: '{key}' must be {_TYPE_NAMES[kind]}, got {_show(value)}; fix the value"
+            f"profile {source}: '{key}' must be {_TYPE_NAMES[kind]}, got {show(value)}; fix the value"
         )
     if kind is str and len(value) > _MAX_TEXT.get(name, 200):
         raise UserError(f"profile {source}: '{key}' is longer than {_MAX_TEXT.get(name, 200)} characters; shorten it")

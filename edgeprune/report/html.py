@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from edgeprune.errors import UserError
 from edgeprune.files import atomic_write
-from edgeprune.jsonfile import read_json
+from edgeprune.untrusted import read_json
 from edgeprune.report.charts import BLUE, GREY, ORANGE, PURPLE, RED, Scale, axes, esc, mix, num, paired_bars, span, star, stat_boxes, svg, text, titled
 
 HTML_FILE = "report.html"

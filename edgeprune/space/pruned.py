@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import UserError
-from edgeprune.jsonfile import read_json
+from edgeprune.untrusted import read_json
 from edgeprune.space.channels import PLAN_FORMATS, ChannelPlan, apply_plan
 from edgeprune.tasks.models import MODEL_KINDS
 

@@ -239,7 +239,7 @@ def test_an_8_gb_report_json_is_refused_without_being_read(tmp_path):
 
 
 def test_a_huge_checkpoint_run_json_is_refused_by_size(tmp_path, capsys):
-    from edgeprune.jsonfile import MAX_JSON_BYTES
+    from edgeprune.untrusted import MAX_JSON_BYTES
 
     folder = tmp_path / "out.checkpoint"
     folder.mkdir()

@@ -19,7 +19,7 @@ import pytest
 
 from edgeprune.cli import main
 from edgeprune.errors import UserError
-from edgeprune.profiling import cache as cache_mod
+from edgeprune.profiling import cache_db, cache_export
 from edgeprune.profiling.cache import LatencyCache
 from edgeprune.profiling.fingerprint import fingerprint_hash
 from edgeprune.profiling.stats import LatencyStats
@@ -178,7 +178,7 @@ def test_import_refuses_oversized_or_odd_fingerprints(fingerprints, word, tmp_pa
     ("MAX_IMPORT_FINGERPRINTS", ["has 3 fingerprints, at most 2"]),
 ])
 def test_import_refuses_too_many_rows_or_fingerprints(limit, words, tmp_path, db, capsys, monkeypatch):
-    monkeypatch.setattr(cache_mod, limit, 2)
+    monkeypatch.setattr(cache_export, limit, 2)
     fps = dict(_with_detail(cpu="a"), **_with_detail(cpu="b"), **_with_detail(cpu="c"))
     rows = [_row(fingerprint=fp) for fp in fps]
     err = _refused(_write(tmp_path, _doc(rows=rows, fingerprints=fps)), db, capsys)
@@ -341,7 +341,7 @@ def test_an_empty_file_and_an_old_rollback_mode_cache_are_taken(tmp_path):
     empty.touch()
     LatencyCache(empty).close()
     old = _foreign_db(tmp_path / "old.sqlite", "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-                      "INSERT INTO meta VALUES ('schema_version', '1')", cache_mod._SCHEMA[1])
+                      "INSERT INTO meta VALUES ('schema_version', '1')", cache_db._SCHEMA[1])
     cache = LatencyCache(old)
     cache.put(FP, "a", SHAPE, _stats(1.0))
     cache.close()

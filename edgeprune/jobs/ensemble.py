@@ -16,6 +16,7 @@ import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -24,6 +25,12 @@ from edgeprune.select.budget import DEFAULT_POLICY
 from edgeprune.errors import UserError
 from edgeprune.files import staged_folder
 from edgeprune.progress import console
+
+if TYPE_CHECKING:
+    from edgeprune.problem.robustness import RobustPruning
+    from edgeprune.profiling.targets import Profile
+    from edgeprune.space.channels import ChannelPlan, ChannelSpace
+    from edgeprune.tasks.data import DataBundle
 
 # At most this many K-subsets of the front are enumerated: the fastest points are kept until
 # C(n, K) would exceed it (n = 40 for K = 3, 23 for K = 5, 16 for K = 8).
@@ -97,67 +104,126 @@ def choose_members(front: list[dict], k: int, budget_ms: float) -> list[dict]:
     return list(max(fits, key=lambda c: (round(sum(quality(p) for p in c) / k, 6), spread(c))))
 
 
+@dataclass
+class _Run:
+    """The prune run an ensemble is built from, read and checked once: its folder and report, the
+    settings it recorded (:func:`_run_settings`), the budget, the front, where the ensemble is
+    timed, the data, the unpruned model and its channel space on the run's own grid."""
+
+    folder: Path
+    report: dict
+    settings: dict
+    budget_ms: float
+    front: list[dict]
+    profile: Profile
+    data: DataBundle
+    original: nn.Module
+    space: ChannelSpace
+
+    @property
+    def names(self) -> list[str]:
+        return [g.name for g in self.space.groups]
+
+
 def run_ensemble(cfg: EnsembleConfig) -> dict:
     """Choose, rebuild, fine-tune and export the members; time the ensemble; score everything."""
-    from edgeprune.jobs.export import _profile, data_from_report, read_report, recorded_profile
-    from edgeprune.exporters.onnx import export_onnx, parity
-    from edgeprune.profiling.keys import graph_key
-    from edgeprune.profiling.profiler import Profiler
-    from edgeprune.problem.pruning import recalibrate_bn
-    from edgeprune.space.pruned import original_model
     from edgeprune.problem.attack import require_art
     from edgeprune.problem.robustness import RobustPruning
-    from edgeprune.space.channels import ChannelSpace, macs_and_params
-    from edgeprune.tasks.task import Classification, Recipe
-    from edgeprune.tasks.training import evaluate
 
     require_art()
+    run = _open_run(cfg)
+    chosen = choose_members(run.front, cfg.members, run.budget_ms)
+    robust = RobustPruning(run.settings["attack"], run.data, test_samples=cfg.robust_test_samples or run.settings["test_samples"],
+                           seed=cfg.seed, progress=cfg.progress)
+    epochs = cfg.finetune_epochs if cfg.finetune_epochs is not None else run.settings["epochs"]
+    members = _fine_tuned_members(cfg, run, chosen, robust, epochs)
+    ensemble = SoftmaxEnsemble([m for _, _, m in members]).eval()
+    blob, check = _exported(ensemble, run, len(members), cfg.seed)
+    timed, scale, single_now = _timed(cfg, run, blob, members)
+    result = _result(run, members, ensemble, robust, timed, scale) | {
+        "timing": {"units": "the prune run's (ratio to its model.onnx timed alternately now, times its recorded latency)",
+                   "single_now_ms": single_now, "scale": scale},
+        "attack": run.settings["attack"].describe(),
+        "finetune_epochs": epochs,
+        "target": run.profile.name,
+    }
+    result["ensemble"]["parity_vs_torch"] = check
+    _write(run.folder / "ensemble", blob, members, result)
+    _print(result)
+    return result
+
+
+def _open_run(cfg: EnsembleConfig) -> _Run:
+    """The run's folder, checked before anything is built from it (report.json is a file anyone
+    may have written), with the channel space of its model on the run's own grid."""
+    from edgeprune.jobs.export import data_from_report, read_report, recorded_profile, timing_profile
+    from edgeprune.space.channels import ChannelSpace
+    from edgeprune.space.pruned import original_model
+
     folder = Path(cfg.out_dir)
     report = read_report(folder)
     _check(cfg, report)
     _check_report(folder, report)
-    run = _run_settings(report)
-    budget = cfg.budget_ms if cfg.budget_ms is not None else run["budget_ms"]
+    settings = _run_settings(report)
+    budget = cfg.budget_ms if cfg.budget_ms is not None else settings["budget_ms"]
     front = _front(report)
     recorded = recorded_profile(report)  # the run's own profile: its channel step
-    profile = _profile(cfg, report)  # where the ensemble is timed: --target, or the recorded one (an agent only with --trust-model-code)
+    profile = timing_profile(cfg.target, report, cfg.trust_model_code)  # where the ensemble is timed: --target, or the recorded one (an agent only with --trust-model-code)
     data = data_from_report(report, cfg.data)
     original = _original(cfg, report, original_model)
     depth = any(name.startswith("depth:") for name in front[0]["widths"])
     # The run's own channel step: widths on its grid (--target only changes where it is timed).
     space = ChannelSpace(original, tuple(report["input_shape"]), recorded.channel_step, model_spec=report["model"], depth=depth, mode=report["search"].get("mode", "channels"))
-    names = [g.name for g in space.groups]
-    if any(set(p["widths"]) != set(names) for p in front):
+    if any(set(p["widths"]) != {g.name for g in space.groups} for p in front):
         raise UserError("report.json's Pareto widths do not name this model's channel groups (another model or target step); prune again")
     _check_on_grid(front, space.groups)
-    chosen = choose_members(front, cfg.members, budget)
+    return _Run(folder, report, settings, budget, front, profile, data, original, space)
 
-    robust = RobustPruning(run["attack"], data, test_samples=cfg.robust_test_samples or run["test_samples"], seed=cfg.seed, progress=cfg.progress)
-    adversary = robust.adversary() if run["adv_finetune"] else None
-    recipe = Recipe(run["lr"], 128, run["kd_alpha"], run["kd_temperature"], cfg.progress, adversary, run["adv_ratio"])
-    task = Classification(data, recipe, seed=cfg.seed)
-    attack = run["attack"]
-    epochs = cfg.finetune_epochs if cfg.finetune_epochs is not None else run["epochs"]
 
+def _fine_tuned_members(cfg: EnsembleConfig, run: _Run, chosen: list[dict], robust: RobustPruning, epochs: float) -> list[tuple[dict, ChannelPlan, nn.Module]]:
+    """``(front point, plan, network)`` of every chosen member: shrunk from the unpruned model,
+    BatchNorm recalibrated, fine-tuned with the run's recipe (and its adversary, if it had one)."""
+    from edgeprune.problem.pruning import recalibrate_bn
+    from edgeprune.tasks.task import Classification, Recipe
+
+    settings = run.settings
+    adversary = robust.adversary() if settings["adv_finetune"] else None
+    recipe = Recipe(settings["lr"], 128, settings["kd_alpha"], settings["kd_temperature"], cfg.progress, adversary, settings["adv_ratio"])
+    task = Classification(run.data, recipe, seed=cfg.seed)
     members = []
     for i, point in enumerate(chosen, 1):
-        widths = [point["widths"][n] for n in names]
-        model = recalibrate_bn(space.shrink(space.plan(widths)), task.calibration_batches())
+        widths = [point["widths"][n] for n in run.names]
+        model = recalibrate_bn(run.space.shrink(run.space.plan(widths)), task.calibration_batches())
         console.print(f"member {i}/{len(chosen)}: {point['latency_ms']:.4f} ms at search time; fine-tuning {epochs:g} epoch(s)")
         if epochs > 0:
-            task.fine_tune(model, original, epochs, cfg.seed + i, f"fine-tune member {i}/{len(chosen)}")
-        members.append((point, space.plan(widths), model.eval()))
+            task.fine_tune(model, run.original, epochs, cfg.seed + i, f"fine-tune member {i}/{len(chosen)}")
+        members.append((point, run.space.plan(widths), model.eval()))
+    return members
 
-    ensemble = SoftmaxEnsemble([m for _, _, m in members]).eval()
-    shape = (profile.batch, *report["input_shape"])
-    blob = _named_output(export_onnx(ensemble, shape, profile.opset, {"edgeprune_ensemble_members": str(len(members))}), "probabilities")
-    probe = next(data.test.subset(64, seed=cfg.seed).batches(64))[0]
-    check = parity(ensemble, blob, probe)
 
-    single_blob = (folder / report["artifacts"]["onnx"]).read_bytes()
+def _exported(ensemble: SoftmaxEnsemble, run: _Run, count: int, seed: int) -> tuple[bytes, dict]:
+    """The ensemble as one ONNX file (output ``probabilities``) and its parity with torch."""
+    from edgeprune.exporters.onnx import export_onnx, parity
+
+    shape = (run.profile.batch, *run.report["input_shape"])
+    blob = _named_output(export_onnx(ensemble, shape, run.profile.opset, {"edgeprune_ensemble_members": str(count)}), "probabilities")
+    probe = next(run.data.test.subset(64, seed=seed).batches(64))[0]
+    return blob, parity(ensemble, blob, probe)
+
+
+def _timed(cfg: EnsembleConfig, run: _Run, blob: bytes, members) -> tuple[dict, float, float]:
+    """``(latencies by name, scale, the run's model now)``: the ensemble and each member timed
+    fresh next to the run's own model.onnx; ``scale`` turns them into the prune run's units (the
+    ratio to the run's model timed now, times its recorded latency)."""
+    from edgeprune.exporters.onnx import export_onnx
+    from edgeprune.profiling.keys import graph_key
+    from edgeprune.profiling.profiler import Profiler
+
+    profile, shape = run.profile, (run.profile.batch, *run.report["input_shape"])
+    single_blob = (run.folder / run.report["artifacts"]["onnx"]).read_bytes()
     profiler = Profiler(profile, cache_path=Path(cfg.cache) if cfg.cache else None, use_cache=not cfg.no_cache)
     try:
-        console.print(f"timing the ensemble against the run's {report['artifacts']['onnx']} on {profile.name}, alternating fresh sessions")
+        console.print(f"timing the ensemble against the run's {run.report['artifacts']['onnx']} on {profile.name}, alternating fresh sessions")
         single_now = profiler.set_reference(graph_key(single_blob), shape, single_blob, recheck=False)
         timed = {"ensemble": profiler.latency(graph_key(blob), shape, lambda: blob, fresh=True, sessions=3)[0]}
         for i, (_, _, model) in enumerate(members, 1):
@@ -165,44 +231,41 @@ def run_ensemble(cfg: EnsembleConfig) -> dict:
             timed[f"member {i}"] = profiler.latency(graph_key(member_blob), shape, lambda b=member_blob: b, fresh=True, sessions=3)[0]
     finally:
         profiler.close()
-    # In the prune run's units: the ratio to the run's own model timed now, times its recorded latency.
-    run_ms = run["single_ms"]
-    scale = run_ms / single_now.median_ms
+    return timed, run.settings["single_ms"] / single_now.median_ms, single_now.median_ms
 
-    console.print(f"scoring the ensemble and its members on the test split (clean, and PGD-{attack.steps} on {robust.describe()['test_samples']} images)")
+
+def _result(run: _Run, members, ensemble: SoftmaxEnsemble, robust: RobustPruning, timed: dict, scale: float) -> dict:
+    """Every member, the ensemble and the run's single pick side by side: latency in the prune
+    run's units, MACs, clean and robust accuracy on the test split."""
+    from edgeprune.space.channels import macs_and_params
+    from edgeprune.tasks.training import evaluate
+
+    console.print(f"scoring the ensemble and its members on the test split (clean, and PGD-{run.settings['attack'].steps} on {robust.describe()['test_samples']} images)")
     rows = []
-    for i, (point, plan, model) in enumerate(members, 1):
+    for i, (point, _, model) in enumerate(members, 1):
         rows.append({
             "member": i, "widths": point["widths"], "search_latency_ms": point["latency_ms"],
-            "latency_ms": timed[f"member {i}"].median_ms * scale, "macs": macs_and_params(model, space.input_shape)[0],
-            "accuracy": evaluate(model, data.test), "robust_accuracy": robust.test_accuracy(model),
+            "latency_ms": timed[f"member {i}"].median_ms * scale, "macs": macs_and_params(model, run.space.input_shape)[0],
+            "accuracy": evaluate(model, run.data.test), "robust_accuracy": robust.test_accuracy(model),
         })
-    result = {
+    ensemble_ms = timed["ensemble"].median_ms
+    return {
         "members": rows,
         "ensemble": {
-            "latency_ms": timed["ensemble"].median_ms * scale,
-            "budget_ms": budget,
-            "budget_met": DEFAULT_POLICY.met(timed["ensemble"].median_ms * scale, budget),
+            "latency_ms": ensemble_ms * scale,
+            "budget_ms": run.budget_ms,
+            "budget_met": DEFAULT_POLICY.met(ensemble_ms * scale, run.budget_ms),
             # The one file against its members timed alone: 1 when running them together costs no more.
-            "vs_members_summed": timed["ensemble"].median_ms / sum(timed[f"member {i}"].median_ms for i in range(1, len(members) + 1)),
-            "accuracy": evaluate(ensemble, data.test),
+            "vs_members_summed": ensemble_ms / sum(timed[f"member {i}"].median_ms for i in range(1, len(members) + 1)),
+            "accuracy": evaluate(ensemble, run.data.test),
             "robust_accuracy": robust.test_accuracy(LogProbabilities(ensemble)),
             "macs": sum(r["macs"] for r in rows),
-            "parity_vs_torch": check,
         },
         "single": {
-            "file": report["artifacts"]["onnx"], "latency_ms": run_ms,
-            "accuracy": report["pruned"]["accuracy"], "robust_accuracy": report["pruned"].get("robust_accuracy"),
+            "file": run.report["artifacts"]["onnx"], "latency_ms": run.settings["single_ms"],
+            "accuracy": run.report["pruned"]["accuracy"], "robust_accuracy": run.report["pruned"].get("robust_accuracy"),
         },
-        "timing": {"units": "the prune run's (ratio to its model.onnx timed alternately now, times its recorded latency)",
-                   "single_now_ms": single_now.median_ms, "scale": scale},
-        "attack": attack.describe(),
-        "finetune_epochs": epochs,
-        "target": profile.name,
     }
-    _write(folder / "ensemble", blob, members, result)
-    _print(result)
-    return result
 
 
 def _named_output(blob: bytes, name: str) -> bytes:
@@ -363,9 +426,9 @@ def _original(cfg: EnsembleConfig, report: dict, original_model) -> nn.Module:
         raise UserError("the run used the model's own weights (report.json names none); drop --weights")
     model = original_model(spec, trust_code=cfg.trust_model_code)
     if cfg.weights is not None:
-        from edgeprune.tasks.models import _load_weights
+        from edgeprune.tasks.models import load_weights
 
-        _load_weights(model, cfg.weights)
+        load_weights(model, cfg.weights)
     return model.eval()
 
 

@@ -168,13 +168,14 @@ def check_recorded_agent(profile: Profile, source: str, trusted: bool, fix: str)
         )
 
 
-def _profile(cfg: ExportConfig, report: dict) -> Profile:
-    """``--target`` (the user's choice), else the profile the prune run recorded, which may send
-    the model to an agent only with --trust-model-code (:func:`check_recorded_agent`)."""
-    if cfg.target:
-        return load_profile(cfg.target)
+def timing_profile(target: str | None, report: dict, trusted: bool) -> Profile:
+    """Where a job on a run's folder (export, ensemble) times its files: ``target`` (the user's
+    ``--target``), else the profile the prune run recorded, which may send the model to an agent
+    only when ``trusted`` (--trust-model-code, :func:`check_recorded_agent`)."""
+    if target:
+        return load_profile(target)
     profile = recorded_profile(report)
-    check_recorded_agent(profile, "report.json's profile", cfg.trust_model_code, "name the target yourself with --target (a shipped name, or your own profile .yaml)")
+    check_recorded_agent(profile, "report.json's profile", trusted, "name the target yourself with --target (a shipped name, or your own profile .yaml)")
     return profile
 
 
@@ -213,7 +214,7 @@ def run_export(cfg: ExportConfig) -> dict:
             f"{folder} was pruned for task {str(task.get('spec'))[:120]}: `edgeprune export` re-scores with the "
             "classification data only; use the model.onnx the prune run wrote (scored by your task), or prune again with other --target"
         )
-    profile = _profile(cfg, report)
+    profile = timing_profile(cfg.target, report, cfg.trust_model_code)
     artifacts = report["artifacts"]
     model = load_pruned(
         folder / (artifacts.get("plan") or "plan.json"), folder / (artifacts.get("state_dict") or "state_dict.pt"), trust_code=cfg.trust_model_code

@@ -78,7 +78,7 @@ def load_model(
     else:
         raise UserError(f"cannot tell what model {spec!r} is; pass {_FORMS}")
     if weights is not None:
-        _load_weights(model, weights)
+        load_weights(model, weights)
         weights = os.path.abspath(weights)
     if kind == "timm":
         model = deploy_form(model)  # after the weights: they are the training-time branches'
@@ -226,7 +226,7 @@ def factory_model(spec: str, num_classes: int | None) -> nn.Module:
     return model
 
 
-def _load_weights(model: nn.Module, path: str) -> None:
+def load_weights(model: nn.Module, path: str) -> None:
     """``load_state_dict(strict=True)`` with a one-line explanation of what does not fit."""
     if not os.path.isfile(path):
         raise UserError(f"weights file {path} not found; pass --weights with a torch.save()d state_dict")

@@ -88,8 +88,9 @@ class PackageInputs:
             template = model.eval()(task.example_input())
 
         def score_file(blob: bytes, label: str) -> float:
-            if hasattr(task, "score_file"):  # a task that knows how to run the file itself
-                return task.score_file(blob, label)
+            score = task.score_file(blob, label)  # a task that knows how to run the file itself
+            if score is not None:
+                return score
             console.print(f"{label}: the task's {task.metric} of the file, run by onnxruntime")
             return task.test_score(OnnxModule(blob, template))
 

@@ -60,16 +60,17 @@ def _option_dests(verb: str) -> set[str]:
 
 
 def test_every_prune_option_reaches_the_config():
-    """The mapping is by name: an option that is not a PruneConfig field would be dropped silently."""
+    """The mapping is by name: an option that is not a PruneOptions field would be dropped silently."""
     from edgeprune.commands.prune import config
-    from edgeprune.jobs.prune import PruneConfig
+    from edgeprune.commands.settings import PruneOptions
+    from edgeprune.jobs.settings import PruneConfig
 
     command_line_only = {"resume", "trust_model_code", "no_progress", "no_screen"}
-    assert _option_dests("prune") - command_line_only <= {f.name for f in fields(PruneConfig)}
+    assert _option_dests("prune") - command_line_only <= {f.name for f in fields(PruneOptions)}
     args = build_parser().parse_args(["prune", "torchvision:resnet18", "--no-screen", "--no-progress", "--mean", "0.5", "--refine-top", "2"])
     cfg = config(args)
-    assert (cfg.model, cfg.mean, cfg.refine_top) == ("torchvision:resnet18", (0.5,), 2)
-    assert (cfg.screen, cfg.progress, cfg.resume) == (False, False, False)
+    assert (cfg.model, cfg.task.mean, cfg.recipe.refine_top) == ("torchvision:resnet18", (0.5,), 2)
+    assert (cfg.search.screen, cfg.output.progress, cfg.output.resume) == (False, False, False)
     assert config(build_parser().parse_args(["prune", "m.pt"])) == PruneConfig(model="m.pt")
 
 

@@ -5,7 +5,8 @@ import torch
 from tiny_models import TinyCNN
 
 from edgeprune.errors import UserError
-from edgeprune.tasks.models import check_input, load_model, parse_shape
+from edgeprune.commands.settings import parse_shape
+from edgeprune.tasks.models import check_input, load_model
 
 
 @pytest.fixture

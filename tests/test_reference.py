@@ -144,7 +144,8 @@ def test_a_machine_that_slows_mid_run_keeps_a_speedup_verdict_and_the_report_rec
     """On a scripted machine the times are exact, so the verdict is asserted as it is, with no
     band: a real 0.03 ms model's final re-timing scatters by more than the pick's 3 % margin now
     and then, which once made this test allow 1.1x the budget and never read ``budget_met``."""
-    from edgeprune.jobs.prune import PruneConfig, run_prune
+    from edgeprune.commands.settings import prune_config
+    from edgeprune.jobs.prune import run_prune
     from edgeprune.profiling import profiler as profiler_module
 
     real_factory = profiler_module.make_backend
@@ -155,7 +156,7 @@ def test_a_machine_that_slows_mid_run_keeps_a_speedup_verdict_and_the_report_rec
         return machine["backend"]
 
     monkeypatch.setattr(profiler_module, "make_backend", slowing)
-    cfg = PruneConfig(
+    cfg = prune_config(
         model="tiny_models:tiny_resnet", target=str(PROFILE), data="digits", holdout=300, speedup=2.0,
         population=4, generations=2, finetune_epochs=0, refine_epochs=0, widen_passes=0,
         out=str(tmp_path / "out"), no_cache=True, progress=False,
@@ -254,13 +255,14 @@ def test_a_noisy_measurement_is_taken_again_never_cached_and_a_stale_cached_base
     stale rows described, re-measure each spoiled measurement at once, and cache none of them."""
     import sqlite3
 
-    from edgeprune.jobs.prune import PruneConfig, run_prune
+    from edgeprune.commands.settings import prune_config
+    from edgeprune.jobs.prune import run_prune
     from edgeprune.profiling import profiler as profiler_module
 
     profile, cache = _shipped_thresholds(tmp_path), tmp_path / "c.sqlite"
 
     def prune(out: str) -> dict:
-        return run_prune(PruneConfig(
+        return run_prune(prune_config(
             model="tiny_models:tiny_resnet", target=profile, data="digits", holdout=300, budget_ms=5.0,
             population=4, generations=2, finetune_epochs=0, refine_epochs=0, widen_passes=0, seed=1,
             out=str(tmp_path / out), cache=str(cache), progress=False,

@@ -18,8 +18,9 @@ from tiny_models import TinyResNet
 
 from edgeprune.tasks.data import load_data
 from edgeprune.errors import UserError
-from edgeprune.jobs.prune import PruneConfig, _validate
-from edgeprune.problem.pruning import parse_objectives, recalibrate_bn
+from edgeprune.commands.settings import parse_objectives, prune_config
+from edgeprune.jobs.validation import validate
+from edgeprune.problem.pruning import recalibrate_bn
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.problem.robustness import AdversarialSet, Attack, Normalisation, RobustPruning, accuracy_on, pgd, subnet_choice
 from edgeprune.records import Candidate
@@ -187,15 +188,14 @@ def test_adversarial_training_attacks_the_given_share_of_every_batch():
     ],
 )
 def test_robustness_options_are_refused_where_they_do_not_apply(options, message, tmp_path):
-    cfg = PruneConfig(model="torchvision:resnet18", speedup=2, out=str(tmp_path / "o"), **{"data": "digits"} | options)
-    if "task" in options:
-        cfg.data = PruneConfig(model="").data
+    data = {} if "task" in options else {"data": "digits"}
+    cfg = prune_config(model="torchvision:resnet18", speedup=2, out=str(tmp_path / "o"), **data | options)
     with pytest.raises(UserError, match=message):
-        _validate(cfg)
+        validate(cfg)
 
 
 def test_coevolution_accepts_the_robustness_objective(tmp_path):
-    _validate(PruneConfig(model="m", speedup=2, strategy="coevolution", objectives="accuracy,latency,robustness", out=str(tmp_path / "o")))
+    validate(prune_config(model="m", speedup=2, strategy="coevolution", objectives="accuracy,latency,robustness", out=str(tmp_path / "o")))
 
 
 @pytest.fixture(scope="module")

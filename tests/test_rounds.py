@@ -8,7 +8,8 @@ import torch
 from tiny_models import TinyResNet
 
 from edgeprune.tasks.data import load_data
-from edgeprune.jobs.prune import PruneConfig, run_prune
+from edgeprune.commands.settings import prune_config
+from edgeprune.jobs.prune import run_prune
 from edgeprune.space.pruned import load_pruned
 from edgeprune.jobs.rounds import compose, round_budgets
 from edgeprune.space.channels import ChannelPlan
@@ -36,7 +37,7 @@ def test_two_rounds_keep_both_models_and_the_final_plan_rebuilds(tmp_path):
     train(model, load_data("digits", holdout=300, seed=0).train, 3, lr=0.05, seed=0, progress=False)
     torch.save(model.state_dict(), tmp_path / "w.pt")
     out = tmp_path / "out"
-    cfg = PruneConfig(
+    cfg = prune_config(
         model="tiny_models:tiny_resnet", weights=str(tmp_path / "w.pt"), target=PROFILE, data="digits", holdout=300, speedup=1.3,
         population=4, generations=2, finetune_epochs=0.2, rounds=2, out=str(out),
         cache=str(tmp_path / "c.sqlite"), progress=False,

@@ -13,7 +13,8 @@ from edgeprune.select.budget import BudgetPolicy
 from edgeprune.tasks.data import load_data
 from edgeprune.errors import UserError
 from edgeprune.problem.latency import ProfiledLatency
-from edgeprune.problem.pruning import PruningProblem, parse_objectives, recalibrate_bn
+from edgeprune.commands.settings import parse_objectives
+from edgeprune.problem.pruning import PruningProblem, recalibrate_bn
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.records import Candidate

@@ -18,7 +18,8 @@ from torch import nn
 from edgeprune.errors import UserError
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.profiling.tensorrt import build_flags
-from edgeprune.space.sparsity import apply, eligible, magnitude_mask, make_permanent, model_share, onnx_share, parse_sparsity
+from edgeprune.commands.settings import parse_sparsity
+from edgeprune.space.sparsity import apply, eligible, magnitude_mask, make_permanent, model_share, onnx_share
 from edgeprune.profiling.targets import load_profile
 
 TESTS = Path(__file__).parent
@@ -114,9 +115,10 @@ def test_prune_with_2_4_sparsity_end_to_end(tmp_path):
 
 
 def test_sparsity_is_refused_where_the_fine_tune_would_not_keep_the_masks(tmp_path):
-    from edgeprune.jobs.prune import PruneConfig, run_prune
+    from edgeprune.commands.settings import prune_config
+    from edgeprune.jobs.prune import run_prune
 
     with pytest.raises(UserError, match="--sparsity 2:4 works with classification"):
-        run_prune(PruneConfig(model="yolo:yolov8n.yaml", task="detection", data="yolo:d.yaml", budget_ms=1.0, sparsity="2:4", out=str(tmp_path / "o")))
+        run_prune(prune_config(model="yolo:yolov8n.yaml", task="detection", data="yolo:d.yaml", budget_ms=1.0, sparsity="2:4", out=str(tmp_path / "o")))
     with pytest.raises(UserError, match="--sparsity-epochs applies with --sparsity"):
-        run_prune(PruneConfig(model="torchvision:resnet18", budget_ms=1.0, sparsity_epochs=2.0, out=str(tmp_path / "o")))
+        run_prune(prune_config(model="torchvision:resnet18", budget_ms=1.0, sparsity_epochs=2.0, out=str(tmp_path / "o")))

@@ -31,7 +31,8 @@ from edgeprune.jobs.demo import train_and_save
 from edgeprune.errors import UserError
 from edgeprune.problem.latency import ProfiledLatency
 from edgeprune.tasks.models import load_model
-from edgeprune.jobs.prune import PruneConfig, run_prune
+from edgeprune.commands.settings import prune_config
+from edgeprune.jobs.prune import run_prune
 from edgeprune.profiling.cache import default_cache_path
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.space.channels import ChannelSpace
@@ -68,12 +69,12 @@ def trained(epochs: float, seed: int, folder: Path | None = None) -> Path:
     side = "x".join(map(str, SHAPE))
     path = (folder or default_cache_path().parent / "bench") / f"{MODEL.split(':')[-1]}-{DATA}-{side}-e{epochs:g}-s{seed}.pt"
     if not path.exists():
-        train_and_save(MODEL, data=DATA, input_shape=side, out=path, epochs=epochs, seed=seed, num_classes=10, progress=False)
+        train_and_save(MODEL, data=DATA, input_shape=tuple(SHAPE), out=path, epochs=epochs, seed=seed, num_classes=10, progress=False)
     return path
 
 
 def prune(weights: Path, args, depth: bool, out: Path) -> tuple[str, ...]:
-    cfg = PruneConfig(
+    cfg = prune_config(
         model=MODEL, weights=str(weights), num_classes=10, data=DATA, input_shape="x".join(map(str, SHAPE)), target=args.target,
         speedup=args.speedup, population=args.population, generations=args.generations, patience=2, holdout=HOLDOUT,
         refine_top=1 if args.smoke else 2, refine_epochs=0.01 if args.smoke else 0.05, widen_passes=0,

@@ -48,7 +48,8 @@ from edgeprune.tasks.compose import Composition, make_detection_set
 from edgeprune.tasks.detection import Detection
 from edgeprune.exporters.onnx import export_onnx
 from edgeprune.tasks.outputs import output_layers
-from edgeprune.jobs.prune import PruneConfig, run_prune
+from edgeprune.commands.settings import prune_config
+from edgeprune.jobs.prune import run_prune
 from edgeprune.profiling.cache import default_cache_path
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.space.channels import ChannelSpace, macs_and_params
@@ -176,7 +177,7 @@ def _run(args, root: Path) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.keep) if args.keep else Path(tmp) / "out"
         t = time.perf_counter()
-        report = run_prune(PruneConfig(
+        report = run_prune(prune_config(
             model=f"yolo:{weights}", task="detection", data=f"yolo:{data_yaml}", input_shape=f"3x{SIZE}x{SIZE}", holdout=HOLDOUT,
             detection_metric=args.metric, target=args.target, speedup=1 / args.budget, population=args.population,
             generations=args.generations, refine_top=args.refine_top, refine_epochs=args.refine_epochs,

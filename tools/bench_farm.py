@@ -38,7 +38,8 @@ import yaml
 from edgeprune.tasks.data import load_data
 from edgeprune.jobs.demo import DEMO_MODEL, DEMO_SHAPE, demo_weights
 from edgeprune.problem.latency import ProfiledLatency
-from edgeprune.tasks.models import load_model, parse_shape
+from edgeprune.commands.settings import parse_shape
+from edgeprune.tasks.models import load_model
 from edgeprune.problem.pruning import PruningProblem
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.search.nsga import run_nsga2
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--smoke", action="store_true",
                     help=f"a tiny residual net (random weights) on sklearn's digits at 3x16x16, 1 and 2 agents, 0.05 s per measurement, no Ray ({SMOKE_NOTE})")
     args = ap.parse_args(argv)
-    model_name, shape_text, data_name, weights = DEMO_MODEL, DEMO_SHAPE, "fashion-mnist", None
+    model_name, shape_text, data_name, weights = DEMO_MODEL, "x".join(map(str, DEMO_SHAPE)), "fashion-mnist", None
     if args.smoke:
         args.agents, args.device_seconds, args.population, args.generations, args.holdout, args.no_ray = "1,2", 0.05, 4, 1, 100, True
         model_name, shape_text, data_name = SMOKE_MODEL, "3x16x16", "digits"

@@ -40,7 +40,8 @@ from edgeprune.tasks.data import load_data  # noqa: E402
 from edgeprune.jobs.ensemble import SoftmaxEnsemble, LogProbabilities  # noqa: E402
 from edgeprune.exporters.onnx import export_onnx  # noqa: E402
 from edgeprune.tasks.models import load_model  # noqa: E402
-from edgeprune.jobs.prune import PruneConfig, run_prune  # noqa: E402
+from edgeprune.commands.settings import prune_config  # noqa: E402
+from edgeprune.jobs.prune import run_prune  # noqa: E402
 from edgeprune.problem.pruning import recalibrate_bn  # noqa: E402
 from edgeprune.profiling.cache import default_cache_path  # noqa: E402
 from edgeprune.profiling.profiler import Profiler  # noqa: E402
@@ -98,7 +99,7 @@ def prune(out: Path, weights: Path, args, **overrides) -> dict:
         cache=str(args.work / "latency.sqlite"), progress=args.progress,
     )
     robust = overrides.get("adv_finetune") or "robustness" in overrides.get("objectives", "")
-    return run_prune(PruneConfig(**(settings | (ROBUST if robust else {}) | overrides)))
+    return run_prune(prune_config(**(settings | (ROBUST if robust else {}) | overrides)))
 
 
 def ceiling(unpruned, data, args):

@@ -53,7 +53,8 @@ from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 
 from edgeprune.tasks.data import load_data
 from edgeprune.jobs.demo import DEMO_MODEL, DEMO_SHAPE, demo_weights
-from edgeprune.tasks.models import load_model, parse_shape
+from edgeprune.commands.settings import parse_sparsity
+from edgeprune.tasks.models import load_model
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.space.pruned import load_pruned
 from edgeprune.space.channels import layer_widths
@@ -62,7 +63,6 @@ from edgeprune.space.sparsity import (
     make_permanent,
     model_share,
     onnx_share,
-    parse_sparsity,
 )
 from edgeprune.profiling.targets import load_profile
 from edgeprune.tasks.task import Classification, Recipe
@@ -93,7 +93,7 @@ def sparsity_row(epochs: float, seed: int) -> dict:
         data = load_data(DATA, input_shape=shape, holdout=100, seed=seed)
         dense, _ = load_model(SMOKE_MODEL, num_classes=10)
     else:
-        shape = parse_shape(DEMO_SHAPE)
+        shape = DEMO_SHAPE
         data = load_data(DATA, input_shape=shape, holdout=5000, seed=seed)
         dense, _ = load_model(DEMO_MODEL, num_classes=10, weights=str(demo_weights(seed, progress=False)))
     model = copy.deepcopy(dense)

@@ -52,7 +52,8 @@ from edgeprune.jobs.demo import train_and_save
 from edgeprune.exporters.onnx import export_onnx
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.tasks.models import load_model
-from edgeprune.jobs.prune import PruneConfig, run_prune
+from edgeprune.commands.settings import prune_config
+from edgeprune.jobs.prune import run_prune
 from edgeprune.profiling.cache import default_cache_path
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.tasks.outputs import output_layers
@@ -76,7 +77,7 @@ def trained_weights(name: str, epochs: float, seed: int, folder: Path | None = N
     side = "x".join(map(str, SHAPE))
     path = (folder or default_cache_path().parent / "demo") / f"{name.replace(':', '-')}-{DATA}-{side}-e{epochs:g}-s{seed}.pt"
     if not path.exists():
-        train_and_save(model_spec(name), data=DATA, input_shape=side, out=path, epochs=epochs, seed=seed, num_classes=10, progress=False)
+        train_and_save(model_spec(name), data=DATA, input_shape=tuple(SHAPE), out=path, epochs=epochs, seed=seed, num_classes=10, progress=False)
     return path
 
 
@@ -175,7 +176,7 @@ def _run(args, work: Path) -> int:
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         for fraction in (float(b) for b in args.budgets.split(",")):
             with tempfile.TemporaryDirectory() as tmp:
-                report = run_prune(PruneConfig(
+                report = run_prune(prune_config(
                     model=model_spec(name), weights=str(weights), num_classes=10, data=DATA,
                     input_shape="x".join(map(str, SHAPE)), target=args.target, speedup=1 / fraction, population=args.population,
                     generations=args.generations, finetune_epochs=args.finetune_epochs, out=f"{tmp}/out", seed=args.seed, **settings,

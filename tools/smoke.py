@@ -28,7 +28,7 @@ def smoke_profile(profile: Profile) -> Profile:
 
 def smoke_profile_file(target: str, folder: Path) -> str:
     """A profile file: ``target`` (a shipped name or a path) with the smoke measurement protocol,
-    for the code paths that take a target by name (``PruneConfig.target``)."""
+    for the code paths that take a target by name (``PruneConfig.target``, edgeprune.jobs.settings)."""
     data = yaml.safe_load(Path(load_profile(target).source).read_text(encoding="utf-8"))
     data["name"] = f"{data['name']}-smoke"
     data["measure"] = {**data.get("measure", {}), **SMOKE_MEASURE}

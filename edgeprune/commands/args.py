@@ -59,7 +59,7 @@ def add_model_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
 def check_num_classes(value: int | None) -> None:
     """``--num-classes`` of the verbs that build a model (prune checks its own, a resumed run's too)."""
     from edgeprune.errors import UserError
-    from edgeprune.jobs.prune import MAX_CLASSES
+    from edgeprune.jobs.validation import MAX_CLASSES
 
     if value is not None and not 1 <= value <= MAX_CLASSES:
         raise UserError(f"--num-classes must be between 1 and {MAX_CLASSES} (or left out: the dataset's), got {value}")

@@ -93,7 +93,7 @@ def _profile_file(args, profile) -> int:
 
 def _validate_surrogate(args, profile) -> int:
     from edgeprune.commands.args import check_num_classes
-    from edgeprune.tasks.models import parse_shape
+    from edgeprune.commands.settings import parse_shape
     from edgeprune.jobs.surrogate_check import validate_surrogate
 
     if args.input_shape is None:

@@ -74,12 +74,13 @@ def _add_scale_out_args(p: argparse.ArgumentParser) -> None:
 
 
 def config(args: argparse.Namespace):
-    """The :class:`~edgeprune.jobs.prune.PruneConfig` of a fresh run: every option whose name is a
-    config field, plus the negated flags. ``--resume`` names a folder on the command line, while
-    the config's ``resume`` marks a run continued from a checkpoint, so a fresh run sets it False."""
-    from edgeprune.jobs.prune import PruneConfig
+    """The :class:`~edgeprune.jobs.settings.PruneConfig` of a fresh run, parsed from
+    :class:`~edgeprune.commands.settings.PruneOptions`: every option whose name is one of its
+    fields, plus the negated flags. ``--resume`` names a folder on the command line, while the
+    config's ``resume`` marks a run continued from a checkpoint, so a fresh run sets it False."""
+    from edgeprune.commands.settings import PruneOptions
 
-    return from_args(PruneConfig, args, progress=not args.no_progress, screen=not args.no_screen, resume=False)
+    return from_args(PruneOptions, args, progress=not args.no_progress, screen=not args.no_screen, resume=False).parse()
 
 
 def _options_besides_resume(args: argparse.Namespace) -> list[str]:
@@ -93,7 +94,8 @@ def _options_besides_resume(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """0 when the pruned model meets the budget, 1 when it does not."""
-    from edgeprune.jobs.prune import resume_config, run_prune
+    from edgeprune.commands.resume import resume_config
+    from edgeprune.jobs.prune import run_prune
 
     if args.resume:
         ignored = (["the model argument"] if args.model else []) + _options_besides_resume(args)

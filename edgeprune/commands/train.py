@@ -20,8 +20,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgeprune.commands.settings import parse_shape
     from edgeprune.jobs.demo import train_and_save
 
     check_num_classes(args.num_classes)
-    from_args(train_and_save, args, spec=args.model, progress=not args.no_progress)
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    from_args(train_and_save, args, spec=args.model, input_shape=shape, progress=not args.no_progress)
     return 0

@@ -13,16 +13,17 @@ from pathlib import Path
 import torch
 
 from edgeprune.tasks.data import load_data
+from edgeprune.jobs.settings import OutputSettings, PruneConfig, RecipeSettings, SearchSettings, TaskSettings
 from edgeprune.errors import UserError
 from edgeprune.files import atomic_write
-from edgeprune.tasks.models import check_input, load_model, parse_shape
+from edgeprune.tasks.models import check_input, load_model
 from edgeprune.profiling.cache import default_cache_path
 from edgeprune.progress import console
 from edgeprune.tasks.training import evaluate, train
 from edgeprune.tasks.transfer import freeze_backbone as freeze_backbone_of
 
 DEMO_MODEL = "torchvision:mobilenet_v2"
-DEMO_SHAPE = "3x32x32"
+DEMO_SHAPE = (3, 32, 32)
 DEMO_EPOCHS = 0.5
 # The demo's job, sized so that training, search and export finish within 8 minutes on a 2-core
 # VM (docs/benchmarks.md has the measured wall times; half an epoch of training takes about 2 min
@@ -31,17 +32,16 @@ DEMO_EPOCHS = 0.5
 # candidates; the short tune re-ranks the shortlist), two short tunes, no widening (it measures
 # every group once more and re-confirms: about a minute here), half an epoch of final
 # distillation (on the pruned network, about 1.2 min).
-DEMO_SEARCH = dict(
-    population=8, generations=3, patience=2, holdout=1000,
-    refine_top=2, refine_epochs=0.05, widen_passes=0, finetune_epochs=0.5,
-)
+DEMO_SEARCH = SearchSettings(population=8, generations=3, patience=2)
+DEMO_RECIPE = RecipeSettings(refine_top=2, refine_epochs=0.05, widen_passes=0, finetune_epochs=0.5)
+DEMO_HOLDOUT = 1000
 
 
 def train_and_save(
     spec: str,
     *,
     data: str,
-    input_shape: str | None,
+    input_shape: tuple[int, int, int] | None,
     out: str | os.PathLike,
     pad: bool = False,
     mean=None,
@@ -58,7 +58,7 @@ def train_and_save(
     """Train ``spec`` on the train split (holdout excluded) and save its state_dict atomically;
     with ``freeze_backbone``, only a fresh head (:func:`edgeprune.tasks.transfer.freeze_backbone`)."""
     torch.manual_seed(seed)
-    bundle = load_data(data, input_shape=parse_shape(input_shape) if input_shape else None, pad=pad, mean=mean, std=std, holdout=holdout, seed=seed)
+    bundle = load_data(data, input_shape=input_shape, pad=pad, mean=mean, std=std, holdout=holdout, seed=seed)
     model, _ = load_model(spec, num_classes=num_classes or bundle.num_classes, weights=weights)
     check_input(model, tuple(bundle.preprocess.input_shape), bundle.num_classes)
     if freeze_backbone:
@@ -82,33 +82,30 @@ def train_and_save(
 
 def demo_weights(seed: int = 0, progress: bool = True) -> Path:
     """The demo model's trained state_dict, trained on first use and reused afterwards."""
-    path = default_cache_path().parent / "demo" / f"mobilenet_v2-fashion-mnist-{DEMO_SHAPE}-e{DEMO_EPOCHS:g}-s{seed}.pt"
+    shape = "x".join(map(str, DEMO_SHAPE))
+    path = default_cache_path().parent / "demo" / f"mobilenet_v2-fashion-mnist-{shape}-e{DEMO_EPOCHS:g}-s{seed}.pt"
     if path.exists():
         console.print(f"reusing the demo model trained earlier: {path}")
     else:
-        console.print(f"training the demo model once ({DEMO_MODEL}, Fashion-MNIST {DEMO_SHAPE}, {DEMO_EPOCHS:g} epoch)")
+        console.print(f"training the demo model once ({DEMO_MODEL}, Fashion-MNIST {shape}, {DEMO_EPOCHS:g} epoch)")
         train_and_save(DEMO_MODEL, data="fashion-mnist", input_shape=DEMO_SHAPE, out=path, epochs=DEMO_EPOCHS, seed=seed, progress=progress)
     return path
 
 
 def run_demo(out: str, seed: int = 0, cache: str | None = None, no_cache: bool = False, progress: bool = True) -> dict:
-    from edgeprune.jobs.prune import PruneConfig, run_prune
+    from edgeprune.jobs.prune import run_prune
 
     weights = demo_weights(seed, progress)
     return run_prune(
         PruneConfig(
             model=DEMO_MODEL,
             weights=str(weights),
-            num_classes=10,
-            data="fashion-mnist",
-            input_shape=DEMO_SHAPE,
             target="x86-cpu",
             speedup=2.0,
-            **DEMO_SEARCH,
-            out=out,
             seed=seed,
-            cache=cache,
-            no_cache=no_cache,
-            progress=progress,
+            task=TaskSettings(data="fashion-mnist", input_shape=DEMO_SHAPE, num_classes=10, holdout=DEMO_HOLDOUT),
+            search=DEMO_SEARCH,
+            recipe=DEMO_RECIPE,
+            output=OutputSettings(out=out, cache=cache, no_cache=no_cache, progress=progress),
         )
     )

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from edgeprune.tasks import outputs
 from edgeprune.select.budget import BudgetPolicy
 from edgeprune.jobs.checkpoint import RunCheckpoint, SearchJournal
+from edgeprune.jobs.settings import RecipeSettings, SearchSettings
 from edgeprune.errors import UserError
 from edgeprune.problem.latency import LatencySource
 from edgeprune.problem.pruning import PruningProblem
@@ -35,6 +36,29 @@ from edgeprune.records import Candidate
 from edgeprune.search.nsga import SearchResult, run_nsga2
 from edgeprune.select.selection import Selection, ratio_seeds, select
 from edgeprune.space.channels import ChannelPlan, ChannelSpace, apply_plan
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    """The settings the rounds read: the search's, the selection and fine-tune recipe's, the seed."""
+
+    search: SearchSettings
+    recipe: RecipeSettings
+    seed: int
+    progress: bool
+
+
+@dataclass
+class _Context:
+    """What every round of a run shares."""
+
+    settings: RoundSettings
+    original: nn.Module
+    first: PruningProblem  # the job's problem on the original model (it scored the baseline)
+    budgets: list[float]
+    policy: BudgetPolicy
+    checkpoint: RunCheckpoint
+    make_encoding: Callable[[ChannelSpace], object]
 
 
 @dataclass
@@ -74,13 +98,13 @@ def rebuild(original: nn.Module, plan: ChannelPlan, state_dict: dict) -> nn.Modu
 
 
 def run_rounds(
-    cfg,
+    settings: RoundSettings,
     original: nn.Module,
     first: PruningProblem,
     budgets: list[float],
     policy: BudgetPolicy,
     checkpoint: RunCheckpoint,
-    make_encoding,
+    make_encoding: Callable[[ChannelSpace], object],
     latency_for: Callable[[ChannelSpace], LatencySource],
     scores_for: Callable[[int, ChannelSpace], tuple] | None = None,
 ) -> list[Round]:
@@ -89,6 +113,7 @@ def run_rounds(
     ``first`` is the job's problem on the original model (it scored the baseline);
     ``latency_for`` gives the latency source of a later round's space, ``scores_for`` its model
     scores (a round's shared adversarial set is made from that round's base network)."""
+    ctx = _Context(settings, original, first, budgets, policy, checkpoint, make_encoding)
     rounds: list[Round] = []
     plan = first.space.plan(first.space.widths_from_indices(first.space.full_indices()))
     model, space = original, first.space
@@ -106,21 +131,22 @@ def run_rounds(
             console.print(f"round {number}: restored from the checkpoint ({done.summary['latency_ms']:.4f} ms)")
         else:
             scores = first.model_scores if number == 1 or scores_for is None else scores_for(number, space)
-            done = _round(cfg, number, budgets, space, latency, first, policy, checkpoint, make_encoding, finished, original, plan, scores)
+            done = _round(ctx, number, space, latency, finished, plan, scores)
         rounds.append(done)
         model, plan = done.model, done.plan
     return rounds
 
 
-def _round(cfg, number, budgets, space, latency, first, policy, checkpoint, make_encoding, finished, original, plan, scores) -> Round:
+def _round(ctx: _Context, number: int, space: ChannelSpace, latency: LatencySource, finished, plan: ChannelPlan, scores: tuple) -> Round:
     """Search, then select and fine-tune, of a round that did not finish before a kill (or the
     last round, whose pick is looked up again when it did)."""
     t = time.perf_counter()
+    budgets, checkpoint, original = ctx.budgets, ctx.checkpoint, ctx.original
     budget = budgets[number - 1]
-    problem = _problem(cfg, number, space, latency, first, policy.search_limit(budget), checkpoint, policy, scores)
+    problem = _problem(ctx, number, space, latency, scores)
     if len(budgets) > 1:
         console.print(f"round {number}/{len(budgets)}: budget {budget:.4f} ms")
-    result, seeded = _search(cfg, problem, make_encoding, budget)
+    result, seeded = _search(ctx.settings, problem, ctx.make_encoding, budget)
     if finished is not None:  # the last round finished before the kill: same pick, same weights
         picked = next((c for c in problem.known_candidates() if list(c.widths) == finished[0]["group_widths_round"]), None)
         if picked is None:
@@ -129,23 +155,26 @@ def _round(cfg, number, budgets, space, latency, first, policy, checkpoint, make
                 f"delete the checkpoint folder {checkpoint.folder} and start again"
             )
         return _restored(number, budget, problem, result, picked, finished, original, plan)
+    recipe = ctx.settings.recipe
     selection = select(
-        problem, result.candidates, seeded, budget, policy, original,
-        refine_top=cfg.refine_top, refine_epochs=cfg.refine_epochs, widen_passes=cfg.widen_passes, seed=cfg.seed,
+        problem, result.candidates, seeded, budget, ctx.policy, original,
+        refine_top=recipe.refine_top, refine_epochs=recipe.refine_epochs, widen_passes=recipe.widen_passes, seed=ctx.settings.seed,
     )
-    done = _finish(cfg, number, budgets, problem, result, seeded, selection, original, plan, time.perf_counter() - t)
+    done = _finish(ctx, number, problem, result, seeded, selection, plan, time.perf_counter() - t)
     checkpoint.save_round(number, done.summary, done.plan.to_dict(), done.model.state_dict())
     return done
 
 
-def _problem(cfg, number, space, latency, first: PruningProblem, limit_ms, checkpoint, policy, scores) -> PruningProblem:
+def _problem(ctx: _Context, number: int, space: ChannelSpace, latency: LatencySource, scores: tuple) -> PruningProblem:
     """The round's problem against the search limit, journaled so that a kill can resume it: the
     journal's candidates answer the replayed search, and its generations are written again."""
-    journal = SearchJournal(checkpoint.round_folder(number), space)
+    first, policy, search = ctx.first, ctx.policy, ctx.settings.search
+    limit_ms = policy.search_limit(ctx.budgets[number - 1])
+    journal = SearchJournal(ctx.checkpoint.round_folder(number), space)
     restored = journal.candidates()
     journal.generations_path.unlink(missing_ok=True)
     screen = None
-    if cfg.screen and cfg.strategy == "nsga2" and latency.has_node_times:
+    if search.screen and search.strategy == "nsga2" and latency.has_node_times:
         screen = Screen(LatencySurrogate(latency.shape), limit_ms=limit_ms)
     return PruningProblem(
         space, first.task, latency, limit_ms=limit_ms, focus=policy.focus, reference_ms=first.reference_ms,
@@ -161,7 +190,7 @@ def _restored(number, budget, problem, result, picked, finished, original, plan)
     return Round(number, budget, problem.space, problem, result, picked, model, plan, summary)
 
 
-def _search(cfg, problem: PruningProblem, make_encoding, budget_ms: float) -> tuple[SearchResult, list[Candidate]]:
+def _search(settings: RoundSettings, problem: PruningProblem, make_encoding, budget_ms: float) -> tuple[SearchResult, list[Candidate]]:
     """The round's search; returns the result and the evaluated ratio-profile seeds. When even the
     smallest allowed network misses the budget, nothing else can meet it: that network is the
     round's only candidate, and the run's verdict is "not met"."""
@@ -169,34 +198,36 @@ def _search(cfg, problem: PruningProblem, make_encoding, budget_ms: float) -> tu
     if smallest.latency.median_ms > budget_ms:
         return SearchResult([smallest], [smallest]), []
     seeds = ratio_seeds(problem, problem.limit_ms)  # NSGA-II starts from them; both short-tune them
-    if cfg.strategy == "coevolution":
-        result = run_coevolution(problem, cfg.population, cfg.generations, cfg.seed, cfg.progress, journal=problem.journal)
+    s = settings.search
+    if s.strategy == "coevolution":
+        result = run_coevolution(problem, s.population, s.generations, settings.seed, settings.progress, journal=problem.journal)
     else:
         result = run_nsga2(
-            problem, cfg.population, cfg.generations, cfg.seed, cfg.progress,
-            encoding=make_encoding(problem.space), journal=problem.journal, seeds=seeds, patience=cfg.patience,
+            problem, s.population, s.generations, settings.seed, settings.progress,
+            encoding=make_encoding(problem.space), journal=problem.journal, seeds=seeds, patience=s.patience,
         )
     seeded = [problem.evaluate_widths(problem.space.widths_from_indices(s)) for s in seeds]  # evaluated already
     return result, seeded
 
 
-def _finish(cfg, number, budgets, problem, result, seeded, selection: Selection, original, plan, search_s: float) -> Round:
+def _finish(ctx: _Context, number: int, problem: PruningProblem, result: SearchResult, seeded: list[Candidate], selection: Selection, plan: ChannelPlan, search_s: float) -> Round:
     """Fine-tune the pick, compose its plan onto the original model (checked to rebuild it
     exactly) and summarise the round."""
     space, picked = problem.space, selection.picked
+    budgets, original, epochs, seed = ctx.budgets, ctx.original, ctx.settings.recipe.finetune_epochs, ctx.settings.seed
     round_plan = space.plan_of(picked.choice)
     pruned = space.shrink(round_plan)
     tuned = next((r["holdout_accuracy_short_tune"] for r in selection.short_tune if r.get("picked")), None)
     console.print(
         f"picked {picked.latency.median_ms:.4f} ms, held-out {problem.task.metric} {picked.accuracy:.2%} after BN recalibration"
         + (f", {tuned:.2%} after the short fine-tune" if tuned is not None else "")
-        + f"; fine-tuning {cfg.finetune_epochs:g} epoch(s)"
+        + f"; fine-tuning {epochs:g} epoch(s)"
     )
     t = time.perf_counter()
-    finetune = {"epochs": cfg.finetune_epochs}
-    if cfg.finetune_epochs > 0:
+    finetune = {"epochs": epochs}
+    if epochs > 0:
         finetune |= problem.task.fine_tune(
-            pruned, original, cfg.finetune_epochs, cfg.seed + number - 1,
+            pruned, original, epochs, seed + number - 1,
             f"fine-tune (round {number})" if len(budgets) > 1 else "fine-tune",
         )
     pruned.eval()

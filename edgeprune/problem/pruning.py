@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from edgeprune.records import Candidate, Choice, widths_of
-from edgeprune.errors import UserError
 from edgeprune.problem.latency import LatencySource
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.problem.screening import Screen
@@ -97,20 +96,6 @@ OBJECTIVES: dict[str, Callable[[Candidate, "PruningProblem"], float]] = {
 QUALITY = ("accuracy", "robustness")
 DEFAULT_OBJECTIVES = ("accuracy", "latency")
 _BUILT_IN = ("accuracy", "latency", "macs")
-
-
-def parse_objectives(text: str) -> tuple[str, ...]:
-    """``accuracy,latency,robustness`` → the names, checked: known, no repeats, accuracy or
-    robustness included (the pick is made by them within the budget; latency is always a
-    constraint, whether or not it is also an objective)."""
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in OBJECTIVES]
-    if unknown or not set(QUALITY) & set(names) or len(set(names)) != len(names):
-        raise UserError(
-            f"--objectives {text!r} must name accuracy or robustness (or both) and optionally latency and macs, "
-            f"each once (known: {', '.join(OBJECTIVES)}), e.g. accuracy,latency,robustness"
-        )
-    return names
 
 
 @dataclass

@@ -41,18 +41,6 @@ RAY_HINT = "pip install 'edgeprune[ray]'"
 LOCAL_HOST = "127.0.0.1"  # where the cluster --workers ray starts listens
 
 
-def parse_workers(text: str) -> str | None:
-    """``--workers``: ``local`` (None) or ``ray`` / ``ray:ADDRESS`` (the address, "" for a local
-    cluster started for the run)."""
-    if text == "local":
-        return None
-    if text == "ray":
-        return ""
-    if text.startswith("ray:") and text[4:].strip():
-        return text[4:].strip()
-    raise UserError(f"--workers {text!r} must be local, ray (a local Ray cluster) or ray:ADDRESS (e.g. ray:auto or ray:10.0.0.2:6379)")
-
-
 def require_ray():
     try:
         import ray  # noqa: PLC0415 - optional extra, imported only with --workers ray

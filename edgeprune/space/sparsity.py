@@ -25,7 +25,6 @@ from onnx import numpy_helper
 from torch import nn
 from torch.nn.utils import prune
 
-from edgeprune.errors import UserError
 
 PATTERNS = {"2:4": (2, 4)}
 
@@ -40,12 +39,6 @@ class Pattern:
     @property
     def name(self) -> str:
         return f"{self.keep}:{self.group}"
-
-
-def parse_sparsity(text: str) -> Pattern:
-    if text not in PATTERNS:
-        raise UserError(f"--sparsity {text!r} is not a pattern edgeprune makes; use 2:4 (the pattern Ampere/Orin sparse tensor cores run)")
-    return Pattern(*PATTERNS[text])
 
 
 def eligible(module: nn.Module, pattern: Pattern) -> bool:

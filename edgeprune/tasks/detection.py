@@ -25,6 +25,7 @@ from torch import nn
 
 from edgeprune.errors import UserError
 from edgeprune.progress import console
+from edgeprune.tasks.task import Task
 from edgeprune.tasks.yolo import YoloNet, checkpoint_bytes, require_ultralytics, ultralytics_form
 
 METRICS = {"mAP50-95": "metrics/mAP50-95(B)", "mAP50": "metrics/mAP50(B)"}
@@ -48,7 +49,7 @@ def _image_files(source) -> list[Path]:
     return files
 
 
-class Detection:
+class Detection(Task):
     """mAP of a YOLO detector on a data set in ultralytics' format (see the module doc)."""
 
     name = "detection"

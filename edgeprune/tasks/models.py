@@ -292,11 +292,3 @@ def check_input(model: nn.Module, input_shape: tuple[int, ...], num_classes: int
             f"{num_classes}-class head (torchvision:NAME and factories take --num-classes)"
         )
     return k
-
-
-def parse_shape(text: str) -> tuple[int, int, int]:
-    """``"3x32x32"`` -> ``(3, 32, 32)``; ``×`` and ``,`` are accepted as separators too."""
-    parts = re.split(r"\s*[xX×,]\s*", text.strip())
-    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise UserError(f"input shape {text!r} is not CxHxW; write it like 3x224x224")
-    return tuple(int(p) for p in parts)

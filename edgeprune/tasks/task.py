@@ -42,6 +42,27 @@ class Task(Protocol):
     def test_score(self, model: nn.Module) -> float:
         """The score the report gives (on data the search never saw, where the task has some)."""
 
+    def describe(self) -> dict:
+        """The task section of report.json."""
+
+    # Optional members: a task that subclasses Task inherits these defaults.
+
+    def describe_data(self, seed: int) -> dict:
+        """The data section of report.json, for a task that brings its own data."""
+        return {"name": f"task {self.name}", "source": self.name, "seed": seed}
+
+    def extra_files(self, model: nn.Module) -> dict[str, tuple[str, bytes]]:
+        """role → (file name, bytes) the task adds to the output folder (detection's checkpoint)."""
+        return {}
+
+    def score_file(self, blob: bytes, label: str) -> float | None:
+        """The score of an exported ONNX file, where the task runs it itself; None: the exporter
+        runs it by onnxruntime and asks :meth:`test_score`."""
+        return None
+
+    def close(self) -> None:
+        """Release what the task holds (detection's work folder)."""
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -58,13 +79,10 @@ class Recipe:
     adversary: Callable | None = None
     adv_ratio: float = 0.5
 
-    @classmethod
-    def of(cls, cfg, adversary: Callable | None = None) -> "Recipe":
-        return cls(cfg.lr, cfg.batch_size, cfg.kd_alpha, cfg.kd_temperature, cfg.progress, adversary, cfg.adv_ratio)
 
 
 @dataclass
-class Classification:
+class Classification(Task):
     """Top-1 accuracy on the data bundle's holdout (carved from train); fine-tuning by
     distillation on its train split. The test split is the report's, never the search's."""
 

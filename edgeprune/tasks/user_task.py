@@ -36,6 +36,7 @@ from edgeprune.tasks import outputs
 from edgeprune.errors import UserError
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.tasks.models import import_factory
+from edgeprune.tasks.task import Task
 
 REQUIRED = ("example_input", "calibration_batches", "score")
 MAX_CALIBRATION_BATCHES = 64
@@ -46,7 +47,7 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-class UserTask:
+class UserTask(Task):
     """A user's task object behind the :class:`~edgeprune.tasks.task.Task` protocol, checked on load."""
 
     def __init__(self, obj, spec: str):
@@ -167,6 +168,10 @@ class UserTask:
             "kind": "factory", "spec": self.spec, "name": self.name, "metric": self.metric,
             "test_split": self.has_test_score, "fine_tune": self.has_fine_tune,
         }
+
+
+    def describe_data(self, seed: int) -> dict:
+        return {"name": f"task {self.spec}", "source": self.spec, "seed": seed}
 
 
 def load_task(spec: str) -> UserTask:

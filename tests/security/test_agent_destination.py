@@ -6,7 +6,6 @@ file someone else wrote names, and that would send a model to an agent, is used 
 
 A loopback HTTP server stands in for the attacker's agent and records every request it gets."""
 
-import dataclasses
 import json
 import os
 import shutil
@@ -23,7 +22,8 @@ import torchvision
 from edgeprune.jobs.checkpoint import RunCheckpoint
 from edgeprune.tasks.data import load_data
 from edgeprune.errors import UserError
-from edgeprune.jobs.prune import PruneConfig, resume_config
+from edgeprune.commands.resume import resume_config
+from edgeprune.commands.settings import prune_config
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.profiling.targets import load_profile
 
@@ -125,10 +125,10 @@ def test_ensemble_uploads_to_a_reports_agent_only_with_the_flag(tmp_path, attack
 
 def _checkpoint(tmp_path: Path, **config) -> Path:
     out = tmp_path / "out"
-    settings = dataclasses.asdict(PruneConfig(**{
+    settings = prune_config(**{
         "model": "torchvision:squeezenet1_1", "data": "digits", "holdout": 300, "input_shape": "3x32x32",
         "target": "x86-cpu", "budget_ms": 1.0, "out": str(out), **config,
-    }))
+    }).to_dict()
     anchor = LatencyStats(100, 1.0, 1.1, 1.2, 1.0, 0.01, 0.01).to_dict()
     RunCheckpoint(out).start({"config": settings, "budget_ms": 1.0, "anchor": anchor})
     return out

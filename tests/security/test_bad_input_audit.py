@@ -273,17 +273,17 @@ def _robust_checkpoint(tmp_path: Path) -> tuple[Path, dict]:
     run.json, and the folder round 1's adversarial.npz goes in. Returns (--out, the set's settings)."""
     from edgeprune.problem.attack import Attack
     from edgeprune.jobs.checkpoint import CHECKPOINT_FORMAT_VERSION
-    from edgeprune.jobs.prune import PruneConfig
+    from edgeprune.commands.settings import prune_config
 
     out = tmp_path / "out"
-    cfg = PruneConfig(model="tiny_models:tiny_resnet", data="digits", holdout=300, target=PROFILE, budget_ms=5.0, population=4, generations=1,
+    cfg = prune_config(model="tiny_models:tiny_resnet", data="digits", holdout=300, target=PROFILE, budget_ms=5.0, population=4, generations=1,
                       objectives="accuracy,latency,robustness", adv_samples=10, adv_subnets=2, robust_test_samples=10, attack_steps=1, out=str(out))
-    config = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "progress")}
+    config = cfg.to_dict()
     anchor = {"n": 20, "median": 0.05, "p90": 0.05, "p99": 0.05, "mean": 0.05, "std": 0.0, "cv": 0.0}
     folder = out.with_name("out.checkpoint")
     (folder / "round-1").mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps({"format_version": CHECKPOINT_FORMAT_VERSION, "config": config, "budget_ms": 5.0, "anchor": anchor}))
-    settings = {"attack": asdict(Attack(cfg.attack_eps, cfg.attack_steps, cfg.attack_alpha)), "subnets": 2, "samples": 10, "seed": cfg.seed + 1000}
+    settings = {"attack": asdict(Attack(cfg.robust.attack_eps, cfg.robust.attack_steps, cfg.robust.attack_alpha)), "subnets": 2, "samples": 10, "seed": cfg.seed + 1000}
     return out, settings
 
 

@@ -18,7 +18,7 @@ import torch
 
 from edgeprune.errors import UserError
 from edgeprune.records import Candidate
-from edgeprune.jobs.prune import PruneConfig
+from edgeprune.commands.settings import PruneOptions
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.jobs.checkpoint import RunCheckpoint, SearchJournal
 from edgeprune.space.channels import ChannelSpace
@@ -220,8 +220,8 @@ def test_good_generations_read_back(tmp_path, space):
 
 
 def _config(out: Path, cache: Path, **changes) -> dict:
-    """The settings as run_prune writes them into run.json (PruneConfig less resume/progress)."""
-    cfg = PruneConfig(
+    """The settings as release 0.1.0 wrote them into run.json (format 1: PruneOptions less resume/progress)."""
+    cfg = PruneOptions(
         model="tiny_models:tiny_resnet", target=PROFILE, data="digits", holdout=300, budget_ms=5.0, population=6,
         generations=4, finetune_epochs=0.0, seed=3, out=str(out.resolve()), cache=str(cache.resolve()), progress=False,
     )
@@ -272,22 +272,22 @@ def test_every_wrong_run_json_is_a_one_line_error(tmp_path, make, why):
 
 def test_run_json_of_another_version_says_so(tmp_path):
     out = tmp_path / "out"
-    _write_run(out, _run(out, format_version=2))
+    _write_run(out, _run(out, format_version=3))
     with pytest.raises(UserError, match="written by another edgeprune version"):
         RunCheckpoint(out).read_run()
 
 
-# --- run.json's settings, checked against PruneConfig's field types (for resume_config) ----------
+# --- run.json's settings, checked against their field types (for resume_config) ----------------
 
 
 def test_read_config_gives_pruneconfig_its_arguments(tmp_path):
     out = tmp_path / "out"
     config = _config(out, tmp_path / "c.sqlite", mean=[0.5], std=[0.25], unknown_key="ignored", resume=True, progress=True)
     _write_run(out, _run(out, config=config))
-    kwargs = RunCheckpoint(out).read_config(PruneConfig)
+    kwargs = RunCheckpoint(out).read_config(PruneOptions)
     assert kwargs["mean"] == (0.5,) and kwargs["std"] == (0.25,)  # JSON lists back to tuples
     assert "unknown_key" not in kwargs and "resume" not in kwargs and "progress" not in kwargs
-    cfg = PruneConfig(**kwargs, resume=True, progress=False)
+    cfg = PruneOptions(**kwargs, resume=True, progress=False)
     assert cfg.population == 6 and cfg.model == "tiny_models:tiny_resnet"
 
 
@@ -312,7 +312,7 @@ def test_read_config_refuses_settings_of_the_wrong_type(tmp_path, changes, why):
         config.pop(key) if value is KeyError else config.__setitem__(key, value)
     _write_run(out, _run(out, config=config))
     with pytest.raises(UserError) as excinfo:
-        RunCheckpoint(out).read_config(PruneConfig)
+        RunCheckpoint(out).read_config(PruneOptions)
     _one_line_error(excinfo, "run.json: ", why)
 
 

@@ -15,7 +15,8 @@ from onnx import TensorProto, helper
 
 from edgeprune.cli import main
 from edgeprune.errors import UserError
-from edgeprune.jobs.prune import PruneConfig, resume_config
+from edgeprune.commands.resume import resume_config
+from edgeprune.commands.settings import prune_config
 from edgeprune.profiling import credentials
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.jobs.checkpoint import RunCheckpoint
@@ -42,7 +43,7 @@ def test_a_budgets_file_names_only_files_in_its_folder(tmp_path, capsys, entry):
 
 def _checkpoint(tmp_path: Path, **config) -> Path:
     out = tmp_path / "out"
-    settings = dataclasses.asdict(PruneConfig(**{"model": "torchvision:resnet18", "budget_ms": 1.0, "out": "/elsewhere/out", **config}))
+    settings = prune_config(**{"model": "torchvision:resnet18", "budget_ms": 1.0, "out": "/elsewhere/out", **config}).to_dict()
     anchor = LatencyStats(100, 1.0, 1.1, 1.2, 1.0, 0.01, 0.01).to_dict()
     RunCheckpoint(out).start({"config": settings, "budget_ms": 1.0, "anchor": anchor})
     return out
@@ -71,18 +72,18 @@ def test_a_checkpoint_naming_code_or_paths_needs_trust(tmp_path, config, words):
     with pytest.raises(UserError, match="--trust-model-code") as err:
         resume_config(str(out))
     assert words in str(err.value)
-    assert resume_config(str(out), trust_model_code=True).out == str(out)
+    assert resume_config(str(out), trust_model_code=True).output.out == str(out)
 
 
 def test_a_checkpoint_naming_a_local_ray_cluster_needs_no_trust(tmp_path):
     """A Ray cluster this run starts on this machine runs only this process's work."""
     out = _checkpoint(tmp_path, workers="ray")
-    assert resume_config(str(out)).workers == "ray"
+    assert resume_config(str(out)).scale_out.ray_address == ""  # a cluster started for the run
 
 
 def test_a_resumed_run_writes_where_resume_says_not_where_the_checkpoint_says(tmp_path):
     out = _checkpoint(tmp_path)
-    assert resume_config(str(out)).out == str(out)  # not /elsewhere/out
+    assert resume_config(str(out)).output.out == str(out)  # not /elsewhere/out
 
 
 def test_a_checkpoint_holding_a_link_is_refused(tmp_path):

@@ -5,7 +5,6 @@ also under the "unified" name (``yolov8n.yaml`` is looked up as ``yolov8.yaml``)
 ``yolov8.yaml`` in the working folder; its activation writes a marker file, whose absence is the
 proof that nothing ran."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -22,7 +21,8 @@ from edgeprune.tasks import yolo  # noqa: E402
 from edgeprune.jobs.checkpoint import RunCheckpoint  # noqa: E402
 from edgeprune.errors import UserError  # noqa: E402
 from edgeprune.tasks.models import builds_without_code, load_model  # noqa: E402
-from edgeprune.jobs.prune import PruneConfig, resume_config  # noqa: E402
+from edgeprune.commands.resume import resume_config  # noqa: E402
+from edgeprune.commands.settings import prune_config  # noqa: E402
 from edgeprune.profiling.stats import LatencyStats  # noqa: E402
 from edgeprune.space.pruned import load_pruned, original_model  # noqa: E402
 
@@ -138,7 +138,7 @@ def test_export_of_a_shared_yolo_plan_runs_nothing_from_the_working_folder(tmp_p
 def test_resume_of_a_checkpoint_naming_a_yolo_yaml_runs_nothing_from_the_working_folder(tmp_path):
     marker = _plant(tmp_path)
     out = tmp_path / "out"
-    settings = dataclasses.asdict(PruneConfig(model="yolo:yolov8n.yaml", data="digits", holdout=300, budget_ms=1.0, out=str(out)))
+    settings = prune_config(model="yolo:yolov8n.yaml", data="digits", holdout=300, budget_ms=1.0, out=str(out)).to_dict()
     anchor = LatencyStats(100, 1.0, 1.1, 1.2, 1.0, 0.01, 0.01).to_dict()
     RunCheckpoint(out).start({"config": settings, "budget_ms": 1.0, "anchor": anchor})
     assert resume_config(str(out)).model == "yolo:yolov8n.yaml"  # a shipped yaml needs no trust...

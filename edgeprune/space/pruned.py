@@ -15,16 +15,12 @@ import torch
 from torch import nn
 
 from edgeprune.errors import UserError
-from edgeprune.untrusted import read_json
+from edgeprune.untrusted import is_int, read_json
 from edgeprune.space.channels import PLAN_FORMATS, ChannelPlan, apply_plan
 from edgeprune.tasks.models import MODEL_KINDS
 
 # Far above any real network (mobilenet_v2: 52 groups, widest 1280): bounds what a file can ask for.
 _MAX_GROUPS, _MAX_CHANNELS, _MAX_DIM, _MAX_INPUT_ELEMENTS = 4096, 1 << 16, 1 << 14, 1 << 26
-
-
-def _int(value, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _plan_problem(data: dict) -> str | None:
@@ -35,9 +31,9 @@ def _plan_problem(data: dict) -> str | None:
         return "'model' must be an object with a 'spec' string"
     if model.get("kind") not in MODEL_KINDS:
         return f"'model.kind' is {str(model.get('kind'))[:40]!r}, expected one of {', '.join(MODEL_KINDS)}"
-    if model.get("num_classes") is not None and not _int(model["num_classes"], 1, 1 << 20):
+    if model.get("num_classes") is not None and not (is_int(model["num_classes"]) and 1 <= model["num_classes"] <= 1 << 20):
         return "'model.num_classes' must be a positive integer or null"
-    if not isinstance(shape, list) or not 1 <= len(shape) <= 4 or not all(_int(d, 1, _MAX_DIM) for d in shape):
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 4 or not all(is_int(d) and 1 <= d <= _MAX_DIM for d in shape):
         return f"'input_shape' must be a list of 1-4 positive integers up to {_MAX_DIM}"
     if math.prod(shape) > _MAX_INPUT_ELEMENTS:
         return f"'input_shape' {shape} has more than {_MAX_INPUT_ELEMENTS} elements"
@@ -46,7 +42,7 @@ def _plan_problem(data: dict) -> str | None:
     for name, idxs in kept.items():
         if not isinstance(idxs, list) or not idxs or len(idxs) > _MAX_CHANNELS:
             return f"'kept.{name[:60]}' must be a non-empty list of channel indices"
-        if not all(_int(i, 0, _MAX_CHANNELS) for i in idxs) or len(set(idxs)) != len(idxs):
+        if not all(is_int(i) and 0 <= i <= _MAX_CHANNELS for i in idxs) or len(set(idxs)) != len(idxs):
             return f"'kept.{name[:60]}' must hold distinct channel indices from 0 to {_MAX_CHANNELS}"
     dropped = data.get("dropped", [])
     if not isinstance(dropped, list) or len(dropped) > _MAX_GROUPS or not all(isinstance(n, str) and 0 < len(n) <= 200 for n in dropped):

@@ -170,7 +170,8 @@ def test_resume_of_a_checkpoint_with_a_broken_ipv6_agent_is_one_line(tmp_path, c
     """The checkpoint's agents are looked at before anything runs (is any off this machine?)."""
     out, _ = _robust_checkpoint(tmp_path)
     run = json.loads((out.with_name("out.checkpoint") / "run.json").read_text())
-    run["config"] |= {"model": "torchvision:resnet18", "target": "x86-cpu", "agents": "http://[::1"}
+    run["config"] |= {"model": "torchvision:resnet18", "target": "x86-cpu"}
+    run["config"]["scale_out"]["agents"] = "http://[::1"
     (out.with_name("out.checkpoint") / "run.json").write_text(json.dumps(run))
     assert main(["--resume", str(out), "--no-progress"]) == 2
     _one_line(capsys.readouterr().err, "the checkpoint names agents 'http://[::1'")

@@ -34,7 +34,10 @@ from edgeprune.untrusted import (
 from edgeprune.records import Candidate, Choice, Group, GroupLayout
 from edgeprune.profiling.stats import LatencyStats
 
-CHECKPOINT_FORMAT_VERSION = 1
+# 2: run.json's config holds typed settings groups (edgeprune.jobs.settings); 1: release 0.1.0's
+# flat text form, still read by --resume (edgeprune.commands.resume).
+CHECKPOINT_FORMAT_VERSION = 2
+CHECKPOINT_FORMATS = (1, CHECKPOINT_FORMAT_VERSION)
 
 
 def _error(path: Path, root: Path, problem: str, line: int | None = None) -> UserError:
@@ -273,8 +276,8 @@ def _decode_group(group: Group, item, name: str) -> tuple[int, ...]:
 
 
 def _fits(value, hint) -> bool:
-    """Whether a JSON value can be a dataclass field annotated ``hint`` (the types PruneConfig
-    uses: str, int, float, bool, tuple[float, ...] and ``X | None``). Other hints pass: a field
+    """Whether a JSON value can be a dataclass field annotated ``hint`` (the types the settings
+    use: str, int, float, bool, tuple[float, ...] and ``X | None``). Other hints pass: a field
     of a type this does not know is left to the config's own checks rather than refused."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (types.UnionType, typing.Union):
@@ -347,7 +350,7 @@ class RunCheckpoint:
             )
         self._refuse_links()
         run = self._read_json(self.run_path, _VERSIONED)
-        if run["format_version"] != CHECKPOINT_FORMAT_VERSION:
+        if run["format_version"] not in CHECKPOINT_FORMATS:
             raise UserError(
                 f"checkpoint {self.folder} was written by another edgeprune version; delete it and start again"
             )
@@ -363,12 +366,17 @@ class RunCheckpoint:
                     f"a checkpoint edgeprune wrote has none: delete {self.folder} and start again"
                 )
 
-    def read_config(self, config_class, skip: tuple[str, ...] = ("resume", "progress")) -> dict:
-        """The run's settings as keyword arguments of the dataclass ``config_class``, each of the
-        type its field declares (JSON lists become tuples), ``skip`` left out for the caller to
-        pass. Unknown keys are ignored. Why: a wrong type would otherwise fail deep in the run
-        (``"x" < 4``) with a traceback instead of one line naming the key."""
-        config = self.read_run()["config"]
+    def read_config(self, config_class, skip: tuple[str, ...] = ("resume", "progress"), section: str | None = None) -> dict:
+        """The run's settings (or those of the object ``section`` of them) as keyword arguments of
+        the dataclass ``config_class``, each of the type its field declares (JSON lists become
+        tuples), ``skip`` left out for the caller to pass. Unknown keys are ignored. Why: a wrong
+        type would otherwise fail deep in the run (``"x" < 4``) with a traceback instead of one
+        line naming the key."""
+        config, where = self.read_run()["config"], "config"
+        if section is not None:
+            config, where = config.get(section, {}), f"config.{section}"
+            if not isinstance(config, dict):
+                raise _error(self.run_path, self.folder, f"{where} must be an object, got {show(config)}")
         hints = typing.get_type_hints(config_class)
         kwargs = {}
         for f in dataclasses.fields(config_class):
@@ -376,12 +384,12 @@ class RunCheckpoint:
                 continue
             if f.name not in config:
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    raise _error(self.run_path, self.folder, f"config has no {f.name!r}")
+                    raise _error(self.run_path, self.folder, f"{where} has no {f.name!r}")
                 continue
             value, hint = config[f.name], hints[f.name]
             if not _fits(value, hint):
                 what = str(hint) if typing.get_args(hint) else hint.__name__  # "float | None", "int"
-                raise _error(self.run_path, self.folder, f"config.{f.name} must be of type {what}, got {show(value)}")
+                raise _error(self.run_path, self.folder, f"{where}.{f.name} must be of type {what}, got {show(value)}")
             kwargs[f.name] = tuple(value) if isinstance(value, list) else value
         return kwargs
 

@@ -158,7 +158,7 @@ def recorded_profile(report: dict) -> Profile:
 def check_recorded_agent(profile: Profile, source: str, trusted: bool, fix: str) -> None:
     """The one rule for where a model goes when a file someone else wrote names the target
     (report.json here, for export and ensemble; ``--resume`` applies it to the target and agents a
-    checkpoint names, in pipeline._untrusted_settings): a profile that measures through an agent
+    checkpoint names, in commands.resume.untrusted_settings): a profile that measures through an agent
     would upload the model to that URL, so it is used only when the user passes
     --trust-model-code; ``fix`` says what else will do (naming the target on the command line)."""
     if profile.agent is not None and not trusted:

@@ -1,0 +1,1 @@
+"""The network's side of a choice: which channels can go together, the shrunk network, plans."""

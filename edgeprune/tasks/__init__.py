@@ -1,0 +1,1 @@
+"""What a model is pruned for: task kinds, data, models, training, and the shipped factories."""

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -64,12 +65,17 @@ def test_budgets_file_writes_junit_naming_each_model(models, tmp_path, capsys):
         f"- model: resnet.onnx\n  target: fast-cpu.yaml\n  percentile: 90\n  budget_ms: {1.2 * under}\n  tolerance: 0.05\n"
     )
     junit = tmp_path / "reports" / "gate.xml"
+    t0 = time.perf_counter()
     code, result = _gate(["--budgets", str(budgets), "--junit", str(junit)], cache, tmp_path)
+    wall = time.perf_counter() - t0
     assert code == 1
     assert [r["passed"] for r in result["results"]] == [False, True]
     suite = ET.parse(junit).getroot().find("testsuite")
     cases = suite.findall("testcase")
     assert [c.get("name") for c in cases] == ["cnn.onnx", "resnet.onnx"]
+    # CI dashboards chart the time of each case: each is a part of the gate's own run
+    times = [float(c.get("time")) for c in cases]
+    assert all(0 <= t for t in times) and sum(times) <= wall
     assert suite.get("tests") == "2" and suite.get("failures") == "1"
     assert cases[0].find("failure") is not None and cases[1].find("failure") is None
     assert "over budget" in cases[0].find("failure").get("message")

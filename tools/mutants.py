@@ -102,9 +102,9 @@ TARGETS = [
     Target(
         "profiler", "the Profiler's pairing: anchor, re-check, fresh sessions, candidate/reference x anchor, drift",
         (Span("edgeprune/profiling/profiler.py", (
-            "Profiler.set_reference", "Profiler._checked_anchor", "Profiler._recheck", "Profiler._rows_valid_since",
-            "Profiler.latency", "Profiler.sessions", "Profiler._remember", "Profiler._measure", "Profiler._absolute",
-            "Profiler._paired", "Profiler.drift")),),
+            "Profiler.set_reference", "Profiler._checked_anchor", "Profiler._rows_valid_since",
+            "Profiler.latency", "Profiler.sessions", "Profiler._remember", "Profiler._measure", "Profiler._absolute")),
+         Span("edgeprune/profiling/reference.py", ("Reference.recheck", "Reference.scale", "Reference.drift"))),
         ("tests/test_reference.py", "tests/test_profiling.py"),
     ),
     Target(
@@ -114,7 +114,9 @@ TARGETS = [
     ),
     Target(
         "prune-verdict", "prune's verdict: budget from --speedup, the final latency, budget_met, the exit code",
-        (Span("edgeprune/jobs/prune.py", where="_report", lines=('"budget_met":', "final_latency = ")),
+        (Span("edgeprune/jobs/prune.py", where="_run_facts", lines=("budget_met=",)),
+         Span("edgeprune/jobs/prune.py", where="_parts", lines=("final_latency = ",)),
+         Span("edgeprune/report/builder.py", where="_run_section", lines=('"budget_met":',)),
          Span("edgeprune/commands/prune.py", where="run", lines=('return 0 if report["budget_met"]',)),
          Span("edgeprune/jobs/prune.py", where="_baseline", lines=("budget_ms = cfg.budget_ms if",))),
         # the end-to-end prunes, and whatever later tests judge the verdict (by name)
@@ -123,9 +125,9 @@ TARGETS = [
     ),
     Target(
         "ensemble-verdict", "ensemble's verdict: its latency in the run's units, budget_met, the exit code",
-        (Span("edgeprune/jobs/ensemble.py", where="run_ensemble", lines=('"budget_met":',)),
+        (Span("edgeprune/jobs/ensemble.py", where="_result", lines=('"budget_met":', '"latency_ms": ensemble_ms')),
          Span("edgeprune/commands/ensemble.py", where="run", lines=("return 0 if",)),
-         Span("edgeprune/jobs/ensemble.py", where="run_ensemble", lines=("scale = ", '"latency_ms": timed["ensemble"]'))),
+         Span("edgeprune/jobs/ensemble.py", where="_timed", lines=("return ",))),
         ("tests/test_robustness.py", "-k", "ensemble"),
     ),
 ]

@@ -120,7 +120,7 @@ TARGETS = [
          Span("edgeprune/commands/prune.py", where="run", lines=('return 0 if report["budget_met"]',)),
          Span("edgeprune/jobs/prune.py", where="_baseline", lines=("budget_ms = cfg.budget_ms if",))),
         # the end-to-end prunes, and whatever later tests judge the verdict (by name)
-        ("tests/test_cli.py", "tests/test_resume.py", "tests/test_verdict.py", "tests/test_demo.py", "tests/test_release_fixture.py",
+        ("tests/test_cli.py", "tests/test_resume.py", "tests/test_release_fixture.py",
          "-k", "end_to_end or budget or speedup or reach or independent or kill_9 or verdict or demo"),
     ),
     Target(

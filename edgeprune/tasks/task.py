@@ -31,7 +31,7 @@ class Task(Protocol):
         """One input ``[1, ...]``: the shape the network is traced, timed and exported at."""
 
     def calibration_batches(self) -> list[torch.Tensor]:
-        """Inputs to re-estimate BatchNorm statistics on (adaptive BN, see problem.py)."""
+        """Inputs to re-estimate BatchNorm statistics on (adaptive BN, see problem/pruning.py)."""
 
     def score(self, model: nn.Module) -> float:
         """How good ``model`` is for the task (higher is better), on held-out training data."""

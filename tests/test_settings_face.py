@@ -89,3 +89,19 @@ def test_a_config_survives_its_run_json_form():
     stored = json.loads(json.dumps(cfg.to_dict()))
     top = {k: v for k, v in stored.items() if k not in GROUPS}
     assert PruneConfig.from_dict(top, {name: stored[name] for name in GROUPS}) == cfg
+
+
+def test_the_text_form_and_the_typed_groups_share_their_defaults():
+    """The command line's defaults (PruneOptions) and the groups' own (used where a job builds
+    its config directly, as the demo does) are the same values: a default changed on one side
+    only would make the demo and the CLI prune differently."""
+    from edgeprune.commands.settings import PruneOptions
+    from edgeprune.jobs.settings import GROUPS
+
+    parsed = PruneOptions(model="m.pt").parse()
+    differ = []
+    for name, group in GROUPS.items():
+        for f in dataclasses.fields(group):
+            if f.default is not dataclasses.MISSING and getattr(getattr(parsed, name), f.name) != f.default:
+                differ.append(f"{name}.{f.name}: {getattr(getattr(parsed, name), f.name)!r} != {f.default!r}")
+    assert differ == []

@@ -17,7 +17,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from edgeprune.commands.settings import PruneOptions
+from edgeprune.commands.settings import PruneOptions, parse_objectives, parse_shape
 from edgeprune.errors import UserError
 
 RELEASE_FORMAT = 1  # run.json of release 0.1.0: PruneOptions' flat text form
@@ -47,7 +47,16 @@ def _typed(checkpoint):
 
     top = checkpoint.read_config(PruneConfig, skip=tuple(GROUPS))
     groups = {name: checkpoint.read_config(group, skip=("resume", "progress"), section=name) for name, group in GROUPS.items()}
-    return PruneConfig.from_dict(top, groups)
+    cfg = PruneConfig.from_dict(top, groups)
+    # Typed is not checked: the values a command line's text would have been refused for (an
+    # unknown objective, a zero-sized input) are refused here too, before anything loads.
+    try:
+        parse_objectives(",".join(cfg.search.objectives))
+        if cfg.task.input_shape is not None:
+            parse_shape("x".join(str(n) for n in cfg.task.input_shape))
+    except UserError as exc:
+        raise UserError(f"checkpoint file {checkpoint.folder / 'run.json'}: {exc}") from None
+    return cfg
 
 
 def untrusted_settings(cfg) -> list[str]:

@@ -343,3 +343,26 @@ def test_workers_ray_starts_its_own_cluster_on_loopback_whatever_ray_address_say
     finally:
         workers.close()
     assert os.environ["RAY_ADDRESS"] == "127.0.0.1:1"  # the user's environment is left as it was
+
+
+@pytest.mark.parametrize(
+    "group, field, value, words",
+    [
+        ("search", "objectives", ["latency", "bogus"], "--objectives 'latency,bogus' must name accuracy or robustness"),
+        ("search", "objectives", ["accuracy", "accuracy"], "--objectives 'accuracy,accuracy' must name accuracy or robustness"),
+        ("task", "input_shape", [0, -3, 32], "input shape '0x-3x32' is not CxHxW"),
+    ],
+)
+def test_resume_of_typed_settings_a_command_line_would_refuse_is_one_line(tmp_path, capsys, group, field, value, words):
+    """run.json's typed form is checked as the text it stands for would be: a value of the right
+    type that the command line refuses (an unknown objective, a zero-sized input) is one line
+    naming run.json, not a KeyError after the model has loaded."""
+    out, _ = _robust_checkpoint(tmp_path)
+    run_json = out.with_name("out.checkpoint") / "run.json"
+    run = json.loads(run_json.read_text())
+    run["config"][group][field] = value
+    run_json.write_text(json.dumps(run))
+    assert main(["--resume", str(out), "--no-progress", "--trust-model-code"]) == 2
+    err = capsys.readouterr().err
+    _one_line(err, words)
+    assert "run.json" in err and not out.exists()

@@ -1,6 +1,8 @@
-"""The one way edgeprune writes files and folders: a reader never sees half of one, and a failure
-leaves what was there. Also the marker that tells an output folder edgeprune wrote from any other
-folder, which decides whether a folder may be replaced whole.
+"""How edgeprune puts a file or a folder into place: a reader never sees half of one, and a
+failure leaves what was there. A file that is only ever read after a marker written after it
+(a prune's files inside its staged output folder, a finished round's state_dict.pt before its
+done.json) needs no rename of its own. Also the marker that tells an output folder edgeprune
+wrote from any other folder, which decides whether a folder may be replaced whole.
 
 Every rename in the package happens here (tests/test_architecture.py checks it). Torch-free: the
 device side (profiling) and the CI gate use it too.

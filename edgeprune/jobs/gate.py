@@ -440,7 +440,7 @@ def junit_xml(results: list[GateResult]) -> bytes:
     suite = ET.SubElement(suites, "testsuite", name="edgeprune-gate", tests=str(len(results)), failures=str(failures), errors="0", skipped="0", time=total)
     for r in results:
         b = r.budget
-        case = ET.SubElement(suite, "testcase", classname=f"edgeprune.jobs.gate.{b.profile.name}", name=b.model, time=f"{r.seconds:.3f}")
+        case = ET.SubElement(suite, "testcase", classname=f"edgeprune.gate.{b.profile.name}", name=b.model, time=f"{r.seconds:.3f}")
         summary = f"p{b.percentile} {r.measured_ms:.4f} ms vs budget {b.budget_ms:.4f} ms on {b.profile.name}" + _robust_text(r)
         if not r.passed:
             what, kind = ("over budget", "LatencyBudgetExceeded") if not r.latency_passed else ("below the least robust accuracy", "RobustAccuracyTooLow")

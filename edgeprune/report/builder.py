@@ -1,9 +1,9 @@
 """report.json, assembled in one place: the stages hand over typed records, this module builds the
 dict and checks it against the schema (:mod:`edgeprune.report.schema`) before anyone writes it.
 
-CI jobs and users parse report.json, so its keys are an interface; when four modules each added
-their part, the only view of the whole file was the schema. Here every section is built from a
-record whose fields say what the stage measured: the prune job's :class:`PruneParts` and the
+CI jobs and users parse report.json, so its keys are an interface, and one module that builds
+every section is where that interface can be read whole. Each section is built from a record
+whose fields say what the stage measured: the prune job's :class:`PruneParts` and the
 exporters' :class:`ExportRecord`, which a re-export (``edgeprune export``) applies to the
 report.json of an earlier run. Writing the validated dict is the packager's job
 (``edgeprune.exporters.package.finalize``), together with the manifest that hashes it.

@@ -33,4 +33,4 @@ def check_report(report: dict[str, Any]) -> None:
     """Raise when ``report`` does not match the schema (an edgeprune bug, not bad input)."""
     problems = report_problems(report)
     if problems:
-        raise RuntimeError("report.json would not match edgeprune/report.schema.json: " + "; ".join(problems[:5]))
+        raise RuntimeError("report.json would not match edgeprune/report/report.schema.json: " + "; ".join(problems[:5]))

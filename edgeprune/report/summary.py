@@ -1,7 +1,5 @@
-"""What a run hands over besides the model: report.json, pareto.png and the before/after table
-(report.html is :mod:`edgeprune.report.html`).
-
-report.json keys follow DESIGN.md; CI jobs and users parse them, so keys are only ever added.
+"""What a run shows besides report.json (built by :mod:`edgeprune.report.builder`): pareto.png and
+the before/after table printed at the end of a run (report.html is :mod:`edgeprune.report.html`).
 """
 
 from __future__ import annotations

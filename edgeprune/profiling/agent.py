@@ -338,7 +338,7 @@ def _measurement_refusal(exc: Exception, profile) -> RequestError | None:
     the text goes to the log. None for anything else: a bug, answered 500 with a fixed body."""
     from edgeprune.profiling.isolated import MEASURE_MARGIN_S, MeasurementFailed, MeasurementTimeout, WorkerDied  # noqa: PLC0415
 
-    runtime = {"tensorrt": "TensorRT", "simulated": "the simulated device"}.get(profile.backend, "ONNX Runtime")
+    runtime = {"tensorrt": "TensorRT", "openvino": "OpenVINO", "simulated": "the simulated device"}.get(profile.backend, "ONNX Runtime")
     if isinstance(exc, UserError):  # the device cannot time this profile (e.g. trtexec missing): our own one line
         log(f"measurement refused: {exc}")
         return RequestError(422, str(exc)[:500])

@@ -25,7 +25,7 @@ def make_backend(profile: Profile, *, local: bool = False, agents: list[str] | N
     the profile's ``agent`` is the very device it runs on. ``options`` are the keyword options of
     :class:`~edgeprune.profiling.isolated.IsolatedBackend` (``timeout_s``, ``max_memory_mb``),
     with which the agent bounds models from the network: given them, every backend (TensorRT and
-    simulated too) measures in that bounded child. ONNX Runtime always does.
+    simulated too) measures in that bounded child. ONNX Runtime and OpenVINO always do.
     """
     if agents:
         return FarmBackend(profile, agents, warn)
@@ -42,11 +42,16 @@ def make_backend(profile: Profile, *, local: bool = False, agents: list[str] | N
 
         require_provider(profile)  # in this process: the child could only die of it, unexplained
         return IsolatedBackend(profile, **options)
+    if profile.backend == "openvino":
+        from edgeprune.profiling.openvino_backend import require_openvino  # noqa: PLC0415 - an extra
+
+        require_openvino(profile)  # the install hint here, in one line; the child imports it
+        return IsolatedBackend(profile, **options)
     if profile.backend == "simulated":
         if profile.simulated is None:
             raise UserError(f"target '{profile.name}' ({profile.source}) uses backend 'simulated' without a 'simulated' section; add one (see profiles/simulated.yaml)")
         return IsolatedBackend(profile, **options) if options else SimulatedBackend(profile)
     raise UserError(
         f"target '{profile.name}' ({profile.source}) uses backend '{profile.backend}', "
-        f"which edgeprune cannot run; set backend to one of: onnxruntime, tensorrt, simulated"
+        f"which edgeprune cannot run; set backend to one of: onnxruntime, tensorrt, openvino, simulated"
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -50,6 +51,7 @@ def device_facts(tensorrt: bool = True) -> dict[str, Any]:
         "machine": platform.machine(),
         "os": platform.system(),
         "onnxruntime_version": _onnxruntime_version(),
+        "openvino_version": openvino_version(),
     }
     jetson = jetson_facts()
     if jetson is not None:
@@ -89,6 +91,15 @@ def compose_fingerprint(profile: Profile, device: dict[str, Any]) -> dict[str, A
         )
         if trt is not None and trt.sparsity:  # only when on: dense profiles keep their cache keys
             fp["sparsity"] = True
+    elif profile.backend == "openvino":  # its version too: an upgrade is another device
+        fp.update(
+            runtime="openvino",
+            runtime_version=device.get("openvino_version"),
+            provider=profile.provider,
+            inference_num_threads=profile.intra_op_threads,
+            performance_hint="latency",
+            precision=profile.precision,
+        )
     elif profile.backend == "simulated":
         # The model's settings are the "device": change one and cached numbers no longer apply.
         fp.update(
@@ -230,6 +241,14 @@ def _onnxruntime_version() -> str | None:
 
         return onnxruntime.__version__
     except ImportError:
+        return None
+
+
+def openvino_version() -> str | None:
+    """The installed openvino package's version, read without importing it (None: not installed)."""
+    try:
+        return importlib.metadata.version("openvino")
+    except importlib.metadata.PackageNotFoundError:
         return None
 
 

@@ -1,6 +1,6 @@
 """Measurements in a torch-free child process (see :mod:`edgeprune.profiling.worker`): every ONNX
-Runtime measurement, and on the device agent every backend (ONNX Runtime, TensorRT, simulated), so
-a model from the network is bounded by the same deadline and memory cap whatever times it.
+Runtime and OpenVINO measurement, and on the device agent every backend (TensorRT and simulated
+too), so a model from the network is bounded by the same deadline and memory cap whatever times it.
 
 Every exchange with the child has a deadline, so neither the prune loop nor the device agent can
 wait forever on a model that runs for hours or a runtime that hangs: past it the child is killed,
@@ -98,14 +98,14 @@ class IsolatedBackend(Backend):
     simulated), taken in a torch-free child.
 
     ``timeout_s`` bounds each request (the child, and whatever it started, is killed past it);
-    ``max_memory_mb`` caps the child's memory (None: no cap). Per-node times only for ONNX
-    Runtime."""
+    ``max_memory_mb`` caps the child's memory (None: no cap). Per-node times for ONNX Runtime
+    and OpenVINO."""
 
     supports_node_times = True
 
     def __init__(self, profile: Profile, *, timeout_s: float = DEFAULT_TIMEOUT_S, max_memory_mb: int | None = None):
         self.profile = profile
-        self.supports_node_times = profile.backend == "onnxruntime"
+        self.supports_node_times = profile.backend in ("onnxruntime", "openvino")
         self.timeout_s = float(timeout_s)
         self.max_memory_mb = max_memory_mb
         self._fingerprint: dict[str, Any] | None = None

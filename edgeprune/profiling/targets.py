@@ -34,7 +34,7 @@ _MAXIMUM = {
 }
 _MAX_TEXT = {"description": 2000, "agent": 500}  # every other string: 200 characters
 _CHOICES = {
-    "backend": ("onnxruntime", "tensorrt", "simulated"),
+    "backend": ("onnxruntime", "tensorrt", "openvino", "simulated"),
     "execution_mode": ("sequential", "parallel"),
     "graph_optimization": ("disable", "basic", "extended", "all"),
     "precision": ("fp32", "fp16", "int8"),

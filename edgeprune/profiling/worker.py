@@ -79,13 +79,14 @@ def error_kind(exc: BaseException) -> str:
 def limit_memory(max_mb: int, provider: str) -> None:
     """Cap this process's memory (soft and hard, so the model cannot raise it back).
 
-    RLIMIT_AS (all mapped memory) for the CPU provider; a GPU runtime reserves tens of GB of
+    RLIMIT_AS (all mapped memory) for a CPU device (ONNX Runtime's CPU provider, OpenVINO's
+    ``CPU``, which timed a small model under 1 GiB of it); a GPU runtime reserves tens of GB of
     address space it never touches, so for other providers only RLIMIT_DATA (private writable
     memory) is capped."""
     import resource
 
     limit = int(max_mb) * 1024 * 1024
-    kind = resource.RLIMIT_AS if provider == "CPUExecutionProvider" else resource.RLIMIT_DATA
+    kind = resource.RLIMIT_AS if provider in ("CPUExecutionProvider", "CPU") else resource.RLIMIT_DATA
     resource.setrlimit(kind, (limit, limit))
 
 
@@ -103,8 +104,8 @@ def _handle(backend, request: dict, blob: bytes) -> dict:
 
 
 def make_local_backend(profile):
-    """The in-process backend this child runs for ``profile.backend``: ONNX Runtime, TensorRT
-    (trtexec) or the simulated device. Imported here, so a child loads only its runtime."""
+    """The in-process backend this child runs for ``profile.backend``: ONNX Runtime, OpenVINO,
+    TensorRT (trtexec) or the simulated device. Imported here, so a child loads only its runtime."""
     if profile.backend == "tensorrt":
         from edgeprune.profiling.tensorrt import TensorRTBackend
 
@@ -113,6 +114,10 @@ def make_local_backend(profile):
         from edgeprune.profiling.simulated import SimulatedBackend
 
         return SimulatedBackend(profile)
+    if profile.backend == "openvino":
+        from edgeprune.profiling.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(profile)
     from edgeprune.profiling.ort import OrtBackend
 
     return OrtBackend(profile)

@@ -24,6 +24,34 @@ INT_LIMIT = 2**63
 Rule = Callable[[Any, str], None]
 
 
+def loads(raw: bytes, constants: bool = True) -> Any:
+    """The JSON document in ``raw``, or :class:`Malformed` saying what is wrong with it.
+
+    ``json.loads`` fails in four ways on bytes someone else wrote: not UTF-8, bad syntax, an
+    integer of more than 4300 digits (ValueError) and nesting deep enough to exhaust the stack
+    (RecursionError); each is bad input here, never a bug. ``constants=False`` also refuses
+    NaN and Infinity, which Python accepts and JSON does not.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Malformed("not UTF-8 text") from None
+    try:
+        return json.loads(text, **({} if constants else {"parse_constant": _refuse_constant}))
+    except json.JSONDecodeError as exc:
+        raise Malformed(f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise Malformed("not valid JSON to edgeprune (nested too deeply)") from None
+    except ValueError as exc:
+        if str(exc).endswith("is not a JSON number"):
+            raise Malformed(f"not valid JSON ({exc})") from None
+        raise Malformed("not valid JSON to edgeprune (a number too long to be one it wrote)") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def read_json(path: Path, fix: str) -> Any:
     """The parsed file; ``fix`` ends the one-line error (``"pass the plan.json edgeprune wrote"``).
 
@@ -39,10 +67,9 @@ def read_json(path: Path, fix: str) -> Any:
     if len(raw) > MAX_JSON_BYTES:
         raise UserError(f"{path} is larger than {MAX_JSON_BYTES >> 20} MiB, far above any file edgeprune writes; {fix}")
     try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:120]
-        raise UserError(f"{path} is not valid JSON ({reason}); {fix}") from None
+        return loads(raw)
+    except Malformed as exc:
+        raise UserError(f"{path} is {exc}; {fix}") from None
 
 
 # --- single values ---------------------------------------------------------------------------

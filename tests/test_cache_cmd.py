@@ -113,7 +113,7 @@ def _export(tmp_path) -> dict:
         (lambda d: d["rows"][1].update(median=-1.0), ["row 2", "'median'", "finite positive"]),
         (lambda d: d["rows"][0].update(median=4.0, p90=3.0), ["row 1", "median 4.0 > p90 3.0"]),
         # json.dumps writes Infinity, which is not JSON: refused while reading, before any row.
-        (lambda d: d["rows"][0].update(p99=float("inf")), ["not JSON", "Infinity is not a JSON number"]),
+        (lambda d: d["rows"][0].update(p99=float("inf")), ["not valid JSON", "Infinity is not a JSON number"]),
         (lambda d: d["rows"][0].update(n="20"), ["row 1", "'n'"]),
         (lambda d: d["rows"][0].update(input_shape=[1, 0, 8]), ["row 1", "input_shape"]),
         (lambda d: d["rows"][2].pop("cv"), ["row 3", "keys"]),
@@ -135,7 +135,7 @@ def test_import_rejects_bad_rows_and_names_the_problem(mutate, words, tmp_path, 
 
 
 def test_import_rejects_non_json(tmp_path, capsys):
-    assert "not JSON" in _bad("{ this is not json", tmp_path, capsys)
+    assert "not valid JSON" in _bad("{ this is not json", tmp_path, capsys)
 
 
 def test_clear_one_fingerprint_or_all(tmp_path, capsys):

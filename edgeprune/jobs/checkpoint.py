@@ -29,7 +29,7 @@ from edgeprune.errors import UserError
 from edgeprune.files import atomic_write
 from edgeprune.untrusted import (
     ANY_OBJECT, BOOL, FRACTION, MAX_JSON_BYTES, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT,
-    Malformed, is_int, is_number, items, json_object, nullable, rule, show, values,
+    Malformed, is_int, is_number, items, json_object, loads, nullable, rule, show, values,
 )
 from edgeprune.records import Candidate, Choice, Group, GroupLayout
 from edgeprune.profiling.stats import LatencyStats
@@ -107,18 +107,11 @@ _PLAN = json_object({"kept": values(_CHANNELS)})
 
 
 def _parse(raw: bytes, path: Path, root: Path, line: int | None = None):
-    """One JSON document, or a one-line UserError: json.loads fails in four different ways."""
+    """One JSON document, or a one-line UserError naming the file and the line."""
     try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        problem = "not UTF-8 text"
-    except json.JSONDecodeError as exc:
-        problem = f"not valid JSON ({exc.msg} at column {exc.colno})"
-    except ValueError:  # Python refuses integers of more than 4300 digits
-        problem = "a number too long to be one we wrote"
-    except RecursionError:
-        problem = "JSON nested too deeply to be one we wrote"
-    raise _error(path, root, problem, line)
+        return loads(raw)
+    except Malformed as exc:
+        raise _error(path, root, str(exc), line) from None
 
 
 def _append(path: Path, record: dict) -> None:

@@ -24,7 +24,7 @@ from edgeprune.select.budget import DEFAULT_POLICY
 from edgeprune.errors import UserError
 from edgeprune.profiling.keys import PERCENTILES, graph_key, percentile_ms
 from edgeprune.profiling.targets import Profile, load_profile
-from edgeprune.untrusted import is_int, is_number, number_in, show
+from edgeprune.untrusted import Malformed, is_int, is_number, loads, number_in, show
 
 DEFAULT_TARGET = "x86-cpu"
 DEFAULT_PERCENTILE = 90
@@ -299,16 +299,14 @@ def prepare(budgets: list[Budget], allow_external_data: bool = False) -> None:
 
 def _sidecar(budget: Budget, name: str, fix: str) -> tuple[bytes, dict]:
     """``name`` beside the model (its prune run's output folder): bytes and parsed JSON."""
-    import json
-
     path = budget.path.parent / name
     if not path.is_file() or path.is_symlink() or path.stat().st_size > _MAX_SIDECAR_BYTES:
         raise UserError(f"{budget.where}: min_robust_accuracy reads {name} beside {budget.path.name}, and there is none{fix}")
     raw = path.read_bytes()
     try:
-        return raw, json.loads(raw)
-    except (ValueError, RecursionError):
-        raise UserError(f"{budget.where}: {path} is not valid JSON{fix}") from None
+        return raw, loads(raw)
+    except Malformed as exc:
+        raise UserError(f"{budget.where}: {path} is {exc}{fix}") from None
 
 
 def _robust_accuracy(budget: Budget) -> float:

@@ -4,7 +4,6 @@ checks that make an import safe. The file may come from another machine or a CI 
 bound its size, its JSON and every field, and require device details that hash to each fingerprint.
 """
 
-import json
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -14,7 +13,7 @@ from typing import Any
 from edgeprune.errors import UserError
 from edgeprune.profiling.cache_db import ROW_KEYS, SCHEMA_VERSION
 from edgeprune.profiling.fingerprint import fingerprint_hash
-from edgeprune.untrusted import clip, is_int, number_in, show
+from edgeprune.untrusted import Malformed, clip, is_int, loads, number_in, show
 
 EXPORT_FORMAT = "edgeprune-latency-cache"
 EXPORT_VERSION = 1
@@ -58,21 +57,9 @@ def read_export(path: Path) -> Any:
     if len(data) > MAX_IMPORT_BYTES:
         raise UserError(f"cache import {path}: larger than {MAX_IMPORT_BYTES >> 20} MiB; export fewer rows at once (--fingerprint HASH)")
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"cache import {path}: not JSON (invalid UTF-8 at byte {e.start}); {fix}") from None
-    try:
-        return json.loads(text, parse_constant=_refuse_constant)
-    except RecursionError:
-        raise UserError(f"cache import {path}: not JSON this edgeprune reads (nested too deeply); {fix}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"cache import {path}: not JSON ({e.msg} at line {e.lineno} column {e.colno}); {fix}") from None
-    except ValueError as e:  # e.g. an integer of more than 4300 digits
-        raise UserError(f"cache import {path}: not JSON this edgeprune reads ({clip(str(e).split(';')[0], 100)}); {fix}") from None
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
+        return loads(data, constants=False)  # NaN or Infinity is no latency
+    except Malformed as exc:
+        raise UserError(f"cache import {path}: {exc}; {fix}") from None
 
 
 def validate_export(document: Any, source: str) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:

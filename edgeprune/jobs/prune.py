@@ -87,7 +87,7 @@ def _run(job: _Job, t0: float) -> dict:
     settings = RoundSettings(cfg.search, cfg.recipe, cfg.seed, cfg.output.progress)
     rounds = run_rounds(
         settings, job.model, job.problem, budgets, DEFAULT_POLICY, job.checkpoint, lambda sp: make_encoding(cfg.search.encoding, sp),
-        lambda sp: ProfiledLatency(sp, job.profiler, job.profile.opset, job.profile.batch),
+        lambda sp: ProfiledLatency(sp, job.profiler, job.profile.opset, job.profile.batch, job.profile.model_format),
         scores_for=lambda number, sp: _round_scores(job, number, sp),
     )
     job.phases["rounds_s"] = time.perf_counter() - t
@@ -171,7 +171,7 @@ def _load(cfg: PruneConfig) -> _Job:
     out, scale_out = cfg.output, cfg.scale_out
     agents = agent_urls(scale_out.agents, profile.name) if scale_out.agents else None
     profiler = Profiler(profile, cache_path=Path(out.cache) if out.cache else None, use_cache=not out.no_cache, agents=agents, warn=_warn)
-    latency = ProfiledLatency(space, profiler, profile.opset, profile.batch)
+    latency = ProfiledLatency(space, profiler, profile.opset, profile.batch, profile.model_format)
     address = scale_out.ray_address
     workers = None
     try:  # nothing started here outlives a failure: a farm's agent threads, a local Ray cluster

@@ -49,7 +49,7 @@ def validate_surrogate(
     surrogate = LatencySurrogate(shape)
     profiler = Profiler(profile, use_cache=False)
     try:
-        latency = ProfiledLatency(space, profiler, profile.opset, profile.batch)
+        latency = ProfiledLatency(space, profiler, profile.opset, profile.batch, profile.model_format)
         if not latency.has_node_times:
             raise UserError(f"target '{profile.name}' ({profile.source}) measures without per-node times, which the surrogate learns from; check the surrogate on an onnxruntime target")
         latency.set_reference(widths[0])

@@ -1,9 +1,10 @@
-"""The one way a pruning problem gets latency: shrunk torch model → ONNX → the target's Profiler.
+"""The one way a pruning problem gets latency: shrunk torch model → the target's format (ONNX, or
+the runtime's own) → the target's Profiler.
 
 :class:`LatencySource` is what :class:`edgeprune.problem.pruning.PruningProblem` and the selection stage
 ask; :class:`ProfiledLatency` answers through :class:`edgeprune.profiling.profiler.Profiler`
 (cache, reference interleaving, backend: ORT, TensorRT or an agent). Latency belongs to the
-architecture, so everything is keyed by widths; an ONNX export happens only on a cache miss.
+architecture, so everything is keyed by widths; a conversion happens only on a cache miss.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Protocol
 
 from torch import nn
 
-from edgeprune.exporters.onnx_bytes import export_onnx_bytes
+from edgeprune.exporters.measured import measured_bytes
 from edgeprune.profiling.profiler import Pending, Profiler
 from edgeprune.profiling.stats import LatencyStats, NodeTimes
 from edgeprune.space.channels import ChannelSpace
@@ -47,8 +48,8 @@ class LatencySource(Protocol):
 class ProfiledLatency:
     """:class:`LatencySource` over the target's Profiler, for the architectures of ``space``."""
 
-    def __init__(self, space: ChannelSpace, profiler: Profiler, opset: int, batch: int = 1):
-        self.space, self.profiler, self.opset = space, profiler, opset
+    def __init__(self, space: ChannelSpace, profiler: Profiler, opset: int, batch: int = 1, model_format: str = "onnx"):
+        self.space, self.profiler, self.opset, self.model_format = space, profiler, opset, model_format
         self.shape = (batch, *space.input_shape)
 
     @property
@@ -79,6 +80,7 @@ class ProfiledLatency:
         return self.space.arch_key(widths)
 
     def _onnx(self, widths, model=None) -> bytes:
-        """ONNX of the architecture (shrunk from the original unless ``model`` is given)."""
+        """The architecture in the target's format (shrunk from the original unless ``model`` is
+        given): ONNX for most targets, whatever the profile's backend runs otherwise."""
         model = model if model is not None else self.space.shrink(self.space.plan(widths))
-        return export_onnx_bytes(model, self.shape, self.opset)
+        return measured_bytes(model, self.shape, self.opset, self.model_format)

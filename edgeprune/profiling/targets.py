@@ -33,6 +33,9 @@ _MAXIMUM = {
     "base_ms": 1e6, "ms_per_mmac": 1e6, "noise": 1.0, "device_seconds": 3600.0, "seed": 2**31,
 }
 _MAX_TEXT = {"description": 2000, "agent": 500}  # every other string: 200 characters
+# What each backend runs: the host converts every candidate to this format once, and the backend
+# (here or on the device's agent) receives those bytes. ONNX is also what every target delivers.
+MODEL_FORMATS = {"onnxruntime": "onnx", "tensorrt": "onnx", "openvino": "onnx", "simulated": "onnx"}
 _CHOICES = {
     "backend": ("onnxruntime", "tensorrt", "openvino", "simulated"),
     "execution_mode": ("sequential", "parallel"),
@@ -120,6 +123,11 @@ class Profile:
     agent: str | None = None
     tensorrt: TensorRTSpec | None = None
     simulated: SimulatedSpec | None = None
+
+    @property
+    def model_format(self) -> str:
+        """The format the backend measures (:data:`MODEL_FORMATS`): ``onnx``, or the runtime's own."""
+        return MODEL_FORMATS[self.backend]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -19,6 +19,7 @@ import edgeprune.profiling
 from edgeprune.errors import UserError
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.profiling import ort as ort_backend
+from edgeprune.profiling import timing
 from edgeprune.profiling.backend import Backend
 from edgeprune.profiling.cache import LatencyCache, default_cache_path
 from edgeprune.profiling.factory import make_backend
@@ -135,15 +136,15 @@ def test_ort_measures_a_real_conv_net(onnx_bytes):
 
 def test_ort_repeats_noisy_measurements_and_flags_them(onnx_bytes, monkeypatch):
     phases = []
-    real = ort_backend._timed_runs
-    monkeypatch.setattr(ort_backend, "_timed_runs", lambda *a: phases.append(1) or real(*a))
+    real = timing.timed_runs
+    monkeypatch.setattr(timing, "timed_runs", lambda *a: phases.append(1) or real(*a))
     s = OrtBackend(_profile(cv_threshold=1e-12, repeats_if_noisy=2, sessions=2)).measure(onnx_bytes, SHAPE)
     assert len(phases) == 3 * 2 and s.noisy  # three tries of two sessions each
 
 
 def test_ort_measurements_never_overlap(onnx_bytes, monkeypatch):
     intervals = []
-    real = ort_backend._timed_runs
+    real = timing.timed_runs
 
     def timed(*args):
         start = time.perf_counter()
@@ -151,7 +152,7 @@ def test_ort_measurements_never_overlap(onnx_bytes, monkeypatch):
         intervals.append((start, time.perf_counter()))
         return times
 
-    monkeypatch.setattr(ort_backend, "_timed_runs", timed)
+    monkeypatch.setattr(timing, "timed_runs", timed)
     backend = OrtBackend(_profile())
     threads = [threading.Thread(target=backend.measure, args=(onnx_bytes, SHAPE)) for _ in range(3)]
     for t in threads:

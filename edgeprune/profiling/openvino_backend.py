@@ -1,7 +1,7 @@
 """OpenVINO backend: the ONNX graph read into OpenVINO's runtime (ONNX → OpenVINO model, in memory)
 and timed on the profile's device (``provider``: ``CPU``) under OpenVINO's latency hint.
 
-The protocol is ONNX Runtime's (:mod:`edgeprune.profiling.ort`, DESIGN.md "Measurement protocol"):
+The protocol is ONNX Runtime's (:mod:`edgeprune.profiling.timing`, DESIGN.md "Measurement protocol"):
 a freshly compiled model per measurement, one fixed seeded input, the profile's warm-up, timed
 runs until a run count and a time floor are reached, absolute numbers pooled over
 ``measure.sessions`` compilations and re-taken while noisy, paired numbers in alternating blocks
@@ -23,57 +23,34 @@ here, lazily: it is an extra (``pip install 'edgeprune[openvino]'``).
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from edgeprune.errors import UserError
-from edgeprune.profiling.backend import Backend
-from edgeprune.profiling.fingerprint import host_fingerprint
-from edgeprune.profiling.stats import LatencyStats, NodeTime, NodeTimes, summarize
-from edgeprune.profiling.targets import MeasureSpec, Profile
+from edgeprune.profiling import extras
+from edgeprune.profiling.stats import NodeTime, NodeTimes
+from edgeprune.profiling.targets import Profile
+from edgeprune.profiling.timing import MEASURE_LOCK, ProtocolBackend, Run
 
 INSTALL_HINT = "pip install 'edgeprune[openvino]'"
-# As in ort.py: 20 interleaved blocks per model in measure_pair.
-_BLOCKS = 20
-# Two measurements running at once on the same cores would time each other, not the model.
-_MEASURE_LOCK = threading.Lock()
 # OpenVINO's layer types for a linear layer -> the ONNX op the surrogate matches linear layers by.
 _LINEAR_TYPES = {"FullyConnected": "Gemm", "MatMul": "MatMul"}
-
-Run = Callable[[], Any]
 
 
 def require_openvino(profile: Profile) -> None:
     """Refuse, in one line, a profile whose runtime is not installed (cheap: nothing imported)."""
-    if importlib.util.find_spec("openvino") is None:
-        raise UserError(_missing(profile))
+    extras.require(profile, "openvino", "OpenVINO", INSTALL_HINT)
 
 
-def _missing(profile: Profile) -> str:
-    return f"target '{profile.name}' runs on OpenVINO, which is not installed; {INSTALL_HINT}"
-
-
-def _import_openvino(profile: Profile) -> Any:
-    try:
-        import openvino  # noqa: PLC0415 - an extra: imported only by the process that times with it
-    except ImportError:
-        raise UserError(_missing(profile)) from None
-    return openvino
-
-
-class OpenVinoBackend(Backend):
+class OpenVinoBackend(ProtocolBackend):
     """Times ONNX graphs with OpenVINO under one target profile, in this process (the worker's)."""
 
     supports_node_times = True
 
     def __init__(self, profile: Profile):
-        self._ov = _import_openvino(profile)
+        self._ov = extras.load(profile, "openvino", "OpenVINO", INSTALL_HINT)
         self._core = self._ov.Core()
         devices = list(self._core.available_devices)
         if profile.provider not in devices:
@@ -82,57 +59,6 @@ class OpenVinoBackend(Backend):
                 f"lacks (it has: {', '.join(devices) or 'none'}); choose another target"
             )
         self.profile = profile
-        self._fingerprint: dict[str, Any] | None = None
-        self._reference: tuple[bytes, tuple[int, ...]] | None = None
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The device fingerprint for this host + profile, OpenVINO's version in it."""
-        if self._fingerprint is None:
-            self._fingerprint = host_fingerprint(self.profile)
-        return dict(self._fingerprint)
-
-    def measure(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> LatencyStats:
-        """Runs of ``measure.sessions`` fresh compilations, pooled; re-taken while the CV is above
-        the profile's threshold (``noisy`` when even the best stays above it)."""
-        spec = self.profile.measure
-        with _MEASURE_LOCK:
-            best = self._pooled(onnx_bytes, input_shape, spec)
-            for _ in range(spec.repeats_if_noisy):
-                if best.cv <= spec.cv_threshold:
-                    break
-                again = self._pooled(onnx_bytes, input_shape, spec)
-                if again.cv < best.cv:
-                    best = again
-        best.noisy = best.cv > spec.cv_threshold
-        return best
-
-    def _pooled(self, onnx_bytes: bytes, input_shape: tuple[int, ...], spec: MeasureSpec) -> LatencyStats:
-        times: list[float] = []
-        for _ in range(spec.sessions):
-            run, _request = self._warm(onnx_bytes, input_shape)
-            times.extend(_timed_runs(run, spec))
-            del run, _request
-        return summarize(times)
-
-    def set_reference(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> None:
-        self._reference = (onnx_bytes, tuple(input_shape))
-
-    def measure_pair(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> tuple[LatencyStats, LatencyStats]:
-        """Candidate and reference timed in alternating blocks (see ``OrtBackend.measure_pair``)."""
-        if self._reference is None:
-            raise ValueError("set_reference() must be called before measure_pair()")
-        ref_bytes, ref_shape = self._reference
-        spec = self.profile.measure
-        block = dataclasses.replace(spec, min_runs=max(1, spec.min_runs // _BLOCKS), max_seconds=spec.max_seconds / _BLOCKS, max_runs=max(1, spec.max_runs // _BLOCKS))
-        with _MEASURE_LOCK:
-            runs = [(self._warm(onnx_bytes, input_shape)[0], []), (self._warm(ref_bytes, ref_shape)[0], [])]
-            for _ in range(_BLOCKS):
-                for run, times in runs:
-                    times.extend(_timed_runs(run, block))
-        cand, ref = (summarize(times) for _, times in runs)
-        for stats in (cand, ref):
-            stats.noisy = stats.cv > spec.cv_threshold
-        return cand, ref
 
     def node_times(self, onnx_bytes: bytes, input_shape: tuple[int, ...], runs: int = 50) -> NodeTimes:
         """Median time of every node OpenVINO executed, from its performance counters over
@@ -140,8 +66,8 @@ class OpenVinoBackend(Backend):
         for the latency :meth:`measure` reports). Shapes from the execution graph."""
         if runs < 1:
             raise ValueError(f"node_times needs at least one run, got {runs}")
-        with _MEASURE_LOCK:
-            run, request = self._warm(onnx_bytes, input_shape, perf_count=True)
+        with MEASURE_LOCK:
+            run, request = self._request(onnx_bytes, input_shape, perf_count=True)
             walls: list[float] = []
             samples: dict[str, list[float]] = {}
             kinds: dict[str, str] = {}
@@ -160,7 +86,10 @@ class OpenVinoBackend(Backend):
     def close(self) -> None:
         """Nothing to release: every compiled model lives only as long as one measurement."""
 
-    def _warm(self, onnx_bytes: bytes, input_shape: tuple[int, ...], perf_count: bool = False) -> tuple[Run, Any]:
+    def _warm(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> Run:
+        return self._request(onnx_bytes, input_shape)[0]
+
+    def _request(self, onnx_bytes: bytes, input_shape: tuple[int, ...], perf_count: bool = False) -> tuple[Run, Any]:
         """A freshly compiled model's infer request, its input set (seed 0), after the profile's
         warm-up runs: the function to time, and the request."""
         request = self._compile(onnx_bytes, input_shape, perf_count).create_infer_request()
@@ -186,20 +115,6 @@ class OpenVinoBackend(Backend):
             return self._core.compile_model(model, p.provider, config)
         except RuntimeError as e:
             raise ValueError(f"onnx_bytes is not a model OpenVINO can load: {e}") from e
-
-
-def _timed_runs(run: Run, spec: MeasureSpec) -> list[float]:
-    """Per-run wall times (s): at least ``min_runs`` and ``max_seconds``, at most ``max_runs``."""
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < spec.max_runs:
-        t0 = time.perf_counter()
-        run()
-        t1 = time.perf_counter()
-        times.append(t1 - t0)
-        if len(times) >= spec.min_runs and t1 - start >= spec.max_seconds:
-            break
-    return times
 
 
 def _execution_shapes(compiled: Any) -> dict[str, tuple[list[list[int]], list[list[int]]]]:

@@ -3,15 +3,14 @@
 Protocol (DESIGN.md "Measurement protocol"): a fresh session per measurement so no state leaks
 between candidates; threads, execution mode and graph optimisation exactly as the profile says;
 one fixed seeded input; warm-up; timed runs until both a run count and a time floor are reached
-(or a run cap); re-measure when the coefficient of variation says the machine was busy.
+(or a run cap); re-measure when the coefficient of variation says the machine was busy. That
+protocol is :mod:`edgeprune.profiling.timing`'s, shared with the other CPU runtimes.
 """
 
-import dataclasses
+import functools
 import json
 import os
 import tempfile
-import threading
-import time
 from typing import Any
 
 import numpy as np
@@ -19,19 +18,9 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from edgeprune.errors import UserError
-from edgeprune.profiling.backend import Backend
-from edgeprune.profiling.fingerprint import host_fingerprint
-from edgeprune.profiling.stats import LatencyStats, NodeTime, NodeTimes, summarize
-from edgeprune.profiling.targets import MeasureSpec, Profile
-
-# Interleaved blocks per model in measure_pair: 20 blocks of 30 ms (at a 0.6 s window), compared
-# by trimmed means, gave a candidate/reference ratio with CV 2-4 % over fresh session pairs; 4
-# blocks of 150 ms compared by medians 6-8 %. 120 blocks of 5 ms moved the ratio itself (each
-# block starts with the other model's weights in the caches).
-_BLOCKS = 20
-
-# Two measurements running at once on the same cores would time each other, not the model.
-_MEASURE_LOCK = threading.Lock()
+from edgeprune.profiling.stats import NodeTime, NodeTimes
+from edgeprune.profiling.targets import Profile
+from edgeprune.profiling.timing import MEASURE_LOCK, ProtocolBackend, Run
 
 _EXECUTION_MODES = {
     "sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
@@ -67,7 +56,7 @@ def require_provider(profile: Profile) -> None:
         )
 
 
-class OrtBackend(Backend):
+class OrtBackend(ProtocolBackend):
     """Times ONNX graphs with ONNX Runtime under one target profile, in this process.
 
     Only the torch-free worker (:mod:`edgeprune.profiling.worker`) should time with it: next to
@@ -79,71 +68,6 @@ class OrtBackend(Backend):
     def __init__(self, profile: Profile):
         require_provider(profile)
         self.profile = profile
-        self._fingerprint: dict[str, Any] | None = None
-        self._reference: tuple[bytes, tuple[int, ...]] | None = None
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The device fingerprint for this host + profile (computed once; reads /proc)."""
-        if self._fingerprint is None:
-            self._fingerprint = host_fingerprint(self.profile)
-        return dict(self._fingerprint)
-
-    def measure(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> LatencyStats:
-        """Latency of one inference of ``onnx_bytes`` on a float32 input of ``input_shape``: the
-        runs of ``measure.sessions`` fresh sessions, each timed for the profile's window, pooled.
-
-        One session's median on a shared CPU swings by a quarter from one second to the next
-        (measured, mobilenet_v2 at 3x32x32: 10 repeats of one 0.6 s session scatter with CV
-        0.11; of 5 pooled sessions, 0.034), so an absolute number, which anchors every later one,
-        pools several. The result has ``noisy=True`` when even the least noisy of the repeats is
-        above the profile's CV threshold; callers report it but must not cache it.
-        """
-        spec = self.profile.measure
-        with _MEASURE_LOCK:  # session creation runs graph optimisation: keep it off timed cores
-            best = self._pooled(onnx_bytes, input_shape, spec)
-            for _ in range(spec.repeats_if_noisy):
-                if best.cv <= spec.cv_threshold:
-                    break
-                again = self._pooled(onnx_bytes, input_shape, spec)
-                if again.cv < best.cv:
-                    best = again
-        best.noisy = best.cv > spec.cv_threshold
-        return best
-
-    def _pooled(self, onnx_bytes: bytes, input_shape: tuple[int, ...], spec: MeasureSpec) -> LatencyStats:
-        times: list[float] = []
-        for _ in range(spec.sessions):
-            session, feed = self._warm_session(onnx_bytes, input_shape)
-            times.extend(_timed_runs(session, feed, spec))
-            del session
-        return summarize(times)
-
-    def set_reference(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> None:
-        """The model that :meth:`measure_pair` times alongside every candidate."""
-        self._reference = (onnx_bytes, tuple(input_shape))
-
-    def measure_pair(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> tuple[LatencyStats, LatencyStats]:
-        """Candidate and reference timed in alternating blocks, so both see the same CPU state.
-
-        On shared or virtual CPUs the speed of the whole machine drifts by tens of percent from
-        minute to minute; the ratio of two models timed in interleaved blocks does not. Short
-        blocks let both models see the same spells of a machine whose speed changes within a
-        second; compare the two by :func:`~edgeprune.profiling.stats.ratio`.
-        """
-        if self._reference is None:
-            raise ValueError("set_reference() must be called before measure_pair()")
-        ref_bytes, ref_shape = self._reference
-        spec = self.profile.measure
-        block = dataclasses.replace(spec, min_runs=max(1, spec.min_runs // _BLOCKS), max_seconds=spec.max_seconds / _BLOCKS, max_runs=max(1, spec.max_runs // _BLOCKS))
-        with _MEASURE_LOCK:
-            runs = [(*self._warm_session(onnx_bytes, input_shape), []), (*self._warm_session(ref_bytes, ref_shape), [])]
-            for _ in range(_BLOCKS):
-                for session, feed, times in runs:
-                    times.extend(_timed_runs(session, feed, block))
-        cand, ref = (summarize(times) for _, _, times in runs)
-        for stats in (cand, ref):
-            stats.noisy = stats.cv > spec.cv_threshold
-        return cand, ref
 
     def node_times(self, onnx_bytes: bytes, input_shape: tuple[int, ...], runs: int = 50) -> NodeTimes:
         """Median time of every node ORT runs, from its own profiler over ``runs`` timed runs.
@@ -154,7 +78,7 @@ class OrtBackend(Backend):
         """
         if runs < 1:
             raise ValueError(f"node_times needs at least one run, got {runs}")
-        with _MEASURE_LOCK, tempfile.TemporaryDirectory(prefix="edgeprune-ort-trace-") as folder:
+        with MEASURE_LOCK, tempfile.TemporaryDirectory(prefix="edgeprune-ort-trace-") as folder:
             options = self._options()
             options.enable_profiling = True
             options.profile_file_prefix = os.path.join(folder, "trace")
@@ -167,6 +91,10 @@ class OrtBackend(Backend):
 
     def close(self) -> None:
         """Nothing to release: every session lives only as long as one measurement."""
+
+    def _warm(self, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> Run:
+        session, feed = self._warm_session(onnx_bytes, input_shape)
+        return functools.partial(session.run, None, feed)
 
     def _warm_session(
         self, onnx_bytes: bytes, input_shape: tuple[int, ...], options: ort.SessionOptions | None = None
@@ -201,22 +129,6 @@ class OrtBackend(Backend):
         # model's data (a user's external data file); errors reach us as exceptions, never printed.
         options.log_severity_level = 4
         return options
-
-
-def _timed_runs(
-    session: ort.InferenceSession, feed: dict[str, np.ndarray], spec: MeasureSpec
-) -> list[float]:
-    """Per-run wall times (s): at least ``min_runs`` and ``max_seconds``, at most ``max_runs``."""
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < spec.max_runs:
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        t1 = time.perf_counter()
-        times.append(t1 - t0)
-        if len(times) >= spec.min_runs and t1 - start >= spec.max_seconds:
-            break
-    return times
 
 
 def _parse_trace(events: list[dict[str, Any]], runs: int) -> NodeTimes:

@@ -1,0 +1,68 @@
+"""What ``edgeprune targets probe`` prints: the staircase (each width's median and its ratio to the
+same layer at 64 channels, per kind) as a rich table on a terminal and as plain columns in a pipe
+or a CI log, then the step each kind asks for and whether the profile's ``channel_step`` agrees."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from edgeprune.jobs.probe import TOP, ProbeResult
+from edgeprune.jobs.staircase import TOLERANCE, dominated
+
+LEGEND = (
+    f"ratio: time / the same layer at {TOP} channels, timed in alternating blocks; "
+    f"'-' a wider width is as fast (within {TOLERANCE:.0%}); '!' a noisy pair"
+)
+
+
+def print_probe(result: ProbeResult, console: Console | None = None) -> None:
+    console = console or Console()
+    rows = _rows(result)
+    header = ["width"] + [f"{k.kind} {col}" for k in result.kinds for col in ("ms", "ratio")]
+    title = f"edgeprune targets probe {result.target}"
+    if console.is_terminal:
+        table = Table(title=title, caption=LEGEND)
+        for name in header:
+            table.add_column(name, justify="right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    else:
+        widths = [max(len(name), *(len(row[i]) for row in rows)) for i, name in enumerate(header)]
+        print(title)
+        for row in (header, *rows):
+            print("  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
+        print(LEGEND)
+    for line in verdict(result):
+        print(line)
+
+
+def _rows(result: ProbeResult) -> list[list[str]]:
+    off = {k.kind: dominated(k.points) for k in result.kinds}
+    rows = []
+    for i, point in enumerate(result.kinds[0].points):
+        row = [str(point.width)]
+        for k in result.kinds:
+            p = k.points[i]
+            mark = ("-" if p.width in off[k.kind] else " ") + ("!" if p.noisy else " ")
+            row += [f"{p.ms:.4f}", f"{p.ratio:.2f}{mark}"]
+        rows.append(row)
+    return rows
+
+
+def verdict(result: ProbeResult) -> list[str]:
+    """The step per kind, the one step for the profile, and how the profile's compares."""
+    per_kind = ", ".join(f"{k.kind} {k.step if k.step is not None else 'none'}" for k in result.kinds)
+    lines = [f"step per kind: {per_kind} (the smallest power of two none of whose multiples a wider width matches)"]
+    have = result.profile_step
+    if result.step is None:
+        lines.append(f"no step: no kind showed a staircase the grid could follow (cost rises smoothly, or noise hides it); {result.target} keeps channel_step {have}")
+    elif have == result.step:
+        lines.append(f"proposed channel_step {result.step}: {result.target} has {have}, which agrees")
+    elif have % result.step == 0:
+        lines.append(f"proposed channel_step {result.step}: {result.target} has {have}, which differs (coarser: its widths are on the staircase's envelope, but the search misses the ones between)")
+    else:
+        lines.append(f"proposed channel_step {result.step}: {result.target} has {have}, which differs (finer: some of its widths run no faster than a wider one)")
+    lines.append(f"probed in {result.seconds:.0f} s")
+    return lines

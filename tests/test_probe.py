@@ -1,0 +1,183 @@
+"""`edgeprune targets probe`: the channel step measured on the target, not written by hand.
+
+The simulated device's latency model is known (MACs with channel counts rounded up to its
+``channel_step``, times a 3 % per-architecture deviation), so the step the probe must find is
+known too; a real x86 run shows a staircase and a step without asserting which.
+"""
+
+import dataclasses
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgeprune.cli import main
+from edgeprune.commands import targets
+from edgeprune.jobs import probe
+from edgeprune.jobs.probe_view import verdict
+from edgeprune.jobs.staircase import Point, choose_step, dominated
+from edgeprune.profiling import factory
+from edgeprune.profiling.agent import make_server
+from edgeprune.profiling.remote import RemoteBackend
+from edgeprune.profiling.simulated import SimulatedBackend
+from edgeprune.profiling.targets import load_profile
+
+SHIPPED = Path(__file__).resolve().parent.parent / "profiles" / "simulated.yaml"
+
+
+def _simulated(tmp_path, **changes) -> str:
+    """The shipped simulated device without its 1 s per measurement (``changes``: its model's)."""
+    data = yaml.safe_load(SHIPPED.read_text())
+    data["simulated"] = {**data["simulated"], "device_seconds": 0.0, **{k: v for k, v in changes.items() if k != "channel_step"}}
+    data["channel_step"] = changes.get("channel_step", data["channel_step"])
+    path = tmp_path / "sim.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _probe_json(tmp_path, capsys, target, *extra) -> tuple[dict, str]:
+    out = tmp_path / "probe.json"
+    assert main(["targets", "probe", target, "--json", str(out), "--no-progress", *extra]) == 0
+    return json.loads(out.read_text()), capsys.readouterr().out
+
+
+def _points(ratios: dict[int, float]) -> list[Point]:
+    return [Point(w, r, 1.0, r) for w, r in sorted(ratios.items())]
+
+
+def test_the_simulated_device_asks_for_its_own_step_on_every_kind(tmp_path, capsys):
+    """The shipped model (step 16, 3 % noise): 33, 49 and 56-63 cost what the next multiple of 16
+    does, so only 32, 48 and 64 are on the envelope."""
+    result, out = _probe_json(tmp_path, capsys, _simulated(tmp_path))
+    assert [k["kind"] for k in result["kinds"]] == ["conv", "depthwise", "linear"]
+    assert [k["step"] for k in result["kinds"]] == [16, 16, 16]
+    assert result["proposed_channel_step"] == 16 == result["profile_channel_step"]
+    for kind in result["kinds"]:
+        assert [p["width"] for p in kind["points"]] == probe.probe_widths()
+        on_envelope = {p["width"] for p in kind["points"] if not p["dominated"]}
+        assert {32, 48, 64} <= on_envelope and not on_envelope & {33, 49, 56, 57, 60, 61, 62}
+    assert "proposed channel_step 16: simulated has 16, which agrees" in out
+    assert "step per kind: conv 16, depthwise 16, linear 16" in out
+    table = out.splitlines()
+    assert table[1].split() == ["width", "conv", "ms", "conv", "ratio", "depthwise", "ms", "depthwise", "ratio", "linear", "ms", "linear", "ratio"]
+    assert [line.split()[0] for line in table[2:14]] == [str(w) for w in probe.probe_widths()]
+
+
+@pytest.mark.parametrize("step", [8, 32])
+def test_a_device_with_another_block_gets_that_step(step, tmp_path, capsys):
+    result, out = _probe_json(tmp_path, capsys, _simulated(tmp_path, channel_step=step, noise=0.0), "--kinds", "conv")
+    assert result["kinds"][0]["step"] == step == result["proposed_channel_step"]
+    assert f"proposed channel_step {step}: simulated has {step}, which agrees" in out
+
+
+def test_smooth_cost_has_no_step(tmp_path, capsys):
+    """Step 1: every width costs its own channels, so a width just above a multiple is no jump."""
+    result, out = _probe_json(tmp_path, capsys, _simulated(tmp_path, channel_step=1, noise=0.0), "--kinds", "conv")
+    assert result["kinds"][0]["step"] is None and result["proposed_channel_step"] is None
+    assert "no step" in out and "keeps channel_step 1" in out
+
+
+def test_choose_step_on_a_measured_onnx_runtime_staircase():
+    """Ratios to 64 channels measured on x86-cpu here (conv): odd widths take a slow path, so 49,
+    57 and 61 cost more than 64, and 56 and 60 no less than 64; 48 and 64 are the envelope."""
+    ratios = {32: 0.52, 33: 0.78, 48: 0.75, 49: 1.07, 56: 0.99, 57: 1.24, 60: 1.00, 61: 1.41, 62: 1.24, 63: 1.24, 64: 1.00, 65: 1.39}
+    assert dominated(_points(ratios)) == {33, 49, 56, 57, 60, 61, 62, 63}
+    assert choose_step(_points(ratios)) == 16
+    assert choose_step(_points({**ratios, 56: 0.9})) == 8  # 56 now buys speed: the grid may use it
+
+
+def _result(profile_step: int, *steps: int | None) -> probe.ProbeResult:
+    kinds = tuple(probe.KindStaircase(k, (), s) for k, s in zip(("conv", "depthwise", "linear"), steps))
+    return probe.ProbeResult("t", profile_step, {}, kinds, 1.0)
+
+
+def test_one_step_for_the_profile_fits_every_kind():
+    assert _result(16, 16, 8, None).step == 16
+    assert _result(16, None, None, None).step is None
+
+
+@pytest.mark.parametrize(
+    "profile_step, steps, says",
+    [
+        (16, (8, 8), "proposed channel_step 8: t has 16, which differs (coarser"),
+        (8, (16, 8), "proposed channel_step 16: t has 8, which differs (finer"),
+        (24, (16, 16), "proposed channel_step 16: t has 24, which differs (finer"),
+    ],
+)
+def test_the_verdict_says_how_the_profile_differs(profile_step, steps, says):
+    lines = verdict(_result(profile_step, *steps))
+    assert lines[0].startswith(f"step per kind: conv {steps[0]}, depthwise {steps[1]}")
+    assert lines[1].startswith(says)
+
+
+def test_a_target_behind_an_agent_is_probed_there(tmp_path, monkeypatch):
+    """The probe's bytes go through make_backend: a profile with ``agent:`` is measured by that
+    agent (here on loopback), which times the simulated device in its bounded child."""
+    made = []
+
+    def spy(profile, **options):
+        made.append(factory.make_backend(profile, **options))
+        return made[-1]
+
+    monkeypatch.setattr(probe, "make_backend", spy)
+    server = make_server("127.0.0.1", 0, None, 1)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        profile = dataclasses.replace(load_profile(_simulated(tmp_path)), agent=f"http://127.0.0.1:{server.server_address[1]}")
+        remote = probe.run_probe(profile, ["conv"], progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+        server.agent.close()
+    local = probe.run_probe(load_profile(_simulated(tmp_path)), ["conv"], progress=False)
+    assert [type(b) for b in made] == [RemoteBackend, SimulatedBackend]
+    assert [p.ratio for p in remote.kinds[0].points] == pytest.approx([p.ratio for p in local.kinds[0].points], rel=1e-9)
+    assert remote.step == 16
+
+
+def test_a_real_probe_on_x86_prints_a_staircase_and_a_step(tmp_path, capsys):
+    """ONNX Runtime in the isolated worker, one kind (the whole probe takes three times as long);
+    what the step is belongs to the machine, so it is not asserted."""
+    result, out = _probe_json(tmp_path, capsys, "x86-cpu", "--kinds", "conv")
+    points = result["kinds"][0]["points"]
+    assert [p["width"] for p in points] == probe.probe_widths()
+    assert all(p["ms"] > 0 and p["reference_ms"] > 0 and p["ratio"] > 0 for p in points)
+    assert result["fingerprint"]["runtime"] == "onnxruntime"
+    assert result["kinds"][0]["step"] in (None, 1, 2, 4, 8, 16, 32)
+    assert "step per kind: conv " in out and ("x86-cpu has 16" in out or "keeps channel_step 16" in out)
+    assert len([line for line in out.splitlines() if line.split() and line.split()[0].isdigit()]) == len(points)
+
+
+def test_the_kinds_the_command_offers_are_the_kinds_the_job_builds():
+    assert targets.KINDS == tuple(probe.KINDS)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["targets", "probe", "no-such-target"], ["unknown target 'no-such-target'", "x86-cpu"]),
+        (["targets", "probe", "x86-cpu", "--kinds", "conv,attention"], ["--kinds", "conv, depthwise, linear"]),
+        (["targets", "probe", "x86-cpu", "--kinds", "conv,conv"], ["--kinds", "at most once"]),
+        (["targets", "probe", "x86-cpu", "--json", "/no/such/dir/p.json"], ["--json", "/no/such/dir"]),
+    ],
+    ids=["unknown-target", "unknown-kind", "repeated-kind", "json-folder-missing"],
+)
+def test_bad_input_is_one_line_exit_2(args, words, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("edgeprune: error:")
+    for word in words:
+        assert word in err
+
+
+def test_an_unknown_option_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["targets", "probe", "x86-cpu", "--widths", "8,16"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --widths" in capsys.readouterr().err
+
+
+def test_targets_alone_still_lists(capsys):
+    assert main(["targets"]) == 0
+    assert "x86-cpu" in capsys.readouterr().out

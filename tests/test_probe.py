@@ -22,6 +22,7 @@ from edgeprune.profiling import factory
 from edgeprune.profiling.agent import make_server
 from edgeprune.profiling.remote import RemoteBackend
 from edgeprune.profiling.simulated import SimulatedBackend
+from edgeprune.profiling.stats import LatencyStats
 from edgeprune.profiling.targets import load_profile
 
 SHIPPED = Path(__file__).resolve().parent.parent / "profiles" / "simulated.yaml"
@@ -60,6 +61,7 @@ def test_the_simulated_device_asks_for_its_own_step_on_every_kind(tmp_path, caps
         assert {32, 48, 64} <= on_envelope and not on_envelope & {33, 49, 56, 57, 60, 61, 62}
     assert "proposed channel_step 16: simulated has 16, which agrees" in out
     assert "step per kind: conv 16, depthwise 16, linear 16" in out
+    assert "the reference (64 channels) against itself: conv 1.00, depthwise 1.00, linear 1.00; 1 round in" in out and "(noisy:" not in out
     table = out.splitlines()
     assert table[1].split() == ["width", "conv", "ms", "conv", "ratio", "depthwise", "ms", "depthwise", "ratio", "linear", "ms", "linear", "ratio"]
     assert [line.split()[0] for line in table[2:14]] == [str(w) for w in probe.probe_widths()]
@@ -112,6 +114,42 @@ def test_the_verdict_says_how_the_profile_differs(profile_step, steps, says):
     assert lines[1].startswith(says)
 
 
+class _OutlierRound:
+    """A device whose second round runs every candidate 9x slower than its reference."""
+
+    supports_node_times = False
+
+    def __init__(self):
+        self.calls: list[bytes] = []
+
+    def fingerprint(self):
+        return {}
+
+    def set_reference(self, blob, shape):
+        self.calls.clear()
+
+    def measure_pair(self, blob, shape):
+        self.calls.append(blob)
+        ms = 9.0 if len(self.calls) > 12 and len(self.calls) <= 24 else 1.0
+        return _stats(ms), _stats(1.0)
+
+    def close(self):
+        pass
+
+
+def _stats(ms: float) -> LatencyStats:
+    return LatencyStats(100, ms, ms, ms, ms, 0.0, 0.0, False, ms)
+
+
+def test_rounds_keep_each_widths_median_and_alternate_the_order(tmp_path, monkeypatch):
+    device = _OutlierRound()
+    monkeypatch.setattr(probe, "make_backend", lambda profile: device)
+    result = probe.run_probe(load_profile(_simulated(tmp_path)), ["conv"], rounds=3, progress=False)
+    points = result.kinds[0].points
+    assert [p.ratios for p in points] == [(1.0, 9.0, 1.0)] * 12 and [p.ratio for p in points] == [1.0] * 12
+    assert device.calls[12:24] == device.calls[:12][::-1] == device.calls[24:][::-1]
+
+
 def test_a_target_behind_an_agent_is_probed_there(tmp_path, monkeypatch):
     """The probe's bytes go through make_backend: a profile with ``agent:`` is measured by that
     agent (here on loopback), which times the simulated device in its bounded child."""
@@ -161,8 +199,9 @@ def test_the_kinds_the_command_offers_are_the_kinds_the_job_builds():
         (["targets", "probe", "x86-cpu", "--kinds", "conv,attention"], ["--kinds", "conv, depthwise, linear"]),
         (["targets", "probe", "x86-cpu", "--kinds", "conv,conv"], ["--kinds", "at most once"]),
         (["targets", "probe", "x86-cpu", "--json", "/no/such/dir/p.json"], ["--json", "/no/such/dir"]),
+        (["targets", "probe", "x86-cpu", "--rounds", "0"], ["--rounds", "from 1 to 20"]),
     ],
-    ids=["unknown-target", "unknown-kind", "repeated-kind", "json-folder-missing"],
+    ids=["unknown-target", "unknown-kind", "repeated-kind", "json-folder-missing", "no-rounds"],
 )
 def test_bad_input_is_one_line_exit_2(args, words, capsys):
     assert main(args) == 2

@@ -20,6 +20,7 @@ def add_parser(sub) -> None:
     p = actions.add_parser("probe", help="time a conv, a depthwise block and a linear layer over widths around 64 and propose the channel step")
     p.add_argument("target", help="target profile name or YAML path")
     p.add_argument("--kinds", default=",".join(KINDS), help=f"layer kinds to probe, comma-separated (default {','.join(KINDS)}; one kind takes a third of the time)")
+    p.add_argument("--rounds", type=int, default=1, help="time every width this many times, in passes, and keep the median ratio (default 1; 3 on a noisy machine)")
     p.add_argument("--json", metavar="PATH", help="also write the measured staircase and the proposed steps as JSON to PATH")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
@@ -41,6 +42,8 @@ def _probe(args: argparse.Namespace) -> int:
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds or len(set(kinds)) != len(kinds):
         raise UserError(f"--kinds {args.kinds!r}: name each of {', '.join(KINDS)} at most once, comma-separated")
+    if not 1 <= args.rounds <= 20:
+        raise UserError(f"--rounds must be from 1 to 20, got {args.rounds}")
     out = Path(args.json) if args.json else None
     if out is not None and not out.parent.is_dir():
         raise UserError(f"--json {out}: folder {out.parent} does not exist")
@@ -50,7 +53,7 @@ def _probe(args: argparse.Namespace) -> int:
     from edgeprune.jobs.probe import run_probe
     from edgeprune.jobs.probe_view import print_probe
 
-    result = run_probe(profile, kinds, progress=not args.no_progress)
+    result = run_probe(profile, kinds, args.rounds, progress=not args.no_progress)
     print_probe(result)
     if out is not None:
         atomic_write(out, (json.dumps(result.to_dict(), indent=2) + "\n").encode())

@@ -16,6 +16,7 @@ times taken apart. :mod:`edgeprune.jobs.staircase` chooses the step from the rat
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ class ProbeResult:
     fingerprint: dict[str, Any]
     kinds: tuple[KindStaircase, ...]
     seconds: float
+    rounds: int = 1
 
     @property
     def step(self) -> int | None:
@@ -106,15 +108,17 @@ class ProbeResult:
             "proposed_channel_step": self.step,
             "reference_width": TOP,
             "tolerance": TOLERANCE,
+            "rounds": self.rounds,
             "fingerprint": self.fingerprint,
             "kinds": [k.to_dict() for k in self.kinds],
             "seconds": self.seconds,
         }
 
 
-def run_probe(profile: Profile, kinds: Sequence[str] = tuple(KINDS), progress: bool = True) -> ProbeResult:
+def run_probe(profile: Profile, kinds: Sequence[str] = tuple(KINDS), rounds: int = 1, progress: bool = True) -> ProbeResult:
     """Time every kind at every probed width next to its 64-channel reference on ``profile``'s
-    backend and choose each kind's step."""
+    backend, in ``rounds`` passes (every other one in reverse order, so a trend in the machine's
+    speed does not favour one end of the staircase), and choose each kind's step."""
     t0 = time.perf_counter()
     measure = dataclasses.replace(profile.measure, max_seconds=min(profile.measure.max_seconds, WINDOW_S))
     probed = dataclasses.replace(profile, measure=measure)
@@ -123,39 +127,52 @@ def run_probe(profile: Profile, kinds: Sequence[str] = tuple(KINDS), progress: b
     try:
         fingerprint = backend.fingerprint()
         with progress_bar(progress) as bar:
-            task = bar.add_task(f"probe {profile.name}", total=len(kinds) * len(widths), status="")
+            task = bar.add_task(f"probe {profile.name}", total=len(kinds) * len(widths) * rounds, status="")
 
             def advance(status: str, done: int) -> None:
                 bar.update(task, advance=done, status=status)
 
-            staircases = tuple(_staircase(backend, probed, kind, widths, advance) for kind in kinds)
+            staircases = tuple(_staircase(backend, probed, kind, rounds, advance) for kind in kinds)
     finally:
         backend.close()
-    return ProbeResult(profile.name, profile.channel_step, fingerprint, staircases, time.perf_counter() - t0)
+    return ProbeResult(profile.name, profile.channel_step, fingerprint, staircases, time.perf_counter() - t0, rounds)
 
 
-def _staircase(backend: Backend, profile: Profile, kind: str, widths: Sequence[int], advance: Callable[[str, int], None]) -> KindStaircase:
+def _staircase(backend: Backend, profile: Profile, kind: str, rounds: int, advance: Callable[[str, int], None]) -> KindStaircase:
     build, sample = KINDS[kind]
     shape = (profile.batch, *sample)
     backend.set_reference(_bytes(build(TOP), shape, profile), shape)
-    points = []
-    for width in widths:
-        advance(f"{kind} at {width} channels", 0)
-        points.append(_point(backend, profile, _bytes(build(width), shape, profile), width, shape))
-        advance(f"{kind} at {width} channels", 1)
+    blobs = {width: _bytes(build(width), shape, profile) for width in probe_widths()}
+    pairs: dict[int, list[tuple[LatencyStats, LatencyStats]]] = {width: [] for width in blobs}
+    for r in range(rounds):
+        for width in sorted(blobs, reverse=r % 2 == 1):
+            advance(f"{kind} at {width} channels" + (f", round {r + 1} of {rounds}" if rounds > 1 else ""), 0)
+            pairs[width].append(_pair(backend, profile, blobs[width], shape))
+            advance("", 1)
+    points = [_point(width, found) for width, found in pairs.items()]
     return KindStaircase(kind, tuple(points), choose_step(points))
 
 
-def _point(backend: Backend, profile: Profile, blob: bytes, width: int, shape: tuple[int, ...]) -> Point:
-    """``blob`` (a kind at ``width``) timed next to the reference. A noisy pair is taken again once
-    (if the profile re-takes at all) and the less noisy kept: on a loaded machine every pair is
-    noisy and more re-takes triple the probe's time for little, as the ratios compare trimmed
-    means and each width is judged against several wider ones."""
+def _pair(backend: Backend, profile: Profile, blob: bytes, shape: tuple[int, ...]) -> tuple[LatencyStats, LatencyStats]:
+    """``blob`` timed next to the reference. A noisy pair is taken again once (if the profile
+    re-takes at all) and the less noisy kept: on a loaded machine every pair is noisy and more
+    re-takes would triple the probe's time for little; ``--rounds`` is the remedy for noise."""
     best = backend.measure_pair(blob, shape)
     if profile.measure.repeats_if_noisy and _noisy(best):
         best = min(best, backend.measure_pair(blob, shape), key=lambda pair: (_noisy(pair), _cv(pair)))
-    cand, ref = best
-    return Point(width, cand.median_ms, ref.median_ms, ratio(cand, ref), _noisy(best))
+    return best
+
+
+def _point(width: int, pairs: list[tuple[LatencyStats, LatencyStats]]) -> Point:
+    ratios = tuple(ratio(cand, ref) for cand, ref in pairs)
+    return Point(
+        width,
+        statistics.median(cand.median_ms for cand, _ in pairs),
+        statistics.median(ref.median_ms for _, ref in pairs),
+        statistics.median(ratios),
+        any(_noisy(pair) for pair in pairs),
+        ratios,
+    )
 
 
 def _noisy(pair: tuple[LatencyStats, LatencyStats]) -> bool:

@@ -64,5 +64,17 @@ def verdict(result: ProbeResult) -> list[str]:
         lines.append(f"proposed channel_step {result.step}: {result.target} has {have}, which differs (coarser: its widths are on the staircase's envelope, but the search misses the ones between)")
     else:
         lines.append(f"proposed channel_step {result.step}: {result.target} has {have}, which differs (finer: some of its widths run no faster than a wider one)")
-    lines.append(f"probed in {result.seconds:.0f} s")
+    lines.append(_noise_line(result))
     return lines
+
+
+def _noise_line(result: ProbeResult) -> str:
+    """How far the reference timed against itself landed from 1 (the noise every ratio carries),
+    with a hint when it or a noisy pair says the machine was busy."""
+    itself = {k.kind: p.ratio for k in result.kinds for p in k.points if p.width == TOP}
+    line = f"the reference ({TOP} channels) against itself: " + ", ".join(f"{kind} {r:.2f}" for kind, r in itself.items())
+    line += f"; {result.rounds} round{'s' if result.rounds > 1 else ''} in {result.seconds:.0f} s"
+    noisy = any(p.noisy for k in result.kinds for p in k.points)
+    if noisy or any(abs(r - 1) > TOLERANCE / 2 for r in itself.values()):
+        line += f" (noisy: probe again on a quieter machine, or with --rounds {max(3, result.rounds + 2)})"
+    return line

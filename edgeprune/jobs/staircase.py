@@ -28,13 +28,15 @@ TOLERANCE = 0.05
 @dataclass(frozen=True)
 class Point:
     """One probed width: its median (ms) and the reference's in the same pair, their ratio (by
-    trimmed means, :func:`edgeprune.profiling.stats.ratio`) and whether the pair was noisy."""
+    trimmed means, :func:`edgeprune.profiling.stats.ratio`) and whether a pair was noisy. Timed
+    in several rounds, each is the median over the rounds, and ``ratios`` holds every round's."""
 
     width: int
     ms: float
     reference_ms: float
     ratio: float
     noisy: bool = False
+    ratios: tuple[float, ...] = ()
 
 
 def dominated(points: Sequence[Point], tolerance: float = TOLERANCE) -> set[int]:

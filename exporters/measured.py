@@ -16,4 +16,12 @@ def measured_bytes(model: torch.nn.Module, input_shape: tuple[int, ...], opset: 
     :attr:`~edgeprune.profiling.targets.Profile.model_format`)."""
     if model_format == "onnx":
         return export_onnx_bytes(model, input_shape, opset)
+    if model_format == "tflite":  # LiteRT (edgeprune[litert]): imported only by who measures it
+        from edgeprune.exporters.tflite import export_tflite_bytes  # noqa: PLC0415
+
+        return export_tflite_bytes(model, input_shape)
+    if model_format == "pte":  # ExecuTorch + XNNPACK (edgeprune[executorch]): imported the same way
+        from edgeprune.exporters.pte import export_pte_bytes  # noqa: PLC0415
+
+        return export_pte_bytes(model, input_shape)
     raise ValueError(f"no converter to the model format '{model_format}'")

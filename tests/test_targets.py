@@ -47,7 +47,7 @@ def test_unknown_target_lists_choices():
     with pytest.raises(UserError) as e:
         load_profile("foo")
     assert str(e.value) == (
-        "unknown target 'foo'; choose one of: arm-cpu, jetson-orin, jetson-orin-int8, jetson-orin-nano, simulated, x86-cpu, x86-openvino "
+        "unknown target 'foo'; choose one of: arm-cpu, arm-litert, jetson-orin, jetson-orin-int8, jetson-orin-nano, simulated, x86-cpu, x86-executorch, x86-openvino "
         "(run `edgeprune targets`)"
     )
 

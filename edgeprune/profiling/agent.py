@@ -16,10 +16,13 @@ Wire format (HTTP/1.1, JSON replies, every error a 4xx/5xx with ``{"error": "rea
   probed once at start); the client composes them with its profile exactly as a local
   measurement would, so both share one cache key. The two limits let a client refuse an oversized
   upload itself and size its own deadline for a reply.
-* ``POST /reference?shape=1x3x32x32`` with the ONNX model as the raw body
-  (``Content-Type: application/octet-stream``) → ``{"reference": SHA256}``: stores a reference
-  model (a few, least recently used dropped) for paired measurements.
-* ``POST /measure?shape=1x3x32x32[&reference=SHA256]`` with the ONNX model as the raw body and
+* ``POST /reference?shape=1x3x32x32[&format=tflite]`` with the ONNX model (or, with ``format``,
+  the model in a runtime's own format: ``tflite``, ``pte``) as the raw body (``Content-Type:
+  application/octet-stream``) → ``{"reference": SHA256}``: stores a reference model (a few, least
+  recently used dropped) for paired measurements.
+* ``POST /measure?shape=1x3x32x32[&reference=SHA256]`` with the model in the format the
+  profile's backend measures (``Profile.model_format``: ONNX, .tflite for LiteRT, .pte for
+  ExecuTorch) as the raw body and
   the profile as ``X-Edgeprune-Profile: base64url(JSON of Profile.to_dict())`` → ``{"stats":
   {...}}``, plus ``"reference": {...}`` when paired with a stored reference (candidate and
   reference timed in alternating blocks). ``shape`` may be left out; it must match the model's
@@ -42,7 +45,10 @@ quarter of it from any one client address) are closed unanswered.
 Safety: loopback only unless a bearer token is configured (``Authorization: Bearer TOKEN``,
 compared in constant time, required for every request once a token file is given); the body size
 is checked against the cap before a byte is read; the ONNX must pass
-:func:`~edgeprune.profiling.onnx_check.check_model_bytes` before a runtime sees it; the profile is
+:func:`~edgeprune.profiling.onnx_check.check_model_bytes` before a runtime sees it, a .tflite
+:func:`~edgeprune.profiling.tflite_check.check_tflite_bytes` (builtin operators only, no
+external buffers), a .pte :func:`~edgeprune.profiling.pte_check.check_program_bytes` (XNNPACK
+delegates only, no external data), a format without such a check is refused; the profile is
 validated like a YAML file; nothing is ever unpickled. Every backend (ONNX Runtime, TensorRT's
 trtexec, the simulated device and its shape inference) times in a child process
 (:class:`~edgeprune.profiling.isolated.IsolatedBackend`) with a deadline and a memory cap, so a
@@ -153,21 +159,53 @@ def read_token(path: str) -> str:
     return token
 
 
-def validate_onnx(blob: bytes, shape: tuple[int, ...] | None) -> tuple[int, ...]:
-    """Check the model as :func:`check_model_bytes` does (no external data, ``onnx.checker``, one
-    input) and return its fixed input shape. Raises RequestError: 400, or 413 for an input above
-    the element cap."""
-    from edgeprune.profiling.onnx_check import ModelRejected, check_input_size, check_model_bytes  # noqa: PLC0415
+def _onnx_input(blob: bytes) -> tuple[int, ...]:
+    """The checks of :func:`~edgeprune.profiling.onnx_check.check_model_bytes` (no external
+    data, ``onnx.checker``, one input), and a fixed input shape."""
+    from edgeprune.profiling.onnx_check import ModelRejected, check_model_bytes  # noqa: PLC0415
 
+    fixed = check_model_bytes(blob, max_input_elements=sys.maxsize).dims  # the cap is a 413, later
+    if not fixed or any(d is None for d in fixed):
+        raise ModelRejected("the model's input shape is not fixed; export it with a fixed shape")
+    return fixed
+
+
+def _tflite_input(blob: bytes) -> tuple[int, ...]:
+    """The checks of :func:`~edgeprune.profiling.tflite_check.check_tflite_bytes` (TFL3, builtin
+    operators only, every weight inside the bytes, one fixed float32 input)."""
+    from edgeprune.profiling.tflite_check import check_tflite_bytes  # noqa: PLC0415
+
+    return check_tflite_bytes(blob, max_input_elements=sys.maxsize)
+
+
+def _pte_input(blob: bytes) -> tuple[int, ...]:
+    """The checks of :func:`~edgeprune.profiling.pte_check.check_program_bytes` (ET12, XNNPACK
+    delegates only, nothing outside the bytes, one fixed float32 input)."""
+    from edgeprune.profiling.pte_check import check_program_bytes  # noqa: PLC0415
+
+    return check_program_bytes(blob, max_input_elements=sys.maxsize).dims
+
+
+# Each format a backend measures (Profile.model_format) -> the check an upload in it must pass
+# before any runtime sees it, returning the model's fixed input shape. A format without one is
+# refused.
+VALIDATORS = {"onnx": _onnx_input, "tflite": _tflite_input, "pte": _pte_input}
+
+
+def validate_model(blob: bytes, shape: tuple[int, ...] | None, model_format: str = "onnx") -> tuple[int, ...]:
+    """Check the upload as its format requires and return its fixed input shape, which the
+    request's ``shape`` (if any) must match. Raises RequestError: 400, or 413 for an input above
+    the element cap."""
+    from edgeprune.profiling.onnx_check import ModelRejected, check_input_size  # noqa: PLC0415
+
+    if model_format not in VALIDATORS:
+        raise RequestError(400, f"this agent does not accept models in the format {model_format[:20]!r}; send one of: {', '.join(VALIDATORS)}")
     if not blob:
-        raise RequestError(400, "empty body; send the ONNX model as the raw request body")
+        raise RequestError(400, "empty body; send the model as the raw request body")
     try:
-        checked = check_model_bytes(blob, max_input_elements=sys.maxsize)  # the cap is a 413, below
+        fixed = VALIDATORS[model_format](blob)
     except ModelRejected as exc:
         raise RequestError(400, f"refused the model: {exc}") from None
-    fixed = checked.dims
-    if not fixed or any(d is None for d in fixed):
-        raise RequestError(400, "the model's input shape is not fixed; export it with a fixed shape")
     if shape is not None and shape != fixed:
         raise RequestError(400, f"shape {'x'.join(map(str, shape))} does not match the model's input {'x'.join(map(str, fixed))}")
     try:
@@ -249,7 +287,7 @@ class Agent:
         # Probed once: the probes run commands, which must neither stall /fingerprint behind a
         # measurement nor run next to one.
         self.facts = device_facts(tensorrt=True)
-        self._references: OrderedDict[str, tuple[bytes, tuple[int, ...]]] = OrderedDict()
+        self._references: OrderedDict[str, tuple[bytes, tuple[int, ...], str]] = OrderedDict()  # blob, shape, format
         self._backends: OrderedDict[str, Any] = OrderedDict()
         self._backend_reference: dict[str, str] = {}  # backend key -> digest it holds
 
@@ -282,11 +320,11 @@ class Agent:
         # 413 is sent without reading the body, and a client still sending sees a broken pipe.
         return {"device": self.facts, "edgeprune": __version__, "max_upload_bytes": self.max_upload_bytes, "measure_timeout_s": self.measure_timeout_s}
 
-    def add_reference(self, blob: bytes, shape: tuple[int, ...] | None) -> dict[str, Any]:
+    def add_reference(self, blob: bytes, shape: tuple[int, ...] | None, model_format: str = "onnx") -> dict[str, Any]:
         with self.lock:
-            fixed = validate_onnx(blob, shape)
+            fixed = validate_model(blob, shape, model_format)
             digest = hashlib.sha256(blob).hexdigest()
-            self._references[digest] = (blob, fixed)
+            self._references[digest] = (blob, fixed, model_format)
             self._references.move_to_end(digest)
             while len(self._references) > _MAX_REFERENCES:
                 self._references.popitem(last=False)
@@ -294,9 +332,11 @@ class Agent:
 
     def measure(self, blob: bytes, shape: tuple[int, ...] | None, profile, reference: str | None) -> dict[str, Any]:
         with self.lock:
-            fixed = validate_onnx(blob, shape)
+            fixed = validate_model(blob, shape, profile.model_format)
             if reference is not None and reference not in self._references:
                 raise RequestError(409, f"unknown reference {reference[:16]}; upload it to /reference again")
+            if reference is not None and self._references[reference][2] != profile.model_format:
+                raise RequestError(400, f"the reference is a {self._references[reference][2]} model, the profile measures {profile.model_format}; upload the reference with format={profile.model_format}")
             try:
                 key, backend = self.backend(profile)
             except UserError as exc:  # e.g. the provider or trtexec is missing on this device
@@ -313,7 +353,7 @@ class Agent:
         if reference is None:
             return {"stats": backend.measure(blob, fixed).to_dict()}
         if self._backend_reference.get(key) != reference:
-            backend.set_reference(*self._references[reference])
+            backend.set_reference(*self._references[reference][:2])
             self._backend_reference[key] = reference
         cand, ref = backend.measure_pair(blob, fixed)
         return {"stats": cand.to_dict(), "reference": ref.to_dict()}
@@ -338,7 +378,7 @@ def _measurement_refusal(exc: Exception, profile) -> RequestError | None:
     the text goes to the log. None for anything else: a bug, answered 500 with a fixed body."""
     from edgeprune.profiling.isolated import MEASURE_MARGIN_S, MeasurementFailed, MeasurementTimeout, WorkerDied  # noqa: PLC0415
 
-    runtime = {"tensorrt": "TensorRT", "openvino": "OpenVINO", "simulated": "the simulated device"}.get(profile.backend, "ONNX Runtime")
+    runtime = {"tensorrt": "TensorRT", "openvino": "OpenVINO", "litert": "LiteRT", "executorch": "ExecuTorch", "simulated": "the simulated device"}.get(profile.backend, "ONNX Runtime")
     if isinstance(exc, UserError):  # the device cannot time this profile (e.g. trtexec missing): our own one line
         log(f"measurement refused: {exc}")
         return RequestError(422, str(exc)[:500])
@@ -477,12 +517,12 @@ class Handler(BaseHTTPRequestHandler):
             query = urllib.parse.parse_qs(url.query, keep_blank_values=True, strict_parsing=bool(url.query), max_num_fields=8)
         except ValueError:
             raise RequestError(400, "malformed query string; send ?shape=1x3x32x32") from None
-        unknown = set(query) - {"shape", "reference"}
+        unknown = set(query) - {"shape", "reference", "format"}
         if unknown:
-            raise RequestError(400, f"unknown query parameter {sorted(unknown)[0][:40]!r}; use shape and reference")
+            raise RequestError(400, f"unknown query parameter {sorted(unknown)[0][:40]!r}; use shape, reference and format")
         shape = parse_shape(query["shape"][-1]) if "shape" in query else None
-        if url.path == "/reference":
-            return self.server.agent.add_reference(self._body(), shape)
+        if url.path == "/reference":  # the format of a measurement is its profile's
+            return self.server.agent.add_reference(self._body(), shape, query["format"][-1] if "format" in query else "onnx")
         profile = parse_profile_header(self.headers.get(PROFILE_HEADER))
         reference = query["reference"][-1] if "reference" in query else None
         if reference is not None and not re.fullmatch(r"[0-9a-f]{64}", reference):

@@ -25,7 +25,7 @@ def make_backend(profile: Profile, *, local: bool = False, agents: list[str] | N
     the profile's ``agent`` is the very device it runs on. ``options`` are the keyword options of
     :class:`~edgeprune.profiling.isolated.IsolatedBackend` (``timeout_s``, ``max_memory_mb``),
     with which the agent bounds models from the network: given them, every backend (TensorRT and
-    simulated too) measures in that bounded child. ONNX Runtime and OpenVINO always do.
+    simulated too) measures in that bounded child. ONNX Runtime, OpenVINO, LiteRT and ExecuTorch always do.
     """
     if agents:
         return FarmBackend(profile, agents, warn)
@@ -47,11 +47,21 @@ def make_backend(profile: Profile, *, local: bool = False, agents: list[str] | N
 
         require_openvino(profile)  # the install hint here, in one line; the child imports it
         return IsolatedBackend(profile, **options)
+    if profile.backend == "litert":
+        from edgeprune.profiling.litert_backend import require_litert  # noqa: PLC0415 - an extra
+
+        require_litert(profile)
+        return IsolatedBackend(profile, **options)
+    if profile.backend == "executorch":
+        from edgeprune.profiling.executorch_backend import require_executorch  # noqa: PLC0415 - an extra
+
+        require_executorch(profile)
+        return IsolatedBackend(profile, **options)
     if profile.backend == "simulated":
         if profile.simulated is None:
             raise UserError(f"target '{profile.name}' ({profile.source}) uses backend 'simulated' without a 'simulated' section; add one (see profiles/simulated.yaml)")
         return IsolatedBackend(profile, **options) if options else SimulatedBackend(profile)
     raise UserError(
         f"target '{profile.name}' ({profile.source}) uses backend '{profile.backend}', "
-        f"which edgeprune cannot run; set backend to one of: onnxruntime, tensorrt, openvino, simulated"
+        f"which edgeprune cannot run; set backend to one of: onnxruntime, tensorrt, openvino, litert, executorch, simulated"
     )

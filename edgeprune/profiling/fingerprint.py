@@ -52,6 +52,8 @@ def device_facts(tensorrt: bool = True) -> dict[str, Any]:
         "os": platform.system(),
         "onnxruntime_version": _onnxruntime_version(),
         "openvino_version": openvino_version(),
+        "litert_version": litert_version(),
+        "executorch_version": package_version("executorch"),
     }
     jetson = jetson_facts()
     if jetson is not None:
@@ -61,6 +63,11 @@ def device_facts(tensorrt: bool = True) -> dict[str, Any]:
         facts["cuda_version"] = cuda_version()
         facts["gpu"] = jetson["model"] if jetson and jetson.get("model") else _nvidia_smi_gpu()
     return facts
+
+
+# Runtimes that time a model of their own format through XNNPACK -> (the device fact holding the
+# runtime's version, the package that converts to that format on the host).
+_XNNPACK_RUNTIMES = {"litert": ("litert_version", "litert-torch"), "executorch": ("executorch_version", "executorch")}
 
 
 def compose_fingerprint(profile: Profile, device: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +107,8 @@ def compose_fingerprint(profile: Profile, device: dict[str, Any]) -> dict[str, A
             performance_hint="latency",
             precision=profile.precision,
         )
+    elif profile.backend in _XNNPACK_RUNTIMES:
+        fp.update(_xnnpack_runtime(profile, device))
     elif profile.backend == "simulated":
         # The model's settings are the "device": change one and cached numbers no longer apply.
         fp.update(
@@ -120,6 +129,16 @@ def compose_fingerprint(profile: Profile, device: dict[str, Any]) -> dict[str, A
     # The exported graph (and so its speed) depends on the opset, not only on the widths.
     fp["opset"] = profile.opset
     return fp
+
+
+def _xnnpack_runtime(profile: Profile, device: dict[str, Any]) -> dict[str, Any]:
+    """LiteRT's or ExecuTorch's part of the fingerprint: the device's runtime version and the
+    host's converter version, either of which changes the speed."""
+    fact, converter = _XNNPACK_RUNTIMES[profile.backend]
+    return {
+        "runtime": profile.backend, "runtime_version": device.get(fact), "delegate": "xnnpack",
+        "num_threads": profile.intra_op_threads, "precision": profile.precision, "converter_version": package_version(converter),
+    }
 
 
 def fingerprint_hash(fp: dict[str, Any]) -> str:
@@ -244,12 +263,23 @@ def _onnxruntime_version() -> str | None:
         return None
 
 
-def openvino_version() -> str | None:
-    """The installed openvino package's version, read without importing it (None: not installed)."""
+def package_version(distribution: str) -> str | None:
+    """An installed package's version, read without importing it (None: not installed): a
+    runtime's import is heavy, and only the measuring child should pay it."""
     try:
-        return importlib.metadata.version("openvino")
+        return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def openvino_version() -> str | None:
+    """The installed openvino package's version (None: not installed)."""
+    return package_version("openvino")
+
+
+def litert_version() -> str | None:
+    """The installed LiteRT runtime's version (the ai-edge-litert package; None: not installed)."""
+    return package_version("ai-edge-litert")
 
 
 # --- reads that may fail --------------------------------------------------------------------------

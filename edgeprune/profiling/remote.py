@@ -133,7 +133,8 @@ class RemoteBackend(Backend):
             if self._reference_id is None:
                 blob, shape = self._reference
                 # Checked like a measurement (validated under the agent's lock), without the timing.
-                answer = self._call("POST", f"/reference?shape={_shape(shape)}", blob, deadline_s=self.deadline(len(blob)))
+                fmt = "" if self.profile.model_format == "onnx" else f"&format={self.profile.model_format}"  # an older agent knows only ONNX
+                answer = self._call("POST", f"/reference?shape={_shape(shape)}{fmt}", blob, deadline_s=self.deadline(len(blob)))
                 if answer.get("reference") != hashlib.sha256(blob).hexdigest():
                     raise InvalidReply(f"agent {self.url} stored the reference under an unexpected id; check that the profile's agent URL is an edgeprune agent")
                 self._reference_id = answer["reference"]

@@ -35,9 +35,9 @@ _MAXIMUM = {
 _MAX_TEXT = {"description": 2000, "agent": 500}  # every other string: 200 characters
 # What each backend runs: the host converts every candidate to this format once, and the backend
 # (here or on the device's agent) receives those bytes. ONNX is also what every target delivers.
-MODEL_FORMATS = {"onnxruntime": "onnx", "tensorrt": "onnx", "openvino": "onnx", "simulated": "onnx"}
+MODEL_FORMATS = {"onnxruntime": "onnx", "tensorrt": "onnx", "openvino": "onnx", "litert": "tflite", "executorch": "pte", "simulated": "onnx"}
 _CHOICES = {
-    "backend": ("onnxruntime", "tensorrt", "openvino", "simulated"),
+    "backend": ("onnxruntime", "tensorrt", "openvino", "litert", "executorch", "simulated"),
     "execution_mode": ("sequential", "parallel"),
     "graph_optimization": ("disable", "basic", "extended", "all"),
     "precision": ("fp32", "fp16", "int8"),

@@ -82,7 +82,9 @@ def limit_memory(max_mb: int, provider: str) -> None:
     RLIMIT_AS (all mapped memory) for a CPU device (ONNX Runtime's CPU provider, OpenVINO's
     ``CPU``, which timed a small model under 1 GiB of it); a GPU runtime reserves tens of GB of
     address space it never touches, so for other providers only RLIMIT_DATA (private writable
-    memory) is capped."""
+    memory) is capped. ExecuTorch's ``XNNPACK`` is one of those: its runtime links libtorch, whose
+    mappings alone fail to load under 2 GiB of RLIMIT_AS (measured), while RLIMIT_DATA at 1 GiB
+    runs mobilenet_v2 and refuses a 2 GiB allocation."""
     import resource
 
     limit = int(max_mb) * 1024 * 1024
@@ -105,7 +107,7 @@ def _handle(backend, request: dict, blob: bytes) -> dict:
 
 def make_local_backend(profile):
     """The in-process backend this child runs for ``profile.backend``: ONNX Runtime, OpenVINO,
-    TensorRT (trtexec) or the simulated device. Imported here, so a child loads only its runtime."""
+    LiteRT, ExecuTorch, TensorRT (trtexec) or the simulated device. Imported here, so a child loads only its runtime."""
     if profile.backend == "tensorrt":
         from edgeprune.profiling.tensorrt import TensorRTBackend
 
@@ -118,6 +120,14 @@ def make_local_backend(profile):
         from edgeprune.profiling.openvino_backend import OpenVinoBackend
 
         return OpenVinoBackend(profile)
+    if profile.backend == "litert":
+        from edgeprune.profiling.litert_backend import LiteRtBackend
+
+        return LiteRtBackend(profile)
+    if profile.backend == "executorch":
+        from edgeprune.profiling.executorch_backend import ExecuTorchBackend
+
+        return ExecuTorchBackend(profile)
     from edgeprune.profiling.ort import OrtBackend
 
     return OrtBackend(profile)

@@ -6,17 +6,22 @@ known too; a real x86 run shows a staircase and a step without asserting which.
 """
 
 import dataclasses
+import io
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
+from torch_block import BLOCK_TORCH
 
 from edgeprune.cli import main
 from edgeprune.commands import targets
 from edgeprune.jobs import probe
-from edgeprune.jobs.probe_view import verdict
+from edgeprune.jobs.probe_view import print_probe, verdict
 from edgeprune.jobs.staircase import Point, choose_step, dominated
 from edgeprune.profiling import factory
 from edgeprune.profiling.agent import make_server
@@ -215,6 +220,23 @@ def test_an_unknown_option_exits_2(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["targets", "probe", "x86-cpu", "--widths", "8,16"])
     assert exit_.value.code == 2 and "unrecognized arguments: --widths" in capsys.readouterr().err
+
+
+def test_the_table_on_a_terminal_is_rich(tmp_path, capsys):
+    result = probe.run_probe(load_profile(_simulated(tmp_path)), ["linear"], progress=False)
+    screen = io.StringIO()
+    print_probe(result, Console(file=screen, force_terminal=True, width=120))
+    drawn = screen.getvalue()
+    assert "edgeprune targets probe simulated" in drawn and "linear ratio" in drawn and "\u2502" in drawn  # box lines
+    assert all(f" {w} " in drawn for w in probe.probe_widths())
+    assert "proposed channel_step 16" in capsys.readouterr().out
+
+
+def test_probe_help_and_the_listing_need_no_torch():
+    code = BLOCK_TORCH + "from edgeprune.cli import main\nfor argv in (['targets', 'probe', '--help'], ['targets']):\n    try:\n        main(argv)\n    except SystemExit:\n        pass\nassert 'torch' not in sys.modules\n"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "--kinds" in run.stdout and "x86-cpu" in run.stdout
 
 
 def test_targets_alone_still_lists(capsys):

@@ -134,6 +134,11 @@ def test_the_profile_sizes_the_runtimes_thread_pool():
     assert portable_lib._threadpool_get_thread_count() == threads
 
 
+def test_a_device_other_than_xnnpack_is_refused_in_one_line():
+    with pytest.raises(UserError, match="asks ExecuTorch for the device 'CPU'.*set provider: XNNPACK"):
+        ExecuTorchBackend(dataclasses.replace(_fast(), provider="CPU"))
+
+
 def test_executorch_backend_implements_the_whole_interface():
     assert Backend in ExecuTorchBackend.__mro__ and not ExecuTorchBackend.__abstractmethods__
     with pytest.raises(NotImplementedError):

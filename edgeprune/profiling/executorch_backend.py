@@ -59,8 +59,7 @@ class ExecuTorchBackend(ProtocolBackend):
     supports_node_times = False
 
     def __init__(self, profile: Profile):
-        if profile.provider != DEVICE:
-            raise UserError(f"target '{profile.name}' asks ExecuTorch for the device {profile.provider!r}; this backend runs XNNPACK on the CPU: set provider: {DEVICE}")
+        extras.require_device(profile, "ExecuTorch", DEVICE, "XNNPACK on the CPU")
         self._et = extras.load(profile, _RUNTIME, "ExecuTorch", INSTALL_HINT)
         if DELEGATE not in self._et._get_registered_backend_names():
             raise UserError(f"target '{profile.name}' needs ExecuTorch's {DELEGATE}, which this executorch build lacks; {INSTALL_HINT}")

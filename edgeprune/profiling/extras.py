@@ -22,6 +22,12 @@ def require(profile: Profile, module: str, runtime: str, hint: str) -> None:
         raise UserError(missing(profile, runtime, hint))
 
 
+def require_device(profile: Profile, runtime: str, device: str, what: str) -> None:
+    """Refuse a profile whose ``provider`` is not the one ``device`` this backend runs (``what``)."""
+    if profile.provider != device:
+        raise UserError(f"target '{profile.name}' asks {runtime} for the device {profile.provider!r}; this backend runs {what}: set provider: {device}")
+
+
 def load(profile: Profile, module: str, runtime: str, hint: str) -> Any:
     """The runtime's ``module``, imported; the one-line refusal where it is missing."""
     try:

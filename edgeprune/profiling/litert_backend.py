@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from edgeprune.errors import UserError
 from edgeprune.profiling import extras
 from edgeprune.profiling.stats import NodeTimes
 from edgeprune.profiling.targets import Profile
@@ -48,8 +47,7 @@ class LiteRtBackend(ProtocolBackend):
     supports_node_times = False
 
     def __init__(self, profile: Profile):
-        if profile.provider != DEVICE:
-            raise UserError(f"target '{profile.name}' asks LiteRT for the device {profile.provider!r}; this backend runs XNNPACK on the CPU: set provider: {DEVICE}")
+        extras.require_device(profile, "LiteRT", DEVICE, "XNNPACK on the CPU")
         self._lite = extras.load(profile, "ai_edge_litert.interpreter", "LiteRT", INSTALL_HINT)
         self.profile = profile
 

@@ -1,8 +1,16 @@
-"""edgeprune: prune trained PyTorch CNNs for latency measured on the target device."""
+"""edgeprune: prune trained PyTorch CNNs for latency measured on the target device.
+
+From Python: :func:`prune`, :func:`profile`, :func:`gate` (:mod:`edgeprune.api`), :func:`load_pruned`
+and :class:`UserError`, the one-line error every bad argument raises.
+"""
+
+from edgeprune.errors import UserError
 
 __version__ = "0.1.0"
 
-__all__ = ["load_pruned", "__version__"]
+__all__ = ["PruneResult", "UserError", "gate", "load_pruned", "profile", "prune", "__version__"]
+
+_API = ("prune", "profile", "gate", "PruneResult", "PruneReport")
 
 
 def __getattr__(name: str):
@@ -11,4 +19,8 @@ def __getattr__(name: str):
         from edgeprune.space.pruned import load_pruned
 
         return load_pruned
+    if name in _API:
+        from edgeprune import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'edgeprune' has no attribute {name!r}")

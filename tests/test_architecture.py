@@ -14,7 +14,7 @@ EXPORTERS = ROOT / "exporters"
 # The stages from the top of the loop down (pyproject's layers contract), and where the exporters
 # stand in it: onnx/onnx_bytes/measured turn a torch module into ONNX (or a runtime's own) bytes, a
 # tool of the stages that time or ship a network (tasks and up); the rest of exporters/ packages a finished run, the jobs' tool.
-STAGES = ["cli", "commands", "jobs", "report", "select", "problem", "search", "space", "tasks", "profiling"]
+STAGES = ["cli", "commands", "api", "jobs", "report", "select", "problem", "search", "space", "tasks", "profiling"]
 LOW_EXPORTERS = {"onnx", "onnx_bytes", "measured"}
 LOWEST_STAGE_FOR = {"low": "tasks", "high": "jobs"}
 

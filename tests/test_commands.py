@@ -62,7 +62,7 @@ def _option_dests(verb: str) -> set[str]:
 def test_every_prune_option_reaches_the_config():
     """The mapping is by name: an option that is not a PruneOptions field would be dropped silently."""
     from edgeprune.commands.prune import config
-    from edgeprune.commands.settings import PruneOptions
+    from edgeprune.api.settings import PruneOptions
     from edgeprune.jobs.settings import PruneConfig
 
     command_line_only = {"resume", "trust_model_code", "no_progress", "no_screen"}

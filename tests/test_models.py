@@ -5,7 +5,7 @@ import torch
 from tiny_models import TinyCNN
 
 from edgeprune.errors import UserError
-from edgeprune.commands.settings import parse_shape
+from edgeprune.api.settings import parse_shape
 from edgeprune.tasks.models import check_input, load_model
 
 

@@ -144,7 +144,7 @@ def test_a_machine_that_slows_mid_run_keeps_a_speedup_verdict_and_the_report_rec
     """On a scripted machine the times are exact, so the verdict is asserted as it is, with no
     band: a real 0.03 ms model's final re-timing scatters by more than the pick's 3 % margin now
     and then, which once made this test allow 1.1x the budget and never read ``budget_met``."""
-    from edgeprune.commands.settings import prune_config
+    from edgeprune.api.settings import prune_config
     from edgeprune.jobs.prune import run_prune
     from edgeprune.profiling import profiler as profiler_module
 
@@ -255,7 +255,7 @@ def test_a_noisy_measurement_is_taken_again_never_cached_and_a_stale_cached_base
     stale rows described, re-measure each spoiled measurement at once, and cache none of them."""
     import sqlite3
 
-    from edgeprune.commands.settings import prune_config
+    from edgeprune.api.settings import prune_config
     from edgeprune.jobs.prune import run_prune
     from edgeprune.profiling import profiler as profiler_module
 

@@ -18,7 +18,7 @@ from tiny_models import TinyResNet
 
 from edgeprune.tasks.data import load_data
 from edgeprune.errors import UserError
-from edgeprune.commands.settings import parse_objectives, prune_config
+from edgeprune.api.settings import parse_objectives, prune_config
 from edgeprune.jobs.validation import validate
 from edgeprune.problem.pruning import recalibrate_bn
 from edgeprune.profiling.stats import LatencyStats

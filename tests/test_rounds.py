@@ -8,7 +8,7 @@ import torch
 from tiny_models import TinyResNet
 
 from edgeprune.tasks.data import load_data
-from edgeprune.commands.settings import prune_config
+from edgeprune.api.settings import prune_config
 from edgeprune.jobs.prune import run_prune
 from edgeprune.space.pruned import load_pruned
 from edgeprune.jobs.rounds import compose, round_budgets

@@ -13,7 +13,7 @@ from edgeprune.select.budget import BudgetPolicy
 from edgeprune.tasks.data import load_data
 from edgeprune.errors import UserError
 from edgeprune.problem.latency import ProfiledLatency
-from edgeprune.commands.settings import parse_objectives
+from edgeprune.api.settings import parse_objectives
 from edgeprune.problem.pruning import PruningProblem, recalibrate_bn
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.stats import LatencyStats

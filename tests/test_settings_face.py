@@ -1,6 +1,6 @@
-"""Settings are parsed once, at the face: the ``parse_*`` helpers of the settings live in
-edgeprune/commands/ and only the face (edgeprune/commands/, edgeprune/cli.py) calls them; the
-job's config holds parsed values only (issue 30)."""
+"""Settings are parsed once, at the faces: the ``parse_*`` helpers of the settings live in
+edgeprune/api/ and edgeprune/commands/, and only the faces (the command line: edgeprune/commands/,
+edgeprune/cli.py; Python: edgeprune/api/) call them; the job's config holds parsed values only."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typing
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FACE = (ROOT / "edgeprune" / "commands", ROOT / "edgeprune" / "cli.py")
+FACE = (ROOT / "edgeprune" / "commands", ROOT / "edgeprune" / "api", ROOT / "edgeprune" / "cli.py")
 # The text settings of a prune: objectives, input shape, 2:4 sparsity, Ray workers.
 SETTINGS_PARSERS = {"parse_objectives", "parse_shape", "parse_sparsity", "parse_workers"}
 
@@ -27,7 +27,7 @@ def _in_face(path: Path) -> bool:
 
 def _face_parsers() -> set[str]:
     names = set()
-    for path in (ROOT / "edgeprune" / "commands").rglob("*.py"):
+    for path in [p for folder in FACE[:2] for p in folder.rglob("*.py")]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         names |= {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("parse_")}
     return names
@@ -43,7 +43,7 @@ def test_the_settings_parsers_are_defined_at_the_face():
 
 
 def test_no_module_outside_the_face_calls_a_settings_parser():
-    """A module outside the face neither imports from edgeprune.commands nor calls one of its
+    """A module outside the faces neither imports from edgeprune.commands or edgeprune.api nor calls one of their
     ``parse_*`` helpers (a module's own private parser of a wire format, defined in it, is its own)."""
     parsers = _face_parsers()
     offences = []
@@ -53,7 +53,7 @@ def test_no_module_outside_the_face_calls_a_settings_parser():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         own = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("edgeprune.commands"):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(("edgeprune.commands", "edgeprune.api")):
                 offences.append(f"{path.relative_to(ROOT)}:{node.lineno} imports from {node.module}")
             elif isinstance(node, ast.Call) and _called(node) in parsers and _called(node) not in own:
                 offences.append(f"{path.relative_to(ROOT)}:{node.lineno} calls {_called(node)}")
@@ -82,7 +82,7 @@ def test_the_prune_config_holds_parsed_values_only():
 def test_a_config_survives_its_run_json_form():
     import json
 
-    from edgeprune.commands.settings import PruneOptions
+    from edgeprune.api.settings import PruneOptions
     from edgeprune.jobs.settings import GROUPS, PruneConfig
 
     cfg = PruneOptions(model="m.pt", input_shape="3x32x32", objectives="accuracy,robustness", sparsity="2:4", workers="ray:auto", mean=(0.5,)).parse()
@@ -95,7 +95,7 @@ def test_the_text_form_and_the_typed_groups_share_their_defaults():
     """The command line's defaults (PruneOptions) and the groups' own (used where a job builds
     its config directly, as the demo does) are the same values: a default changed on one side
     only would make the demo and the CLI prune differently."""
-    from edgeprune.commands.settings import PruneOptions
+    from edgeprune.api.settings import PruneOptions
     from edgeprune.jobs.settings import GROUPS
 
     parsed = PruneOptions(model="m.pt").parse()

@@ -18,7 +18,7 @@ from torch import nn
 from edgeprune.errors import UserError
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.profiling.tensorrt import build_flags
-from edgeprune.commands.settings import parse_sparsity
+from edgeprune.api.settings import parse_sparsity
 from edgeprune.space.sparsity import apply, eligible, magnitude_mask, make_permanent, model_share, onnx_share
 from edgeprune.profiling.targets import load_profile
 
@@ -115,7 +115,7 @@ def test_prune_with_2_4_sparsity_end_to_end(tmp_path):
 
 
 def test_sparsity_is_refused_where_the_fine_tune_would_not_keep_the_masks(tmp_path):
-    from edgeprune.commands.settings import prune_config
+    from edgeprune.api.settings import prune_config
     from edgeprune.jobs.prune import run_prune
 
     with pytest.raises(UserError, match="--sparsity 2:4 works with classification"):

@@ -25,7 +25,7 @@ from edgeprune.search.nsga import run_nsga2
 from edgeprune.space.channels import ChannelSpace
 from edgeprune.profiling.targets import load_profile
 from edgeprune.tasks.task import Classification, Recipe
-from edgeprune.commands.settings import parse_workers
+from edgeprune.api.settings import parse_workers
 
 pytest.importorskip("ray")
 

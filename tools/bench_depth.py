@@ -31,7 +31,7 @@ from edgeprune.jobs.demo import train_and_save
 from edgeprune.errors import UserError
 from edgeprune.problem.latency import ProfiledLatency
 from edgeprune.tasks.models import load_model
-from edgeprune.commands.settings import prune_config
+from edgeprune.api.settings import prune_config
 from edgeprune.jobs.prune import run_prune
 from edgeprune.profiling.cache import default_cache_path
 from edgeprune.profiling.profiler import Profiler

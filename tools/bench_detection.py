@@ -48,7 +48,7 @@ from edgeprune.tasks.compose import Composition, make_detection_set
 from edgeprune.tasks.detection import Detection
 from edgeprune.exporters.onnx import export_onnx
 from edgeprune.tasks.outputs import output_layers
-from edgeprune.commands.settings import prune_config
+from edgeprune.api.settings import prune_config
 from edgeprune.jobs.prune import run_prune
 from edgeprune.profiling.cache import default_cache_path
 from edgeprune.profiling.profiler import Profiler

@@ -38,7 +38,7 @@ import yaml
 from edgeprune.tasks.data import load_data
 from edgeprune.jobs.demo import DEMO_MODEL, DEMO_SHAPE, demo_weights
 from edgeprune.problem.latency import ProfiledLatency
-from edgeprune.commands.settings import parse_shape
+from edgeprune.api.settings import parse_shape
 from edgeprune.tasks.models import load_model
 from edgeprune.problem.pruning import PruningProblem
 from edgeprune.profiling.profiler import Profiler

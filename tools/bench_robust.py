@@ -40,7 +40,7 @@ from edgeprune.tasks.data import load_data  # noqa: E402
 from edgeprune.jobs.ensemble import SoftmaxEnsemble, LogProbabilities  # noqa: E402
 from edgeprune.exporters.onnx import export_onnx  # noqa: E402
 from edgeprune.tasks.models import load_model  # noqa: E402
-from edgeprune.commands.settings import prune_config  # noqa: E402
+from edgeprune.api.settings import prune_config  # noqa: E402
 from edgeprune.jobs.prune import run_prune  # noqa: E402
 from edgeprune.problem.pruning import recalibrate_bn  # noqa: E402
 from edgeprune.profiling.cache import default_cache_path  # noqa: E402

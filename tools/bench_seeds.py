@@ -53,7 +53,7 @@ from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 
 from edgeprune.tasks.data import load_data
 from edgeprune.jobs.demo import DEMO_MODEL, DEMO_SHAPE, demo_weights
-from edgeprune.commands.settings import parse_sparsity
+from edgeprune.api.settings import parse_sparsity
 from edgeprune.tasks.models import load_model
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.space.pruned import load_pruned

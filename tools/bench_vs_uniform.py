@@ -52,7 +52,7 @@ from edgeprune.jobs.demo import train_and_save
 from edgeprune.exporters.onnx import export_onnx
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.tasks.models import load_model
-from edgeprune.commands.settings import prune_config
+from edgeprune.api.settings import prune_config
 from edgeprune.jobs.prune import run_prune
 from edgeprune.profiling.cache import default_cache_path
 from edgeprune.profiling.profiler import Profiler

@@ -14,8 +14,7 @@ from edgeprune.commands.args import add_cache_args, add_progress_args
 from edgeprune.errors import UserError
 from edgeprune.files import atomic_write
 from edgeprune.jobs.gate import (
-    DEFAULT_PERCENTILE, DEFAULT_TARGET, DEFAULT_TOLERANCE, html_page, json_report, junit_xml, load_budgets, print_table, run_gate,
-    single_budget,
+    DEFAULT_PERCENTILE, DEFAULT_TARGET, DEFAULT_TOLERANCE, html_page, json_report, junit_xml, print_table,
 )
 
 
@@ -41,19 +40,15 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """0 all within budget, 1 any over; bad input raises UserError (exit 2)."""
-    if args.budgets and (args.model or args.budget_ms is not None):
-        raise UserError("pass either --budgets FILE or MODEL.onnx --budget-ms X, not both")
-    if args.budgets:
-        budgets = load_budgets(args.budgets, args.target, args.percentile, args.tolerance, args.min_robust_accuracy)
-    elif args.model and args.budget_ms is not None:
-        budgets = [single_budget(args.model, args.budget_ms, args.target, args.percentile, args.tolerance, args.min_robust_accuracy)]
-    else:
-        raise UserError("nothing to gate; pass --budgets FILE, or MODEL.onnx --budget-ms X [--target T] [--percentile 90]")
+    from edgeprune.api.gate import gate
+
     for path, flag in ((args.junit, "--junit"), (args.json, "--json"), (args.html, "--html")):
         if path:
             check_output(path, flag)
-    results = run_gate(
-        budgets, cache=args.cache, no_cache=args.no_cache, progress=not args.no_progress, allow_external_data=args.allow_external_data
+    results = gate(
+        args.model, args.budget_ms, budgets=args.budgets, target=args.target, percentile=args.percentile, tolerance=args.tolerance,
+        min_robust_accuracy=args.min_robust_accuracy, cache=args.cache, no_cache=args.no_cache, progress=not args.no_progress,
+        allow_external_data=args.allow_external_data,
     )
     print_table(results)
     if args.junit:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-from pathlib import Path
 
 from edgeprune.commands.args import add_cache_args
 from edgeprune.errors import UserError
@@ -37,8 +35,6 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from edgeprune.profiling.targets import load_profile
 
-    if args.repeats < 1:
-        raise UserError(f"--repeats must be at least 1, got {args.repeats}")
     profile = load_profile(args.target)
     if args.validate_surrogate:
         return _validate_surrogate(args, profile)
@@ -50,50 +46,25 @@ def run(args: argparse.Namespace) -> int:
 
 def _profile_file(args, profile) -> int:
     """Through the Profiler, like prune and gate: a profile with ``agent:`` times on the device."""
-    from edgeprune.profiling.cache import default_cache_path
-    from edgeprune.profiling.keys import graph_key
+    from edgeprune.jobs.profile import profile_bytes
     from edgeprune.profiling.onnx_file import load_onnx
-    from edgeprune.profiling.profiler import Profiler
 
     blob, shape = load_onnx(args.onnx, batch=profile.batch, allow_external_data=args.allow_external_data)
-    profiler = Profiler(profile, cache_path=Path(args.cache) if args.cache else None, use_cache=not args.no_cache)
-    arch = graph_key(blob)
-    try:
-        hit = None if args.fresh or args.repeats > 1 else profiler.peek(arch, shape)
-        try:
-            measured = [hit] if hit is not None else profiler.sessions(arch, shape, blob, args.repeats)
-        except ValueError:  # the runtime's text may quote the model's data (external data files): never shown
-            raise UserError(f"{args.onnx} does not run on {profile.name}; export it again (or load it in onnxruntime yourself to see why)") from None
-        runs = [m.to_dict() for m in measured]
-    finally:
-        profiler.close()
-    fingerprint, fp_hash = profiler.fingerprint, profiler.fingerprint_hash
-    cache = None if args.no_cache else (args.cache or str(default_cache_path()))
-    result = {
-        "model": args.onnx,
-        "target": profile.name,
-        "input_shape": list(shape),
-        "fingerprint": fingerprint,
-        "fingerprint_hash": fp_hash,
-        "median_ms": statistics.median(r["median"] for r in runs),
-        "from_cache": hit is not None,
-        "cache": cache,
-        "runs": runs,
-    }
+    result = profile_bytes(blob, shape, profile, args.onnx, repeats=args.repeats, fresh=args.fresh, cache=args.cache, no_cache=args.no_cache)
     if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        source = " (from cache)" if hit is not None else ""
-        for r in runs:
-            print(f"{args.onnx} on {profile.name}{source}: median {r['median']:.4f} ms  p90 {r['p90']:.4f}  p99 {r['p99']:.4f}  cv {r['cv']:.3f}  n {r['n']}")
-        if len(runs) > 1:
-            print(f"median of {len(runs)} medians: {result['median_ms']:.4f} ms")
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    source = " (from cache)" if result.from_cache else ""
+    for r in result.runs:
+        print(f"{args.onnx} on {profile.name}{source}: median {r.median_ms:.4f} ms  p90 {r.p90_ms:.4f}  p99 {r.p99_ms:.4f}  cv {r.cv:.3f}  n {r.n}")
+    if len(result.runs) > 1:
+        print(f"median of {len(result.runs)} medians: {result.median_ms:.4f} ms")
     return 0
 
 
 def _validate_surrogate(args, profile) -> int:
     from edgeprune.commands.args import check_num_classes
-    from edgeprune.commands.settings import parse_shape
+    from edgeprune.api.settings import parse_shape
     from edgeprune.jobs.surrogate_check import validate_surrogate
 
     if args.input_shape is None:

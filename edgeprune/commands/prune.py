@@ -1,7 +1,8 @@
 """``edgeprune prune``: search, prune, fine-tune and export a model for a target.
 
-Only the command line lives here; the job itself is :func:`edgeprune.jobs.prune.run_prune`, which
-imports torch, so it is imported when the command runs, not when the parser is built.
+Only the command line lives here: its options parse into the config that ``edgeprune.prune()``
+runs too (:func:`edgeprune.api.prune.run_config`), imported when the command runs, not when the
+parser is built (the job imports torch).
 """
 
 from __future__ import annotations
@@ -75,10 +76,10 @@ def _add_scale_out_args(p: argparse.ArgumentParser) -> None:
 
 def config(args: argparse.Namespace):
     """The :class:`~edgeprune.jobs.settings.PruneConfig` of a fresh run, parsed from
-    :class:`~edgeprune.commands.settings.PruneOptions`: every option whose name is one of its
+    :class:`~edgeprune.api.settings.PruneOptions`: every option whose name is one of its
     fields, plus the negated flags. ``--resume`` names a folder on the command line, while the
     config's ``resume`` marks a run continued from a checkpoint, so a fresh run sets it False."""
-    from edgeprune.commands.settings import PruneOptions
+    from edgeprune.api.settings import PruneOptions
 
     return from_args(PruneOptions, args, progress=not args.no_progress, screen=not args.no_screen, resume=False).parse()
 
@@ -94,8 +95,8 @@ def _options_besides_resume(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """0 when the pruned model meets the budget, 1 when it does not."""
+    from edgeprune.api.prune import run_config
     from edgeprune.commands.resume import resume_config
-    from edgeprune.jobs.prune import run_prune
 
     if args.resume:
         ignored = (["the model argument"] if args.model else []) + _options_besides_resume(args)
@@ -111,5 +112,4 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no model given; pass a model file, torchvision:NAME or package.module:factory (or --resume OUT_DIR)")
     else:
         cfg = config(args)
-    report = run_prune(cfg)
-    return 0 if report["budget_met"] else 1
+    return 0 if run_config(cfg).budget_met else 1

@@ -17,7 +17,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from edgeprune.commands.settings import PruneOptions, parse_objectives, parse_shape
+from edgeprune.api.settings import PruneOptions, parse_objectives, parse_shape
 from edgeprune.errors import UserError
 
 RELEASE_FORMAT = 1  # run.json of release 0.1.0: PruneOptions' flat text form
@@ -26,12 +26,18 @@ RELEASE_FORMAT = 1  # run.json of release 0.1.0: PruneOptions' flat text form
 def resume_config(out: str, progress: bool = True, trust_model_code: bool = False):
     """The :class:`~edgeprune.jobs.settings.PruneConfig` of the interrupted run whose ``--out`` was ``out``."""
     from edgeprune.jobs.checkpoint import RunCheckpoint
+    from edgeprune.tasks.python_task import OBJECT_TASK
 
     checkpoint = RunCheckpoint(Path(out))
     if checkpoint.read_run()["format_version"] == RELEASE_FORMAT:
         cfg = PruneOptions(**checkpoint.read_config(PruneOptions)).parse()
     else:
         cfg = _typed(checkpoint)
+    if cfg.model.startswith("object:") or cfg.task.name == OBJECT_TASK:
+        raise UserError(
+            f"the checkpoint in {out}.checkpoint is of a run whose model or task were Python objects given to edgeprune.prune(), "
+            "which no file rebuilds; call edgeprune.prune() again with the same seed and cache (the cache answers every latency it measured)"
+        )
     untrusted = untrusted_settings(cfg)
     if untrusted and not trust_model_code:
         raise UserError(

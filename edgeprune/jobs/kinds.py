@@ -9,6 +9,7 @@ classifier on classification data. A new task or objective is one entry here plu
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from edgeprune.problem.attack import Attack
 from edgeprune.problem.robustness import RobustPruning
 from edgeprune.profiling.targets import Profile
 from edgeprune.tasks.data import DataBundle, load_data
-from edgeprune.tasks.models import check_input, load_model
+from edgeprune.tasks.models import check_input, load_model, object_spec
 from edgeprune.tasks.task import Classification, Recipe, Task
 from edgeprune.tasks.user_task import load_task
 
@@ -55,8 +56,17 @@ class Loaded:
 
 
 @dataclass(frozen=True)
+class Supplied:
+    """What a caller of the Python API hands over as objects instead of specs: the model (its
+    spec then reads ``object:ClassName``) and, for a task of Python objects, the checked task."""
+
+    model: nn.Module | None = None
+    task: Task | None = None
+
+
+@dataclass(frozen=True)
 class TaskKind:
-    load: Callable[[PruneConfig, Profile], Loaded]
+    load: Callable[[PruneConfig, Profile, Supplied], Loaded]
     brings: str | None = None  # what it brings instead of classification's data and recipe flags
     keeps: tuple[str, ...] = ()  # classification flags it takes all the same
     validate: Callable[[PruneConfig], None] = lambda cfg: None
@@ -72,10 +82,18 @@ def _robust(cfg: PruneConfig, data: DataBundle) -> RobustPruning | None:
     return RobustPruning(attack, data, r.adv_subnets, r.adv_samples, r.robust_test_samples, cfg.seed, cfg.output.progress)
 
 
-def _classification(cfg: PruneConfig, profile: Profile) -> Loaded:
+def _model(cfg: PruneConfig, supplied: Supplied, num_classes: int | None) -> tuple[nn.Module, dict]:
+    """The model object the caller supplied (a copy: the run never changes the caller's), else
+    the one ``cfg.model`` names."""
+    if supplied.model is not None:
+        return copy.deepcopy(supplied.model).cpu().eval(), object_spec(supplied.model, num_classes)
+    return load_model(cfg.model, num_classes=num_classes, weights=cfg.weights)
+
+
+def _classification(cfg: PruneConfig, profile: Profile, supplied: Supplied) -> Loaded:
     t, r = cfg.task, cfg.recipe
     data = load_data(t.data, input_shape=t.input_shape, pad=t.pad, mean=t.mean, std=t.std, holdout=t.holdout, seed=cfg.seed)
-    model, spec = load_model(cfg.model, num_classes=t.num_classes or data.num_classes, weights=cfg.weights)
+    model, spec = _model(cfg, supplied, t.num_classes or data.num_classes)
     check_input(model, tuple(data.preprocess.input_shape), data.num_classes)
     robust = _robust(cfg, data)
     adversary = robust.adversary() if cfg.robust.adv_finetune else None
@@ -83,13 +101,13 @@ def _classification(cfg: PruneConfig, profile: Profile) -> Loaded:
     return Loaded(data, Classification(data, recipe, seed=cfg.seed), model, spec, robust)
 
 
-def _detection(cfg: PruneConfig, profile: Profile) -> Loaded:
+def _detection(cfg: PruneConfig, profile: Profile, supplied: Supplied) -> Loaded:
     from edgeprune.tasks.detection import Detection
 
     t = cfg.task
     task = Detection(t.data.removeprefix("yolo:"), t.input_shape[1] if t.input_shape else 640, t.holdout, cfg.seed, t.detection_metric)
     try:
-        model, spec = load_model(cfg.model, num_classes=t.num_classes or task.num_classes, weights=cfg.weights)
+        model, spec = _model(cfg, supplied, t.num_classes or task.num_classes)
     except BaseException:
         task.close()  # its work folder: nothing of a failed run is left behind
         raise
@@ -97,9 +115,9 @@ def _detection(cfg: PruneConfig, profile: Profile) -> Loaded:
     return Loaded(None, task, model, spec)
 
 
-def _user_task(cfg: PruneConfig, profile: Profile) -> Loaded:
-    task = load_task(cfg.task.name)
-    model, spec = load_model(cfg.model, num_classes=cfg.task.num_classes, weights=cfg.weights)
+def _user_task(cfg: PruneConfig, profile: Profile, supplied: Supplied) -> Loaded:
+    task = supplied.task if supplied.task is not None else load_task(cfg.task.name)
+    model, spec = _model(cfg, supplied, cfg.task.num_classes)
     task.check_model(model, profile.opset)
     return Loaded(None, task, model, spec)
 

@@ -28,7 +28,7 @@ from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.progress import console
 from edgeprune.report.summary import plot_pareto, print_summary, write_json
-from edgeprune.jobs.kinds import shared_attack, task_kind
+from edgeprune.jobs.kinds import Supplied, shared_attack, task_kind
 from edgeprune.jobs.rounds import RoundSettings, round_budgets, run_rounds
 from edgeprune.jobs.settings import PruneConfig
 from edgeprune.jobs.validation import validate
@@ -63,11 +63,25 @@ class _Job:
     workers: RayWorkers | None = None  # --workers ray: candidates scored on a Ray cluster
 
 
+@dataclass(frozen=True)
+class PruneOutcome:
+    """What a prune hands back besides its files: report.json's content and the pruned network."""
+
+    report: dict
+    model: torch.nn.Module
+
+
 def run_prune(cfg: PruneConfig) -> dict:
-    """baseline → search rounds (search, select, fine-tune) → package → report and files."""
+    """report.json's content of :func:`prune_job` (the tools' and tests' short form)."""
+    return prune_job(cfg).report
+
+
+def prune_job(cfg: PruneConfig, supplied: Supplied = Supplied()) -> PruneOutcome:
+    """baseline → search rounds (search, select, fine-tune) → package → report and files.
+    ``supplied``: the model and task the Python API hands over as objects."""
     validate(cfg)
     t0 = time.perf_counter()
-    job = _load(cfg)
+    job = _load(cfg, supplied)
     try:
         return _run(job, t0)
     finally:
@@ -77,7 +91,7 @@ def run_prune(cfg: PruneConfig) -> dict:
         job.task.close()  # e.g. detection's work folder of split lists and trainer runs
 
 
-def _run(job: _Job, t0: float) -> dict:
+def _run(job: _Job, t0: float) -> PruneOutcome:
     cfg = job.cfg
     t = time.perf_counter()
     baseline_latency, budget_ms, baseline = _baseline(job)
@@ -116,7 +130,7 @@ def _run(job: _Job, t0: float) -> dict:
     _write_outputs(job, rounds, package, report, baseline, budget_ms, extra)
     job.checkpoint.clear()  # the run is complete: nothing left to resume
     print_summary(report, Path(cfg.output.out))
-    return report
+    return PruneOutcome(report, final.model)
 
 
 def _sparsify(job: _Job, model: torch.nn.Module) -> dict:
@@ -150,7 +164,7 @@ def _round_scores(job: _Job, number: int, space: ChannelSpace) -> tuple:
     return (job.robust.round_set(number, space, calibrate, job.checkpoint.round_folder(number)),)
 
 
-def _load(cfg: PruneConfig) -> _Job:
+def _load(cfg: PruneConfig, supplied: Supplied) -> _Job:
     """Profile, data, model, channel space and the profiler, each checked before anything is timed."""
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -158,7 +172,7 @@ def _load(cfg: PruneConfig) -> _Job:
     if cfg.recipe.sparsity is not None and profile.tensorrt is not None:
         # Engines of this run are built with --sparsity=enable (and keyed apart in the cache).
         profile = dataclasses.replace(profile, tensorrt=dataclasses.replace(profile.tensorrt, sparsity=True))
-    loaded = task_kind(cfg.task.name).load(cfg, profile)
+    loaded = task_kind(cfg.task.name).load(cfg, profile, supplied)
     data, task, model, spec, robust = loaded.data, loaded.task, loaded.model, loaded.spec, loaded.robust
     input_shape = tuple(task.example_input().shape[1:])
     mode = cfg.search.mode

@@ -8,6 +8,7 @@ the same way, load the weights" (``weights_only=True``), and the result is bitwi
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -100,6 +101,8 @@ def original_model(spec: dict, trust_code: bool = False) -> nn.Module:
         from edgeprune.tasks import yolo
 
         return yolo.build(text.removeprefix("yolo:"), num_classes)  # from the yaml inside ultralytics
+    if kind == "object":
+        raise UserError(f"the plan's model was the Python object {text[:80]!r}; pass it: load_pruned(plan, state_dict, original=model)")
     if not trust_code:
         raise UserError(
             f"the plan rebuilds its model from {kind} {text[:120]!r}: that {MODEL_KINDS.get(kind) or MODEL_KINDS['file']}; pass --trust-model-code "
@@ -116,10 +119,11 @@ def original_model(spec: dict, trust_code: bool = False) -> nn.Module:
     return models.file_model(text)
 
 
-def build_pruned(plan: ChannelPlan, trust_code: bool = False) -> nn.Module:
-    """The original model from ``plan.model_spec`` (random or its original weights), shrunk per plan."""
+def build_pruned(plan: ChannelPlan, trust_code: bool = False, original: nn.Module | None = None) -> nn.Module:
+    """The original model (``original``, copied, else built from ``plan.model_spec``: random or
+    its original weights), shrunk per plan."""
     # The original weights do not matter (the state_dict replaces them) and may no longer exist.
-    model = original_model(plan.model_spec, trust_code).cpu().eval()
+    model = (copy.deepcopy(original) if original is not None else original_model(plan.model_spec, trust_code)).cpu().eval()
     try:
         apply_plan(model, plan, torch.zeros(1, *plan.input_shape))
     except UserError:
@@ -130,15 +134,17 @@ def build_pruned(plan: ChannelPlan, trust_code: bool = False) -> nn.Module:
     return model.eval()
 
 
-def load_pruned(plan_path: str | Path, state_dict_path: str | Path, trust_code: bool = False) -> nn.Module:
+def load_pruned(plan_path: str | Path, state_dict_path: str | Path, trust_code: bool = False, original: nn.Module | None = None) -> nn.Module:
     """Rebuild a pruned model from ``plan.json`` and its ``state_dict.pt`` without unpickling.
 
     ``torchvision:`` plans need nothing but the two files. A plan whose original was a
     ``package.module:factory`` or a ``torch.save(model)`` file runs code to rebuild it (an import,
-    an unpickle), so it is refused unless ``trust_code=True``.
+    an unpickle), so it is refused unless ``trust_code=True``. ``original``: the unpruned model
+    object itself, which any plan may be applied to and which a plan of a model handed to
+    ``edgeprune.prune()`` as an object needs (no file rebuilds that one).
     """
     plan = read_plan(plan_path)
-    model = build_pruned(plan, trust_code)
+    model = build_pruned(plan, trust_code, original)
     path = Path(state_dict_path)
     if not path.is_file():
         raise UserError(f"state_dict file {path} not found; pass the state_dict.pt next to plan.json")

@@ -41,6 +41,7 @@ MODEL_KINDS = {
     "yolo": "builds from a yaml file or unpickles a checkpoint, which can run code",
     "factory": "imports and runs the module",
     "file": "unpickles the model file, which runs any code in it",
+    "object": "was a Python object handed to edgeprune.prune(), which no file can rebuild",
 }
 _LIBRARY_PREFIXES = tuple(f"{kind}:" for kind, runs in MODEL_KINDS.items() if runs is None)
 
@@ -68,6 +69,8 @@ def load_model(
         from edgeprune.tasks import yolo
 
         kind, model = "yolo", yolo.build(spec.removeprefix("yolo:"), num_classes)
+    elif spec.startswith("object:"):
+        raise UserError(f"model {spec[:80]} was a Python object given to edgeprune.prune(); no file rebuilds it: pass the object again")
     elif os.path.exists(spec):
         kind, model = "file", file_model(spec)
         spec = os.path.abspath(spec)
@@ -84,6 +87,13 @@ def load_model(
         model = deploy_form(model)  # after the weights: they are the training-time branches'
     model = model.cpu().eval()
     return model, {"kind": kind, "spec": spec, "num_classes": num_classes, "weights": weights}
+
+
+def object_spec(model: nn.Module, num_classes: int | None) -> dict:
+    """The spec dict of a model handed over as an object (the Python API): named by its class,
+    so run.json and plan.json say what it was; rebuilding it needs the object again
+    (``load_pruned(..., original=model)``)."""
+    return {"kind": "object", "spec": f"object:{type(model).__name__}", "num_classes": num_classes, "weights": None}
 
 
 def builds_without_code(spec: str) -> bool:

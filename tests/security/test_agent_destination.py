@@ -23,7 +23,7 @@ from edgeprune.jobs.checkpoint import RunCheckpoint
 from edgeprune.tasks.data import load_data
 from edgeprune.errors import UserError
 from edgeprune.commands.resume import resume_config
-from edgeprune.commands.settings import prune_config
+from edgeprune.api.settings import prune_config
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.profiling.targets import load_profile
 

@@ -274,7 +274,7 @@ def _robust_checkpoint(tmp_path: Path) -> tuple[Path, dict]:
     run.json, and the folder round 1's adversarial.npz goes in. Returns (--out, the set's settings)."""
     from edgeprune.problem.attack import Attack
     from edgeprune.jobs.checkpoint import CHECKPOINT_FORMAT_VERSION
-    from edgeprune.commands.settings import prune_config
+    from edgeprune.api.settings import prune_config
 
     out = tmp_path / "out"
     cfg = prune_config(model="tiny_models:tiny_resnet", data="digits", holdout=300, target=PROFILE, budget_ms=5.0, population=4, generations=1,

@@ -18,7 +18,7 @@ import torch
 
 from edgeprune.errors import UserError
 from edgeprune.records import Candidate
-from edgeprune.commands.settings import PruneOptions
+from edgeprune.api.settings import PruneOptions
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.jobs.checkpoint import RunCheckpoint, SearchJournal
 from edgeprune.space.channels import ChannelSpace

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 from edgeprune.cli import main
 from edgeprune.errors import UserError
 from edgeprune.commands.resume import resume_config
-from edgeprune.commands.settings import prune_config
+from edgeprune.api.settings import prune_config
 from edgeprune.profiling import credentials
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.jobs.checkpoint import RunCheckpoint

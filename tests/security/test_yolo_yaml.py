@@ -22,7 +22,7 @@ from edgeprune.jobs.checkpoint import RunCheckpoint  # noqa: E402
 from edgeprune.errors import UserError  # noqa: E402
 from edgeprune.tasks.models import builds_without_code, load_model  # noqa: E402
 from edgeprune.commands.resume import resume_config  # noqa: E402
-from edgeprune.commands.settings import prune_config  # noqa: E402
+from edgeprune.api.settings import prune_config  # noqa: E402
 from edgeprune.profiling.stats import LatencyStats  # noqa: E402
 from edgeprune.space.pruned import load_pruned, original_model  # noqa: E402
 

@@ -25,7 +25,7 @@ from typing import Any
 from torch import nn
 
 from edgeprune.exporters.measured import measured_bytes
-from edgeprune.jobs.staircase import TOLERANCE, Point, choose_step, dominated
+from edgeprune.jobs.staircase import TOLERANCE, Point, choose_step
 from edgeprune.profiling.backend import Backend
 from edgeprune.profiling.factory import make_backend
 from edgeprune.profiling.stats import LatencyStats, ratio
@@ -34,8 +34,8 @@ from edgeprune.progress import progress_bar
 
 TOP = 64  # the reference width: a multiple of every step judged (1 to 32)
 # Each pair is timed for this long in all (the profile's own window when shorter), half of
-# x86-cpu's window per candidate in a search: the probe looks for 5 % differences between 12
-# widths per kind, not a candidate's latency to 2 %, and three kinds take about half a minute.
+# x86-cpu's window per candidate in a search: the probe looks for 5 % differences between 8
+# widths per kind, not a candidate's latency to 2 %, and three kinds take well under a minute.
 WINDOW_S = 0.3
 
 
@@ -63,10 +63,10 @@ KINDS: dict[str, tuple[Callable[[int], nn.Module], tuple[int, ...]]] = {
 
 
 def probe_widths() -> list[int]:
-    """For every step s from 2 to 32, the multiple ``64 - s`` (a multiple of s, not of 2s: it
-    tells s from 2s), 64 itself, and the width just above each (where a block's jump shows)."""
-    multiples = [TOP - 2**k for k in range(1, TOP.bit_length() - 1)] + [TOP]
-    return sorted({w for m in multiples for w in (m, m + 1)})
+    """64 and, for every step s from 2 to 32, ``64 - s``: a chain where each step's grid has
+    probed neighbours (32-64, 48-64, 56-64, 60-64, 62-64 and the points between); 63 and 65
+    for step 1, where ONNX Runtime's odd widths take their slower path."""
+    return sorted({TOP - 2**k for k in range(1, TOP.bit_length() - 1)} | {TOP - 1, TOP, TOP + 1})
 
 
 @dataclass(frozen=True)
@@ -78,12 +78,7 @@ class KindStaircase:
     step: int | None
 
     def to_dict(self) -> dict[str, Any]:
-        off = dominated(self.points)
-        return {
-            "kind": self.kind,
-            "step": self.step,
-            "points": [{**dataclasses.asdict(p), "dominated": p.width in off} for p in self.points],
-        }
+        return {"kind": self.kind, "step": self.step, "points": [dataclasses.asdict(p) for p in self.points]}
 
 
 @dataclass(frozen=True)
@@ -97,8 +92,9 @@ class ProbeResult:
 
     @property
     def step(self) -> int | None:
-        """One step for the profile: the largest kind's (a multiple of every other kind's, as all
-        are powers of two, so every kind's widths stay on its envelope); None when no kind has one."""
+        """One step for the profile: the largest kind's. A grid finer than a kind's blocks gives it
+        widths that run no faster than the next one up, which is what the step is there to avoid;
+        a coarser one only gives up some faster widths. None when no kind has a step."""
         return max((k.step for k in self.kinds if k.step is not None), default=None)
 
     def to_dict(self) -> dict[str, Any]:

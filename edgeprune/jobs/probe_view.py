@@ -8,15 +8,16 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeprune.jobs.probe import TOP, ProbeResult
-from edgeprune.jobs.staircase import TOLERANCE, dominated
+from edgeprune.jobs.staircase import TOLERANCE
 
 LEGEND = (
     f"ratio: time / the same layer at {TOP} channels, timed in alternating blocks; "
-    f"'-' a wider width is as fast (within {TOLERANCE:.0%}); '!' a noisy pair"
+    "'*' a width on the kind's proposed grid; '!' a noisy pair"
 )
 
 
 def print_probe(result: ProbeResult, console: Console | None = None) -> None:
+    """The table on ``console`` (stdout) when it is a terminal, else plain columns; then the verdict."""
     console = console or Console()
     rows = _rows(result)
     header = ["width"] + [f"{k.kind} {col}" for k in result.kinds for col in ("ms", "ratio")]
@@ -39,13 +40,12 @@ def print_probe(result: ProbeResult, console: Console | None = None) -> None:
 
 
 def _rows(result: ProbeResult) -> list[list[str]]:
-    off = {k.kind: dominated(k.points) for k in result.kinds}
     rows = []
     for i, point in enumerate(result.kinds[0].points):
         row = [str(point.width)]
         for k in result.kinds:
             p = k.points[i]
-            mark = ("-" if p.width in off[k.kind] else " ") + ("!" if p.noisy else " ")
+            mark = ("*" if k.step and p.width % k.step == 0 else " ") + ("!" if p.noisy else " ")
             row += [f"{p.ms:.4f}", f"{p.ratio:.2f}{mark}"]
         rows.append(row)
     return rows
@@ -54,16 +54,16 @@ def _rows(result: ProbeResult) -> list[list[str]]:
 def verdict(result: ProbeResult) -> list[str]:
     """The step per kind, the one step for the profile, and how the profile's compares."""
     per_kind = ", ".join(f"{k.kind} {k.step if k.step is not None else 'none'}" for k in result.kinds)
-    lines = [f"step per kind: {per_kind} (the smallest power of two none of whose multiples a wider width matches)"]
+    lines = [f"step per kind: {per_kind} (the smallest power of two whose every multiple runs over {TOLERANCE:.0%} faster than the next)"]
     have = result.profile_step
     if result.step is None:
-        lines.append(f"no step: no kind showed a staircase the grid could follow (cost rises smoothly, or noise hides it); {result.target} keeps channel_step {have}")
+        lines.append(f"no step: in no kind did a width run clearly faster than the next grid point up (the widths cost the same, or noise hides the difference); {result.target} keeps channel_step {have}")
     elif have == result.step:
         lines.append(f"proposed channel_step {result.step}: {result.target} has {have}, which agrees")
     elif have % result.step == 0:
-        lines.append(f"proposed channel_step {result.step}: {result.target} has {have}, which differs (coarser: its widths are on the staircase's envelope, but the search misses the ones between)")
+        lines.append(f"proposed channel_step {result.step}: {result.target} has {have}, which differs (coarser: the search misses widths that would run faster)")
     else:
-        lines.append(f"proposed channel_step {result.step}: {result.target} has {have}, which differs (finer: some of its widths run no faster than a wider one)")
+        lines.append(f"proposed channel_step {result.step}: {result.target} has {have}, which differs (finer: some of its widths run no faster than the next one up)")
     lines.append(_noise_line(result))
     return lines
 

@@ -1,15 +1,20 @@
 """Which channel step a measured width staircase asks for (``edgeprune targets probe``).
 
-A runtime's kernels work in blocks of channels: a width that is not a multiple of the block is
-padded up to the next one, or takes a slower generic path (ONNX Runtime here ran 63 and 65
-channels 22-30 % slower than 64). A search should then only try widths on the staircase's lower
-envelope: the widths no wider width beats. A width is *dominated* when some wider probed width
-costs no more than it does (within ``tolerance``): pruning to it would give up channels and buy no
-speed. The step proposed is the smallest power of two whose probed multiples are all undominated:
-a width just above a multiple costs a clear jump, and the widths between two multiples cost no
-less than the upper one. A step is only judged on two or more of its multiples, and where no step
-passes the staircase shows no block the grid could follow (cost rises smoothly, or the noise hides
-the jumps): None.
+A runtime's kernels work in blocks of channels: a width off the block is padded up to the next
+one or takes a slower generic path (ONNX Runtime here runs 56 and 60 channels no faster than 64,
+and 62 or 63 slower). A grid of widths on multiples of a step ``s`` is worth its points when each
+point runs clearly faster than the next one up (``m`` against ``m + s``: ``tolerance`` faster, more
+than the noise of a paired ratio) and than every probed width between them (a width just above a
+multiple costs no less than it: one noisy point cannot pass a grid whose points between cost the
+same); a grid finer than the blocks has points that buy no speed. The step proposed is the
+smallest power of two whose every probed link (``m`` and ``m + s`` both probed) saves time; None
+when even the coarsest probed link does not (the widths cost the same).
+
+Why links between grid points and not the lower envelope of every probed width: on LiteRT
+(XNNPACK) here cost rises gently between blocks, so 48 and 49 channels cost the same and a chain
+of 1 % steps makes every width "no faster than a slightly wider one", which proposed 32 although
+48 ran 12 % faster than 64; on ONNX Runtime's linear layer it proposed 16 where 56 ran 7 % faster
+than 64. A search asks what a grid point buys against its neighbour, which is what a link measures.
 
 Torch-free and clock-free: the numbers come from :mod:`edgeprune.jobs.probe`.
 """
@@ -19,9 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# Widths within this fraction of each other's cost count as equally fast. Paired ratios of small
-# models on the shared VM spread 2-4 % (CV, see profiling/ort.py); a step's jump at 64 channels is
-# 6 % (4-wide blocks) to 50 % (32-wide), and ONNX Runtime's odd widths cost 20-40 % more.
+# How much faster a grid point must run than the next one up. Paired ratios of small models on
+# the shared VM spread 2-4 % (CV, see profiling/ort.py); the next block at 64 channels is 6 %
+# (4-wide blocks) to 100 % (32-wide) more work, and ONNX Runtime's odd widths cost 20-40 % more.
 TOLERANCE = 0.05
 
 
@@ -39,26 +44,32 @@ class Point:
     ratios: tuple[float, ...] = ()
 
 
-def dominated(points: Sequence[Point], tolerance: float = TOLERANCE) -> set[int]:
-    """The widths some wider probed width costs no more than (within ``tolerance``)."""
-    return {p.width for p in points if any(q.width > p.width and q.ratio <= p.ratio * (1 + tolerance) for q in points)}
+def links(widths: Sequence[int], step: int) -> list[tuple[int, int]]:
+    """Neighbouring points of the grid of ``step`` that were both probed: ``(m, m + step)``."""
+    probed = set(widths)
+    return [(m, m + step) for m in sorted(probed) if m % step == 0 and m + step in probed]
 
 
 def candidate_steps(widths: Sequence[int]) -> list[int]:
-    """Powers of two with at least two multiples among ``widths``, smallest first."""
+    """Powers of two with at least one probed link, smallest first."""
     steps, step = [], 1
     while step <= max(widths):
-        if sum(w % step == 0 for w in widths) >= 2:
+        if links(widths, step):
             steps.append(step)
         step *= 2
     return steps
 
 
+def saves(points: Sequence[Point], step: int, tolerance: float = TOLERANCE) -> bool:
+    """Whether every probed point of the grid of ``step`` runs clearly faster than the next one
+    up, and faster than every probed width between the two."""
+    ratio = {p.width: p.ratio for p in points}
+    return all(
+        ratio[m] * (1 + tolerance) < ratio[up] and all(ratio[w] > ratio[m] for w in ratio if m < w < up)
+        for m, up in links(list(ratio), step)
+    )
+
+
 def choose_step(points: Sequence[Point], tolerance: float = TOLERANCE) -> int | None:
-    """The smallest step whose probed multiples are all on the lower envelope (None: no step)."""
-    off = dominated(points, tolerance)
-    widths = [p.width for p in points]
-    for step in candidate_steps(widths):
-        if not any(w % step == 0 and w in off for w in widths):
-            return step
-    return None
+    """The smallest step whose every grid point saves time over the next (None: no step)."""
+    return next((s for s in candidate_steps([p.width for p in points]) if saves(points, s, tolerance)), None)

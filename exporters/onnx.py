@@ -136,10 +136,14 @@ def parity(model: nn.Module, onnx_bytes: bytes, inputs: torch.Tensor) -> dict:
     model.eval()
     with torch.no_grad():  # one batch: eval-mode outputs do not depend on the batch
         ref = [t.numpy() for t in outputs.flatten(model(inputs))]
-    got = _onnx_outputs(_session(onnx_bytes), inputs.numpy())
+    return compare_outputs(ref, _onnx_outputs(_session(onnx_bytes), inputs.numpy()), len(inputs), "ONNX")
+
+
+def compare_outputs(ref: list[np.ndarray], got: list[np.ndarray], n: int, what: str) -> dict:
+    """The parity numbers of a file's outputs ``got`` on ``n`` samples against torch's ``ref``
+    (same order); ValueError where their shapes differ."""
     if len(got) != len(ref) or any(r.shape != g.shape for r, g in zip(ref, got)):
-        raise ValueError(f"ONNX outputs {[g.shape for g in got]} do not match torch's {[r.shape for r in ref]}")
-    n = len(inputs)
+        raise ValueError(f"{what} outputs {[g.shape for g in got]} do not match torch's {[r.shape for r in ref]}")
     max_abs = max((float(np.abs(r - g).max()) for r, g in zip(ref, got) if r.size), default=0.0)
     scale = max((float(np.abs(r).max()) for r in ref if r.size), default=0.0)
     logits = len(ref) == 1 and ref[0].ndim == 2

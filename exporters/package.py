@@ -24,6 +24,7 @@ from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES, INT8_FORMATS, 
 from edgeprune.exporters.manifest import MANIFEST, MODEL_CARD, REPORT, build_manifest
 from edgeprune.profiling.keys import graph_key
 from edgeprune.exporters.model_card import render_model_card
+from edgeprune.exporters.runtime_file import RuntimeFile, runtime_file
 from edgeprune.exporters.onnx import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, OnnxModule, export_onnx, onnx_accuracy, parity, with_metadata
 from edgeprune.tasks import outputs
 from edgeprune.profiling.fingerprint import fingerprint_hash
@@ -131,9 +132,12 @@ class Package:
     int8_accepted: bool
     section: dict
     engine: bytes | None = None  # a TensorRT engine built on this host (export --engine)
+    native: RuntimeFile | None = None  # the target runtime's own file (model.tflite), where it has one
 
     def files(self) -> dict[str, bytes]:
         files = {FP32_FILE: self.fp32.blob}
+        if self.native is not None:
+            files[self.native.file] = self.native.blob
         if self.int8 is not None and self.int8_accepted:
             files[INT8_FILE] = self.int8.blob
         if self.engine is not None:
@@ -148,6 +152,7 @@ class Package:
             "onnx": FP32_FILE,
             "int8": INT8_FILE if INT8_FILE in files else None,
             "engine": ENGINE_FILE if ENGINE_FILE in files else None,
+            **({self.native.model_format: self.native.file} if self.native is not None else {}),
             "manifest": MANIFEST,
             "model_card": MODEL_CARD,
         }
@@ -175,7 +180,7 @@ class Package:
 FINAL_SESSIONS = 3
 
 
-def _measure(profiler: Profiler, blob: bytes, shape: tuple[int, ...]) -> tuple[LatencyStats, bool]:
+def _measure(profiler: Profiler, blob: bytes, shape: tuple[int, ...], key: str | None = None) -> tuple[LatencyStats, bool]:
     """Latency of a finished file on the profiler's target.
 
     With a reference set (a prune run: the unpruned model; an export: the FP32 file) the file is
@@ -186,7 +191,7 @@ def _measure(profiler: Profiler, blob: bytes, shape: tuple[int, ...]) -> tuple[L
     timed this graph (so the gate, the report and the manifest agree), a fresh measurement
     otherwise.
     """
-    key = graph_key(blob)
+    key = key or graph_key(blob)
     if profiler.anchor is not None:
         return profiler.latency(key, shape, lambda: blob, fresh=True, sessions=FINAL_SESSIONS)
     hits = profiler.cache_hits
@@ -237,12 +242,12 @@ def build_package(
     with torch.no_grad():
         names = outputs.names(model.eval()(torch.zeros(1, *input_shape)))
     common = _common_metadata(profile, opts, input_shape, pre, inputs.class_names, plan_digest, fingerprint, names)
-    fp32 = _fp32_variant(model, inputs, profiler, opts, common, shape)
+    native = runtime_file(model, shape, opts.opset, profile.model_format, inputs.parity_inputs)
+    fp32 = _fp32_variant(model, inputs, profiler, opts, common, shape, native)
     int8, gate, calibration = None, None, None
     if opts.int8:
         int8, gate, calibration = _int8_variant(model, inputs.data, profiler, opts, common, shape, inputs.parity_inputs, fp32)
     accepted = gate is not None and gate["accepted"]
-    models = _models_section(fp32, int8, gate, calibration)
     section = {
         "target": profile.name,
         "profile": profile.to_dict(),
@@ -266,10 +271,11 @@ def build_package(
         ),
         "metric": inputs.metric,
         "accuracy_torch_test": torch_accuracy,
-        "models": models,
+        "models": _models_section(fp32, int8, gate, calibration),
         "int8_gate": gate,
+        "runtime_file": native.summary() if native is not None else None,
     }
-    return Package(fp32=fp32, int8=int8, int8_accepted=accepted, section=section)
+    return Package(fp32=fp32, int8=int8, int8_accepted=accepted, section=section, native=native)
 
 
 def _common_metadata(
@@ -314,12 +320,17 @@ def _fp32_variant(
     opts: ExportOptions,
     common: dict[str, str],
     shape: tuple[int, ...],
+    native: RuntimeFile | None = None,
 ) -> Variant:
-    """Export the FP32 ONNX file, time it, write the timing into it, then check it against torch."""
+    """Export the FP32 ONNX file, time it (or ``native``, the target's own file, where there is
+    one), write the timing into it, then check it against torch."""
     profile = profiler.profile
     console.print(f"exporting ONNX (opset {opts.opset}, batch {common['batch']}) and timing it on {profile.name}")
     blob = export_onnx(model, shape, opts.opset, dynamic_batch=opts.dynamic_batch)
-    latency, cached = _measure(profiler, blob, shape)
+    if native is None:
+        latency, cached = _measure(profiler, blob, shape)
+    else:  # the target runs its own file: that is what is timed (keyed by the ONNX graph + format)
+        latency, cached = _measure(profiler, native.blob, shape, f"{graph_key(blob)}-{native.model_format}")
     blob = with_metadata(blob, _metadata(common, profile.precision, latency))
     return Variant(
         precision=profile.precision,

@@ -27,9 +27,10 @@ INSTALL_HINT = "pip install 'edgeprune[litert]'"
 
 
 def _converter():
-    # Its per-stage progress lines would interleave with the search's own; a user may turn them
-    # back on with LITERT_TORCH_SHOW_PROGRESS=y.
+    # Its per-stage progress lines and the converter's per-model log line would interleave with the
+    # search's own output for every candidate; a user may turn them back on by setting these.
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     try:
         import litert_torch  # noqa: PLC0415 - an extra: only LiteRT targets convert to .tflite
     except ImportError:

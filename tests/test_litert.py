@@ -5,9 +5,11 @@ before the interpreter sees them (crafted files refused), and a one-line install
 extra is missing."""
 
 import dataclasses
+import hashlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import flatbuffers
@@ -24,6 +26,7 @@ from edgeprune.cli import main
 from edgeprune.errors import UserError
 from edgeprune.exporters.measured import measured_bytes
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
+from edgeprune.exporters.runtime_file import runtime_file
 from edgeprune.exporters.tflite import INSTALL_HINT as CONVERTER_HINT
 from edgeprune.exporters.tflite import export_tflite_bytes
 from edgeprune.profiling.factory import make_backend
@@ -94,6 +97,17 @@ def test_mobilenet_v2_converts_to_tflite_with_nchw_input_and_matches_torch():
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_deliverable_tflite_is_checked_against_torch_and_names_its_runtime():
+    model = _net(8)
+    native = runtime_file(model, SHAPE, 17, "tflite", torch.randn(5, *SHAPE[1:]))
+    summary = native.summary()
+    assert (summary["file"], summary["runtime"], summary["runtime_version"]) == ("model.tflite", "ai-edge-litert", litert_version())
+    assert summary["sha256"] == hashlib.sha256(native.blob).hexdigest() and check_tflite_bytes(native.blob) == SHAPE
+    assert summary["parity_vs_torch"]["samples"] == 5 and summary["parity_vs_torch"]["max_abs_error"] < 1e-4
+    assert summary["parity_vs_torch"]["top1_agreement"] == 1.0
+    assert runtime_file(model, SHAPE, 17, "onnx", torch.randn(2, *SHAPE[1:])) is None  # ONNX targets ship model.onnx alone
 
 
 def test_a_model_litert_torch_cannot_convert_is_one_line():
@@ -346,12 +360,42 @@ def test_the_agent_refuses_crafted_and_mistyped_tflite_uploads(agent, wide):
 # --- end to end ---------------------------------------------------------------------------------
 
 
+def _interpreter_ms(blob: bytes, runs: int = 300) -> float:
+    """Median of one fresh interpreter's runs, timed here with LiteRT's own API (no edgeprune code)."""
+    interpreter = Interpreter(model_content=blob, num_threads=1)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    interpreter.set_tensor(detail["index"], np.random.default_rng(0).standard_normal(detail["shape"], dtype=np.float32))
+    for _ in range(30):
+        interpreter.invoke()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        interpreter.invoke()
+        times.append(time.perf_counter() - t)
+    return 1000 * float(np.median(times))
+
+
 @pytest.mark.slow
-def test_prune_for_arm_litert_end_to_end(tmp_path):
+def test_prune_for_arm_litert_end_to_end_delivers_model_tflite(tmp_path):
     out = tmp_path / "out"
     cmd = tiny_prune_command(out, tmp_path / "c.sqlite")
     cmd[cmd.index("--target") + 1] = "arm-litert"
     proc = subprocess.run(cmd, cwd=Path(__file__).parent, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    fp = json.loads((out / "report.json").read_text())["fingerprint"]
+    report = json.loads((out / "report.json").read_text())
+    fp = report["fingerprint"]
     assert (fp["profile"], fp["runtime"], fp["runtime_version"]) == ("arm-litert", "litert", litert_version())
+    # model.tflite next to model.onnx, pinned by the manifest, with the runtime's version and parity
+    blob = (out / "model.tflite").read_bytes()
+    assert (out / "model.onnx").is_file() and report["artifacts"]["tflite"] == "model.tflite"
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["file"] == "model.tflite")
+    assert entry["sha256"] == hashlib.sha256(blob).hexdigest() == manifest["runtime_file"]["sha256"]
+    assert manifest["runtime_file"]["runtime_version"] == litert_version()
+    assert manifest["runtime_file"]["parity_vs_torch"]["max_abs_error"] < 1e-3
+    # timed independently, interleaved with the unpruned model's .tflite: under the budget, no slower
+    unpruned = export_tflite_bytes(tiny_resnet(), tuple(report["input_shape"]) if len(report["input_shape"]) == 4 else (1, *report["input_shape"]))
+    pairs = [(_interpreter_ms(blob), _interpreter_ms(unpruned)) for _ in range(5)]
+    assert float(np.median([a for a, _ in pairs])) < report["budget_ms"]
+    assert float(np.median([a / b for a, b in pairs])) < 1.15

@@ -399,3 +399,37 @@ def test_prune_for_arm_litert_end_to_end_delivers_model_tflite(tmp_path):
     pairs = [(_interpreter_ms(blob), _interpreter_ms(unpruned)) for _ in range(5)]
     assert float(np.median([a for a, _ in pairs])) < report["budget_ms"]
     assert float(np.median([a / b for a, b in pairs])) < 1.15
+
+
+# --- the CI gate ----------------------------------------------------------------------------------
+
+
+def test_gate_times_the_tflite_file_a_litert_target_runs(tmp_path, wide, capsys):
+    model = tmp_path / "model.tflite"
+    model.write_bytes(wide)
+    target = str(_profile_file(tmp_path, _fast()))
+
+    def gate(path, budget_ms):
+        return main(["gate", str(path), "--target", target, "--budget-ms", str(budget_ms), "--no-cache", "--no-progress"])
+
+    assert gate(model, 1000) == 0 and gate(model, 1e-6) == 1  # timed by LiteRT: within 1 s, not within 1 ns
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(export_onnx_bytes(_net(8), SHAPE, 17))
+    capsys.readouterr()
+    assert gate(onnx, 1.0) == 2
+    assert "runs .tflite files, not model.onnx; gate the model.tflite beside it" in capsys.readouterr().err
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(_crafted(wide, _custom_op))
+    assert gate(bad, 1.0) == 2 and "custom operator" in capsys.readouterr().err
+
+
+def _profile_file(folder: Path, profile: Profile) -> Path:
+    """``profile`` as a user's YAML file."""
+    import yaml
+
+    path = folder / "arm-litert-fast.yaml"
+    data = profile.to_dict()
+    for key in ("source", "agent", "tensorrt", "simulated"):
+        data.pop(key, None)
+    path.write_text(yaml.safe_dump(data))
+    return path

@@ -10,6 +10,7 @@ the budget are judged at once. Nothing here imports torch: a CI runner only need
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
@@ -275,10 +276,32 @@ def _read_model(budget: Budget, allow_external_data: bool = False) -> tuple[byte
     """The model's bytes and the shape to time it at (a symbolic batch at the target's batch)."""
     from edgeprune.profiling.onnx_file import load_onnx  # lazily: the CLI imports this module to build its parser
 
+    if budget.profile.model_format != "onnx":
+        return _read_runtime_file(budget)
+
     try:
         return load_onnx(budget.path, batch=budget.profile.batch, allow_external_data=allow_external_data)
     except UserError as exc:
         raise UserError(f"{budget.where}: {exc}") from None
+
+
+def _read_runtime_file(budget: Budget) -> tuple[bytes, tuple[int, ...]]:
+    """A target that runs its own format (LiteRT: .tflite) is gated on that file, the one prune
+    delivers next to model.onnx, checked as the device agent checks an upload."""
+    from edgeprune.profiling.onnx_check import ModelRejected  # noqa: PLC0415
+    from edgeprune.profiling.tflite_check import check_tflite_bytes  # noqa: PLC0415
+
+    fmt = budget.profile.model_format
+    checks = {"tflite": check_tflite_bytes}
+    if fmt not in checks or budget.path.suffix != f".{fmt}":
+        raise UserError(f"{budget.where}: target '{budget.profile.name}' runs .{fmt} files, not {budget.path.name}; gate the model.{fmt} beside it")
+    try:
+        blob = budget.path.read_bytes()
+        return blob, checks[fmt](blob)
+    except OSError as exc:
+        raise UserError(f"{budget.where}: cannot read {budget.path} ({exc.strerror or type(exc).__name__})") from None
+    except ModelRejected as exc:
+        raise UserError(f"{budget.where}: {budget.path}: {exc}") from None
 
 
 def prepare(budgets: list[Budget], allow_external_data: bool = False) -> None:
@@ -365,7 +388,8 @@ def run_gate(
 
 def _judge(profiler, b: Budget) -> GateResult:
     t0 = time.perf_counter()
-    key = graph_key(b.onnx_bytes)
+    fmt = b.profile.model_format
+    key = graph_key(b.onnx_bytes) if fmt == "onnx" else f"{fmt}-{hashlib.sha256(b.onnx_bytes).hexdigest()[:24]}"
     stats, cached = profiler.latency(key, b.shape, lambda: b.onnx_bytes)
     values = [percentile_ms(stats, b.percentile)]
     if abs(values[0] - b.budget_ms) <= b.tolerance * b.budget_ms:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import edgeprune
+from edgeprune.errors import UserError
 from edgeprune.tasks.data import DataBundle, Split
 from edgeprune.files import atomic_write_all
 from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES, INT8_FORMATS, INT8_METHODS, QDQ_FORMATS, calibration_items, nncf_available, quantize_int8
@@ -418,7 +419,10 @@ def _drop_ok(opts: ExportOptions, fp32_accuracy: float, accuracy: float) -> bool
 
 def _int8_formats(choice: str, profile) -> tuple[str, ...]:
     """The formats to make: the one asked for, or for ``auto`` those the target runs (TensorRT
-    imports QDQ only) and whose library is installed (NNCF is an optional extra)."""
+    imports QDQ only) and whose library is installed (NNCF is an optional extra). INT8 files are
+    ONNX: a target that runs its own format (LiteRT) cannot time them."""
+    if profile.model_format != "onnx":
+        raise UserError(f"--int8 makes ONNX INT8 files, which target '{profile.name}' ({profile.backend}) does not run; export without --int8")
     if choice != "auto":
         return (choice,)
     formats = QDQ_FORMATS if profile.backend == "tensorrt" else INT8_FORMATS

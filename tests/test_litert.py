@@ -110,6 +110,14 @@ def test_the_deliverable_tflite_is_checked_against_torch_and_names_its_runtime()
     assert runtime_file(model, SHAPE, 17, "onnx", torch.randn(2, *SHAPE[1:])) is None  # ONNX targets ship model.onnx alone
 
 
+def test_int8_for_a_litert_target_is_refused_in_one_line():
+    from edgeprune.exporters.package import _int8_formats
+
+    with pytest.raises(UserError, match="--int8 makes ONNX INT8 files, which target 'arm-litert' \\(litert\\) does not run"):
+        _int8_formats("auto", load_profile("arm-litert"))
+    assert _int8_formats("ort-qdq", load_profile("x86-cpu")) == ("ort-qdq",)
+
+
 def test_a_model_litert_torch_cannot_convert_is_one_line():
     class Unconvertible(nn.Module):
         def forward(self, x):

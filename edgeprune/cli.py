@@ -13,6 +13,7 @@ import sys
 from edgeprune import __version__
 from edgeprune.commands import agent, cache, data, demo, ensemble, export, gate, profile, prune, report, targets, train
 from edgeprune.errors import UserError
+from edgeprune.progress import log_to_stderr
 
 # In the order `edgeprune --help` lists them.
 VERBS = {
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    log_to_stderr()  # where a live progress bar cannot be drawn, its lines go to stderr
     try:
         return VERBS[args.command].run(args)
     except UserError as exc:

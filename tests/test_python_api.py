@@ -140,3 +140,13 @@ def test_the_python_api_example_meets_its_budget_by_an_independent_timing(tmp_pa
     with pytest.raises(edgeprune.UserError, match="original=model"):
         edgeprune.load_pruned(out / "plan.json", out / "state_dict.pt")
     assert not (tmp_path / "out.checkpoint").exists()
+
+
+def test_report_json_accepts_every_model_kind_a_plan_can_name():
+    """A kind added to the model table (``object`` for the Python API's modules) is one report.json
+    accepts: otherwise the run fails at its very end, when the report is checked."""
+    from edgeprune.report.schema import report_schema
+    from edgeprune.tasks.models import MODEL_KINDS
+
+    schema = report_schema()
+    assert set(schema["properties"]["model"]["properties"]["kind"]["enum"]) == set(MODEL_KINDS)

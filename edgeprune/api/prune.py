@@ -10,7 +10,6 @@ and the pruned network comes back as an object with the report.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -100,7 +99,8 @@ def prune(
     (``score(model) -> [0, 1]``), optional ``fine_tune=`` (``fine_tune(model, teacher, epochs)``)
     and ``test_score=``. ``out=``: write the output folder there, as the command line does;
     without it the files go to a temporary folder that is removed. ``progress``: rich progress
-    bars (default: when stderr is a terminal). Every other keyword is a command-line option by
+    bars on a terminal or in Jupyter, elsewhere lines on the ``edgeprune`` logger (route them
+    with the logging module); False for neither. Every other keyword is a command-line option by
     its Python name, e.g. ``population=8, finetune_epochs=2``.
     """
     unknown = sorted(set(options) - set(_OPTIONS))
@@ -115,7 +115,7 @@ def prune(
         folder = Path(out) if out is not None else Path(scratch) / "out"
         cfg = PruneOptions(
             spec, task=task_name, target=target, speedup=speedup, budget_ms=budget_ms, out=str(folder),
-            progress=sys.stderr.isatty() if progress is None else bool(progress), **given, **options,
+            progress=True if progress is None else bool(progress), **given, **options,
         ).parse()
         return run_config(cfg, supplied, keep_files=out is not None)
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from edgeprune.tasks.data import Split
 from edgeprune.errors import UserError
+from edgeprune.progress import PlainProgress, live
 
 # loss(logits, x, y)
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -113,9 +114,10 @@ def train(
 @contextmanager
 def _step_bar(progress: bool | Progress, description: str, total: int) -> Iterator[Callable[[float], None] | None]:
     """What each training step calls with its smoothed loss: a bar of our own (``progress`` True,
-    stopped on the way out), a task on the caller's rich ``Progress``, or nothing (False)."""
+    stopped on the way out), a task on the caller's ``Progress`` (rich's or the plain one), or
+    nothing (False)."""
     own_bar = progress is True
-    bar = _new_progress() if own_bar else (progress if isinstance(progress, Progress) else None)
+    bar = _new_progress() if own_bar else (progress if hasattr(progress, "add_task") else None)
     if bar is None:
         yield None
         return
@@ -217,9 +219,11 @@ def _run_steps(
     return step, ema
 
 
-def _new_progress() -> Progress:
+def _new_progress() -> Progress | PlainProgress:
     from rich.console import Console
 
+    if not live():
+        return PlainProgress()
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),

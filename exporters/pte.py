@@ -15,6 +15,7 @@ Measured so: 7.5-12 s, and the bytes are the same as with the check (tiny_resnet
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import torch
@@ -56,6 +57,7 @@ def _folded(model: torch.nn.Module) -> torch.nn.Module:
 
 def _executorch():
     """ExecuTorch's lowering entry points, imported on first use (an extra, and slow to import)."""
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's deprecation notice on import
     try:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: PLC0415
         from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower  # noqa: PLC0415

@@ -5,8 +5,8 @@ model the way the search converted its candidates, timed on the target in place 
 host, and named in report.json and the manifest with its sha256 and the runtime's version.
 
 One entry per format in :data:`FORMATS`: the file name, the runtime package the manifest names and
-how to run the file on the host. LiteRT's ``model.tflite`` is here; another runtime adds its own
-entry and nothing else.
+how to run the file on the host. LiteRT's ``model.tflite`` and ExecuTorch's ``model.pte`` are
+here; another runtime adds its own entry and nothing else.
 """
 
 from __future__ import annotations
@@ -38,6 +38,14 @@ def _run_tflite(blob: bytes, batch: np.ndarray) -> list[np.ndarray]:
     return [interpreter.get_tensor(o["index"]) for o in interpreter.get_output_details()]
 
 
+def _run_pte(blob: bytes, batch: np.ndarray) -> list[np.ndarray]:
+    """The .pte program's outputs for one batch, by ExecuTorch's runtime (XNNPACK) on this host."""
+    from executorch.runtime import Runtime  # noqa: PLC0415 - an extra, as the conversion
+
+    method = Runtime.get().load_program(blob).load_method("forward")
+    return [t.numpy() for t in method.execute([torch.from_numpy(batch)])]
+
+
 @dataclass(frozen=True)
 class RuntimeFormat:
     file: str
@@ -45,7 +53,10 @@ class RuntimeFormat:
     run: Run
 
 
-FORMATS: dict[str, RuntimeFormat] = {"tflite": RuntimeFormat("model.tflite", "ai-edge-litert", _run_tflite)}
+FORMATS: dict[str, RuntimeFormat] = {
+    "tflite": RuntimeFormat("model.tflite", "ai-edge-litert", _run_tflite),
+    "pte": RuntimeFormat("model.pte", "executorch", _run_pte),
+}
 
 
 @dataclass

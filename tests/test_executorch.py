@@ -6,13 +6,16 @@ and a loopback agent serving the backend."""
 
 import base64
 import dataclasses
+import hashlib
 import importlib.metadata
 import json
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -25,6 +28,7 @@ from edgeprune.errors import UserError
 from edgeprune.exporters.measured import measured_bytes
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.exporters.pte import export_pte_bytes
+from edgeprune.exporters.runtime_file import runtime_file
 from edgeprune.profiling.agent import PROFILE_HEADER
 from edgeprune.profiling.backend import Backend
 from edgeprune.profiling.executorch_backend import INSTALL_HINT, ExecuTorchBackend
@@ -85,6 +89,17 @@ def test_mobilenet_v2_converts_to_an_xnnpack_program_that_matches_torch():
     with torch.no_grad():
         want = model(x)
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-3), (got - want).abs().max()
+
+
+def test_the_deliverable_pte_is_checked_against_torch_and_names_its_runtime():
+    model = tiny_resnet()
+    native = runtime_file(model, SHAPE, 17, "pte", torch.randn(5, *SHAPE[1:]))
+    summary = native.summary()
+    version = importlib.metadata.version("executorch")
+    assert (summary["file"], summary["format"], summary["runtime"], summary["runtime_version"]) == ("model.pte", "pte", "executorch", version)
+    assert summary["sha256"] == hashlib.sha256(native.blob).hexdigest() and check_program_bytes(native.blob).dims == SHAPE
+    assert summary["parity_vs_torch"]["samples"] == 5 and summary["parity_vs_torch"]["max_abs_error"] < 1e-4
+    assert summary["parity_vs_torch"]["top1_agreement"] == 1.0
 
 
 def test_conversion_restores_the_training_flags():
@@ -272,4 +287,35 @@ def test_prune_for_x86_executorch_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     fp = report["fingerprint"]
-    assert (fp["profile"], fp["runtime"], fp["runtime_version"]) == ("x86-executorch", "executorch", importlib.metadata.version("executorch"))
+    version = importlib.metadata.version("executorch")
+    assert (fp["profile"], fp["runtime"], fp["runtime_version"]) == ("x86-executorch", "executorch", version)
+    # model.pte next to model.onnx, pinned by the manifest, with the runtime's version and parity
+    blob = (out / "model.pte").read_bytes()
+    assert (out / "model.onnx").is_file() and report["artifacts"]["pte"] == "model.pte"
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["file"] == "model.pte")
+    assert entry["sha256"] == hashlib.sha256(blob).hexdigest() == manifest["runtime_file"]["sha256"]
+    assert manifest["runtime_file"]["runtime_version"] == version
+    assert manifest["runtime_file"]["parity_vs_torch"]["max_abs_error"] < 1e-3
+    # timed independently with ExecuTorch's own API, interleaved with the unpruned model's .pte
+    shape = tuple(report["input_shape"])
+    unpruned = export_pte_bytes(tiny_resnet(), shape if len(shape) == 4 else (1, *shape))
+    pairs = [(_runtime_ms(blob), _runtime_ms(unpruned)) for _ in range(5)]
+    assert float(np.median([a for a, _ in pairs])) < report["budget_ms"]
+    assert float(np.median([a / b for a, b in pairs])) < 1.15
+
+
+def _runtime_ms(blob: bytes, runs: int = 200) -> float:
+    """Median ms of ``forward`` of a fresh program, by executorch.runtime (not edgeprune's code)."""
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(blob).load_method("forward")
+    x = [torch.randn(*method.metadata.input_tensor_meta(0).sizes())]
+    for _ in range(20):
+        method.execute(x)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        method.execute(x)
+        times.append(time.perf_counter() - t)
+    return 1000 * float(np.median(times))

@@ -24,6 +24,7 @@ from test_agent import AgentProcess, _request
 from tiny_models import tiny_resnet
 from torch import nn
 
+from edgeprune.cli import main
 from edgeprune.errors import UserError
 from edgeprune.exporters.measured import measured_bytes
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
@@ -237,6 +238,22 @@ def test_random_corruption_is_refused_or_read_never_crashes(pte):
             check_program_bytes(bytes(blob))
         except ModelRejected:
             pass
+
+
+def test_gate_times_the_pte_file_an_executorch_target_runs(tmp_path, pte, capsys):
+    def gate(path, budget_ms):
+        return main(["gate", str(path), "--target", "x86-executorch", "--budget-ms", str(budget_ms), "--no-cache", "--no-progress"])
+
+    model = tmp_path / "model.pte"
+    model.write_bytes(pte)
+    assert gate(model, 1000) == 0 and gate(model, 1e-6) == 1  # timed by ExecuTorch: within 1 s, not within 1 ns
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(export_onnx_bytes(tiny_resnet(), SHAPE, 17))
+    capsys.readouterr()
+    assert gate(onnx, 1.0) == 2 and "runs .pte files, not model.onnx; gate the model.pte beside it" in capsys.readouterr().err
+    bad = tmp_path / "bad.pte"
+    bad.write_bytes(_delegate_renamed(pte))
+    assert gate(bad, 1.0) == 2 and "only XnnpackBackend" in capsys.readouterr().err
 
 
 # --- a loopback agent serves it ---------------------------------------------------------------

@@ -286,13 +286,14 @@ def _read_model(budget: Budget, allow_external_data: bool = False) -> tuple[byte
 
 
 def _read_runtime_file(budget: Budget) -> tuple[bytes, tuple[int, ...]]:
-    """A target that runs its own format (LiteRT: .tflite) is gated on that file, the one prune
-    delivers next to model.onnx, checked as the device agent checks an upload."""
+    """A target that runs its own format (LiteRT: .tflite, ExecuTorch: .pte) is gated on that file,
+    the one prune delivers next to model.onnx, checked as the device agent checks an upload."""
     from edgeprune.profiling.onnx_check import ModelRejected  # noqa: PLC0415
+    from edgeprune.profiling.pte_check import check_program_bytes  # noqa: PLC0415
     from edgeprune.profiling.tflite_check import check_tflite_bytes  # noqa: PLC0415
 
     fmt = budget.profile.model_format
-    checks = {"tflite": check_tflite_bytes}
+    checks = {"tflite": check_tflite_bytes, "pte": lambda blob: check_program_bytes(blob).dims}
     if fmt not in checks or budget.path.suffix != f".{fmt}":
         raise UserError(f"{budget.where}: target '{budget.profile.name}' runs .{fmt} files, not {budget.path.name}; gate the model.{fmt} beside it")
     try:

@@ -10,7 +10,7 @@ took 17-34 s, against 2.7-5.8 s for the ONNX export. Two things halve it without
 runs: BatchNorm folded into the convolutions in torch first (XNNPACK's own pass folds it too, but
 later and slower: fewer nodes for every pass), and the edge dialect's IR validity check skipped
 (the check re-verifies every node after each pass; ExecuTorch's own loader verifies the program).
-Measured so: 7.5-12 s, and the bytes are the same as with the check (tiny_resnet, compared).
+Measured so: 7.5-17 s, and the bytes are the same as with the check (tiny_resnet, compared).
 """
 
 from __future__ import annotations

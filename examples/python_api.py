@@ -72,7 +72,7 @@ def train(model: nn.Module, loader: DataLoader, epochs: float, teacher: nn.Modul
             if done == steps:
                 break
     model.eval()
-    return {"steps": steps, "final_loss": float(loss)}
+    return {"steps": steps, "final_loss": loss.item()}
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeprune.commands.settings import parse_shape
+    from edgeprune.api.settings import parse_shape
     from edgeprune.jobs.demo import train_and_save
 
     check_num_classes(args.num_classes)

@@ -45,8 +45,9 @@ def progress_bar(enabled: bool = True) -> Progress | PlainProgress:
 
 class PlainProgress:
     """The part of rich's ``Progress`` the steps use (``add_task``, ``update``, ``advance``, a
-    context manager), written as a log line per task every :data:`PLAIN_EVERY_S` seconds and when
-    it completes: ``search: 3/8 (41 s) gen 3/8 · 24 evals``."""
+    context manager), written as a log line per task every :data:`PLAIN_EVERY_S` seconds, when it
+    completes, and when the context closes on a task that moved since its last line (a step that
+    ends short of its total): ``search: 3/8 (41 s) gen 3/8 · 24 evals``."""
 
     def __init__(self, every_s: float = PLAIN_EVERY_S):
         self.every_s = every_s
@@ -56,18 +57,20 @@ class PlainProgress:
         return self
 
     def __exit__(self, *exc) -> None:
-        return None
+        self.stop()
 
     def start(self) -> None:
         return None
 
     def stop(self) -> None:
-        return None
+        for t in self._tasks.values():
+            if t["moved"] and not t["done"]:
+                self._log(t, time.monotonic())
 
     def add_task(self, description: str, total: float | None = None, **fields) -> int:
         number = len(self._tasks)
         self._tasks[number] = {"description": description, "total": total, "completed": 0.0, "fields": fields,
-                               "started": time.monotonic(), "logged": None, "done": False}
+                               "started": time.monotonic(), "logged": None, "done": False, "moved": False}
         return number
 
     def advance(self, task: int, advance: float = 1) -> None:
@@ -82,14 +85,15 @@ class PlainProgress:
             t["description"] = description
         t["completed"] = completed if completed is not None else t["completed"] + (advance or 0)
         t["fields"] |= fields
-        self._maybe_log(t)
-
-    def _maybe_log(self, t: dict) -> None:
+        t["moved"] = True
         now = time.monotonic()
         finished = t["total"] is not None and t["completed"] >= t["total"]
-        if t["done"] or not (finished or t["logged"] is None or now - t["logged"] >= self.every_s):
-            return
-        t["logged"], t["done"] = now, finished
+        if not t["done"] and (finished or t["logged"] is None or now - t["logged"] >= self.every_s):
+            t["done"] = finished
+            self._log(t, now)
+
+    def _log(self, t: dict, now: float) -> None:
+        t["logged"], t["moved"] = now, False
         count = f"{t['completed']:g}/{t['total']:g}" if t["total"] is not None else f"{t['completed']:g}"
         extra = " ".join(_field(k, v) for k, v in t["fields"].items() if v not in (None, ""))
         log.info(f"{t['description']}: {count} ({now - t['started']:.0f} s){' ' + extra if extra else ''}")

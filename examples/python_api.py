@@ -113,8 +113,10 @@ def run(out: Path, target: str = "x86-cpu", speedup: float = 1.5, **search) -> "
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    onnx_out = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})[0]
-    print(f"model.onnx runs: class {int(onnx_out.argmax())} for the first test image (label {int(sets['test'].tensors[1][0])})")
+    name = session.get_inputs()[0].name
+    onnx_classes = [int(session.run(None, {name: image[None].numpy()})[0].argmax()) for image in x]
+    agree = sum(c == int(t) for c, t in zip(onnx_classes, rebuilt(x).argmax(1)))
+    print(f"model.onnx gives the rebuilt network's class on {agree} of {len(x)} test images")
     return result
 
 

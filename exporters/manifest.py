@@ -87,7 +87,7 @@ def build_manifest(report: dict, folder: Path, pending: dict[str, bytes]) -> dic
         "accuracy_torch_test": export["accuracy_torch_test"],
         "models": export["models"],
         "int8_gate": export["int8_gate"],
-        # the target runtime's own file (model.tflite) and the runtime's version, where there is one
+        # the target runtime's own file (model.tflite, model.pte) and the runtime's version, where there is one
         "runtime_file": export.get("runtime_file"),
         "artifacts": artifacts,
     }

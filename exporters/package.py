@@ -133,7 +133,7 @@ class Package:
     int8_accepted: bool
     section: dict
     engine: bytes | None = None  # a TensorRT engine built on this host (export --engine)
-    native: RuntimeFile | None = None  # the target runtime's own file (model.tflite), where it has one
+    native: RuntimeFile | None = None  # the target runtime's own file (model.tflite, model.pte), where it has one
 
     def files(self) -> dict[str, bytes]:
         files = {FP32_FILE: self.fp32.blob}
@@ -420,7 +420,7 @@ def _drop_ok(opts: ExportOptions, fp32_accuracy: float, accuracy: float) -> bool
 def _int8_formats(choice: str, profile) -> tuple[str, ...]:
     """The formats to make: the one asked for, or for ``auto`` those the target runs (TensorRT
     imports QDQ only) and whose library is installed (NNCF is an optional extra). INT8 files are
-    ONNX: a target that runs its own format (LiteRT) cannot time them."""
+    ONNX: a target that runs its own format (LiteRT, ExecuTorch) cannot time them."""
     if profile.model_format != "onnx":
         raise UserError(f"--int8 makes ONNX INT8 files, which target '{profile.name}' ({profile.backend}) does not run; export without --int8")
     if choice != "auto":

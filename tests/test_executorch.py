@@ -103,6 +103,16 @@ def test_the_deliverable_pte_is_checked_against_torch_and_names_its_runtime():
     assert summary["parity_vs_torch"]["top1_agreement"] == 1.0
 
 
+def test_a_model_torch_export_cannot_take_is_one_line():
+    class Branchy(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x  # data-dependent control flow: torch.export refuses it
+
+    with pytest.raises(UserError) as e:
+        export_pte_bytes(Branchy(), (1, 3, 8, 8))
+    assert "cannot convert this model to .pte" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_conversion_restores_the_training_flags():
     model = tiny_resnet().train()
     export_pte_bytes(model, SHAPE)
@@ -223,6 +233,16 @@ def test_a_program_with_external_data_is_refused():
 def test_a_huge_declared_input_is_refused(pte):
     with pytest.raises(ModelRejected, match="more than 10 elements"):
         check_program_bytes(pte, max_input_elements=10)
+
+
+def test_the_check_holds_a_bounded_number_of_entries(pte, monkeypatch):
+    """A vector of a million empty tables costs a few MB of upload but a Python object each in the
+    agent's own process: the check counts every element it lists and refuses past the cap."""
+    from edgeprune.profiling import pte_check
+
+    monkeypatch.setattr(pte_check, "MAX_ENTRIES", 5)
+    with pytest.raises(ModelRejected, match="lists more than 5 entries"):
+        check_program_bytes(pte)
 
 
 def test_random_corruption_is_refused_or_read_never_crashes(pte):

@@ -317,10 +317,23 @@ def test_truncated_and_aliased_models_are_refused_quickly(wide):
         with pytest.raises(ModelRejected):
             check_tflite_bytes(wide[:cut])
     assert check_tflite_bytes(_aliased(3, 1000)) == SHAPE  # a few references: walked, valid
-    # 100 000 references to one table of 1000 numbers (a 400 KB file): refused on the read
-    # budget instead of reading 10^8 numbers in the agent's own process
+    # 400 references to one table of 1000 numbers (a 6 KB file): refused on the read budget
+    # instead of reading 400 000 numbers in the agent's own process (and 100 000 references,
+    # 10^8 numbers, on the cap of what is listed: test_the_check_holds_a_bounded_number_of_tables)
     with pytest.raises(ModelRejected, match="more often than its size allows"):
-        check_tflite_bytes(_aliased(100_000, 1000))
+        check_tflite_bytes(_aliased(400, 1000))
+
+
+
+def test_the_check_holds_a_bounded_number_of_tables(monkeypatch):
+    """A vector naming one empty table over and over costs no reads but a Python object each in
+    the agent's own process: the tables and indices listed are counted and capped."""
+    from edgeprune.profiling import tflite_check
+
+    monkeypatch.setattr(tflite_check, "MAX_ENTRIES", 1000)
+    assert check_tflite_bytes(_aliased(3, 1)) == SHAPE
+    with pytest.raises(ModelRejected, match="lists more than 1000 tables and indices"):
+        check_tflite_bytes(_aliased(2000, 1))
 
 
 # --- the device agent -----------------------------------------------------------------------------

@@ -121,7 +121,7 @@ def test_one_step_for_the_profile_fits_every_kind():
     [
         (16, (8, 8), "proposed channel_step 8: t has 16, which differs (coarser"),
         (8, (16, 8), "proposed channel_step 16: t has 8, which differs (finer"),
-        (24, (16, 16), "proposed channel_step 16: t has 24, which differs (finer"),
+        (24, (16, 16), "proposed channel_step 16: t has 24, which differs (off the grid"),
     ],
 )
 def test_the_verdict_says_how_the_profile_differs(profile_step, steps, says):

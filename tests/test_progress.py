@@ -25,6 +25,17 @@ def test_off_a_terminal_a_step_is_logged_when_it_starts_every_few_seconds_and_wh
     ]
 
 
+def test_a_step_that_ends_short_of_its_total_gets_its_last_line(caplog, monkeypatch):
+    clock = iter([0.0, 1.0, 3.0, 4.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    with caplog.at_level(logging.INFO, logger="edgeprune"), PlainProgress(every_s=10.0) as bar:
+        task = bar.add_task("search", total=8, status="")  # t = 0
+        bar.update(task, advance=1, status="gen 1/8")  # t = 1: the first line
+        bar.update(task, completed=8 - 5, status="front unchanged: stopped after gen 3")  # t = 3: quiet
+    # t = 4, the context closes: the state the step ended in
+    assert [r.getMessage() for r in caplog.records] == ["search: 1/8 (1 s) gen 1/8", "search: 3/8 (4 s) front unchanged: stopped after gen 3"]
+
+
 def test_the_bar_is_live_on_a_terminal_plain_elsewhere_and_silent_when_disabled(monkeypatch):
     monkeypatch.setattr(progress, "live", lambda: False)
     assert isinstance(progress_bar(True), PlainProgress)

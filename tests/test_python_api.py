@@ -41,6 +41,7 @@ def _loader() -> DataLoader:
     ({"task": object(), "score": lambda m: 0.5}, "drop score="),
     ({"calibration": [("not", "tensors")], "score": lambda m: 0.5}, "calibration= yielded a str"),
     ({"input_shape": "3x32"}, "is not CxHxW"),
+    ({"calibration": map(lambda i: i / 0, [1]), "score": lambda m: 0.5}, "reading calibration= raised ZeroDivisionError"),
 ])
 def test_bad_arguments_are_one_line_user_errors_before_any_work(arguments, message, tmp_path):
     arguments = {"speedup": 2} | arguments if "budget_ms" not in arguments else arguments
@@ -85,6 +86,8 @@ def test_profile_times_a_model_object_and_the_cache_answers_the_second_call(tmp_
     assert again.from_cache and again.median_ms == first.median_ms
     with pytest.raises(edgeprune.UserError, match="needs example_input="):
         edgeprune.profile(_net(), PROFILE)
+    with pytest.raises(edgeprune.UserError, match="runs .tflite files, which `profile` does not time; time one with `edgeprune gate"):
+        edgeprune.profile(_net(), "arm-litert", example_input=torch.zeros(1, 1, 8, 8))
 
 
 def test_gate_returns_the_verdicts_and_refuses_what_the_command_refuses(tmp_path):

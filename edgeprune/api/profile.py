@@ -18,10 +18,11 @@ def profile(
     ``example_input`` (exported to ONNX at that shape, as the search exports candidates).
     ``repeats``/``fresh``/``cache``/``no_cache`` as the command's options; a cached answer is
     returned unless ``fresh`` or ``repeats`` > 1."""
-    from edgeprune.jobs.profile import profile_bytes
+    from edgeprune.jobs.profile import profile_bytes, require_onnx_target
     from edgeprune.profiling.targets import load_profile
 
     settings = load_profile(target)
+    require_onnx_target(settings)
     if isinstance(model, (str, Path)):
         from edgeprune.profiling.onnx_file import load_onnx
 
@@ -41,7 +42,5 @@ def _exported(model, example_input, settings) -> tuple[bytes, tuple[int, ...], s
         raise UserError(f"model is a {type(model).__name__}; pass the path of an ONNX file or a torch.nn.Module with example_input=")
     if example_input is None:
         raise UserError("profiling a torch.nn.Module needs example_input= (one input tensor, e.g. torch.zeros(1, 3, 224, 224))")
-    if settings.model_format != "onnx":
-        raise UserError(f"target '{settings.name}' runs {settings.model_format} files; profile a model object on an ONNX target, or pass the {settings.model_format} file")
     shape = (settings.batch, *tuple(example_input.shape)[1:])
     return export_onnx_bytes(model, shape, settings.opset), shape, f"object:{type(model).__name__}"

@@ -46,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _profile_file(args, profile) -> int:
     """Through the Profiler, like prune and gate: a profile with ``agent:`` times on the device."""
-    from edgeprune.jobs.profile import profile_bytes
+    from edgeprune.jobs.profile import profile_bytes, require_onnx_target
     from edgeprune.profiling.onnx_file import load_onnx
 
+    require_onnx_target(profile)
     blob, shape = load_onnx(args.onnx, batch=profile.batch, allow_external_data=args.allow_external_data)
     result = profile_bytes(blob, shape, profile, args.onnx, repeats=args.repeats, fresh=args.fresh, cache=args.cache, no_cache=args.no_cache)
     if args.json:

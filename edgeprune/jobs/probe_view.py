@@ -62,8 +62,10 @@ def verdict(result: ProbeResult) -> list[str]:
         lines.append(f"proposed channel_step {result.step}: {result.target} has {have}, which agrees")
     elif have % result.step == 0:
         lines.append(f"proposed channel_step {result.step}: {result.target} has {have}, which differs (coarser: the search misses widths that would run faster)")
-    else:
+    elif result.step % have == 0:
         lines.append(f"proposed channel_step {result.step}: {result.target} has {have}, which differs (finer: some of its widths run no faster than the next one up)")
+    else:
+        lines.append(f"proposed channel_step {result.step}: {result.target} has {have}, which differs (off the grid: some of its widths run no faster than the next one up, and the search misses others that would run faster)")
     lines.append(_noise_line(result))
     return lines
 

@@ -41,6 +41,16 @@ class ProfileResult:
         }
 
 
+def require_onnx_target(profile: Profile) -> None:
+    """``profile`` times ONNX files; a target that runs its runtime's own format is gated on that
+    file instead (profiling one is not built yet)."""
+    if profile.model_format != "onnx":
+        raise UserError(
+            f"target '{profile.name}' runs .{profile.model_format} files, which `profile` does not time; "
+            f"time one with `edgeprune gate MODEL.{profile.model_format} --budget-ms MS --target {profile.name}`"
+        )
+
+
 def profile_bytes(
     blob: bytes, shape: tuple[int, ...], profile: Profile, name: str, *,
     repeats: int = 1, fresh: bool = False, cache: str | None = None, no_cache: bool = False,

@@ -1,4 +1,4 @@
-"""The device agent: ``edgeprune agent`` runs ON the target and times ONNX models for a search
+"""The device agent: ``edgeprune agent`` runs ON the target and times models (ONNX, .tflite, .pte) for a search
 that runs elsewhere (the ``remote`` backend, :mod:`edgeprune.profiling.remote`).
 
 It must run on a Jetson with JetPack's TensorRT and no PyTorch, so this module and everything it
@@ -49,8 +49,8 @@ is checked against the cap before a byte is read; the ONNX must pass
 :func:`~edgeprune.profiling.tflite_check.check_tflite_bytes` (builtin operators only, no
 external buffers), a .pte :func:`~edgeprune.profiling.pte_check.check_program_bytes` (XNNPACK
 delegates only, no external data), a format without such a check is refused; the profile is
-validated like a YAML file; nothing is ever unpickled. Every backend (ONNX Runtime, TensorRT's
-trtexec, the simulated device and its shape inference) times in a child process
+validated like a YAML file; nothing is ever unpickled. Every backend (ONNX Runtime, OpenVINO,
+LiteRT, ExecuTorch, TensorRT's trtexec, the simulated device and its shape inference) times in a child process
 (:class:`~edgeprune.profiling.isolated.IsolatedBackend`) with a deadline and a memory cap, so a
 hostile model costs one child, not the agent. One measurement at a time: validation and timing
 hold one lock, so two clients never time each other; the deadline bounds how long it is held.

@@ -94,8 +94,8 @@ class _Deadline(Exception):
 
 
 class IsolatedBackend(Backend):
-    """The measurements of the backend ``profile.backend`` names (ONNX Runtime, TensorRT or
-    simulated), taken in a torch-free child (ExecuTorch's runtime brings torch into its own).
+    """The measurements of the backend ``profile.backend`` names (ONNX Runtime, OpenVINO, LiteRT,
+    ExecuTorch, TensorRT or simulated), taken in a torch-free child (ExecuTorch's runtime brings torch into its own).
 
     ``timeout_s`` bounds each request (the child, and whatever it started, is killed past it);
     ``max_memory_mb`` caps the child's memory (None: no cap). Per-node times for ONNX Runtime

@@ -32,6 +32,9 @@ _TENSOR = 5  # KernelTypes: NONE=0, Null, Int, Bool, Double, Tensor
 _FLOAT = 6  # ScalarType.FLOAT
 _EXTERNAL = 1  # TensorDataLocation.EXTERNAL
 _INLINE, _SEGMENT = 0, 1  # DataLocation of a delegate's payload
+# Vector elements listed over the whole check: a crafted vector of a million empty tables costs
+# no bytes to speak of but a Python object each, in the agent's own process (no memory cap).
+MAX_ENTRIES = 500_000
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class _Buffer:
 
     def __init__(self, data: bytes):
         self.data = data
+        self.entries = MAX_ENTRIES
 
     def read(self, fmt: str, pos: int) -> int:
         size = struct.calcsize(fmt)
@@ -82,6 +86,9 @@ class _Buffer:
         count = self.read("<I", at)
         if at + 4 + count * width > len(self.data):
             raise ModelRejected("not a well-formed ExecuTorch program: a vector runs past the end of the file")
+        self.entries -= count
+        if self.entries < 0:
+            raise ModelRejected(f"the ExecuTorch program lists more than {MAX_ENTRIES} entries; edgeprune times CNNs far smaller")
         return [at + 4 + i * width for i in range(count)]
 
     def tables(self, table, index: int) -> list[tuple[int, int, int]]:

@@ -8,7 +8,11 @@ with every offset bounds-checked, before any runtime is loaded, and what cannot 
 refused: a model must carry the TFLite identifier ``TFL3`` and schema version 3, use only LiteRT's
 builtin operators, keep every weight inside the bytes, hold no field this schema does not know,
 and take one fixed-shape float32 input. The walk costs at most a few reads per byte of the upload
-(shared tables are counted each time they are reached), so a crafted file cannot make it long.
+(shared tables are counted each time they are reached), and it lists at most
+:data:`MAX_ENTRIES` tables and indices in all (a real CNN has a few thousand), so a crafted file
+can make it neither long nor large. Fields this walk does not reach (operator options,
+quantization, metadata) are left to LiteRT's own flatbuffer verifier, which refuses a malformed
+buffer before the interpreter is built.
 
 Torch-free and runtime-free: the agent runs it in its own process, the runtime only in the
 measuring child (:mod:`edgeprune.profiling.isolated`).
@@ -25,6 +29,9 @@ IDENTIFIER = b"TFL3"
 # STABLEHLO_CASE = 209). A newer code is an operator this check knows nothing of: refused.
 MAX_BUILTIN_CODE = 209
 _CUSTOM, _DELEGATE, _FLOAT32 = 32, 51, 0
+# Tables and indices listed over the whole walk: a crafted vector of a million empty tables costs
+# no reads but a Python object each, in the agent's own process, which has no memory cap.
+MAX_ENTRIES = 500_000
 # Fields per table in that schema; a table with more is from a schema this check does not know.
 # Model 8, 9 and Tensor 10 are external buffers (weights in other files); Operator 5, 9, 10 the
 # options of custom operators.
@@ -79,10 +86,12 @@ class _Table:
 
     def ints(self, field: int) -> list[int]:
         start, n = self.vector(field, 4)
+        self.r.list(n)
         return list(struct.unpack_from(f"<{n}i", self.r.blob, start)) if n else []
 
     def tables(self, field: int, kind: str) -> list[_Table]:
         start, n = self.vector(field, 4)
+        self.r.list(n)
         return [_Table(self.r, p + self.r.num("<I", p), kind) for p in range(start, start + 4 * n, 4)]
 
 
@@ -90,6 +99,13 @@ class _Reader:
     def __init__(self, blob: bytes):
         self.blob = blob
         self.budget = 4 * len(blob) + 4096  # fields and elements read, in all: a few per byte
+        self.entries = MAX_ENTRIES
+
+    def list(self, count: int) -> None:
+        """Account for ``count`` more tables or indices held in memory (:data:`MAX_ENTRIES`)."""
+        self.entries -= count
+        if self.entries < 0:
+            raise ModelRejected(f"the .tflite model lists more than {MAX_ENTRIES} tables and indices; edgeprune times CNNs far smaller")
 
     def need(self, pos: int, size: int) -> None:
         if pos < 0 or size < 0 or pos + size > len(self.blob):

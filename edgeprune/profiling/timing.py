@@ -1,5 +1,5 @@
 """The measurement protocol every in-process CPU runtime times with (DESIGN.md "Measurement
-protocol"), written once: ONNX Runtime, OpenVINO and LiteRT differ only in how a fresh, warmed-up
+protocol"), written once: ONNX Runtime, OpenVINO, LiteRT and ExecuTorch differ only in how a fresh, warmed-up
 model is made ready to run, so each backend gives :meth:`ProtocolBackend._warm` and inherits the
 rest.
 

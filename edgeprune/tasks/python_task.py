@@ -31,9 +31,13 @@ def _first_batches(calibration: Iterable) -> list:
     """At most :data:`MAX_CALIBRATION_BATCHES` input batches, read once: a DataLoader over a
     large set is not walked to its end, and a generator is not exhausted twice."""
     try:
-        return [_inputs_of(b) for b in islice(iter(calibration), MAX_CALIBRATION_BATCHES)]
+        batches = iter(calibration)
     except TypeError:
         raise UserError(f"calibration= is a {type(calibration).__name__}; pass an iterable of input batches (a DataLoader or a list of tensors)") from None
+    try:
+        return [_inputs_of(b) for b in islice(batches, MAX_CALIBRATION_BATCHES)]
+    except Exception as exc:  # the user's DataLoader: its dataset or collate may raise anything
+        raise UserError(f"reading calibration= raised {type(exc).__name__}: {str(exc).strip()[:200]}; fix the DataLoader (it must yield input tensors)") from exc
 
 
 class _WithExample:

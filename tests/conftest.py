@@ -1,6 +1,21 @@
 """Shared fixtures: every test gets its own latency cache folder, never the user's."""
 
+import sys
+
 import pytest
+
+
+def pytest_configure(config):
+    """absl's log handler (absl comes with litert-torch) keeps the ``sys.stderr`` of the moment absl
+    is first imported: under pytest, the capture's stream. When a later ``logging.config.dictConfig``
+    (ultralytics' import) shuts every handler down, absl closes that stream unless it is the
+    current ``sys.stderr``, which inside a ``capsys`` test it is not: pytest's own capture is then
+    closed under it ("I/O operation on closed file") and the run dies. The real stderr instead."""
+    try:
+        from absl import logging as absl_logging
+    except ImportError:
+        return
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 
 @pytest.fixture(autouse=True)

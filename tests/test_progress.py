@@ -9,11 +9,18 @@ from edgeprune import progress
 from edgeprune.progress import PlainProgress, progress_bar
 
 
+def _records(caplog, monkeypatch):
+    """caplog listens on the root logger, which the command line's stderr handler (installed by
+    any earlier ``main()`` of the session) stops the edgeprune logger from reaching."""
+    monkeypatch.setattr(progress.log, "propagate", True)
+    return caplog.at_level(logging.INFO, logger="edgeprune")
+
+
 def test_off_a_terminal_a_step_is_logged_when_it_starts_every_few_seconds_and_when_it_ends(caplog, monkeypatch):
     clock = iter([0.0, 1.0, 2.0, 12.5, 13.0, 20.0])
     monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
     bar = PlainProgress(every_s=10.0)
-    with caplog.at_level(logging.INFO, logger="edgeprune"), bar:
+    with _records(caplog, monkeypatch), bar:
         task = bar.add_task("search", total=3, status="")  # t = 0
         bar.update(task, advance=1, status="gen 1/3")  # t = 1: the first line
         bar.update(task, status="gen 1/3 · still")  # t = 2: within 10 s of it, quiet
@@ -28,7 +35,7 @@ def test_off_a_terminal_a_step_is_logged_when_it_starts_every_few_seconds_and_wh
 def test_a_step_that_ends_short_of_its_total_gets_its_last_line(caplog, monkeypatch):
     clock = iter([0.0, 1.0, 3.0, 4.0])
     monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
-    with caplog.at_level(logging.INFO, logger="edgeprune"), PlainProgress(every_s=10.0) as bar:
+    with _records(caplog, monkeypatch), PlainProgress(every_s=10.0) as bar:
         task = bar.add_task("search", total=8, status="")  # t = 0
         bar.update(task, advance=1, status="gen 1/8")  # t = 1: the first line
         bar.update(task, completed=8 - 5, status="front unchanged: stopped after gen 3")  # t = 3: quiet

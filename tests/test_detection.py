@@ -116,6 +116,7 @@ def _top_box(pred: torch.Tensor, margin: float):
     return kept[0]
 
 
+@pytest.mark.slow
 def test_prune_detection_end_to_end_reloads_into_ultralytics_and_its_onnx_gives_torchs_boxes(tiny_set, tmp_path):
     out = tmp_path / "out"
     code = main([

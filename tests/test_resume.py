@@ -101,6 +101,7 @@ def _tear(journal: Path) -> None:
             f.write(last[: len(last) // 2])
 
 
+@pytest.mark.slow
 def test_three_kills_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_path, uninterrupted):
     """Killed three times (each partial run resumed from the last), with a torn last record
     before every resume: the end is the uninterrupted run's, and every evaluation the journal

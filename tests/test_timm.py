@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from edgeprune.cli import main
@@ -32,6 +33,7 @@ def test_an_unknown_timm_name_suggests_close_ones(capsys):
     assert "timm has no model 'mobilenetv3_smal_100'" in err and "mobilenetv3_small_100" in err
 
 
+@pytest.mark.slow
 def test_prune_timm_mobilenetv3_small_end_to_end_and_rebuild_from_the_plan(tmp_path):
     out = tmp_path / "out"
     code = main([

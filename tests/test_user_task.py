@@ -168,6 +168,7 @@ def fashion_weights(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_prune_with_the_examples_user_task_through_the_cli(fashion_weights, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)  # factories are imported from the current folder, like a user's own
     out = tmp_path / "out"

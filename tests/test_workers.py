@@ -55,6 +55,7 @@ def test_workers_option_is_checked():
             parse_workers(bad)
 
 
+@pytest.mark.slow
 def test_ray_workers_give_the_same_report_as_a_local_run(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     reports = {}

@@ -13,6 +13,7 @@ import warnings
 
 import torch
 
+from edgeprune.exporters.eval_mode import evaluated
 from edgeprune.tasks import outputs
 
 
@@ -30,7 +31,6 @@ def export_onnx_bytes(
     Every module's training flag is restored afterwards (not just the root's), so exporting in
     the middle of fine-tuning leaves e.g. deliberately frozen BatchNorm layers as they were.
     """
-    modes = {m: m.training for m in model.modules()}
     # In eval + no_grad, nn.MultiheadAttention takes a fused fast path whose op
     # (aten::_native_multi_head_attention) has no ONNX export: trace the plain path instead.
     fastpath = torch.backends.mha.get_fastpath_enabled()
@@ -38,9 +38,8 @@ def export_onnx_bytes(
     first = next(model.parameters(), None)
     dummy = torch.zeros(input_shape, device=first.device if first is not None else "cpu")
     buffer = io.BytesIO()
-    model.eval()
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with evaluated(model), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the deprecation notice, repeated for every candidate
             torch.onnx.export(
                 model,
@@ -53,6 +52,4 @@ def export_onnx_bytes(
             )
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-        for m, training in modes.items():
-            m.training = training
     return buffer.getvalue()

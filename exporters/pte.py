@@ -15,13 +15,13 @@ Measured so: 7.5-17 s, and the bytes are the same as with the check (tiny_resnet
 
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
 
 import torch
 
 from edgeprune.errors import UserError
+from edgeprune.exporters.eval_mode import evaluated
 
 INSTALL_HINT = "pip install 'edgeprune[executorch]'"
 
@@ -32,23 +32,16 @@ def export_pte_bytes(model: torch.nn.Module, input_shape: tuple[int, ...]) -> by
     CPU copy when it lives on another device (XNNPACK runs on the CPU), every module's training
     flag restored."""
     lower, partitioner, config = _executorch()
-    first = next(model.parameters(), None)
-    if first is not None and first.device.type != "cpu":
-        model = copy.deepcopy(model).cpu()
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # experimental-API and deprecation notices, per candidate
-            program = torch.export.export(_folded(model), (torch.zeros(input_shape),))
-            edge = lower(program, partitioner=[partitioner()], compile_config=config(_check_ir_validity=False))
-            return bytes(edge.to_executorch().buffer)
-    except Exception as exc:  # torch.export's and the lowering's errors are of many kinds; the model is the user's
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"torch.export or ExecuTorch's XNNPACK lowering cannot convert this model to .pte: {reason}") from exc
-    finally:
-        for m, training in modes.items():
-            m.training = training
+    with evaluated(model, cpu=True) as model:
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # experimental-API and deprecation notices, per candidate
+                program = torch.export.export(_folded(model), (torch.zeros(input_shape),))
+                edge = lower(program, partitioner=[partitioner()], compile_config=config(_check_ir_validity=False))
+                return bytes(edge.to_executorch().buffer)
+        except Exception as exc:  # torch.export's and the lowering's errors are of many kinds; the model is the user's
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"torch.export or ExecuTorch's XNNPACK lowering cannot convert this model to .pte: {reason}") from exc
 
 
 def _folded(model: torch.nn.Module) -> torch.nn.Module:

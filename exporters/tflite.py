@@ -16,12 +16,12 @@ an extra (``pip install 'edgeprune[litert]'``), imported lazily.
 
 from __future__ import annotations
 
-import copy
 import os
 
 import torch
 
 from edgeprune.errors import UserError
+from edgeprune.exporters.eval_mode import evaluated
 
 INSTALL_HINT = "pip install 'edgeprune[litert]'"
 
@@ -43,18 +43,11 @@ def export_tflite_bytes(model: torch.nn.Module, input_shape: tuple[int, ...]) ->
     .tflite bytes. The caller's model is left as it was: converted on a CPU copy when it lives on
     another device, every module's training flag restored."""
     litert_torch = _converter()
-    first = next(model.parameters(), None)
-    if first is not None and first.device.type != "cpu":
-        model = copy.deepcopy(model).cpu()
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            converted = litert_torch.convert(model, (torch.zeros(input_shape),))
-    except Exception as exc:  # the converter's own errors are of many kinds; the model is the user's
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"litert-torch cannot convert this model to .tflite: {reason}") from exc
-    finally:
-        for m, training in modes.items():
-            m.training = training
+    with evaluated(model, cpu=True) as model:
+        try:
+            with torch.no_grad():
+                converted = litert_torch.convert(model, (torch.zeros(input_shape),))
+        except Exception as exc:  # the converter's own errors are of many kinds; the model is the user's
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"litert-torch cannot convert this model to .tflite: {reason}") from exc
     return bytes(converted.model_content())

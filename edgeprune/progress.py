@@ -47,7 +47,9 @@ class PlainProgress:
     """The part of rich's ``Progress`` the steps use (``add_task``, ``update``, ``advance``, a
     context manager), written as a log line per task every :data:`PLAIN_EVERY_S` seconds, when it
     completes, and when the context closes on a task that moved since its last line (a step that
-    ends short of its total): ``search: 3/8 (41 s) gen 3/8 · 24 evals``."""
+    ends short of its total): ``search: 3/8 (41 s) gen 3/8 · 24 evals``. A task added with
+    ``every_step=True`` (a search's generations: few, and each one a result worth reading) also
+    gets a line whenever its count moves, however soon after the last one."""
 
     def __init__(self, every_s: float = PLAIN_EVERY_S):
         self.every_s = every_s
@@ -69,8 +71,9 @@ class PlainProgress:
 
     def add_task(self, description: str, total: float | None = None, **fields) -> int:
         number = len(self._tasks)
+        every_step = bool(fields.pop("every_step", False))
         self._tasks[number] = {"description": description, "total": total, "completed": 0.0, "fields": fields,
-                               "started": time.monotonic(), "logged": None, "done": False, "moved": False}
+                               "started": time.monotonic(), "logged": None, "done": False, "moved": False, "every_step": every_step}
         return number
 
     def advance(self, task: int, advance: float = 1) -> None:
@@ -83,12 +86,14 @@ class PlainProgress:
             t["total"] = total
         if description is not None:
             t["description"] = description
+        before = t["completed"]
         t["completed"] = completed if completed is not None else t["completed"] + (advance or 0)
         t["fields"] |= fields
         t["moved"] = True
         now = time.monotonic()
         finished = t["total"] is not None and t["completed"] >= t["total"]
-        if not t["done"] and (finished or t["logged"] is None or now - t["logged"] >= self.every_s):
+        stepped = t["every_step"] and t["completed"] != before
+        if not t["done"] and (finished or stepped or t["logged"] is None or now - t["logged"] >= self.every_s):
             t["done"] = finished
             self._log(t, now)
 

@@ -83,7 +83,7 @@ def run_coevolution(
     history: list[dict] = []
     combined = problem.evaluate(base)
     with progress_bar(show_progress) as bar:
-        task = bar.add_task("co-evolution", total=max_passes, status="")
+        task = bar.add_task("co-evolution", total=max_passes, status="", every_step=True)  # off a terminal: a line per pass
         for number in range(1, max_passes + 1):
             if combined.latency.median_ms <= problem.limit_ms:
                 break

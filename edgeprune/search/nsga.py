@@ -103,7 +103,7 @@ def run_nsga2(
     history = []
     stagnation = Stagnation(patience)
     with progress_bar(show_progress) as bar:
-        task = bar.add_task("search", total=generations, status="")
+        task = bar.add_task("search", total=generations, status="", every_step=True)  # off a terminal: a line per generation
         for gen in range(generations):
             pop = algorithm.ask()
             if pop is None or len(pop) == 0:

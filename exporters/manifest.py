@@ -87,7 +87,8 @@ def build_manifest(report: dict, folder: Path, pending: dict[str, bytes]) -> dic
         "accuracy_torch_test": export["accuracy_torch_test"],
         "models": export["models"],
         "int8_gate": export["int8_gate"],
-        # the target runtime's own file (model.tflite, model.pte) and the runtime's version, where there is one
+        # the target runtime's own files (model.tflite, model.pte, model.xml + model.bin): each file's sha256, the
+        # runtime's version, parity with torch and the test score in that runtime, where the target has them
         "runtime_file": export.get("runtime_file"),
         "artifacts": artifacts,
     }

@@ -41,6 +41,7 @@ def render_model_card(report: dict) -> str:
           else _task_intro_lines(report, export, spec, task, shown_shape)),
         *(_data_lines(data, pre, int8) if pre is not None else _task_data_lines(task)),
         *_metrics_lines(export, baseline, fp32, int8, task),
+        *_runtime_file_lines(export.get("runtime_file")),
         *_robustness_lines(report.get("robustness"), baseline, pruned),
         *_latency_lines(report, export, baseline, pruned, fp32, int8),
         *_per_layer_lines(report.get("per_layer")),
@@ -125,9 +126,32 @@ def _metrics_lines(export: dict, baseline: dict, fp32: dict, int8: dict | None, 
     lines.append(f"| `{fp32['file']}` ({fp32['precision']}) | onnxruntime | {_pct(fp32['accuracy']['test'])} |")
     if int8:
         lines.append(f"| INT8 ({'accepted' if int8['accepted'] else 'REFUSED'}) | onnxruntime | {_pct(int8['accuracy']['test'])} |")
+    native = export.get("runtime_file")
+    if native:
+        score = (native.get("accuracy") or {}).get("test")
+        shown = _pct(score) if score is not None else f"not scored: {(native.get('accuracy') or {}).get('reason') or 'no score'}"
+        lines.append(f"| `{native['file']}` ({native['format']}) | {native['runtime']} {native['runtime_version'] or ''} | {shown} |")
     lines += ["", f"Parity torch ↔ ONNX Runtime on {fp32['parity_vs_torch']['samples']} inputs: {_parity(fp32)}"
               + (f"; INT8: {_parity(int8)}." if int8 else "."), ""]
     return lines
+
+
+def _runtime_file_lines(native: dict | None) -> list[str]:
+    """The target runtime's own files: which one was timed, each file's sha256, parity with torch."""
+    if not native:
+        return []
+    files = native.get("files") or {native["file"]: {"sha256": native["sha256"], "bytes": native["bytes"]}}
+    timed = "it is the file that was timed" if native.get("timed", True) else "converted from `model.onnx`, the file that was timed"
+    lines = [
+        "## The target runtime's file",
+        "",
+        f"The target runs {' + '.join(f'`{n}`' for n in files)} ({native['format']}, {native['runtime']} "
+        f"{native['runtime_version'] or '(version unknown)'}); {timed}. Parity torch ↔ {native['runtime']} on "
+        f"{native['parity_vs_torch']['samples']} inputs: {_parity(native)}.",
+        "",
+    ]
+    lines += [f"- `{name}`: sha256 `{entry['sha256']}`, {entry['bytes']} bytes" for name, entry in files.items()]
+    return [*lines, ""]
 
 
 def _robustness_lines(robustness: dict | None, baseline: dict, pruned: dict) -> list[str]:

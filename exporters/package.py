@@ -25,9 +25,11 @@ from edgeprune.exporters.int8 import DEFAULT_CALIBRATION_SAMPLES, INT8_FORMATS, 
 from edgeprune.exporters.manifest import MANIFEST, MODEL_CARD, REPORT, build_manifest
 from edgeprune.profiling.keys import graph_key
 from edgeprune.exporters.model_card import render_model_card
-from edgeprune.exporters.runtime_file import RuntimeFile, runtime_file
+from edgeprune.exporters.runtime_file import RuntimeFile, deliverable_files, runtime_file
+from edgeprune.exporters.runtime_score import Scorer, score_runtime_file, split_accuracy, task_scorer
 from edgeprune.exporters.onnx import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, OnnxModule, export_onnx, onnx_accuracy, parity, with_metadata
 from edgeprune.tasks import outputs
+from edgeprune.tasks.task import Task
 from edgeprune.profiling.fingerprint import fingerprint_hash
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.stats import LatencyStats
@@ -63,6 +65,7 @@ class PackageInputs:
     A classification run builds it from its data (:meth:`classification`: ONNX Runtime top-1 on
     the test split, INT8 calibration on train); a user's task from its own calibration batches and
     ``test_score`` run on the file (:meth:`for_task`). INT8 needs the classification data.
+    ``score_runtime`` scores the runtime's own deliverable (model.tflite, .pte, .xml) in its runtime.
     """
 
     input_shape: tuple[int, ...]
@@ -72,6 +75,7 @@ class PackageInputs:
     parity_inputs: torch.Tensor
     score_file: Callable[[bytes, str], float]  # (ONNX bytes, label) → the task's score of the file
     data: DataBundle | None = None
+    score_runtime: Scorer | None = None  # None: the runtime's file is not scored (reported so)
 
     @classmethod
     def classification(cls, data: DataBundle, progress: bool = True) -> "PackageInputs":
@@ -79,6 +83,7 @@ class PackageInputs:
         return cls(
             tuple(data.preprocess.input_shape), data.preprocess.to_dict(), list(data.class_names), "top-1 accuracy",
             test_inputs, lambda blob, label: _accuracy(blob, data.test, label, progress), data,
+            lambda native: split_accuracy(native, data.test, progress),
         )
 
     @classmethod
@@ -97,7 +102,8 @@ class PackageInputs:
             return task.test_score(OnnxModule(blob, template))
 
         parity_inputs = torch.cat(task.calibration_batches())[:PARITY_SAMPLES]
-        return cls(tuple(task.input_shape), None, [], task.metric, parity_inputs, score_file)
+        own_runner = getattr(type(task), "score_file", Task.score_file) is not Task.score_file
+        return cls(tuple(task.input_shape), None, [], task.metric, parity_inputs, score_file, score_runtime=task_scorer(task, template, own_runner))
 
 
 @dataclass
@@ -133,12 +139,12 @@ class Package:
     int8_accepted: bool
     section: dict
     engine: bytes | None = None  # a TensorRT engine built on this host (export --engine)
-    native: RuntimeFile | None = None  # the target runtime's own file (model.tflite, model.pte), where it has one
+    native: RuntimeFile | None = None  # the target runtime's own files (model.tflite, model.pte, model.xml + .bin), where it has them
 
     def files(self) -> dict[str, bytes]:
         files = {FP32_FILE: self.fp32.blob}
         if self.native is not None:
-            files[self.native.file] = self.native.blob
+            files.update(self.native.files())
         if self.int8 is not None and self.int8_accepted:
             files[INT8_FILE] = self.int8.blob
         if self.engine is not None:
@@ -153,7 +159,8 @@ class Package:
             "onnx": FP32_FILE,
             "int8": INT8_FILE if INT8_FILE in files else None,
             "engine": ENGINE_FILE if ENGINE_FILE in files else None,
-            **({self.native.model_format: self.native.file} if self.native is not None else {}),
+            **dict.fromkeys(deliverable_files()),  # another runtime's file, from an earlier export: not this one's
+            **(self.native.artifacts() if self.native is not None else {}),
             "manifest": MANIFEST,
             "model_card": MODEL_CARD,
         }
@@ -243,8 +250,7 @@ def build_package(
     with torch.no_grad():
         names = outputs.names(model.eval()(torch.zeros(1, *input_shape)))
     common = _common_metadata(profile, opts, input_shape, pre, inputs.class_names, plan_digest, fingerprint, names)
-    native = runtime_file(model, shape, opts.opset, profile.model_format, inputs.parity_inputs)
-    fp32 = _fp32_variant(model, inputs, profiler, opts, common, shape, native)
+    fp32, native = _fp32_variant(model, inputs, profiler, opts, common, shape)
     int8, gate, calibration = None, None, None
     if opts.int8:
         int8, gate, calibration = _int8_variant(model, inputs.data, profiler, opts, common, shape, inputs.parity_inputs, fp32)
@@ -321,19 +327,20 @@ def _fp32_variant(
     opts: ExportOptions,
     common: dict[str, str],
     shape: tuple[int, ...],
-    native: RuntimeFile | None = None,
-) -> Variant:
-    """Export the FP32 ONNX file, time it (or ``native``, the target's own file, where there is
-    one), write the timing into it, then check it against torch."""
+) -> tuple[Variant, RuntimeFile | None]:
+    """Export the FP32 ONNX file and the target runtime's own files (``native``, where it has
+    them: converted from the model, or from this ONNX file for OpenVINO), time what the target
+    runs, write the timing into the ONNX file, then check each file against torch and score it."""
     profile = profiler.profile
     console.print(f"exporting ONNX (opset {opts.opset}, batch {common['batch']}) and timing it on {profile.name}")
     blob = export_onnx(model, shape, opts.opset, dynamic_batch=opts.dynamic_batch)
-    if native is None:
+    native = runtime_file(model, shape, opts.opset, profile.backend, inputs.parity_inputs, blob)
+    if native is None or not native.timed:
         latency, cached = _measure(profiler, blob, shape)
     else:  # the target runs its own file: that is what is timed (keyed by the ONNX graph + format)
         latency, cached = _measure(profiler, native.blob, shape, f"{graph_key(blob)}-{native.model_format}")
     blob = with_metadata(blob, _metadata(common, profile.precision, latency))
-    return Variant(
+    fp32 = Variant(
         precision=profile.precision,
         file=FP32_FILE,
         blob=blob,
@@ -342,6 +349,22 @@ def _fp32_variant(
         accuracy=inputs.score_file(blob, "ONNX FP32"),
         parity=parity(model, blob, inputs.parity_inputs),
     )
+    if native is not None:
+        native.accuracy = _score_native(native, inputs.score_runtime)
+    return fp32, native
+
+
+def _score_native(native: RuntimeFile, scorer: Scorer | None) -> dict:
+    """The runtime file's test score in its runtime (report.json's ``runtime_file.accuracy``)."""
+    if scorer is None:
+        return {"test": None, "seconds": None, "reason": "the export was given no way to score this file"}
+    score = score_runtime_file(native, scorer)
+    where = f"{native.deliverable.distribution} {native.runtime_version}"
+    console.print(
+        f"{native.file} in {where}: test score {score['test']:.2%} ({score['seconds']:.1f} s)" if score["test"] is not None
+        else f"{native.file} in {where}: not scored ({score['reason']})"
+    )
+    return score
 
 
 def _int8_variant(
@@ -456,8 +479,9 @@ def finalize(folder: Path, report: dict, package: Package) -> dict:
     """Write the package's model files, report.json, MODEL_CARD.md and manifest.json into ``folder``.
 
     ``report`` is the finished report (``edgeprune.report.builder``: it holds this package's
-    section and files, and is checked). Returns the manifest. A stale INT8 file from an earlier
-    export is removed: a file the manifest does not vouch for must not sit next to those it does.
+    section and files, and is checked). Returns the manifest. A stale INT8 file or another
+    runtime's deliverable from an earlier export is removed: a file the manifest does not vouch for
+    must not sit next to those it does.
     """
     pending = dict(package.files())
     pending[REPORT] = _json_bytes(report)
@@ -465,6 +489,8 @@ def finalize(folder: Path, report: dict, package: Package) -> dict:
     manifest = build_manifest(report, folder, pending)
     pending[MANIFEST] = _json_bytes(manifest)
     atomic_write_all(folder, pending)
-    if report["artifacts"]["int8"] is None:
-        (folder / INT8_FILE).unlink(missing_ok=True)
+    stale = {"int8": INT8_FILE} | deliverable_files()
+    for role, name in stale.items():
+        if report["artifacts"].get(role) is None:
+            (folder / name).unlink(missing_ok=True)
     return manifest

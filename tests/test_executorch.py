@@ -94,7 +94,7 @@ def test_mobilenet_v2_converts_to_an_xnnpack_program_that_matches_torch():
 
 def test_the_deliverable_pte_is_checked_against_torch_and_names_its_runtime():
     model = tiny_resnet()
-    native = runtime_file(model, SHAPE, 17, "pte", torch.randn(5, *SHAPE[1:]))
+    native = runtime_file(model, SHAPE, 17, "executorch", torch.randn(5, *SHAPE[1:]))
     summary = native.summary()
     version = importlib.metadata.version("executorch")
     assert (summary["file"], summary["format"], summary["runtime"], summary["runtime_version"]) == ("model.pte", "pte", "executorch", version)

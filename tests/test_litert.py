@@ -101,13 +101,13 @@ def test_mobilenet_v2_converts_to_tflite_with_nchw_input_and_matches_torch():
 
 def test_the_deliverable_tflite_is_checked_against_torch_and_names_its_runtime():
     model = _net(8)
-    native = runtime_file(model, SHAPE, 17, "tflite", torch.randn(5, *SHAPE[1:]))
+    native = runtime_file(model, SHAPE, 17, "litert", torch.randn(5, *SHAPE[1:]))
     summary = native.summary()
     assert (summary["file"], summary["runtime"], summary["runtime_version"]) == ("model.tflite", "ai-edge-litert", litert_version())
     assert summary["sha256"] == hashlib.sha256(native.blob).hexdigest() and check_tflite_bytes(native.blob) == SHAPE
     assert summary["parity_vs_torch"]["samples"] == 5 and summary["parity_vs_torch"]["max_abs_error"] < 1e-4
     assert summary["parity_vs_torch"]["top1_agreement"] == 1.0
-    assert runtime_file(model, SHAPE, 17, "onnx", torch.randn(2, *SHAPE[1:])) is None  # ONNX targets ship model.onnx alone
+    assert runtime_file(model, SHAPE, 17, "onnxruntime", torch.randn(2, *SHAPE[1:])) is None  # ONNX targets ship model.onnx alone
 
 
 def test_int8_for_a_litert_target_is_refused_in_one_line():

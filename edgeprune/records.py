@@ -135,6 +135,8 @@ class Candidate:
     predicted: bool = False
     # Values of the problem's further objectives, by name (higher is better), e.g. robustness.
     scores: dict[str, float] = field(default_factory=dict)
+    # Peak memory of one inference in the target's runtime (MiB), where the run measures memory.
+    memory_mb: float | None = None
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -148,6 +150,7 @@ class Candidate:
             "params": self.params,
             "widths": {g.name: int(w) for g, w in zip(layout.groups, self.widths)},
             **({"scores": dict(self.scores)} if self.scores else {}),
+            **({"memory_mb": self.memory_mb} if self.memory_mb is not None else {}),
         }
 
 

@@ -92,7 +92,7 @@ class _TinyProblem:
         from edgeprune.records import Group, GroupLayout
 
         self.layout = GroupLayout([Group(f"g{i}", 64, (16, 32, 48, 64), tuple(range(64)), ()) for i in range(2)])
-        self.limit_ms, self.reference_ms, self.front_scores, self.n_obj = 2.0, 4.0, (), 2
+        self.limit_ms, self.reference_ms, self.front_scores, self.n_obj, self.n_constr = 2.0, 4.0, (), 2, 1
         self.results = {}
 
     def evaluate_batch(self, choices):

@@ -81,3 +81,9 @@ class TinyBlockNet(nn.Module):
 def tiny_blocknet(num_classes: int = 10) -> TinyBlockNet:
     """Factory used by the ``tiny_models:tiny_blocknet`` spec (``prune --depth``)."""
     return TinyBlockNet(num_classes=num_classes)
+
+
+def wide_cnn(num_classes: int = 10) -> TinyCNN:
+    """A TinyCNN whose second convolution holds 4.7 MB of weights, so that pruning it changes the
+    peak memory of one inference by megabytes (the memory-limit tests)."""
+    return TinyCNN(num_classes=num_classes, width=256)

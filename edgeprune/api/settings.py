@@ -39,7 +39,7 @@ def parse_objectives(text: str) -> tuple[str, ...]:
     unknown = [n for n in names if n not in OBJECTIVES]
     if unknown or not set(QUALITY) & set(names) or len(set(names)) != len(names):
         raise UserError(
-            f"--objectives {text!r} must name accuracy or robustness (or both) and optionally latency and macs, "
+            f"--objectives {text!r} must name accuracy or robustness (or both) and optionally latency, macs and memory, "
             f"each once (known: {', '.join(OBJECTIVES)}), e.g. accuracy,latency,robustness"
         )
     return names
@@ -84,6 +84,7 @@ class PruneOptions:
     weights: str | None = None
     budget_ms: float | None = None
     speedup: float | None = None
+    max_memory_mb: float | None = None
     population: int = 16
     generations: int = 8
     patience: int = 0
@@ -130,7 +131,8 @@ class PruneOptions:
         given = vars(self)
         pick = lambda group: {f: given[f] for f in group.__dataclass_fields__ if f in given}  # noqa: E731
         return s.PruneConfig(
-            model=self.model, target=self.target, weights=self.weights, budget_ms=self.budget_ms, speedup=self.speedup, seed=self.seed,
+            model=self.model, target=self.target, weights=self.weights, budget_ms=self.budget_ms, speedup=self.speedup,
+            max_memory_mb=self.max_memory_mb, seed=self.seed,
             task=s.TaskSettings(**pick(s.TaskSettings) | {"name": self.task, "input_shape": parse_shape(self.input_shape) if self.input_shape else None}),
             search=s.SearchSettings(**pick(s.SearchSettings) | {"objectives": parse_objectives(self.objectives)}),
             recipe=s.RecipeSettings(**pick(s.RecipeSettings) | {"sparsity": parse_sparsity(self.sparsity) if self.sparsity is not None else None}),

@@ -68,7 +68,7 @@ _EVALUATION = json_object(
         "from_cache": BOOL,
         "seconds": NONNEG,
     },
-    {"predicted": BOOL, "scores": values(rule(is_number, "a finite number"))},
+    {"predicted": BOOL, "scores": values(rule(is_number, "a finite number")), "memory_mb": NONNEG},
 )
 _GENERATION = json_object(
     {
@@ -211,6 +211,7 @@ class SearchJournal:
                 "seconds": cand.seconds,
                 "predicted": cand.predicted,
                 "scores": cand.scores,
+                **({"memory_mb": cand.memory_mb} if cand.memory_mb is not None else {}),
             },
         )
 
@@ -226,6 +227,7 @@ class SearchJournal:
             seconds=float(r["seconds"]),
             predicted=r.get("predicted", False),
             scores={k: float(v) for k, v in r.get("scores", {}).items()},
+            memory_mb=float(r["memory_mb"]) if "memory_mb" in r else None,
         )
 
     def candidates(self) -> list[Candidate]:

@@ -8,6 +8,7 @@ failed or interrupted run never leaves a half-written output folder.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +19,14 @@ from edgeprune.select.budget import DEFAULT_POLICY
 from edgeprune.tasks.data import DataBundle
 from edgeprune.errors import UserError
 from edgeprune.files import staged_folder
-from edgeprune.exporters.package import ExportOptions, PackageInputs, build_package, finalize
+from edgeprune.exporters.package import FP32_FILE, ExportOptions, PackageInputs, build_package, finalize
 from edgeprune.report.html import write_report_html
 from edgeprune.report.builder import Baseline, ExportRecord, PruneParts, Pruned, RoundRecord, Robustness, RunFacts, SearchSummary, prune_report
 from edgeprune.problem.latency import ProfiledLatency
+from edgeprune.problem.memory import ProfiledMemory, require_memory_target
 from edgeprune.report.layer_times import layer_shares, per_layer_table
 from edgeprune.profiling.keys import graph_key
+from edgeprune.profiling.memory import measure_memory
 from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.progress import console
@@ -120,12 +123,13 @@ def _run(job: _Job, t0: float) -> PruneOutcome:
         torch_accuracy=pruned_acc, reference="the unpruned model",
     )
     per_layer = _per_layer(job, final.model, package, baseline_latency)
+    memory = _memory_section(job, package) if job.problem.memory is not None else None
     job.phases["export_s"] = time.perf_counter() - t
     job.phases["total_s"] = time.perf_counter() - t0
     if sparsity is not None:
         sparsity |= {"test_accuracy_after": pruned_acc, "onnx": onnx_share(package.fp32.blob, cfg.recipe.sparsity)}
     extra = job.task.extra_files(final.model)
-    parts = _parts(job, rounds, package, (baseline, baseline_latency), budget_ms, pruned_acc, per_layer, sparsity, extra)
+    parts = _parts(job, rounds, package, (baseline, baseline_latency), budget_ms, pruned_acc, per_layer, sparsity, extra, memory)
     report = prune_report(parts, ExportRecord.of(package))
     _write_outputs(job, rounds, package, report, baseline, budget_ms, extra)
     job.checkpoint.clear()  # the run is complete: nothing left to resume
@@ -184,6 +188,8 @@ def _load(cfg: PruneConfig, supplied: Supplied) -> _Job:
         raise UserError(f"{cfg.model} has no prunable channel group wider than the target's step ({profile.channel_step})")
     out, scale_out = cfg.output, cfg.scale_out
     agents = agent_urls(scale_out.agents, profile.name) if scale_out.agents else None
+    if _wants_memory(cfg):
+        require_memory_target(profile, remote=bool(agents) or bool(profile.agent))
     profiler = Profiler(profile, cache_path=Path(out.cache) if out.cache else None, use_cache=not out.no_cache, agents=agents, warn=_warn)
     latency = ProfiledLatency(space, profiler, profile.opset, profile.batch, profile.model_format)
     address = scale_out.ray_address
@@ -201,9 +207,18 @@ def _load(cfg: PruneConfig, supplied: Supplied) -> _Job:
         if workers is not None:
             workers.close()
         raise
-    problem = PruningProblem(space, task, latency, objective_names=cfg.search.objectives, model_scores=scores, workers=workers)
+    problem = PruningProblem(
+        space, task, latency, objective_names=cfg.search.objectives, model_scores=scores, workers=workers,
+        memory=ProfiledMemory(latency, profile) if _wants_memory(cfg) else None, max_memory_mb=cfg.max_memory_mb or math.inf,
+    )
     phases = {"load_s": time.perf_counter() - t0}
     return _Job(cfg, profile, data, model, spec, space, profiler, task, problem, checkpoint, phases, robust, workers)
+
+
+def _wants_memory(cfg: PruneConfig) -> bool:
+    """Whether candidates' peak memory is measured: only where the run limits it or trades it off
+    (each measurement starts a process)."""
+    return cfg.max_memory_mb is not None or "memory" in cfg.search.objectives
 
 
 def _warn(message: str) -> None:
@@ -235,6 +250,11 @@ def _baseline(job: _Job) -> tuple[LatencyStats, float, object]:
             f"{baseline_latency.median_ms:.4g} ms); delivering it without a search. A budget of at least "
             f"{smallest.latency.median_ms * 1.05:.4g} ms can be met{'' if job.cfg.search.depth else ', and --depth can go further'}"
         )
+    if not problem.fits_memory(smallest):
+        console.print(
+            f"[yellow]memory limit {cfg.max_memory_mb:g} MiB is out of reach on {job.profile.name}:[/yellow] the smallest network "
+            f"channel pruning allows peaks at {smallest.memory_mb:.1f} MiB for one inference; delivering it without a search"
+        )
     baseline = problem.evaluate_widths(full)
     console.print(
         f"baseline {baseline_latency.median_ms:.4f} ms (p90 {baseline_latency.p90_ms:.4f}), "
@@ -265,6 +285,19 @@ def _per_layer(job: _Job, pruned: torch.nn.Module, package, baseline_latency: La
     )
 
 
+def _memory_section(job: _Job, package) -> dict:
+    """report.json's ``memory``: the baseline's peak as the search measured it, the pick's measured
+    now on the file the target runs (model.onnx, or the runtime's own file), judged against
+    ``--max-memory-mb``."""
+    native = package.native if job.profile.model_format != "onnx" else None
+    name, blob = (native.file, native.blob) if native is not None else (FP32_FILE, package.fp32.blob)
+    pruned = measure_memory(job.profile, blob, job.problem.latency.shape)
+    baseline = job.problem.memory.measure(job.space.widths_from_indices(job.space.full_indices()))
+    limit = job.cfg.max_memory_mb
+    met = limit is None or pruned.peak_mb <= limit
+    return {"limit_mb": limit, "met": met, "file": name, "baseline": baseline.to_dict(), "pruned": pruned.to_dict()}
+
+
 def _checkpoint_config(cfg: PruneConfig, spec: dict) -> dict:
     """The settings as run.json keeps them: absolute paths, since --resume may run from elsewhere."""
     config = cfg.to_dict() | {"model": spec["spec"], "weights": spec["weights"]}
@@ -279,7 +312,7 @@ def _checkpoint_config(cfg: PruneConfig, spec: dict) -> dict:
     return config
 
 
-def _parts(job: _Job, rounds, package, baseline, budget_ms: float, pruned_acc: float, per_layer, sparsity, extra) -> PruneParts:
+def _parts(job: _Job, rounds, package, baseline, budget_ms: float, pruned_acc: float, per_layer, sparsity, extra, memory: dict | None) -> PruneParts:
     """What the run measured, as the records report.json is built from (report/builder.py);
     ``baseline`` is the unpruned model's (candidate, latency)."""
     cfg, final = job.cfg, rounds[-1]
@@ -288,7 +321,7 @@ def _parts(job: _Job, rounds, package, baseline, budget_ms: float, pruned_acc: f
     base_macs, base_params = macs_and_params(job.model, job.space.input_shape)
     final_latency = package.fp32.latency
     return PruneParts(
-        run=_run_facts(job, budget_ms, final_latency),
+        run=_run_facts(job, budget_ms, final_latency, memory),
         baseline=Baseline(job.task.test_score(job.model), base.accuracy, baseline_latency, base_macs, base_params),
         pruned=Pruned(
             pruned_acc, final.picked.accuracy, final_latency, macs, params,
@@ -302,17 +335,18 @@ def _parts(job: _Job, rounds, package, baseline, budget_ms: float, pruned_acc: f
         robustness=_robustness(job, rounds, base) if job.robust is not None else None,
         sparsity=sparsity,
         extra_files={role: name for role, (name, _) in extra.items()},
+        memory=memory,
     )
 
 
-def _run_facts(job: _Job, budget_ms: float, final_latency: LatencyStats) -> RunFacts:
+def _run_facts(job: _Job, budget_ms: float, final_latency: LatencyStats, memory: dict | None) -> RunFacts:
     input_shape = job.space.input_shape
     return RunFacts(
         target=job.profile.name,
         fingerprint=job.profiler.fingerprint,
         profile=job.profile.to_dict(),
         budget_ms=budget_ms,
-        budget_met=DEFAULT_POLICY.met(final_latency.median_ms, budget_ms),
+        budget_met=DEFAULT_POLICY.met(final_latency.median_ms, budget_ms) and (memory is None or memory["met"]),
         budget_kind="speedup" if job.cfg.speedup is not None else "absolute",
         drift=job.profiler.drift(),
         anchor_check=job.profiler.anchor_check,

@@ -180,6 +180,7 @@ def _problem(ctx: _Context, number: int, space: ChannelSpace, latency: LatencySo
         space, first.task, latency, limit_ms=limit_ms, focus=policy.focus, reference_ms=first.reference_ms,
         objective_names=first.objective_names, model_scores=scores, journal=journal, screen=screen,
         known=first.evaluated() if number == 1 else (), restored=restored, workers=first.workers,
+        memory=first.memory if number == 1 or first.memory is None else first.memory.for_latency(latency), max_memory_mb=first.max_memory_mb,
     )
 
 
@@ -193,9 +194,10 @@ def _restored(number, budget, problem, result, picked, finished, original, plan)
 def _search(settings: RoundSettings, problem: PruningProblem, make_encoding, budget_ms: float) -> tuple[SearchResult, list[Candidate]]:
     """The round's search; returns the result and the evaluated ratio-profile seeds. When even the
     smallest allowed network misses the budget, nothing else can meet it: that network is the
-    round's only candidate, and the run's verdict is "not met"."""
+    round's only candidate, and the run's verdict is "not met" (the same when it misses the
+    memory limit)."""
     smallest = problem.evaluate_widths(problem.space.widths_from_indices(problem.space.min_indices()))
-    if smallest.latency.median_ms > budget_ms:
+    if smallest.latency.median_ms > budget_ms or not problem.fits_memory(smallest):
         return SearchResult([smallest], [smallest]), []
     seeds = ratio_seeds(problem, problem.limit_ms)  # NSGA-II starts from them; both short-tune them
     s = settings.search

@@ -143,6 +143,7 @@ class PruneConfig:
     weights: str | None = None
     budget_ms: float | None = None
     speedup: float | None = None
+    max_memory_mb: float | None = None  # peak memory of one inference in the target's runtime
     seed: int = 0
     task: TaskSettings = field(default_factory=TaskSettings)
     search: SearchSettings = field(default_factory=SearchSettings)

@@ -37,6 +37,7 @@ def _numeric_rules(cfg: PruneConfig) -> list[tuple[str, object, bool, str]]:
     return [
         ("--sparsity-epochs", r.sparsity_epochs, fin(r.sparsity_epochs) and r.sparsity_epochs >= 0, "a number of epochs, 0 or more"),
         ("--budget-ms", cfg.budget_ms, cfg.budget_ms is None or (fin(cfg.budget_ms) and cfg.budget_ms > 0), "a positive number of ms"),
+        ("--max-memory-mb", cfg.max_memory_mb, cfg.max_memory_mb is None or (fin(cfg.max_memory_mb) and cfg.max_memory_mb > 0), "a positive number of MiB (peak memory of one inference)"),
         ("--speedup", cfg.speedup, cfg.speedup is None or (fin(cfg.speedup) and cfg.speedup > 1), "above 1 (a latency target faster than the original)"),
         ("--population", s.population, 4 <= s.population <= MAX_POPULATION, f"between 4 and {MAX_POPULATION}"),
         ("--generations", s.generations, 1 <= s.generations <= MAX_GENERATIONS, f"between 1 and {MAX_GENERATIONS}"),
@@ -111,6 +112,8 @@ def _check_search(cfg: PruneConfig) -> None:
             "--strategy coevolution ranks by accuracy (or, with robustness, by (accuracy + robust accuracy) / 2) "
             "with fewer MACs breaking ties: use --objectives accuracy,latency or accuracy,latency,robustness"
         )
+    if s.strategy == "coevolution" and cfg.max_memory_mb is not None:
+        raise UserError("--strategy coevolution combines groups by latency alone; --max-memory-mb needs --strategy nsga2")
 
 
 def _check_robustness(cfg: PruneConfig) -> None:

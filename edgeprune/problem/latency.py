@@ -18,6 +18,10 @@ from edgeprune.profiling.profiler import Pending, Profiler
 from edgeprune.profiling.stats import LatencyStats, NodeTimes
 from edgeprune.space.channels import ChannelSpace
 
+# Converted architectures kept (a .tflite or .pte conversion takes 8-18 s; a generation's
+# candidates are measured for latency and then memory one after the other).
+_RECENT = 4
+
 
 class LatencySource(Protocol):
     shape: tuple[int, ...]  # what the target runs, batch included
@@ -51,6 +55,7 @@ class ProfiledLatency:
     def __init__(self, space: ChannelSpace, profiler: Profiler, opset: int, batch: int = 1, model_format: str = "onnx"):
         self.space, self.profiler, self.opset, self.model_format = space, profiler, opset, model_format
         self.shape = (batch, *space.input_shape)
+        self._recent: dict[tuple[int, ...], bytes] = {}
 
     @property
     def has_node_times(self) -> bool:
@@ -79,8 +84,18 @@ class ProfiledLatency:
     def _key(self, widths) -> str:
         return self.space.arch_key(widths)
 
+    def model_bytes(self, widths, model=None) -> bytes:
+        """The architecture in the target's format, as the profiler measures it (the last few are
+        kept: a memory measurement of the same candidate needs no second conversion)."""
+        return self._onnx(tuple(widths), model)
+
     def _onnx(self, widths, model=None) -> bytes:
         """The architecture in the target's format (shrunk from the original unless ``model`` is
         given): ONNX for most targets, whatever the profile's backend runs otherwise."""
-        model = model if model is not None else self.space.shrink(self.space.plan(widths))
-        return measured_bytes(model, self.shape, self.opset, self.model_format)
+        key = tuple(widths)
+        if key not in self._recent:
+            model = model if model is not None else self.space.shrink(self.space.plan(widths))
+            self._recent[key] = measured_bytes(model, self.shape, self.opset, self.model_format)
+            while len(self._recent) > _RECENT:
+                self._recent.pop(next(iter(self._recent)))
+        return self._recent[key]

@@ -76,6 +76,12 @@ class Workers(Protocol):
         """Accuracy and model scores of each plan's network after ``epochs`` of the task's fine-tune."""
 
 
+class MemorySource(Protocol):
+    """Peak memory of an architecture in the target's runtime (:mod:`edgeprune.problem.memory`)."""
+
+    def measure(self, widths: tuple[int, ...], model: nn.Module | None = None): ...
+
+
 class CandidateLog(Protocol):
     """Where each evaluated candidate is recorded as it completes (the checkpoint journal)."""
 
@@ -90,12 +96,15 @@ OBJECTIVES: dict[str, Callable[[Candidate, "PruningProblem"], float]] = {
     "macs": lambda c, p: float(c.macs),
     # Accuracy on the round's shared adversarial set (edgeprune.problem.robustness); needs that ModelScore.
     "robustness": lambda c, p: -c.scores.get("robustness", 0.0),
+    # Peak memory of one inference in the target's runtime (edgeprune.problem.memory); needs the
+    # problem's memory source. A screened candidate was never measured: 0, and infeasible anyway.
+    "memory": lambda c, p: c.memory_mb or 0.0,
 }
 # The objectives that say how good a network is; the pick ranks by their mean (CCSRP ranks by
 # (ACC + ACCr) / 2), latency and MACs only decide between equals.
 QUALITY = ("accuracy", "robustness")
 DEFAULT_OBJECTIVES = ("accuracy", "latency")
-_BUILT_IN = ("accuracy", "latency", "macs")
+_BUILT_IN = ("accuracy", "latency", "macs", "memory")
 
 
 @dataclass
@@ -125,6 +134,10 @@ class PruningProblem:
     known: Iterable[Candidate] = ()
     restored: Iterable[Candidate] = ()
     workers: Workers | None = None
+    # Peak memory per candidate (edgeprune.problem.memory.ProfiledMemory): measured when memory
+    # is an objective or ``max_memory_mb`` a constraint, else None.
+    memory: MemorySource | None = None
+    max_memory_mb: float = math.inf
 
     def __post_init__(self):
         self.results: dict[Choice, Candidate] = {c.choice: c for c in self.known}
@@ -138,6 +151,8 @@ class PruningProblem:
         missing = [n for n in self.objective_names if n not in _BUILT_IN and n not in {s.name for s in self.model_scores}]
         if missing:
             raise ValueError(f"objectives {missing} need a model score of that name")
+        if self.memory is None and ("memory" in self.objective_names or math.isfinite(self.max_memory_mb)):
+            raise ValueError("the memory objective and max_memory_mb need a memory source")
         self.quality_names = tuple(n for n in QUALITY if n in self.objective_names) or ("accuracy",)
 
     # --- what a search sees (SearchProblem) ---------------------------------------------------
@@ -151,11 +166,29 @@ class PruningProblem:
     def n_obj(self) -> int:
         return len(self._columns)
 
+    @property
+    def n_constr(self) -> int:
+        return 2 if math.isfinite(self.max_memory_mb) else 1
+
     def objectives(self, candidates: Sequence[Candidate]) -> np.ndarray:
         return np.array([[column(c, self) for column in self._columns] for c in candidates], dtype=float)
 
     def constraints(self, candidates: Sequence[Candidate]) -> np.ndarray:
-        return np.array([[c.latency.median_ms - self.limit_ms] for c in candidates], dtype=float)
+        """``G <= 0`` is feasible: latency within the limit, and peak memory within
+        ``max_memory_mb`` when that is set."""
+        rows = [[c.latency.median_ms - self.limit_ms] for c in candidates]
+        if math.isfinite(self.max_memory_mb):
+            rows = [[*row, (c.memory_mb or 0.0) - self.max_memory_mb] for row, c in zip(rows, candidates)]
+        return np.array(rows, dtype=float)
+
+    def fits_memory(self, cand: Candidate) -> bool:
+        """Whether ``cand`` is within ``max_memory_mb`` (always, without that limit)."""
+        return cand.memory_mb is None or cand.memory_mb <= self.max_memory_mb
+
+    def memory_fits(self, widths: tuple[int, ...]) -> bool:
+        """Whether the architecture ``widths`` is within ``max_memory_mb``, measured if need be
+        (widening asks this of networks the search never evaluated)."""
+        return not math.isfinite(self.max_memory_mb) or self.memory.measure(tuple(widths)).peak_mb <= self.max_memory_mb
 
     @property
     def front_scores(self) -> tuple[str, ...]:
@@ -236,8 +269,9 @@ class PruningProblem:
             stats, cached = self.latency.finish(pending.latency)
             (accuracy, scores, seconds) = accuracies[choice]
             macs, params = macs_and_params(pending.model, self.space.input_shape)
+            memory = self.memory.measure(pending.widths, pending.model).peak_mb if self.memory is not None else None
             took = pending.seconds + seconds + time.perf_counter() - start
-            self._keep(Candidate(choice, accuracy, stats, macs, params, cached, took, False, scores))
+            self._keep(Candidate(choice, accuracy, stats, macs, params, cached, took, False, scores, memory))
         return [self.results[c] for c in order]
 
     def _screened(self, choice: Choice, widths, model: nn.Module, start: float) -> Candidate | None:

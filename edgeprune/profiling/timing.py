@@ -74,6 +74,11 @@ class ProtocolBackend(Backend):
         ``input_shape``, after the profile's warm-up runs; ValueError when the runtime cannot
         load the bytes."""
 
+    def inference(self, model_bytes: bytes, input_shape: tuple[int, ...]) -> Run:
+        """One inference of a freshly loaded and warmed-up ``model_bytes``: what
+        :mod:`edgeprune.profiling.memory` measures the peak of."""
+        return self._warm(model_bytes, input_shape)
+
     def measure(self, model_bytes: bytes, input_shape: tuple[int, ...]) -> LatencyStats:
         """Runs of ``measure.sessions`` fresh sessions, pooled; re-taken while the CV is above the
         profile's threshold. ``noisy=True`` when even the least noisy repeat stays above it:

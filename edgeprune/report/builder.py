@@ -127,6 +127,7 @@ class PruneParts:
     robustness: Robustness | None = None
     sparsity: dict | None = None
     extra_files: Mapping[str, str] = field(default_factory=dict)  # role → file the task adds (detection's .pt)
+    memory: dict | None = None  # peak memory of baseline and pick, where the run measured it
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,8 @@ def prune_report(parts: PruneParts, export: ExportRecord) -> dict:
         report["robustness"] = parts.robustness.section
     if parts.sparsity is not None:
         report["sparsity"] = parts.sparsity
+    if parts.memory is not None:
+        report["memory"] = parts.memory
     return exported(report, export)
 
 

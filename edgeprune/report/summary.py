@@ -140,6 +140,7 @@ def print_summary(report: dict, out_dir: Path, out: Console | None = None) -> No
           if "robust_accuracy" in base else []),
         ("MACs", base["macs"], pruned["macs"], "{:,}", "x"),
         ("params", base["params"], pruned["params"], "{:,}", "x"),
+        *([("peak memory (MiB)", report["memory"]["baseline"]["peak_mb"], report["memory"]["pruned"]["peak_mb"], "{:.1f}", "x")] if "memory" in report else []),
     ]
     for label, before, after, fmt, unit in rows:
         table.add_row(label, fmt.format(before), fmt.format(after), _fmt_change(before, after, unit))
@@ -151,6 +152,10 @@ def print_summary(report: dict, out_dir: Path, out: Console | None = None) -> No
         f"(reached {reached:.2f}x the unpruned model's speed, asked {base['latency_ms']['median'] / report['budget_ms']:.2f}x)",
         width=width,
     )
+    memory = report.get("memory")
+    if memory is not None and memory["limit_mb"] is not None:
+        verdict = "[green]met[/green]" if memory["met"] else "[red]NOT met[/red]"
+        out.print(f"memory limit {verdict}: {memory['file']} peaks at {memory['pruned']['peak_mb']:.1f} MiB for one inference against {memory['limit_mb']:g} MiB", width=width)
     dropped = report["pruned"].get("dropped_blocks") or []
     if dropped:
         out.print(f"dropped residual blocks ({len(dropped)}): {', '.join(dropped)}", width=width)

@@ -35,6 +35,10 @@ class SearchProblem(Protocol):
     @property
     def n_obj(self) -> int: ...
 
+    @property
+    def n_constr(self) -> int:
+        """How many columns :meth:`constraints` has."""
+
     def evaluate(self, choice: Choice) -> Candidate:
         """The candidate for ``choice`` (each choice is evaluated once per problem)."""
 

@@ -89,7 +89,7 @@ def run_nsga2(
     nothing. The stop depends only on the history, so a resumed run stops at the same point.
     """
     encoding = encoding or WidthEncoding(problem.layout)
-    pymoo_problem = Problem(n_var=encoding.n_var, n_obj=problem.n_obj, n_ieq_constr=1, xl=0, xu=encoding.upper, vtype=int)
+    pymoo_problem = Problem(n_var=encoding.n_var, n_obj=problem.n_obj, n_ieq_constr=problem.n_constr, xl=0, xu=encoding.upper, vtype=int)
     rng = np.random.default_rng(seed)
     algorithm = NSGA2(
         pop_size=population,

@@ -35,7 +35,8 @@ def shortlist(
     """The feasible ``seeds``, in order, each unless a seed already taken is at least as wide in
     every group; then up to ``size`` of the most accurate other feasible candidates. Each one's
     *fresh* re-measure must also be within ``limit_ms`` (the search's limit); the fastest
-    measured candidate when none is.
+    measured candidate when none is. Feasible includes the problem's memory limit, if any
+    (memory is measured once: sessions agree on it within 1 MB).
 
     The seeds (:func:`ratio_seeds`: each profile's widest ratio within the limit, then its next
     narrower one) always get a short tune: adaptive-BN accuracy, which ranks the rest, is near
@@ -46,7 +47,7 @@ def shortlist(
     a hair then measured 0.3 % over it in the benchmark's independent check on a noisy VM.
     """
     def fits(c: Candidate) -> bool:
-        return not c.predicted and c.latency.median_ms <= limit_ms
+        return not c.predicted and c.latency.median_ms <= limit_ms and problem.fits_memory(c)
 
     def passes(c: Candidate) -> bool:
         fresh = problem.latency_of(c.widths, fresh=True)
@@ -68,7 +69,7 @@ def shortlist(
         if passes(cand):
             chosen.append(cand)
             taken += 1
-    return chosen or [min((c for c in candidates if not c.predicted), key=lambda c: c.latency.median_ms)]
+    return chosen or [min((c for c in candidates if not c.predicted), key=lambda c: (not problem.fits_memory(c), c.latency.median_ms))]
 
 
 def refine(
@@ -286,8 +287,8 @@ def widen(
     afford. Each group is first widened alone and measured, which ranks the groups by MACs gained
     per millisecond (HALP's latency-aware ranking, with MACs standing in for importance, since
     adaptive-BN accuracy cannot tell such small changes apart). Then, in that order, each group's
-    next step is kept if the widened network still measures within ``limit_ms``, for up to
-    ``passes`` passes.
+    next step is kept if the widened network still measures within ``limit_ms`` (and the
+    problem's memory limit), for up to ``passes`` passes.
 
     Keeping whichever step happens to measure low favours lucky measurements: on a shared CPU a
     pick widened by 11 steps "cost" 0.3 % and then re-measured about 4 % slower. So ``limit_ms`` sits
@@ -304,7 +305,7 @@ def widen(
         step = grow.step(picked.choice, g)
         if step is not None:
             ms, macs = grow.cost(step)
-            if ms <= limit_ms:
+            if ms <= limit_ms and grow.fits_memory(step):
                 gain[g] = (macs - picked.macs) / max(ms - base_ms, floor)
     order = sorted(gain, key=lambda g: -gain[g])
 
@@ -316,7 +317,7 @@ def widen(
             if step is None:
                 continue
             ms, macs = grow.cost(step)
-            if ms <= limit_ms:
+            if ms <= limit_ms and grow.fits_memory(step):
                 trail.append(step)
                 steps.append({"group": problem.space.groups[g].name, "width": len(step[g]), "latency_ms": ms, "macs": macs})
                 grew = True
@@ -343,6 +344,9 @@ class _Growth:
         space = self.space
         ms = self.problem.latency_of(tuple(len(k) for k in choice)).median_ms
         return ms, macs_and_params(space.shrink(space.plan_of(choice)), space.input_shape)[0]
+
+    def fits_memory(self, choice: Choice) -> bool:
+        return self.problem.memory_fits(tuple(len(k) for k in choice))
 
 
 def _most_steps_that_pass(trail: list[Choice], check: Callable[[tuple[int, ...]], bool]) -> int:

@@ -20,7 +20,12 @@ import torch
 from torch import nn
 
 from edgeprune.tasks.data import DataBundle
-from edgeprune.tasks.training import evaluate, train
+from edgeprune.tasks.training import correct_count, evaluate, train
+
+# The held-out split is scored once per candidate: its preprocessed batches are kept while they
+# take at most this much memory (the demo's 1000 images at 3x32x32: 12 MB; preprocessing them
+# took 0.17 s of each evaluation's 0.43 s of scoring), else preprocessed at every score.
+HOLDOUT_CACHE_BYTES = 256 << 20
 
 
 class Task(Protocol):
@@ -81,6 +86,12 @@ class Recipe:
 
 
 
+def _input_bytes(data: DataBundle) -> int:
+    """Bytes of one preprocessed float32 input."""
+    c, h, w = data.preprocess.input_shape
+    return 4 * c * h * w
+
+
 @dataclass
 class Classification(Task):
     """Top-1 accuracy on the data bundle's holdout (carved from train); fine-tuning by
@@ -91,12 +102,14 @@ class Classification(Task):
     calib_images: int = 512
     calib_batch: int = 128
     seed: int = 0
+    holdout_cache_bytes: int = HOLDOUT_CACHE_BYTES
     name: str = "classification"
     metric: str = "top-1 accuracy"
 
     def __post_init__(self):
         calib = self.data.train.subset(min(self.calib_images, len(self.data.train)), seed=self.seed)
         self._calib = [x for x, _ in calib.batches(self.calib_batch)]
+        self._holdout: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def example_input(self) -> torch.Tensor:
         return torch.zeros(1, *self.data.preprocess.input_shape)
@@ -105,7 +118,15 @@ class Classification(Task):
         return self._calib
 
     def score(self, model: nn.Module) -> float:
-        return evaluate(model, self.data.holdout)
+        """Top-1 accuracy on the holdout, from its batches preprocessed once (when they fit
+        ``holdout_cache_bytes``): the same numbers as :func:`evaluate`, without redoing the
+        same resize and normalisation for every candidate."""
+        holdout = self.data.holdout
+        if self._holdout is None and len(holdout) * _input_bytes(self.data) <= self.holdout_cache_bytes:
+            self._holdout = list(holdout.batches(512))
+        if self._holdout is None:
+            return evaluate(model, holdout)
+        return correct_count(model, self._holdout) / len(holdout)
 
     def test_score(self, model: nn.Module) -> float:
         """Accuracy on the test split: for the report only."""

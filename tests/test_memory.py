@@ -17,6 +17,7 @@ from edgeprune.problem.memory import require_memory_target
 from edgeprune.problem.pruning import PruningProblem
 from edgeprune.profiling.memory import MemoryMeasurementFailed, MemoryStats, measure_memory
 from edgeprune.profiling.targets import load_profile
+from edgeprune.search.nsga import within_memory
 from edgeprune.select.selection import shortlist, widen
 from edgeprune.space.channels import ChannelSpace
 from edgeprune.tasks.data import load_data
@@ -92,6 +93,7 @@ def test_the_memory_limit_is_a_second_constraint_and_memory_an_objective(space):
     assert problem.constraints([wide, narrow])[:, 1].tolist() == [92.0, -52.0]
     assert problem.objectives([wide, narrow])[:, 2].tolist() == [192.0, 48.0]
     assert (problem.fits_memory(wide), problem.fits_memory(narrow)) == (False, True)
+    assert within_memory([wide, narrow], problem) == [narrow]  # the reported front and best feasible
     unlimited = _problem(space, None)
     assert unlimited.n_constr == 1 and unlimited.constraints([wide]).shape == (1, 1)
 
@@ -162,3 +164,4 @@ def test_max_memory_mb_binds_measured_independently(tmp_path):
     assert report["memory"]["pruned"]["peak_mb"] == pytest.approx(constrained, abs=2)
     assert report["memory"]["baseline"]["peak_mb"] == pytest.approx(full, abs=2)
     assert "memory limit met" in bound.stdout + bound.stderr
+    assert report["pareto"] and all(p["memory_mb"] <= limit for p in report["pareto"])

@@ -9,6 +9,7 @@ evaluates each choice once.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -49,6 +50,13 @@ def pareto_front(candidates: list[Candidate], budget_ms: float | None = None, sc
 def best_feasible(candidates: list[Candidate], budget_ms: float) -> Candidate | None:
     feasible = [c for c in candidates if not c.predicted and c.latency.median_ms <= budget_ms]
     return max(feasible, key=lambda c: (c.accuracy, -c.latency.median_ms), default=None)
+
+
+def within_memory(candidates: list[Candidate], problem: SearchProblem) -> list[Candidate]:
+    """The candidates within the problem's memory limit (all, without one): the best feasible
+    and the reported front respect both budgets, as the pick does."""
+    limit = getattr(problem, "max_memory_mb", math.inf)
+    return [c for c in candidates if c.memory_mb is None or c.memory_mb <= limit]
 
 
 def hypervolume(candidates: list[Candidate], reference_ms: float, scores: tuple[str, ...] = ()) -> float:
@@ -149,7 +157,7 @@ def record_generation(number: int, problem: SearchProblem, start: float, history
     journal; shared by every strategy so that reports read the same. The hypervolume's latency
     unit is the problem's ``reference_ms`` (the unpruned model's), else the slowest seen."""
     seen = problem.evaluated()
-    best = best_feasible(seen, problem.limit_ms)
+    best = best_feasible(within_memory(seen, problem), problem.limit_ms)
     scores = getattr(problem, "front_scores", ())
     front = pareto_front(seen, scores=scores)
     entry = {
@@ -171,7 +179,7 @@ def finish(problem: SearchProblem, history: list[dict], start: float) -> SearchR
     candidates = problem.evaluated()
     return SearchResult(
         candidates=candidates,
-        pareto=pareto_front(candidates, problem.limit_ms, getattr(problem, "front_scores", ())),
+        pareto=pareto_front(within_memory(candidates, problem), problem.limit_ms, getattr(problem, "front_scores", ())),
         history=history,
         generations=len(history),
         wall_s=time.perf_counter() - start,

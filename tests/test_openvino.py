@@ -3,6 +3,7 @@ host's CPU, measured in the torch-free worker like ONNX Runtime, fingerprinted w
 per-node times charged to layers, and a one-line install hint where the extra is missing."""
 
 import dataclasses
+import hashlib
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from tiny_models import tiny_resnet
 from edgeprune.cli import main
 from edgeprune.errors import UserError
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
+from edgeprune.jobs.export import data_from_report
 from edgeprune.profiling.backend import Backend
 from edgeprune.profiling.factory import make_backend
 from edgeprune.profiling.fingerprint import compose_fingerprint, device_facts, fingerprint_hash, host_fingerprint, openvino_version
@@ -148,3 +150,17 @@ def test_prune_for_x86_openvino_end_to_end(tmp_path):
     assert (fp["profile"], fp["runtime"], fp["runtime_version"]) == ("x86-openvino", "openvino", openvino_version())
     # OpenVINO's performance counters, charged to the layers, reach the report
     assert {row["layer"] for row in report["per_layer"] if row["ms_before"] > 0} == {"stem.0", "block.0", "block.3", "down.0", "head"}
+    # model.xml + model.bin next to model.onnx, pinned by the manifest; loaded from the folder by
+    # OpenVINO itself, the IR's top-1 on the test split is the one report.json gives it
+    manifest = json.loads((out / "manifest.json").read_text())
+    pinned = {a["file"]: a["sha256"] for a in manifest["artifacts"]}
+    for name in ("model.xml", "model.bin", "model.onnx"):
+        assert pinned[name] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+    native = report["export"]["runtime_file"]
+    assert (native["file"], native["runtime_version"], native["timed"]) == ("model.xml", openvino_version(), False)
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(out / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    test = data_from_report(report).test
+    hits = sum(int(compiled(x[i:i + 1].numpy())[0].argmax() == int(y[i])) for x, y in test.batches(64) for i in range(len(y)))
+    assert native["accuracy"]["test"] == pytest.approx(hits / len(test), abs=1e-12)

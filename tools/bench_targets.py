@@ -22,7 +22,8 @@ on this host as a stand-in, ``x86-executorch`` ExecuTorch + XNNPACK):
     python tools/bench_targets.py --models smoke:tiny_resnet --targets x86-cpu,arm-litert --population 4 --generations 1 --finetune-epochs 0.05
 
 ``--work`` keeps each prune's output folder and reuses a finished one, so an interrupted run is
-finished by the same command. Run it on an otherwise idle machine: it measures latency.
+finished by the same command; ``--targets`` A,B ``--runtimes`` A,B,C,D times the picks finished so far
+on every runtime. Run it on an otherwise idle machine: it measures latency.
 """
 
 from __future__ import annotations
@@ -204,14 +205,14 @@ def bench_model(spec: str, args, work: Path) -> dict:
     picks = {t: prune_for(spec, t, args, work / spec.replace(":", "-") / t) for t in args.targets}
     unpruned, _ = load_model(model_spec(spec), num_classes=10, weights=str(trained_weights(spec, args.train_epochs, args.seed)))
     models = {"unpruned": unpruned.eval()} | {t: p["model"] for t, p in picks.items()}
-    say(f"{spec}: timing {len(picks)} picks on {len(args.targets)} runtimes, {args.rounds} rounds")
-    rounds = cross_time(models, list(args.targets), args.rounds)
+    say(f"{spec}: timing {len(picks)} picks on {len(args.runtimes)} runtimes, {args.rounds} rounds")
+    rounds = cross_time(models, list(args.runtimes), args.rounds)
     ratios = {pick: {r: cell_ratio(values) for r, values in row.items()} for pick, row in rounds.items()}
     accuracy = {t: p["accuracy"] for t, p in picks.items()}
     widths = {t: p["widths"] for t, p in picks.items()}
     targets = list(args.targets)
     print(f"\n## {spec}, pruned for --speedup {args.speedup:g} on each target: latency x unpruned on each runtime\n")
-    print("\n".join(matrix_lines(targets, targets, ratios, accuracy, picks[targets[0]]["baseline_accuracy"])))
+    print("\n".join(matrix_lines(targets, list(args.runtimes), ratios, accuracy, picks[targets[0]]["baseline_accuracy"])))
     print("\nEach prune's own final measurement, pick / unpruned on its target: " + ", ".join(
         f"{t} {p['own_ratio']:.3f} (budget {'met' if p['budget_met'] else 'MISSED'})" for t, p in picks.items()))
     print("\nConclusion:\n" + "\n".join(conclusion_lines(targets, ratios, accuracy, widths)) + "\n", flush=True)
@@ -222,6 +223,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated (default {','.join(MODELS)}; a bare name is torchvision's)")
     ap.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, at least 2 (default {','.join(TARGETS)})")
+    ap.add_argument("--runtimes", help="the runtimes every pick is timed on, comma-separated, the targets among them (default: the targets)")
     ap.add_argument("--speedup", type=float, default=2.0, help="every prune's --speedup (default 2: 0.5x the latency)")
     ap.add_argument("--population", type=int, default=6, help="the search's population (default 6; the demo's is 8)")
     ap.add_argument("--generations", type=int, default=2, help="the search's generations (default 2)")
@@ -235,8 +237,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="without the prunes' own progress lines (the edgeprune logger, every 10 s)")
     args = ap.parse_args(argv)
     args.targets = tuple(args.targets.split(","))
+    args.runtimes = tuple(args.runtimes.split(",")) if args.runtimes else args.targets
     if len(args.targets) < 2:
         ap.error("--targets needs at least two targets to compare")
+    if set(args.targets) - set(args.runtimes):
+        ap.error("--runtimes must include every target: each pick is judged on its own runtime")
     if args.progress:
         import logging  # noqa: PLC0415
 

@@ -19,7 +19,7 @@ from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.records import Candidate
 from edgeprune.search.nsga import run_nsga2
-from edgeprune.select.selection import SessionNoise, confirm, confirmed, ratio_seeds, refine, shortlist, widen
+from edgeprune.select.selection import SessionNoise, WidenBudget, confirm, confirmed, ratio_seeds, refine, shortlist, widen
 from edgeprune.space.channels import ChannelSpace, macs_and_params
 from edgeprune.profiling.targets import load_profile
 from edgeprune.tasks.task import Classification, Recipe
@@ -291,6 +291,33 @@ def test_widen_undoes_a_step_whose_fresh_measurement_misses_and_keeps_a_pick_wit
     undone, steps = widen(clock, picked, 5.5, _within(clock, 5.5))
     assert sum(undone.widths) == 64 and len(steps) == 1
     assert widen(_sum_clock(setup), picked, 3.5, _within(_sum_clock(setup), 3.5)) == (picked, [])  # no step fits
+
+
+def test_widen_stops_where_its_budget_of_measurements_or_time_is_spent(setup):
+    space = setup[1]
+    smallest = space.choice(space.widths_from_indices(space.min_indices()))  # 3 ms; steps of 1 ms fit up to 9.5 ms
+    unbounded = _sum_clock(setup)
+    _, all_steps = widen(unbounded, unbounded.evaluate(smallest), 9.5, lambda widths: True)
+    groups = len(space.groups)
+    bounded = _sum_clock(setup)
+    picked = bounded.evaluate(smallest)
+    start = len(bounded.latency.asked)
+    _, steps = widen(bounded, picked, 9.5, lambda widths: True, budget=WidenBudget(measurements=groups + 2))
+    measured = len(bounded.latency.asked) - start - 1  # the last one evaluates the widened pick
+    assert len(all_steps) == 6 and len(steps) == 2 and measured == groups + 2  # one per group to rank them, then two steps
+    timed_out = _sum_clock(setup)
+    picked = timed_out.evaluate(smallest)
+    assert widen(timed_out, picked, 9.5, lambda widths: True, budget=WidenBudget(seconds=0.0)) == (picked, [])
+
+
+def test_the_widening_budget_is_what_the_search_spent(setup):
+    space = setup[1]
+    clock = _sum_clock(setup)
+    cands = [clock.evaluate(space.choice(space.widths_from_indices(i))) for i in (space.min_indices(), space.full_indices())]
+    for c, seconds, cached in zip(cands, (4.0, 6.0), (False, True)):
+        c.seconds, c.from_cache = seconds, cached
+    assert WidenBudget.of_search(cands, 3.0, 1) == WidenBudget(1, 10.0)  # a replayed search took no time: its candidates did
+    assert WidenBudget.of_search(cands, 30.0, 5) == WidenBudget(5, 30.0)  # at least one measurement per group
 
 
 def test_widen_keeps_the_most_steps_whose_fresh_check_passes(setup):

@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
     p.add_argument("--finetune-epochs", type=float, default=1.0, help="fine-tune epochs of the picked model, may be fractional (default 1)")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tune peak learning rate, cosine schedule (default 0.01)")
     p.add_argument("--refine-top", type=int, default=6, help=f"how many of the most accurate feasible candidates (re-measured within {percent(1 - DEFAULT_POLICY.search_margin)} of the budget) get a short fine-tune before the pick (default 6)".replace("%", "%%"))
-    p.add_argument("--widen-passes", type=int, default=3, help=f"passes that widen the pick one grid step per group while it measures within {percent(1 - DEFAULT_POLICY.widen_margin)} of the budget; 0 keeps the pick as searched (default 3)".replace("%", "%%"))
+    p.add_argument("--widen-passes", type=int, default=3, help=f"passes that widen the pick one grid step per group while it measures within {percent(1 - DEFAULT_POLICY.widen_margin)} of the budget, spending at most the measurements and the time the search did; 0 keeps the pick as searched (default 3)".replace("%", "%%"))
     p.add_argument("--refine-epochs", type=float, default=0.2, help="epochs of that short fine-tune per candidate; 0 picks by adaptive-BN accuracy alone (default 0.2)")
     p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of distillation from the original model (default 0.5; 0 = plain labels)")
     p.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature (default 4)")

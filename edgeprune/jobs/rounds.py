@@ -34,7 +34,7 @@ from edgeprune.problem.screening import Screen
 from edgeprune.search.coevolution import run_coevolution
 from edgeprune.records import Candidate
 from edgeprune.search.nsga import SearchResult, run_nsga2
-from edgeprune.select.selection import Selection, ratio_seeds, select
+from edgeprune.select.selection import Selection, WidenBudget, ratio_seeds, select
 from edgeprune.space.channels import ChannelPlan, ChannelSpace, apply_plan
 
 
@@ -159,6 +159,7 @@ def _round(ctx: _Context, number: int, space: ChannelSpace, latency: LatencySour
     selection = select(
         problem, result.candidates, seeded, budget, ctx.policy, original,
         refine_top=recipe.refine_top, refine_epochs=recipe.refine_epochs, widen_passes=recipe.widen_passes, seed=ctx.settings.seed,
+        widen_budget=WidenBudget.of_search(result.candidates, result.wall_s, len(space.groups)),
     )
     done = _finish(ctx, number, problem, result, seeded, selection, plan, time.perf_counter() - t)
     checkpoint.save_round(number, done.summary, done.plan.to_dict(), done.model.state_dict())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+import time
 from collections.abc import Callable
 
 from torch import nn
@@ -276,8 +277,28 @@ def _wider(group: Group, kept: tuple[int, ...]) -> tuple[int, ...] | None:
     return tuple(sorted((*kept, *extra)))
 
 
+@dataclasses.dataclass(frozen=True)
+class WidenBudget:
+    """What widening may spend: new latency measurements (the cache's answers are free) and wall
+    seconds. :func:`select` gives it what the search before it spent: on a held-out RegNet-style
+    model a 15-minute search was followed by more than 20 minutes of widening, one measurement per
+    group per pass, and on a TensorRT device each is an engine build."""
+
+    measurements: float = math.inf
+    seconds: float = math.inf
+
+    @classmethod
+    def of_search(cls, candidates: list[Candidate], wall_s: float, groups: int) -> "WidenBudget":
+        """As many new measurements as the search made (at least one per group: the ranking pass)
+        and as much time as it took (its candidates' own seconds where a resumed search replayed
+        them from the journal in no time)."""
+        measured = sum(1 for c in candidates if not c.predicted and not c.from_cache)
+        return cls(max(groups, measured), max(wall_s, sum(c.seconds for c in candidates)))
+
+
 def widen(
-    problem: PruningProblem, picked: Candidate, limit_ms: float, check: Callable[[tuple[int, ...]], bool], passes: int = 3
+    problem: PruningProblem, picked: Candidate, limit_ms: float, check: Callable[[tuple[int, ...]], bool], passes: int = 3,
+    budget: WidenBudget = WidenBudget(),
 ) -> tuple[Candidate, list[dict]]:
     """The pick grown one grid step at a time while its measured latency stays within
     ``limit_ms``: NetAdapt's step run backwards, to spend the latency the search left.
@@ -294,16 +315,16 @@ def widen(
     pick widened by 11 steps "cost" 0.3 % and then re-measured about 4 % slower. So ``limit_ms`` sits
     below the search's own limit, and the widened widths must pass ``check`` (:func:`confirm`
     in fresh sessions); when they do not, a bisection over the accepted steps finds the most
-    that does (the pick itself already passed). Returns the (possibly unchanged) candidate,
-    with adaptive-BN accuracy, and the accepted steps.
+    that does (the pick itself already passed). Growing stops where ``budget`` is spent. Returns
+    the (possibly unchanged) candidate, with adaptive-BN accuracy, and the accepted steps.
     """
-    grow = _Growth(problem)
+    grow = _Growth(problem, budget)
     base_ms = picked.latency.median_ms
     floor = 0.01 * base_ms  # a step that measures as free still costs something: rank, don't divide by noise
     gain = {}
     for g in range(len(problem.space.groups)):
         step = grow.step(picked.choice, g)
-        if step is not None:
+        if step is not None and not grow.spent():
             ms, macs = grow.cost(step)
             if ms <= limit_ms and grow.fits_memory(step):
                 gain[g] = (macs - picked.macs) / max(ms - base_ms, floor)
@@ -314,7 +335,7 @@ def widen(
         grew = False
         for g in order:
             step = grow.step(trail[-1], g)
-            if step is None:
+            if step is None or grow.spent():
                 continue
             ms, macs = grow.cost(step)
             if ms <= limit_ms and grow.fits_memory(step):
@@ -323,6 +344,8 @@ def widen(
                 grew = True
         if not grew:
             break
+    if grow.spent():
+        console.print(f"  widening stopped at its budget: {grow.measured} new measurements in {grow.elapsed():.0f} s (what the search spent)")
 
     keep = _most_steps_that_pass(trail, check)
     if keep == 0:
@@ -331,18 +354,27 @@ def widen(
 
 
 class _Growth:
-    """One grid step wider in one group, and what such a network costs (latency, MACs)."""
+    """One grid step wider in one group, what such a network costs (latency, MACs), and what
+    measuring the costs has spent of the budget."""
 
-    def __init__(self, problem: PruningProblem):
-        self.problem, self.space = problem, problem.space
+    def __init__(self, problem: PruningProblem, budget: WidenBudget):
+        self.problem, self.space, self.budget = problem, problem.space, budget
+        self.measured, self.started = 0, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def spent(self) -> bool:
+        return self.measured >= self.budget.measurements or self.elapsed() >= self.budget.seconds
 
     def step(self, choice: Choice, g: int) -> Choice | None:
         kept = _wider(self.space.groups[g], choice[g])
         return None if kept is None else (*choice[:g], kept, *choice[g + 1:])
 
     def cost(self, choice: Choice) -> tuple[float, int]:
-        space = self.space
-        ms = self.problem.latency_of(tuple(len(k) for k in choice)).median_ms
+        space, widths = self.space, tuple(len(k) for k in choice)
+        self.measured += self.problem.latency.peek(widths) is None
+        ms = self.problem.latency_of(widths).median_ms
         return ms, macs_and_params(space.shrink(space.plan_of(choice)), space.input_shape)[0]
 
     def fits_memory(self, choice: Choice) -> bool:
@@ -379,7 +411,7 @@ class Selection:
 
 def select(
     problem: PruningProblem, candidates: list[Candidate], seeded: list[Candidate], budget_ms: float, policy: BudgetPolicy,
-    teacher: nn.Module, *, refine_top: int, refine_epochs: float, widen_passes: int, seed: int,
+    teacher: nn.Module, *, refine_top: int, refine_epochs: float, widen_passes: int, seed: int, widen_budget: WidenBudget = WidenBudget(),
 ) -> Selection:
     """Shortlist (fresh re-measure within the search limit) → short tune → confirm in fresh
     sessions against the budget less a noise margin → widen into what the budget leaves."""
@@ -399,7 +431,7 @@ def select(
     if widen_passes > 0:
         before = picked.latency.median_ms
         step_limit = min(policy.widen_limit(budget_ms), confirmation.limit_ms)
-        picked, widened = widen(problem, picked, step_limit, check, widen_passes)
+        picked, widened = widen(problem, picked, step_limit, check, widen_passes, widen_budget)
         if widened:
             console.print(f"widened the pick by {len(widened)} grid step(s): {before:.4f} → {picked.latency.median_ms:.4f} ms (budget {budget_ms:.4f} ms)")
     confirmation = checks[picked.widths]

@@ -30,6 +30,7 @@ TABLES = {
                      r"│ (?:channels only|--depth)\s+│ (NUM)% \(unpruned (NUM)%\)\s+│ (NUM)\s+│ (?:met|NOT met)\s+│")],
     "bench_detection": [(["method", "latency ms", "x unpruned", "meets", "test mAP50", "GMACs"],
                          r"^edgeprune\s+(NUM)\s+(NUM)\s+(?:True|False)\s+(NUM)%\s+(NUM)%\s+(NUM)\s")],
+    "bench_evaluation": [(["variant", "s/eval", "ratio", "requests", "rho acc"], r"^proposed\s+(NUM)\s+(NUM)\s+(NUM)\s")],
     "bench_farm": [(["| agents | candidates | search wall (s) | candidates / hour | speed-up vs 1 |"], r"^\| 2 \| (NUM) \| (NUM) \| (NUM) \| (NUM)x \|"),
                    (["| agents | modelled, scoring here | modelled, Ray scoring |"], r"^\| 100 \| (NUM) \| (NUM) \| - \|")],
     "bench_gmacs": [(["model", "MMACs", "MACs x unpruned", "median ms", "latency x unpruned"],

@@ -164,3 +164,56 @@ def test_prune_for_x86_openvino_end_to_end(tmp_path):
     test = data_from_report(report).test
     hits = sum(int(compiled(x[i:i + 1].numpy())[0].argmax() == int(y[i])) for x, y in test.batches(64) for i in range(len(y)))
     assert native["accuracy"]["test"] == pytest.approx(hits / len(test), abs=1e-12)
+
+
+# --- the device agent -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def agent():
+    from test_agent import AgentProcess
+
+    a = AgentProcess()
+    yield a
+    a.stop()
+
+
+def _plain_net(width: int) -> nn.Module:
+    import torch
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(width * 256, 10))
+
+
+def test_a_loopback_agent_measures_onnx_uploads_with_openvino(agent):
+    """The agent (a process that cannot import torch) times ONNX uploads in OpenVINO when the
+    request's profile is x86-openvino: its fingerprint names OpenVINO, and a paired measurement
+    tells a narrow network from a wide one."""
+    from edgeprune.profiling.remote import RemoteBackend
+
+    backend = RemoteBackend(dataclasses.replace(_fast(), agent=agent.url))
+    fp = backend.fingerprint()
+    assert (fp["profile"], fp["runtime"], fp["runtime_version"]) == ("x86-openvino", "openvino", openvino_version())
+    wide, narrow = (export_onnx_bytes(_plain_net(w), SHAPE, opset=17) for w in (96, 16))
+    backend.set_reference(wide, SHAPE)
+    small, ref = backend.measure_pair(narrow, SHAPE)
+    assert ratio(small, ref) < 0.7
+
+
+def test_the_agent_refuses_a_crafted_onnx_upload_before_openvino_reads_it(agent, onnx_bytes):
+    """An ONNX file whose weights point at a file on the device is refused by the agent's check:
+    OpenVINO's own reader would follow the path."""
+    import onnx
+
+    from test_agent import _profile_header, _request
+
+    proto = onnx.load_from_string(onnx_bytes)
+    tensor = proto.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value="../../../../etc/passwd")
+    headers = {"Content-Type": "application/octet-stream", "X-Edgeprune-Profile": _profile_header(_fast())}
+    status, body = _request(agent.port, "POST", "/measure?shape=1x1x16x16", proto.SerializeToString(), headers)
+    assert status == 400 and "external data" in body["error"] and "root:" not in json.dumps(body)  # refused, nothing of the file read
+    status, body = _request(agent.port, "POST", "/measure?shape=1x1x16x16", onnx_bytes, headers)
+    assert status == 200 and body["stats"]["median"] > 0  # and it still measures

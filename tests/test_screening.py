@@ -9,7 +9,8 @@ from tiny_models import TinyResNet
 
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.profiling.ort import OrtBackend
-from edgeprune.profiling.surrogate import LatencySurrogate
+from edgeprune.profiling.macs_surrogate import MacsSurrogate, work
+from edgeprune.profiling.surrogate import Layer, LatencySurrogate
 from edgeprune.search.nsga import run_nsga2
 from edgeprune.problem.screening import Screen
 from edgeprune.profiling.targets import load_profile
@@ -17,6 +18,8 @@ from edgeprune.profiling.targets import load_profile
 
 class _Surrogate:
     """Predicts ``scale ×`` the MACs of the layers it is given; counts what it was taught."""
+
+    needs_node_times = True
 
     def __init__(self, scale: float, input_shape=(1, 1, 1, 1)):
         self.scale, self.input_shape, self.observations, self.with_nodes = scale, input_shape, 0, 0
@@ -77,3 +80,60 @@ def test_the_screen_teaches_the_real_surrogate_the_models_layer_descriptors():
     screen.learn(model, 1.0, lambda: None)  # then: predicted (exactly), scored, observed
     assert screen.surrogate.observations == 2 and screen.recent_error == pytest.approx(0.0, abs=1e-9)
     assert screen.skip(model) == pytest.approx(1.0)
+
+
+def _net(dense: int, depthwise: int) -> list[Layer]:
+    return [
+        Layer("a", "conv", 16, dense, (3, 3), (1, 1), 1, (8, 8), (8, 8)),
+        Layer("b", "conv", depthwise, depthwise, (3, 3), (1, 1), depthwise, (8, 8), (8, 8)),
+        Layer("c", "linear", depthwise, 10, (1, 1), (1, 1), 1, (1, 1), (1, 1)),
+    ]
+
+
+def test_the_macs_surrogate_prices_dense_depthwise_and_linear_work_apart():
+    def truth(layers):  # a device on which depthwise MACs cost 7x dense ones, plus a fixed cost
+        dense, depthwise, linear, _ = work(layers)
+        return 0.3 * dense + 2.1 * depthwise + 0.1 * linear + 0.05
+
+    surrogate = MacsSurrogate((1, 16, 8, 8))
+    for dense, depthwise in [(16, 16), (32, 16), (16, 48), (64, 32), (48, 64), (80, 16)]:
+        surrogate.observe(_net(dense, depthwise), truth(_net(dense, depthwise)))
+    assert surrogate.observations == 6 and not surrogate.needs_node_times
+    assert surrogate.predict(_net(96, 80)) == pytest.approx(truth(_net(96, 80)), rel=1e-9)
+    plain = MacsSurrogate((1, 16, 8, 8))  # no depthwise layer varies: that column is left out, not singular
+    for dense in (16, 32, 48):
+        plain.observe(_net(dense, 16), 0.3 * work(_net(dense, 16))[0] + 1.0)
+    assert plain.predict(_net(64, 16)) == pytest.approx(0.3 * work(_net(64, 16))[0] + 1.0, rel=1e-6)
+
+
+class _Spy:
+    """A surrogate that records how many measurements had been started whenever it is taught."""
+
+    needs_node_times = False
+
+    def __init__(self, input_shape, started):
+        self.input_shape, self.started, self.seen, self.observations = input_shape, started, [], 0
+
+    def predict(self, layers) -> float:
+        return 0.0
+
+    def observe(self, layers, measured_ms, node_times=None):
+        assert node_times is None  # never asked of a device that gives none
+        self.seen.append(len(self.started))
+        self.observations += 1
+
+
+@pytest.mark.parametrize("immediate", [True, False])
+def test_a_generation_wise_screen_starts_a_whole_generation_before_it_learns(tiny_problem, monkeypatch, immediate):
+    """On a farm every measurement of a generation must be in flight at once: a screen that
+    learns per generation decides on all of them first; one that learns per candidate cannot."""
+    space, latency = tiny_problem.space, tiny_problem.latency
+    started = []
+    start = latency.start
+    monkeypatch.setattr(latency, "start", lambda *a, **k: started.append(a[0]) or start(*a, **k))
+    screen = Screen(_Spy(latency.shape, started), warmup=8, limit_ms=1e9, immediate=immediate)
+    problem = tiny_problem.make(limit_ms=1e9, screen=screen)
+    choices = [space.choice(space.widths_from_indices(space.uniform_indices(r))) for r in (0.25, 0.5, 0.75, 1.0)]
+    problem.evaluate_batch(choices)
+    assert len(started) == 4
+    assert screen.surrogate.seen == ([1, 2, 3, 4] if immediate else [4, 4, 4, 4])

@@ -28,6 +28,7 @@ from edgeprune.jobs.settings import RecipeSettings, SearchSettings
 from edgeprune.errors import UserError
 from edgeprune.problem.latency import LatencySource
 from edgeprune.problem.pruning import PruningProblem
+from edgeprune.profiling.macs_surrogate import MacsSurrogate
 from edgeprune.profiling.surrogate import LatencySurrogate
 from edgeprune.progress import console
 from edgeprune.problem.screening import Screen
@@ -177,6 +178,8 @@ def _problem(ctx: _Context, number: int, space: ChannelSpace, latency: LatencySo
     screen = None
     if search.screen and search.strategy == "nsga2" and latency.has_node_times:
         screen = Screen(LatencySurrogate(latency.shape), limit_ms=limit_ms)
+    elif search.screen and search.strategy == "nsga2":  # whole-network times only: a MACs model, learnt per generation
+        screen = Screen(MacsSurrogate(latency.shape), limit_ms=limit_ms, immediate=False)
     return PruningProblem(
         space, first.task, latency, limit_ms=limit_ms, focus=policy.focus, reference_ms=first.reference_ms,
         objective_names=first.objective_names, model_scores=scores, journal=journal, screen=screen,

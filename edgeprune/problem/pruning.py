@@ -241,6 +241,8 @@ class PruningProblem:
         """
         order = [_normal(c) for c in choices]
         fresh: dict[Choice, _Pending] = {}
+        later = self.screen is not None and not self.screen.immediate
+        lessons: list[tuple] = []  # (widths, model, candidate) a generation-wise screen learns from at the end
         for choice in order:
             if choice in self.results or choice in fresh:
                 continue
@@ -249,13 +251,16 @@ class PruningProblem:
             model = self.space.shrink(self.space.plan_of(choice))
             restored = self._restored.pop(choice, None)
             if restored is not None:
-                self._teach_screen(widths, model, restored)
+                if later:
+                    lessons.append((widths, model, restored))
+                else:
+                    self._teach_screen(widths, model, restored)
                 self.results[choice] = restored
                 continue
             skipped = self._screened(choice, widths, model, start)
             latency = None if skipped is not None else self.latency.start(widths, model)
-            if latency is not None and self.screen is not None:
-                # The screen learns from each measurement before deciding on the next choice.
+            if latency is not None and self.screen is not None and not later:
+                # This screen learns from each measurement before deciding on the next choice.
                 stats = self.latency.finish(latency)[0]
                 self.screen.learn(model, stats.median_ms, lambda: self.latency.node_times(widths, model))
             fresh[choice] = _Pending(widths, model, latency, skipped, time.perf_counter() - start)
@@ -271,7 +276,11 @@ class PruningProblem:
             macs, params = macs_and_params(pending.model, self.space.input_shape)
             memory = self.memory.measure(pending.widths, pending.model).peak_mb if self.memory is not None else None
             took = pending.seconds + seconds + time.perf_counter() - start
-            self._keep(Candidate(choice, accuracy, stats, macs, params, cached, took, False, scores, memory))
+            cand = self._keep(Candidate(choice, accuracy, stats, macs, params, cached, took, False, scores, memory))
+            if later:
+                lessons.append((pending.widths, pending.model, cand))
+        for widths, model, cand in lessons:
+            self._teach_screen(widths, model, cand)
         return [self.results[c] for c in order]
 
     def _screened(self, choice: Choice, widths, model: nn.Module, start: float) -> Candidate | None:

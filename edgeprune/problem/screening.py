@@ -13,6 +13,12 @@ through and comparing with the measurement. It skips only while the median error
 ``window`` predictions is at most ``max_error``, and only candidates predicted above
 ``limit × (1 + 3 × that error)`` — so a surrogate that is off on this model (a different
 architecture family, a noisy machine) simply stops screening.
+
+Where the target gives no per-node times (TensorRT through an agent, a farm, the simulated
+device) the surrogate is :class:`~edgeprune.profiling.macs_surrogate.MacsSurrogate`, and the
+screen learns once per generation (``immediate=False``): it decides on a whole generation with
+what it knew before it, so every measurement of the generation can be in flight at once on a
+farm, and the decisions do not depend on which agent answers first.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ class Screen:
     window: int = WINDOW
     max_error: float = MAX_ERROR
     limit_ms: float | None = None  # the round's latency constraint (PruningProblem.limit_ms)
+    # Learn from each measurement before deciding on the next candidate (True), or from a whole
+    # generation's measurements once it is measured (False: see the module docstring).
+    immediate: bool = True
     skips: int = 0
     _with_nodes: int = 0
 
@@ -78,7 +87,7 @@ class Screen:
             self.errors.append(abs(predicted - measured_ms) / measured_ms)
             self.surrogate.observe(layers, measured_ms)
         else:
-            self.surrogate.observe(layers, measured_ms, node_times())
+            self.surrogate.observe(layers, measured_ms, node_times() if self.surrogate.needs_node_times else None)
             self._with_nodes += 1
 
     def _layers(self, model: nn.Module):

@@ -33,6 +33,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -171,6 +172,7 @@ class LatencySurrogate:
 
     input_shape: tuple[int, ...]
     use_mean: bool = True
+    needs_node_times: ClassVar[bool] = True  # the per-layer table is built from them
     _observations: list[_Observation] = field(default_factory=list)
     _exact: dict[tuple, list[float]] = field(default_factory=lambda: defaultdict(list))
     _by_shape: dict[tuple, list[float]] = field(default_factory=lambda: defaultdict(list))

@@ -66,7 +66,7 @@ def test_the_prune_config_holds_parsed_values_only():
     from edgeprune.jobs.settings import GROUPS, PruneConfig
 
     names_and_paths = {
-        "model", "target", "weights", "name", "data", "detection_metric", "strategy", "encoding", "mode",
+        "model", "target", "weights", "name", "data", "detection_metric", "yolo_head", "strategy", "encoding", "mode",
         "ray_address", "agents", "out", "cache",
     }
     strings = []

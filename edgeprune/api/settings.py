@@ -109,6 +109,7 @@ class PruneOptions:
     screen: bool = True
     depth: bool = False
     detection_metric: str = "mAP50-95"
+    yolo_head: str = "auto"
     attack_eps: float = DEFAULT_EPS
     attack_steps: int = DEFAULT_STEPS
     attack_alpha: float = DEFAULT_ALPHA

@@ -108,11 +108,12 @@ def _detection(cfg: PruneConfig, profile: Profile, supplied: Supplied) -> Loaded
     task = Detection(t.data.removeprefix("yolo:"), t.input_shape[1] if t.input_shape else 640, t.holdout, cfg.seed, t.detection_metric)
     try:
         model, spec = _model(cfg, supplied, t.num_classes or task.num_classes)
+        model.set_head(t.yolo_head)
     except BaseException:
         task.close()  # its work folder: nothing of a failed run is left behind
         raise
     model.model.names = dict(task.names)
-    return Loaded(None, task, model, spec)
+    return Loaded(None, task, model, {**spec, "yolo_head": model.head})
 
 
 def _user_task(cfg: PruneConfig, profile: Profile, supplied: Supplied) -> Loaded:
@@ -125,6 +126,8 @@ def _user_task(cfg: PruneConfig, profile: Profile, supplied: Supplied) -> Loaded
 def _no_detection_metric(cfg: PruneConfig) -> None:
     if cfg.task.detection_metric != "mAP50-95":
         raise UserError("--detection-metric applies to --task detection; drop it")
+    if cfg.task.yolo_head != "auto":
+        raise UserError("--yolo-head applies to --task detection; drop it")
 
 
 def _check_detection(cfg: PruneConfig) -> None:

@@ -60,6 +60,7 @@ class TaskSettings(_Group):
     num_classes: int | None = None
     holdout: int = 5000
     detection_metric: str = "mAP50-95"
+    yolo_head: str = "auto"  # auto | end2end | dense (edgeprune.tasks.yolo.HEADS)
 
 
 @dataclass(frozen=True)

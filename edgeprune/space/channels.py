@@ -247,7 +247,7 @@ def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     (Torch-Pruning re-runs the reshape mapping on every ``get_pruning_group``)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "unwrapped parameters" notices: their coupling is traced anyway
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example, forward_fn=outputs.traced, verbose=False)
 
 
 def _all_groups(graph: tp.DependencyGraph, ignored: list[nn.Module]):

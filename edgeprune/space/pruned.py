@@ -100,7 +100,7 @@ def original_model(spec: dict, trust_code: bool = False) -> nn.Module:
     if kind == "yolo" and text.startswith("yolo:") and models.builds_without_code(text):
         from edgeprune.tasks import yolo
 
-        return yolo.build(text.removeprefix("yolo:"), num_classes)  # from the yaml inside ultralytics
+        return yolo.build(text.removeprefix("yolo:"), num_classes, head=spec.get("yolo_head", "auto"))  # from the yaml inside ultralytics
     if kind == "object":
         raise UserError(f"the plan's model was the Python object {text[:80]!r}; pass it: load_pruned(plan, state_dict, original=model)")
     if not trust_code:
@@ -115,7 +115,7 @@ def original_model(spec: dict, trust_code: bool = False) -> nn.Module:
             raise UserError(f"plan's yolo model spec {text[:80]!r} does not start with 'yolo:'; pass the plan.json edgeprune wrote")
         from edgeprune.tasks import yolo
 
-        return yolo.build(text.removeprefix("yolo:"), num_classes)
+        return yolo.build(text.removeprefix("yolo:"), num_classes, head=spec.get("yolo_head", "auto"))
     return models.file_model(text)
 
 

@@ -127,13 +127,15 @@ class Detection(Task):
         from ultralytics.models.yolo.detect import DetectionValidator
 
         with ultralytics_form(net) as model:
-            stats = DetectionValidator(args=self._val_args(yaml, BATCH), save_dir=self.workdir / "val")(model=copy.deepcopy(model))
+            stats = DetectionValidator(args=self._val_args(yaml, BATCH, net.end2end), save_dir=self.workdir / "val")(model=copy.deepcopy(model))
         return float(stats[METRICS[self.metric]])
 
-    def _val_args(self, yaml: str, batch: int, **more) -> dict:
+    def _val_args(self, yaml: str, batch: int, end2end: bool, **more) -> dict:
         # rect=False: every image letterboxed to the square input the exported file has, so the
-        # torch model and its ONNX file are scored on identical inputs.
-        return dict(data=yaml, imgsz=self.imgsz, batch=batch, device="cpu", workers=0, plots=False, verbose=False, rect=False, save_json=False, **more)
+        # torch model and its ONNX file are scored on identical inputs. nms=False is ultralytics'
+        # switch to the one-to-one head and no NMS (what an end-to-end file ships); None: NMS.
+        return dict(data=yaml, imgsz=self.imgsz, batch=batch, device="cpu", workers=0, plots=False, verbose=False, rect=False, save_json=False,
+                    nms=False if end2end else None, **more)
 
     def score_file(self, blob: bytes, label: str) -> float:
         """The test-split score of an exported file (see :meth:`file_maps`)."""
@@ -141,16 +143,21 @@ class Detection(Task):
 
     def file_maps(self, blob: bytes, label: str) -> dict[str, float]:
         """mAP50 and mAP50-95 of an exported file on the test split, run by ultralytics' ONNX
-        Runtime backend (the file gets the metadata ultralytics reads: stride, names, input size)."""
+        Runtime backend (the file gets the metadata ultralytics reads: stride, names, input size,
+        and whether its output is end-to-end, told by its layout: ``[N, max_det, 6]``)."""
+        import onnx
         from ultralytics.models.yolo.detect import DetectionValidator
 
         from edgeprune.exporters.onnx import with_metadata
 
         console.print(f"{label}: test {self.metric} of the file, run by onnxruntime through ultralytics' validator")
         path = self.workdir / "scored.onnx"
-        meta = {"stride": "32", "task": "detect", "batch": "1", "channels": "3", "imgsz": str([self.imgsz, self.imgsz]), "names": repr(self.names)}
+        dims = onnx.load_model_from_string(blob).graph.output[0].type.tensor_type.shape.dim
+        end2end = len(dims) == 3 and dims[2].dim_value == 6  # dense: [N, 4 + classes, anchors], never 6 anchors
+        meta = {"stride": "32", "task": "detect", "batch": "1", "channels": "3", "imgsz": str([self.imgsz, self.imgsz]), "names": repr(self.names),
+                "end2end": str(end2end)}
         path.write_bytes(with_metadata(blob, meta))
-        stats = DetectionValidator(args=self._val_args(self.test_yaml, 1, model=str(path)), save_dir=self.workdir / "val")()
+        stats = DetectionValidator(args=self._val_args(self.test_yaml, 1, end2end, model=str(path)), save_dir=self.workdir / "val")()
         return {name: float(stats[key]) for name, key in METRICS.items()}
 
     def fine_tune(self, net: YoloNet, teacher: nn.Module, epochs: float, seed: int, description: str) -> dict:

@@ -68,6 +68,14 @@ def equal(a, b) -> bool:
     return len(fa) == len(fb) and all(torch.equal(x, y) for x, y in zip(fa, fb))
 
 
+def traced(model: nn.Module, example: torch.Tensor):
+    """What the channel-coupling trace follows back to every layer: ``model.coupling_outputs(x)``
+    where the model has one (a YOLO26 head's end-to-end top-k reaches one branch of two, see
+    :class:`edgeprune.tasks.yolo.YoloNet`), else its output."""
+    coupling = getattr(model, "coupling_outputs", None)
+    return coupling(example) if callable(coupling) else model(example)
+
+
 def output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
     """The Conv/Linear layers whose output channels *are* output channels: pruning one would
     delete classes, box coordinates or mask channels, so they are never part of the space.
@@ -92,7 +100,7 @@ def output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
     hooks = [m.register_forward_hook(record) for m in layers]
     try:
         with torch.enable_grad():
-            out = model(example.clone().requires_grad_(True))
+            out = traced(model, example.clone().requires_grad_(True))
     finally:
         for h in hooks:
             h.remove()

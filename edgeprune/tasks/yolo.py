@@ -11,8 +11,14 @@ What this module settles, each the cause of a common "YOLO pruning fails" report
   integral behind them is a frozen conv that :func:`edgeprune.tasks.outputs.output_layers` walks through);
   its hidden convs and everything feeding it are prunable.
 * **What is pruned, timed and exported** is :class:`YoloNet`: the DetectionModel with its head in
-  export form, one tensor ``output0`` = ``[N, 4 + classes, anchors]`` (boxes cx, cy, w, h in
-  pixels, then class scores; no NMS), the same layout ``yolo export format=onnx`` writes.
+  export form, one tensor ``output0``. A head with a one-to-one branch (YOLO26) ships end-to-end
+  by default, as it is deployed: ``[N, max_det, 6]`` (x1, y1, x2, y2 in pixels, score, class; no
+  NMS to run), the layout ``yolo export format=onnx nms=False`` writes. The dense head (every
+  family's only head before YOLO26) is ``[N, 4 + classes, anchors]`` (cx, cy, w, h, then class
+  scores; NMS still to run), the layout ``yolo export format=onnx`` writes. ``--yolo-head`` picks.
+* **Both branches stay prunable.** The end-to-end output is a top-k over the one-to-one branch
+  only, so the one-to-many branch (which ultralytics' loss still trains) is invisible from it;
+  :meth:`YoloNet.coupling_outputs` hands the channel-coupling trace every branch's raw outputs.
 * **Loading back into ultralytics.** :func:`checkpoint_bytes` writes the checkpoint layout
   ``ultralytics.YOLO(path)`` reads, with the pruned module inside; ultralytics' own trainer and
   validator run on the pruned module in place (:func:`ultralytics_form`), never rebuilding it from
@@ -38,6 +44,8 @@ from torch import nn
 from edgeprune.errors import UserError
 
 OUTPUT = "output0"
+# --yolo-head: auto is end2end for a head with a one-to-one branch (YOLO26), else dense.
+HEADS = ("auto", "end2end", "dense")
 
 
 def require_ultralytics():
@@ -113,18 +121,53 @@ def _heads(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, Detect)]
 
 
+def _one2one(head: nn.Module) -> bool:
+    return getattr(head, "one2one_cv2", None) is not None
+
+
 class YoloNet(nn.Module):
     """The DetectionModel ``model`` as edgeprune prunes, times and exports it: its head in export
-    form, returning ``{"output0": [N, 4 + classes, anchors]}``."""
+    form, returning ``{"output0": ...}`` in the layout ``head`` picks (see the module doc)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, head: str = "auto"):
         super().__init__()
         self.model = model
-        for head in _heads(model):
-            head.export, head.format, head.dynamic, head.shape = True, "onnx", False, None
+        for detect in _heads(model):
+            detect.export, detect.format, detect.dynamic, detect.shape = True, "onnx", False, None
+        self.set_head(head)
+
+    def set_head(self, head: str) -> None:
+        """End-to-end (``[N, max_det, 6]``, ultralytics' ``nms=False`` export) or dense output."""
+        if head not in HEADS:
+            raise UserError(f"unknown --yolo-head {head!r}; choose {', '.join(HEADS)}")
+        heads = _heads(self.model)
+        capable = bool(heads) and all(_one2one(h) for h in heads)
+        if head == "end2end" and not capable:
+            raise UserError("--yolo-head end2end needs a head with a one-to-one (NMS-free) branch, as YOLO26 has; this model's head is dense only: drop the flag")
+        self.end2end = capable if head == "auto" else head == "end2end"
+        for detect in heads:
+            detect.end2end = self.end2end
+
+    @property
+    def head(self) -> str:
+        return "end2end" if self.end2end else "dense"
 
     def forward(self, x):
         return {OUTPUT: self.model(x)}
+
+    def coupling_outputs(self, x) -> list[torch.Tensor]:
+        """Every head branch's raw box and class maps: what the channel-coupling trace follows
+        (:func:`edgeprune.tasks.outputs.traced`), so a branch the shipped output leaves out (the
+        one-to-many branch behind the end-to-end top-k, or the one-to-one branch behind the dense
+        output) is pruned with the layers feeding it."""
+        head = self.model.model[-1]
+        branches = [head.one2many] + ([head.one2one] if _one2one(head) else [])
+        # In place of the head's forward for one call: each conv runs once, as Torch-Pruning expects.
+        head.forward = lambda feats: [head.forward_head(feats, **b)[key] for b in branches for key in ("boxes", "scores")]
+        try:
+            return self.model(x)
+        finally:
+            del head.forward
 
 
 @contextlib.contextmanager
@@ -193,7 +236,7 @@ def _model_config(name: str, path: Path) -> dict:
     return {**config, "scale": guess_model_scale(scaled), "yaml_file": str(Path(name).with_name(scaled))}
 
 
-def build(spec: str, num_classes: int | None, names: dict[int, str] | None = None) -> YoloNet:
+def build(spec: str, num_classes: int | None, names: dict[int, str] | None = None, head: str = "auto") -> YoloNet:
     """A model yaml built with random weights, or an ultralytics checkpoint ``.pt`` (unpickled:
     your own files only), as a YoloNet. A bare yaml name (``yolov8n.yaml``) is one that ships
     with ultralytics, found by :func:`packaged_yaml` (never in the current folder); your own yaml
@@ -232,7 +275,7 @@ def build(spec: str, num_classes: int | None, names: dict[int, str] | None = Non
         p.requires_grad_(".dfl" not in name)  # DFL's conv is a fixed integral, never trained
     if names is not None:
         model.names = dict(names)
-    return YoloNet(model).eval()
+    return YoloNet(model, head).eval()
 
 
 def checkpoint_bytes(net: YoloNet, data_yaml: str, imgsz: int) -> bytes:

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+import yaml
 
 from edgeprune.cli import main
 from edgeprune.errors import UserError
@@ -121,7 +122,8 @@ def test_each_family_prunes_reloads_into_ultralytics_validates_and_reexports(fam
     images = [_image(f) for f in sorted((tiny_set / "images" / "val").glob("*.png"))]
     assert len(images) == 8
     ours = [_output(out / "model.onnx", x) for x in images]
-    shape = (min(300, ANCHORS), 6) if end2end else (4 + 3, ANCHORS)
+    classes = len(yaml.safe_load((tiny_set / "data.yaml").read_text())["names"])
+    shape = (min(300, ANCHORS), 6) if end2end else (4 + classes, ANCHORS)
     assert all(o.shape == shape for o in ours)
     if not end2end:
         return

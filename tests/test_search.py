@@ -138,7 +138,7 @@ def test_adaptive_bn_restores_statistics_of_a_pruned_model(setup):
     assert bn.running_mean.abs().max() < 50 and bn.momentum == 0.1
 
 
-def test_seeds_are_the_widest_ratio_of_each_profile_within_the_budget(setup):
+def test_seeds_are_the_widest_ratio_of_each_profile_within_the_budget(setup, capsys):
     space = setup[1]
     clock = Clock(lambda w: float(sum(w)))  # latency = the total width
     widths = lambda r, a: space.widths_from_indices(space.scaled_indices(r, a))  # noqa: E731
@@ -149,6 +149,8 @@ def test_seeds_are_the_widest_ratio_of_each_profile_within_the_budget(setup):
         widest = max((r for r in grid if sum(widths(r, alpha)) <= budget), key=lambda r: widths(r, alpha))
         assert widths(widest, alpha) in seeds
     assert len(clock.asked) <= 12  # bisection per profile, not a scan of the ratio grid
+    said = capsys.readouterr()
+    assert "width profile 2/2 (alpha 1)" in said.out + said.err  # a log is not silent while the seeds are found
     # alpha = 1 prunes the widest group (64) harder than the narrowest (32) relative to their widths
     wide, narrow = space.groups[0], space.groups[1]
     assert (wide.full, narrow.full) == (64, 32)

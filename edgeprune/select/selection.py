@@ -235,7 +235,9 @@ def ratio_seeds(problem: PruningProblem, budget_ms: float, alphas: tuple[float, 
     short tune (see :func:`shortlist`), which ranked these profiles as the final fine-tune did.
     """
     seeds: list[list[int]] = []
-    for alpha in alphas:
+    for number, alpha in enumerate(alphas, 1):
+        # Each profile is a bisection over about 20 ratios: minutes of silence in a log without a line.
+        console.print(f"seeds: the widest ratio within {budget_ms:.4f} ms, width profile {number}/{len(alphas)} (alpha {alpha:g})")
         found = _widest_scaled(problem, budget_ms, alpha)
         if found is None:  # the unpruned model already meets the budget
             return [problem.space.full_indices()]

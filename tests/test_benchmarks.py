@@ -21,7 +21,7 @@ SCRIPTS = sorted([*(ROOT / "tools").glob("bench_*.py"), ROOT / "tools" / "zoo_sw
 NUM = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
 # Smoke runs that prune end to end (several prunes, training, a detector): a minute or more on a
 # shared 2-core machine, so out of the quick loop (`-m "not slow"`); CI runs them.
-SLOW = {"bench_depth", "bench_detection", "bench_robust", "bench_seeds", "bench_vs_uniform"}
+SLOW = {"bench_depth", "bench_detection", "bench_economy", "bench_robust", "bench_seeds", "bench_targets", "bench_vs_uniform"}
 
 # script: [(words the table's header line holds, a regex of one of its rows: every group a number)]
 TABLES = {
@@ -30,6 +30,8 @@ TABLES = {
                      r"│ (?:channels only|--depth)\s+│ (NUM)% \(unpruned (NUM)%\)\s+│ (NUM)\s+│ (?:met|NOT met)\s+│")],
     "bench_detection": [(["method", "latency ms", "x unpruned", "meets", "test mAP50", "GMACs"],
                          r"^edgeprune\s+(NUM)\s+(NUM)\s+(?:True|False)\s+(NUM)%\s+(NUM)%\s+(NUM)\s")],
+    "bench_economy": [(["| arm | device measurements | host s |", "test accuracy", "met"],
+                       r"^\| economy \| (NUM) \| (NUM) \| (NUM) \| (NUM)% \| (NUM) / (NUM) \| (?:yes|NO) \| (NUM) \| (NUM) \|$")],
     "bench_evaluation": [(["variant", "s/eval", "ratio", "requests", "rho acc"], r"^proposed\s+(NUM)\s+(NUM)\s+(NUM)\s")],
     "bench_farm": [(["| agents | candidates | search wall (s) | candidates / hour | speed-up vs 1 |"], r"^\| 2 \| (NUM) \| (NUM) \| (NUM) \| (NUM)x \|"),
                    (["| agents | modelled, scoring here | modelled, Ray scoring |"], r"^\| 100 \| (NUM) \| (NUM) \| - \|")],
@@ -49,6 +51,8 @@ TABLES = {
                     (["| model | conv widths | test accuracy |"], r"^\| edgeprune --speedup 1\.67, fine-tuned \| (NUM)/(NUM)/(NUM) \| (NUM)% \| (NUM) \|"),
                     (["| model | test accuracy | weight groups with the 2:4 pattern (ONNX file) |"],
                      r"^\| 2:4, fine-tuned 0\.05 epoch with the masks fixed \| (NUM)% \| (NUM)% \((NUM)/(NUM)\) \| (NUM) / (NUM) \| (NUM)% \|$")],
+    "bench_targets": [(["| pick (pruned for) |", "on x86-cpu", "on x86-openvino", "test accuracy"],
+                       r"^\| x86-cpu \| \*\*(NUM) ±(NUM)%\*\* \| (NUM) ±(NUM)% \| (NUM)% \|$")],
     "bench_vs_uniform": [(["model", "budget", "method", "latency ms", "meets", "test acc", "MMACs", "search s"],
                           r"^smoke:tiny_resnet\s+0\.7x = (NUM) ms\s+edgeprune\s+(NUM)\s+(?:True|False)\s+(NUM)%\s+(NUM)\s+(NUM)\s")],
     "zoo_sweep": [(["model", "input", "groups", "skip", "width", "rel err", "top1 (n)", "GMACs before"],

@@ -235,7 +235,11 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, help="keep each prune's output here and reuse finished ones (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="without the prunes' own progress lines (the edgeprune logger, every 10 s)")
+    ap.add_argument("--smoke", action="store_true", help="the code path at tiny sizes (smoke:tiny_resnet, x86-cpu and x86-openvino, one generation, one round), not a result")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.models, args.targets, args.runtimes = "smoke:tiny_resnet", "x86-cpu,x86-openvino", None
+        args.population, args.generations, args.finetune_epochs, args.train_epochs, args.rounds, args.progress = 4, 1, 0.02, 0.05, 1, False
     args.targets = tuple(args.targets.split(","))
     args.runtimes = tuple(args.runtimes.split(",")) if args.runtimes else args.targets
     if len(args.targets) < 2:

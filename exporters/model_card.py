@@ -201,7 +201,11 @@ def _latency_lines(report: dict, export: dict, baseline: dict, pruned: dict, fp3
         lines.append(_latency_row(export["target"], "pruned, INT8", int8["file"] or "(refused, not written)", "int8", int8["latency_ms"]))
     if "budget_ms" in report:
         lines += ["", f"Budget of the prune run: {report['budget_ms']:.4g} ms median on {report['target']} "
-                      f"({'met' if report.get('budget_met') else 'NOT met'}; pruned {_ms(pruned.get('latency_ms', {}).get('median'))} ms)."]
+                      f"({'met' if (report.get('memory') or {}).get('latency_met', report.get('budget_met')) else 'NOT met'}; pruned {_ms(pruned.get('latency_ms', {}).get('median'))} ms)."]
+        memory = report.get("memory")
+        if memory and memory.get("limit_mb") is not None:
+            lines.append(f"Memory limit: {memory['limit_mb']:g} MiB peak for one inference ({'met' if memory.get('met') else 'NOT met'}; "
+                         f"{memory['file']} peaks at {memory['pruned']['peak_mb']:.1f} MiB, the unpruned model at {memory['baseline']['peak_mb']:.1f} MiB).")
     return lines
 
 

@@ -13,7 +13,7 @@ from tiny_models import TinyCNN, wide_cnn
 
 from edgeprune.errors import UserError
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
-from edgeprune.problem.memory import require_memory_target
+from edgeprune.problem.memory import require_memory_target, search_limit_mb
 from edgeprune.problem.pruning import PruningProblem
 from edgeprune.profiling.memory import MemoryMeasurementFailed, MemoryStats, measure_memory
 from edgeprune.profiling.targets import load_profile
@@ -60,6 +60,19 @@ def test_a_runtime_without_a_memory_measurement_is_refused_in_one_line(target):
 def test_an_agent_target_is_refused_in_one_line():
     with pytest.raises(UserError, match="reports latency only"):
         require_memory_target(load_profile("x86-cpu"), remote=True)
+
+
+def test_a_host_that_cannot_reset_a_peak_is_refused_before_anything_is_timed(monkeypatch):
+    from edgeprune.problem import memory
+
+    monkeypatch.setattr(memory, "can_measure_here", lambda: False)
+    with pytest.raises(UserError, match="clear_refs"):
+        require_memory_target(load_profile("x86-cpu"), remote=False)
+
+
+def test_the_search_keeps_a_margin_under_the_memory_limit():
+    # The verdict re-measures other bytes (the delivered file), which agree within about 1 MB.
+    assert (search_limit_mb(20.0), search_limit_mb(200.0)) == (19.0, 196.0)
 
 
 class _Memory:
@@ -160,7 +173,7 @@ def test_max_memory_mb_binds_measured_independently(tmp_path):
     report = json.loads((tmp_path / "bound" / "report.json").read_text())
     constrained = measure_memory(profile, (tmp_path / "bound" / "model.onnx").read_bytes(), SHAPE).peak_mb
     assert constrained <= limit
-    assert report["budget_met"] and report["memory"]["met"] and report["memory"]["limit_mb"] == limit
+    assert report["budget_met"] and report["memory"]["met"] and report["memory"]["latency_met"] and report["memory"]["limit_mb"] == limit
     assert report["memory"]["pruned"]["peak_mb"] == pytest.approx(constrained, abs=2)
     assert report["memory"]["baseline"]["peak_mb"] == pytest.approx(full, abs=2)
     assert "memory limit met" in bound.stdout + bound.stderr

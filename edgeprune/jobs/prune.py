@@ -23,7 +23,7 @@ from edgeprune.exporters.package import FP32_FILE, ExportOptions, PackageInputs,
 from edgeprune.report.html import write_report_html
 from edgeprune.report.builder import Baseline, ExportRecord, PruneParts, Pruned, RoundRecord, Robustness, RunFacts, SearchSummary, prune_report
 from edgeprune.problem.latency import ProfiledLatency
-from edgeprune.problem.memory import ProfiledMemory, require_memory_target
+from edgeprune.problem.memory import ProfiledMemory, require_memory_target, search_limit_mb
 from edgeprune.report.layer_times import layer_shares, per_layer_table
 from edgeprune.profiling.keys import graph_key
 from edgeprune.profiling.memory import measure_memory
@@ -123,7 +123,7 @@ def _run(job: _Job, t0: float) -> PruneOutcome:
         torch_accuracy=pruned_acc, reference="the unpruned model",
     )
     per_layer = _per_layer(job, final.model, package, baseline_latency)
-    memory = _memory_section(job, package) if job.problem.memory is not None else None
+    memory = _memory_section(job, package, budget_ms) if job.problem.memory is not None else None
     job.phases["export_s"] = time.perf_counter() - t
     job.phases["total_s"] = time.perf_counter() - t0
     if sparsity is not None:
@@ -209,7 +209,8 @@ def _load(cfg: PruneConfig, supplied: Supplied) -> _Job:
         raise
     problem = PruningProblem(
         space, task, latency, objective_names=cfg.search.objectives, model_scores=scores, workers=workers,
-        memory=ProfiledMemory(latency, profile) if _wants_memory(cfg) else None, max_memory_mb=cfg.max_memory_mb or math.inf,
+        memory=ProfiledMemory(latency, profile) if _wants_memory(cfg) else None,
+        max_memory_mb=search_limit_mb(cfg.max_memory_mb) if cfg.max_memory_mb is not None else math.inf,
     )
     phases = {"load_s": time.perf_counter() - t0}
     return _Job(cfg, profile, data, model, spec, space, profiler, task, problem, checkpoint, phases, robust, workers)
@@ -285,17 +286,18 @@ def _per_layer(job: _Job, pruned: torch.nn.Module, package, baseline_latency: La
     )
 
 
-def _memory_section(job: _Job, package) -> dict:
+def _memory_section(job: _Job, package, budget_ms: float) -> dict:
     """report.json's ``memory``: the baseline's peak as the search measured it, the pick's measured
     now on the file the target runs (model.onnx, or the runtime's own file), judged against
-    ``--max-memory-mb``."""
+    ``--max-memory-mb`` (``latency_met``: the latency verdict alone, where ``budget_met`` holds both)."""
     native = package.native if job.profile.model_format != "onnx" else None
     name, blob = (native.file, native.blob) if native is not None else (FP32_FILE, package.fp32.blob)
     pruned = measure_memory(job.profile, blob, job.problem.latency.shape)
     baseline = job.problem.memory.measure(job.space.widths_from_indices(job.space.full_indices()))
     limit = job.cfg.max_memory_mb
     met = limit is None or pruned.peak_mb <= limit
-    return {"limit_mb": limit, "met": met, "file": name, "baseline": baseline.to_dict(), "pruned": pruned.to_dict()}
+    latency_met = DEFAULT_POLICY.met(package.fp32.latency.median_ms, budget_ms)
+    return {"limit_mb": limit, "met": met, "latency_met": latency_met, "file": name, "baseline": baseline.to_dict(), "pruned": pruned.to_dict()}
 
 
 def _checkpoint_config(cfg: PruneConfig, spec: dict) -> dict:

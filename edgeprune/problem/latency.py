@@ -18,8 +18,8 @@ from edgeprune.profiling.profiler import Pending, Profiler
 from edgeprune.profiling.stats import LatencyStats, NodeTimes
 from edgeprune.space.channels import ChannelSpace
 
-# Converted architectures kept (a .tflite or .pte conversion takes 8-18 s; a generation's
-# candidates are measured for latency and then memory one after the other).
+# Converted architectures kept (a .tflite or .pte conversion takes 8-18 s; a candidate's memory
+# is measured right after its latency, from the same bytes).
 _RECENT = 4
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from edgeprune.errors import UserError
 from edgeprune.problem.latency import ProfiledLatency
-from edgeprune.profiling.memory import MEMORY_BACKENDS, MemoryStats, measure_memory
+from edgeprune.profiling.memory import MEMORY_BACKENDS, MemoryStats, can_measure_here, measure_memory
 from edgeprune.profiling.targets import Profile
 
 
@@ -30,6 +30,19 @@ def require_memory_target(profile: Profile, remote: bool) -> None:
             f"--max-memory-mb and the memory objective are measured on this host; target {profile.name} measures on an agent, "
             "which reports latency only: drop --agents (or the profile's agent) to prune for memory"
         )
+    if not can_measure_here():
+        raise UserError(
+            "--max-memory-mb and the memory objective read a process's peak memory through Linux's /proc/self/clear_refs, "
+            "which this host does not allow; prune for memory on a Linux host"
+        )
+
+
+def search_limit_mb(limit_mb: float) -> float:
+    """The memory limit the search, the shortlist and widening hold candidates to: the user's
+    less the larger of 1 MiB and 2 %. The verdict measures the delivered file afresh (other bytes:
+    slimmed, with metadata) and measurements of one model agree within about 1 MB, so a pick that
+    fits by a hair would fail it."""
+    return limit_mb - max(1.0, 0.02 * limit_mb)
 
 
 class ProfiledMemory:

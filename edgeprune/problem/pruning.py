@@ -263,7 +263,9 @@ class PruningProblem:
                 # This screen learns from each measurement before deciding on the next choice.
                 stats = self.latency.finish(latency)[0]
                 self.screen.learn(model, stats.median_ms, lambda: self.latency.node_times(widths, model))
-            fresh[choice] = _Pending(widths, model, latency, skipped, time.perf_counter() - start)
+            # Memory next, while this candidate's converted bytes are the newest the latency source keeps.
+            memory = self.memory.measure(widths, model).peak_mb if self.memory is not None and skipped is None else None
+            fresh[choice] = _Pending(widths, model, latency, skipped, time.perf_counter() - start, memory)
         scored = [c for c, p in fresh.items() if p.skipped is None]
         accuracies = self._accuracies(scored, [fresh[c].model for c in scored])
         for choice, pending in fresh.items():
@@ -274,9 +276,8 @@ class PruningProblem:
             stats, cached = self.latency.finish(pending.latency)
             (accuracy, scores, seconds) = accuracies[choice]
             macs, params = macs_and_params(pending.model, self.space.input_shape)
-            memory = self.memory.measure(pending.widths, pending.model).peak_mb if self.memory is not None else None
             took = pending.seconds + seconds + time.perf_counter() - start
-            cand = self._keep(Candidate(choice, accuracy, stats, macs, params, cached, took, False, scores, memory))
+            cand = self._keep(Candidate(choice, accuracy, stats, macs, params, cached, took, False, scores, pending.memory))
             if later:
                 lessons.append((pending.widths, pending.model, cand))
         for widths, model, cand in lessons:
@@ -353,6 +354,7 @@ class _Pending:
     latency: object  # what LatencySource.start returned; None when skipped
     skipped: Candidate | None
     seconds: float
+    memory: float | None = None  # peak MiB, where the problem measures memory
 
 
 def _normal(choice) -> Choice:

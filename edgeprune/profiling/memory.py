@@ -27,6 +27,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from edgeprune.errors import UserError
 from edgeprune.profiling.targets import Profile
 
 MEMORY_BACKENDS = ("onnxruntime", "openvino", "litert", "executorch")
@@ -47,8 +48,9 @@ class MemoryStats:
         return {"peak_mb": round(self.peak_mb, 3), "file_mb": round(self.file_mb, 3)}
 
 
-class MemoryMeasurementFailed(RuntimeError):
-    """The child could not load or run the model, or died; the text says which."""
+class MemoryMeasurementFailed(UserError):
+    """The child could not load or run the model, or died; the text says which (one line: a run
+    that limits memory cannot go on without it)."""
 
 
 def measure_memory(profile: Profile, model_bytes: bytes, input_shape: tuple[int, ...], timeout_s: float = TIMEOUT_S) -> MemoryStats:
@@ -74,6 +76,12 @@ def measure_memory(profile: Profile, model_bytes: bytes, input_shape: tuple[int,
 def _status_kb(field: str) -> int:
     with open("/proc/self/status", encoding="ascii") as f:
         return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
+
+
+def can_measure_here() -> bool:
+    """Whether this host lets a process reset its peak memory, which every measurement needs
+    (Linux ≥ 4.0; resetting this process's own peak is harmless)."""
+    return _reset_peak()
 
 
 def _reset_peak() -> bool:

@@ -292,7 +292,7 @@ def _compare(r: dict, manifest: dict | None) -> str:
             pct(pruned.get("robust_accuracy")), "–" if num(base.get("robust_accuracy")) is None or num(pruned.get("robust_accuracy")) is None
             else f"{100 * (pruned['robust_accuracy'] - base['robust_accuracy']):+.2f} pp", "–"]] if "robust_accuracy" in pruned else []),
         *([f"latency {k} (ms)", ms(bl.get(k)), ms(pl.get(k)), ratio(bl.get(k), pl.get(k)), ms(il.get(k))] for k in ("median", "p90", "p99")),
-        ["latency budget (median, ms)", "", f"{ms(budget)} · {'met' if r.get('budget_met') is True else 'NOT met'}", "",
+        ["latency budget (median, ms)", "", f"{ms(budget)} · {'met' if _d(r.get('memory')).get('latency_met', r.get('budget_met')) is True else 'NOT met'}", "",
          "–" if not il else f"{ms(budget)} · {'met' if (num(il.get('median')) or 0) <= (budget or 0) else 'NOT met'}"],
         ["MACs", count(base.get("macs")), count(pruned.get("macs")), ratio(base.get("macs"), pruned.get("macs")), "–"],
         ["parameters", count(base.get("params")), count(pruned.get("params")), ratio(base.get("params"), pruned.get("params")), "–"],

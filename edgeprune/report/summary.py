@@ -145,7 +145,8 @@ def print_summary(report: dict, out_dir: Path, out: Console | None = None) -> No
     for label, before, after, fmt, unit in rows:
         table.add_row(label, fmt.format(before), fmt.format(after), _fmt_change(before, after, unit))
     out.print(table, width=width)
-    verdict = "[green]met[/green]" if report["budget_met"] else "[red]NOT met[/red]"
+    latency_met = report.get("memory", {}).get("latency_met", report["budget_met"])  # budget_met holds both budgets there
+    verdict = "[green]met[/green]" if latency_met else "[red]NOT met[/red]"
     reached = base["latency_ms"]["median"] / pruned["latency_ms"]["median"]
     out.print(
         f"budget {verdict}: pruned {pruned['latency_ms']['median']:.4f} ms median against {report['budget_ms']:.4g} ms "

@@ -40,8 +40,13 @@ def _litert(path: Path, shape: tuple[int, ...]) -> Callable[[], object]:
 
 def _executorch(path: Path, shape: tuple[int, ...]) -> Callable[[], object]:
     import torch
+    from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
+    # One thread, as the profile runs it: ExecuTorch's pool otherwise takes every core, and there
+    # pruning pays differently (TinyCNN width 256 / 160 on this 2-core VM: 0.245 / 0.187 ms on two
+    # threads, 0.444 / 0.182 ms on one).
+    portable_lib._unsafe_reset_threadpool(1)
     method = Runtime.get().load_program(path).load_method("forward")
     x = torch.from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
     return lambda: method.execute([x])

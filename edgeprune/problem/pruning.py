@@ -185,7 +185,7 @@ class PruningProblem:
         """Whether ``cand`` is within ``max_memory_mb`` (always, without that limit)."""
         return cand.memory_mb is None or cand.memory_mb <= self.max_memory_mb
 
-    def memory_fits(self, widths: tuple[int, ...]) -> bool:
+    def widths_fit_memory(self, widths: tuple[int, ...]) -> bool:
         """Whether the architecture ``widths`` is within ``max_memory_mb``, measured if need be
         (widening asks this of networks the search never evaluated)."""
         return not math.isfinite(self.max_memory_mb) or self.memory.measure(tuple(widths)).peak_mb <= self.max_memory_mb

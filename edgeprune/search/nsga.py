@@ -9,7 +9,6 @@ evaluates each choice once.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -54,9 +53,9 @@ def best_feasible(candidates: list[Candidate], budget_ms: float) -> Candidate | 
 
 def within_memory(candidates: list[Candidate], problem: SearchProblem) -> list[Candidate]:
     """The candidates within the problem's memory limit (all, without one): the best feasible
-    and the reported front respect both budgets, as the pick does."""
-    limit = getattr(problem, "max_memory_mb", math.inf)
-    return [c for c in candidates if c.memory_mb is None or c.memory_mb <= limit]
+    and the reported front respect both budgets, as the pick does (PruningProblem.fits_memory)."""
+    fits = getattr(problem, "fits_memory", None)
+    return list(candidates) if fits is None else [c for c in candidates if fits(c)]
 
 
 def hypervolume(candidates: list[Candidate], reference_ms: float, scores: tuple[str, ...] = ()) -> float:

@@ -346,7 +346,7 @@ def widen(
                 grew = True
         if not grew:
             break
-    if grow.spent():
+    if grow.cut:
         console.print(f"  widening stopped at its budget: {grow.measured} new measurements in {grow.elapsed():.0f} s (what the search spent)")
 
     keep = _most_steps_that_pass(trail, check)
@@ -361,13 +361,16 @@ class _Growth:
 
     def __init__(self, problem: PruningProblem, budget: WidenBudget):
         self.problem, self.space, self.budget = problem, problem.space, budget
-        self.measured, self.started = 0, time.perf_counter()
+        self.measured, self.started, self.cut = 0, time.perf_counter(), False
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
     def spent(self) -> bool:
-        return self.measured >= self.budget.measurements or self.elapsed() >= self.budget.seconds
+        """Whether the budget is spent; asked only where a step could be taken, so ``cut`` says
+        that a step was given up for the budget."""
+        self.cut = self.cut or self.measured >= self.budget.measurements or self.elapsed() >= self.budget.seconds
+        return self.cut
 
     def step(self, choice: Choice, g: int) -> Choice | None:
         kept = _wider(self.space.groups[g], choice[g])
@@ -380,7 +383,7 @@ class _Growth:
         return ms, macs_and_params(space.shrink(space.plan_of(choice)), space.input_shape)[0]
 
     def fits_memory(self, choice: Choice) -> bool:
-        return self.problem.memory_fits(tuple(len(k) for k in choice))
+        return self.problem.widths_fit_memory(tuple(len(k) for k in choice))
 
 
 def _most_steps_that_pass(trail: list[Choice], check: Callable[[tuple[int, ...]], bool]) -> int:

@@ -130,8 +130,9 @@ class Candidate:
     params: int
     from_cache: bool = False
     seconds: float = 0.0
-    # Not measured: the screen predicted it far over the latency limit. Such candidates steer the
-    # GA (as infeasible) but are never a Pareto point, a pick or a reported number.
+    # Not measured: ``latency`` is the screen's prediction, because the candidate is predicted far
+    # over the limit (accuracy not scored: 0) or dominated by enough measured ones (accuracy
+    # scored). Such candidates steer the GA but are never a Pareto point, a pick or a reported number.
     predicted: bool = False
     # Values of the problem's further objectives, by name (higher is better), e.g. robustness.
     scores: dict[str, float] = field(default_factory=dict)

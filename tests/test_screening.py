@@ -137,3 +137,26 @@ def test_a_generation_wise_screen_starts_a_whole_generation_before_it_learns(tin
     problem.evaluate_batch(choices)
     assert len(started) == 4
     assert screen.surrogate.seen == ([1, 2, 3, 4] if immediate else [4, 4, 4, 4])
+
+
+def test_a_candidate_enough_measured_ones_dominate_keeps_its_prediction_and_is_never_timed(tiny_problem):
+    """Past the warm-up only what could reach the front or the shortlist is timed: a candidate
+    that ``depth`` measured feasible ones beat on every objective (here accuracy: every latency
+    is under the focus floor) keeps its predicted latency; the others are measured."""
+    space, profiler = tiny_problem.space, tiny_problem.profiler
+    screen = Screen(_Surrogate(0.0, tiny_problem.latency.shape), warmup=0, window=5, limit_ms=1e9, depth=3)
+    screen.errors.extend([0.0] * 5)  # trusted, and kept so: this test is about the decision, not the learning
+    screen.learn = lambda *a, **k: None
+    problem = tiny_problem.make(limit_ms=1e9, focus=0.9, screen=screen)
+    first = problem.evaluate_batch([space.choice(w) for w in [(32, 16, 16), (48, 16, 32), (16, 16, 16)]])
+    assert not any(c.predicted for c in first) and profiler.measurements == 3  # too few rivals yet: all timed
+    second = problem.evaluate_batch([space.choice(w) for w in [(32, 16, 32), (64, 32, 48), (48, 32, 32)]])
+    for cand in second:
+        beaten_by = sum(r.accuracy > cand.accuracy for r in first)
+        assert cand.predicted == (beaten_by >= 3), (cand.accuracy, [r.accuracy for r in first])
+        assert (cand.latency.n == 0) == cand.predicted  # a prediction, not a measurement
+    dominated = [c for c in second if c.predicted]
+    assert 0 < len(dominated) < len(second)  # this seed's accuracies give both kinds
+    assert profiler.measurements == 3 + len(second) - len(dominated)
+    assert screen.dominated == screen.skips == len(dominated)
+    assert all(c.accuracy > 0 for c in dominated)  # scored: the GA ranks it by its real accuracy

@@ -35,6 +35,7 @@ from edgeprune.problem.screening import Screen
 from edgeprune.search.coevolution import run_coevolution
 from edgeprune.records import Candidate
 from edgeprune.search.nsga import SearchResult, run_nsga2
+from edgeprune.search.steady import run_steady_state
 from edgeprune.select.selection import Selection, WidenBudget, ratio_seeds, select
 from edgeprune.space.channels import ChannelPlan, ChannelSpace, apply_plan
 
@@ -176,10 +177,11 @@ def _problem(ctx: _Context, number: int, space: ChannelSpace, latency: LatencySo
     restored = journal.candidates()
     journal.generations_path.unlink(missing_ok=True)
     screen = None
-    if search.screen and search.strategy == "nsga2" and latency.has_node_times:
-        screen = Screen(LatencySurrogate(latency.shape), limit_ms=limit_ms)
-    elif search.screen and search.strategy == "nsga2":  # whole-network times only: a MACs model, learnt per generation
-        screen = Screen(MacsSurrogate(latency.shape), limit_ms=limit_ms, immediate=False)
+    depth = max(1, ctx.settings.recipe.refine_top)  # a candidate the shortlist could take is always measured
+    if search.screen and search.strategy != "coevolution" and latency.has_node_times:
+        screen = Screen(LatencySurrogate(latency.shape), limit_ms=limit_ms, depth=depth)
+    elif search.screen and search.strategy != "coevolution":  # whole-network times only: a MACs model, learnt per generation
+        screen = Screen(MacsSurrogate(latency.shape), limit_ms=limit_ms, immediate=False, depth=depth)
     return PruningProblem(
         space, first.task, latency, limit_ms=limit_ms, focus=policy.focus, reference_ms=first.reference_ms,
         objective_names=first.objective_names, model_scores=scores, journal=journal, screen=screen,
@@ -207,6 +209,11 @@ def _search(settings: RoundSettings, problem: PruningProblem, make_encoding, bud
     s = settings.search
     if s.strategy == "coevolution":
         result = run_coevolution(problem, s.population, s.generations, settings.seed, settings.progress, journal=problem.journal)
+    elif s.strategy == "steady-state":  # as many in flight as the farm has agents, fixed for the round (resume)
+        result = run_steady_state(
+            problem, s.population, s.generations, settings.seed, problem.journal.in_flight(problem.latency.capacity), settings.progress,
+            encoding=make_encoding(problem.space), journal=problem.journal, seeds=seeds, patience=s.patience,
+        )
     else:
         result = run_nsga2(
             problem, s.population, s.generations, settings.seed, settings.progress,

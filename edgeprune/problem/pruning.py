@@ -28,6 +28,7 @@ from edgeprune.records import Candidate, Choice, widths_of
 from edgeprune.problem.latency import LatencySource
 from edgeprune.profiling.stats import LatencyStats
 from edgeprune.problem.screening import Screen
+from edgeprune.problem.streaming import CandidateStream
 from edgeprune.space.channels import ChannelSpace, macs_and_params
 from edgeprune.tasks.task import Task
 
@@ -228,6 +229,11 @@ class PruningProblem:
         """The candidate for ``choice`` (see :meth:`evaluate_batch`)."""
         return self.evaluate_batch([choice])[0]
 
+    def stream(self):
+        """Evaluations started one at a time and told as they complete, for the steady-state
+        search (:class:`edgeprune.problem.streaming.CandidateStream`)."""
+        return CandidateStream(self)
+
     def evaluate_batch(self, choices: Sequence[Choice]) -> list[Candidate]:
         """The candidates for ``choices``, in order; each choice is evaluated once.
 
@@ -236,13 +242,16 @@ class PruningProblem:
         every measurement is started at once and answered while accuracy is scored here. A
         candidate the screen predicts far over the limit is neither timed nor scored. Then
         accuracy after BN recalibration, on this host or on the problem's ``workers`` (Ray), in
-        parallel. Candidates are journaled in the order given, so the result is the same
-        whichever way the work was spread.
+        parallel. While the screen is trusted, accuracy comes first, and a candidate that
+        candidates measured before this batch dominate (:meth:`_dominated`) is not timed.
+        Candidates are journaled in the order given, so the result is the same whichever way
+        the work was spread.
         """
         order = [_normal(c) for c in choices]
         fresh: dict[Choice, _Pending] = {}
         later = self.screen is not None and not self.screen.immediate
         lessons: list[tuple] = []  # (widths, model, candidate) a generation-wise screen learns from at the end
+        rivals = self._rivals()
         for choice in order:
             if choice in self.results or choice in fresh:
                 continue
@@ -257,17 +266,20 @@ class PruningProblem:
                     self._teach_screen(widths, model, restored)
                 self.results[choice] = restored
                 continue
-            skipped = self._screened(choice, widths, model, start)
-            latency = None if skipped is not None else self.latency.start(widths, model)
-            if latency is not None and self.screen is not None and not later:
-                # This screen learns from each measurement before deciding on the next choice.
-                stats = self.latency.finish(latency)[0]
-                self.screen.learn(model, stats.median_ms, lambda: self.latency.node_times(widths, model))
-            # Memory next, while this candidate's converted bytes are the newest the latency source keeps.
-            memory = self.memory.measure(widths, model).peak_mb if self.memory is not None and skipped is None else None
-            fresh[choice] = _Pending(widths, model, latency, skipped, time.perf_counter() - start, memory)
+            pending = _Pending(widths, model, None, self._screened(choice, widths, model, start), 0.0)
+            if pending.skipped is None and rivals is None:
+                self._start(pending, later)
+            pending.seconds = time.perf_counter() - start
+            fresh[choice] = pending
         scored = [c for c, p in fresh.items() if p.skipped is None]
         accuracies = self._accuracies(scored, [fresh[c].model for c in scored])
+        for choice in scored if rivals is not None else ():
+            pending = fresh[choice]
+            start = time.perf_counter()
+            pending.skipped = self._dominated(choice, pending, accuracies[choice], rivals)
+            if pending.skipped is None:
+                self._start(pending, later)
+            pending.seconds += time.perf_counter() - start
         for choice, pending in fresh.items():
             if pending.skipped is not None:
                 self._keep(pending.skipped)
@@ -283,6 +295,44 @@ class PruningProblem:
         for widths, model, cand in lessons:
             self._teach_screen(widths, model, cand)
         return [self.results[c] for c in order]
+
+    def _start(self, pending: _Pending, later: bool) -> None:
+        """Begin measuring a candidate's latency (an immediate screen learns from it at once),
+        then its memory, while its converted bytes are the newest the latency source keeps."""
+        widths, model = pending.widths, pending.model
+        pending.latency = self.latency.start(widths, model)
+        if self.screen is not None and not later:
+            # This screen learns from each measurement before deciding on the next choice.
+            stats = self.latency.finish(pending.latency)[0]
+            self.screen.learn(model, stats.median_ms, lambda: self.latency.node_times(widths, model))
+        if self.memory is not None:
+            pending.memory = self.memory.measure(widths, model).peak_mb
+
+    def _rivals(self) -> np.ndarray | None:
+        """Objective rows of the candidates measured within the limit so far, when the screen
+        may leave dominated candidates unmeasured: while it is trusted, and without a memory
+        limit or objective (a candidate's memory is measured with its latency)."""
+        if self.screen is None or self.memory is not None or self.screen.trusted_error() is None:
+            return None
+        pool = [c for c in self.results.values() if not c.predicted and c.latency.median_ms <= self.limit_ms]
+        return self.objectives(pool) if len(pool) >= self.screen.depth else None
+
+    def _dominated(self, choice: Choice, pending: _Pending, scored: tuple, rivals: np.ndarray) -> Candidate | None:
+        """The candidate with its predicted latency when at least ``screen.depth`` of ``rivals``
+        dominate it at its optimistic latency (no measurement could bring it onto the front or
+        into the shortlist), else None. A known latency is never left out: it costs nothing."""
+        estimate = None if self.latency.peek(pending.widths) is not None else self.screen.estimate(pending.model)
+        if estimate is None:
+            return None
+        (predicted, optimistic), (accuracy, scores, seconds) = estimate, scored
+        macs, params = macs_and_params(pending.model, self.space.input_shape)
+        at = lambda ms: LatencyStats(0, ms, ms, ms, ms, 0.0, 0.0)  # noqa: E731
+        row = self.objectives([Candidate(choice, accuracy, at(optimistic), macs, params, scores=scores)])[0]
+        if int(((rivals <= row).all(axis=1) & (rivals < row).any(axis=1)).sum()) < self.screen.depth:
+            return None
+        self.screen.skips += 1
+        self.screen.dominated += 1
+        return Candidate(choice, accuracy, at(predicted), macs, params, False, pending.seconds + seconds, True, scores)
 
     def _screened(self, choice: Choice, widths, model: nn.Module, start: float) -> Candidate | None:
         """The candidate the screen skips (predicted far over the limit, latency unknown), else None."""
@@ -333,7 +383,7 @@ class PruningProblem:
 
     def _teach_screen(self, widths, model, restored: Candidate) -> None:
         if self.screen is not None and restored.predicted:
-            self.screen.replay_skip()
+            self.screen.replay_skip(restored.accuracy > 0 or bool(restored.scores))
         elif self.screen is not None:
             self.screen.learn(model, restored.latency.median_ms, lambda: self.latency.node_times(widths, model))
 

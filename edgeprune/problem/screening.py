@@ -14,6 +14,13 @@ through and comparing with the measurement. It skips only while the median error
 ``limit × (1 + 3 × that error)`` — so a surrogate that is off on this model (a different
 architecture family, a noisy machine) simply stops screening.
 
+A candidate the screen lets through is measured only where the measurement can change a
+decision. Its accuracy is scored first; when at least ``depth`` candidates already measured
+within the limit dominate it even at its *optimistic* latency (the prediction less 3 recent
+errors), it can reach neither the Pareto front nor the shortlist (its ``depth`` most accurate
+feasible candidates), so it too keeps its predicted latency. The GA still ranks it, by its real
+accuracy and that prediction.
+
 Where the target gives no per-node times (TensorRT through an agent, a farm, the simulated
 device) the surrogate is :class:`~edgeprune.profiling.macs_surrogate.MacsSurrogate`, and the
 screen learns once per generation (``immediate=False``): it decides on a whole generation with
@@ -47,7 +54,11 @@ class Screen:
     # Learn from each measurement before deciding on the next candidate (True), or from a whole
     # generation's measurements once it is measured (False: see the module docstring).
     immediate: bool = True
+    # A candidate dominated by this many measured feasible ones is not measured (the job sets it
+    # to the shortlist's size).
+    depth: int = 6
     skips: int = 0
+    dominated: int = 0  # of ``skips``: let through, scored, and dominated (see the module docstring)
     _with_nodes: int = 0
 
     def __post_init__(self):
@@ -57,12 +68,24 @@ class Screen:
     def recent_error(self) -> float | None:
         return statistics.median(self.errors) if len(self.errors) >= self.window else None
 
+    def trusted_error(self) -> float | None:
+        """The recent median error while it is small enough to act on, else None."""
+        error = self.recent_error
+        return None if self.limit_ms is None or error is None or error > self.max_error else error
+
     def threshold_ms(self) -> float | None:
         """Predictions above this are not measured (None: the screen is not trusted right now)."""
-        error = self.recent_error
-        if self.limit_ms is None or error is None or error > self.max_error:
+        error = self.trusted_error()
+        return None if error is None else self.limit_ms * (1 + 3 * error)
+
+    def estimate(self, model: nn.Module) -> tuple[float, float] | None:
+        """``(predicted, optimistic)`` latency of ``model`` while the screen is trusted, else
+        None; optimistic is the prediction less 3 recent errors."""
+        error = self.trusted_error()
+        if error is None:
             return None
-        return self.limit_ms * (1 + 3 * error)
+        predicted = self.surrogate.predict(self._layers(model))
+        return predicted, predicted * (1 - 3 * error)
 
     def skip(self, model: nn.Module) -> float | None:
         """The predicted latency when ``model`` need not be measured, else None."""
@@ -94,13 +117,15 @@ class Screen:
         """What the surrogate reads: the model's layer descriptors at the shape it is fitted for."""
         return layer_descriptors(model, self.surrogate.input_shape)
 
-    def replay_skip(self) -> None:
-        """A skip of the interrupted run, replayed from its journal."""
+    def replay_skip(self, scored: bool) -> None:
+        """A skip of the interrupted run, replayed from its journal (``scored``: a dominated one)."""
         self.skips += 1
+        self.dominated += scored
 
     def to_dict(self) -> dict:
         return {
             "skips": self.skips,
+            "dominated": self.dominated,
             "observed": self.surrogate.observations,
             "recent_median_error": self.recent_error,
         }

@@ -52,7 +52,7 @@ def test_end_to_end_prune_writes_a_deployable_folder(tiny_prune):
     assert (final == tuned_pick) == (not widened)  # the short-tuned pick, grown only by the listed steps
     assert all(f >= t for f, t in zip(final, tuned_pick)) and all(step["latency_ms"] <= budget for step in widened)
     check = report["rounds"][0]["confirmation"]  # the delivered widths, timed in fresh sessions
-    assert check["passed"] and len(check["sessions_ms"]) == 5 and check["median_ms"] <= check["limit_ms"] <= 0.97 * budget
+    assert check["passed"] and len(check["sessions_ms"]) in (3, 5) and check["median_ms"] <= check["limit_ms"] <= 0.97 * budget
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     logits = session.run(None, {"input": np.zeros((1, 1, 16, 16), np.float32)})[0]
     assert logits.shape == (1, 10)

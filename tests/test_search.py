@@ -221,12 +221,17 @@ def _sessions(setup, sessions: dict) -> PruningProblem:
 def test_confirm_margin_grows_with_the_spread_between_fresh_sessions(setup):
     quiet = confirm(_sessions(setup, {(1,): [0.95, 0.951, 0.949, 0.95, 0.95]}), (1,), 1.0, BudgetPolicy(search_margin=0.03), SessionNoise())
     assert quiet.median_ms == 0.95 and quiet.limit_ms == pytest.approx(0.97)  # spread ~0: the fixed margin
-    assert quiet.passed and quiet.to_dict()["sessions_ms"] == [0.95, 0.951, 0.949, 0.95, 0.95]
+    assert quiet.passed and quiet.to_dict()["sessions_ms"] == [0.95, 0.951, 0.949]  # 3 within: 2 more cannot move the median out
     # The same median with sessions 5 % apart: 2 standard errors of the gap to another such check.
     noisy = confirm(_sessions(setup, {(1,): [0.90, 0.95, 1.00, 0.95, 0.95 * 0.95]}), (1,), 1.0, BudgetPolicy(search_margin=0.03), SessionNoise())
     assert noisy.spread == pytest.approx(1.4826 * math.log(1.00 / 0.95))  # robust: the median |log deviation|
     assert noisy.limit_ms == pytest.approx(1 - 2 * 1.25 * noisy.spread * (2 / 5) ** 0.5)
-    assert noisy.limit_ms < 0.95 and not noisy.passed
+    assert noisy.limit_ms < 0.95 and not noisy.passed and len(noisy.sessions_ms) == 3  # 3 over: decided
+
+
+def test_confirm_takes_the_remaining_sessions_only_while_the_first_ones_disagree(setup):
+    split = confirm(_sessions(setup, {(1,): [0.95, 0.99, 0.94, 0.96, 0.95]}), (1,), 1.0, BudgetPolicy(search_margin=0.03), SessionNoise())
+    assert split.sessions_ms == [0.95, 0.99, 0.94, 0.96, 0.95] and split.median_ms == 0.95 and split.passed  # 2 within, 1 over: all 5
 
 
 def test_confirmed_takes_the_best_ranked_that_passes_else_the_fastest(setup):
@@ -310,6 +315,55 @@ def test_widen_stops_where_its_budget_of_measurements_or_time_is_spent(setup):
     timed_out = _sum_clock(setup)
     picked = timed_out.evaluate(smallest)
     assert widen(timed_out, picked, 9.5, lambda widths: True, budget=WidenBudget(seconds=0.0)) == (picked, [])
+
+
+class _StepSurrogate:
+    """Predicts 1 ms for networks of at most ``most`` MACs and far over any limit above."""
+
+    needs_node_times = False
+    input_shape = (1, 1, 8, 8)
+
+    def __init__(self, most: int):
+        self.most = most
+
+    def predict(self, layers) -> float:
+        return 1.0 if sum(layer.macs() for layer in layers) <= self.most else 1e9
+
+    def observe(self, layers, measured_ms, node_times=None):
+        pass  # this screen stays trusted: the test is about widening, not learning
+
+
+def test_a_trusted_screen_ranks_the_widening_and_spares_the_steps_it_predicts_over(setup):
+    """With a trusted screen widening measures only the steps it may keep: none to rank the
+    groups, none predicted over the limit; every step it keeps is still measured."""
+    from edgeprune.problem.screening import Screen
+
+    space = setup[1]
+    smallest = space.choice(space.widths_from_indices(space.min_indices()))  # 3 ms; steps of 1 ms fit up to 9.5 ms
+    plain = _sum_clock(setup)
+    picked = plain.evaluate(smallest)
+    from edgeprune.space.layers import layer_descriptors
+
+    work = lambda w: sum(layer.macs() for layer in layer_descriptors(space.shrink(space.plan(w)), (1, 1, 8, 8)))  # noqa: E731 - what the surrogate sees
+    macs = [work(_grown(space, picked.widths, g)) for g in range(len(space.groups))]
+    most = min(macs)  # only the cheapest step is predicted within the limit; every wider network over it
+    assert sorted(macs)[1] > most  # the premise: one cheapest step
+    screen = Screen(_StepSurrogate(most), window=1, limit_ms=9.5)
+    screen.errors.append(0.0)  # trusted
+    screened = _on_clock(setup, Clock(lambda w: sum(w) / 16), screen=screen)
+    picked = screened.evaluate(smallest)
+    start = len(screened.latency.asked)
+    widened, steps = widen(screened, picked, 9.5, lambda widths: True)
+    assert len(steps) == 1 and sum(widened.widths) == sum(picked.widths) + 16  # the other steps are predicted over
+    assert len(screened.latency.asked) - start - 1 == 1  # only the kept step was measured (the last ask evaluates the pick)
+    _, unscreened = widen(plain, plain.evaluate(smallest), 9.5, lambda widths: True)
+    assert len(unscreened) == 6  # without the screen the same clock takes six steps
+
+
+def _grown(space, widths, g):
+    grown = list(widths)
+    grown[g] = min([w for w in space.groups[g].options if w > widths[g]], default=widths[g])
+    return tuple(grown)
 
 
 def test_the_widening_budget_is_what_the_search_spent(setup):

@@ -100,6 +100,10 @@ def test_simulated_latency_is_a_fixed_function_of_the_architecture_with_a_channe
     assert ms(small) < ms(full)
     stats = backend.measure(export_onnx_bytes(space.shrink(space.plan(small)), (1, 1, 8, 8), 17), (1, 1, 8, 8))
     assert stats.median_ms == pytest.approx(ms(small)) and not stats.noisy
+    from edgeprune.exporters.onnx import export_onnx
+
+    delivered = export_onnx(space.shrink(space.plan(small)), (1, 1, 8, 8), 17)  # slimmed: another graph, the same layers
+    assert backend.latency_ms(delivered) == pytest.approx(ms(small))
     # 17 channels cost what 32 do on a 16-wide kernel (the staircase): compare conv MACs directly
     from edgeprune.profiling.simulated import _macs
     import onnx

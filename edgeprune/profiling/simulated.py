@@ -7,7 +7,7 @@ machine, and a search's scheduling can be studied apart from a real device's noi
 The model: every Conv, Gemm and MatMul costs its multiply-accumulates with channel counts rounded
 up to the profile's ``channel_step`` (real kernels run an odd width at the next step's speed),
 ``ms_per_mmac`` per million, plus ``base_ms``; the total is multiplied by a log-normal deviation
-of ``noise`` drawn from a generator seeded by the graph's weight shapes, so the same network
+of ``noise`` drawn from a generator seeded by the layers' weight shapes, so the same network
 always gets the same latency on every simulated agent, and networks of nearly equal MACs still
 differ the way measured ones do. Each measurement then sleeps ``device_seconds``: the device's
 time, which is what a farm shares out. Nothing here reads the clock to produce a number.
@@ -86,8 +86,14 @@ def _stats(median: float, n: int) -> LatencyStats:
 
 
 def _rng(model: onnx.ModelProto, seed: int) -> np.random.Generator:
-    """Seeded by the architecture (weight shapes in graph order), not by the weights' values."""
-    shapes = ";".join(f"{tuple(t.dims)}" for t in model.graph.initializer)
+    """Seeded by the architecture, not by the weights' values: the weight shapes of the Conv,
+    Gemm and MatMul nodes in graph order. Biases and BatchNorm parameters are left out, so the
+    delivered file (slimmed, BatchNorm folded into the convolutions) draws the deviation its
+    architecture had in the search."""
+    weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    shapes = ";".join(
+        f"{weights[n.input[1]]}" for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in weights
+    )
     digest = hashlib.sha256(f"{seed}|{shapes}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 

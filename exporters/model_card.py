@@ -40,6 +40,7 @@ def render_model_card(report: dict) -> str:
         *(_intro_lines(report, export, spec, classes, shown_shape) if task["kind"] == "classification"
           else _task_intro_lines(report, export, spec, task, shown_shape)),
         *(_data_lines(data, pre, int8) if pre is not None else _task_data_lines(task)),
+        *_checkpoint_lines(task.get("checkpoint")),
         *_metrics_lines(export, baseline, fp32, int8, task),
         *_runtime_file_lines(export.get("runtime_file")),
         *_robustness_lines(report.get("robustness"), baseline, pruned),
@@ -93,6 +94,21 @@ def _task_data_lines(task: dict) -> list[str]:
         "",
         f"- the task's own: calibration batches for BatchNorm re-estimation and parity, scored on {where}",
         f"- fine-tuning: {'the task' + chr(39) + 's fine_tune' if task.get('fine_tune') else 'none (the task has no fine_tune)'}",
+        "",
+    ]
+
+
+def _checkpoint_lines(checkpoint: dict | None) -> list[str]:
+    """What loading the task's own checkpoint (detection's ``model.pt``) needs, said plainly."""
+    if not checkpoint:
+        return []
+    file, blocks = checkpoint["file"], checkpoint.get("edgeprune_blocks") or []
+    if not blocks:
+        return [f"`{file}` loads with {' and '.join(checkpoint['loads_with'])} alone (every pruned module is one of its own classes).", ""]
+    return [
+        f"`{file}` needs edgeprune importable to load (besides {checkpoint['loads_with'][0]}): "
+        f"{len(blocks)} block(s) ({', '.join(f'`{b}`' for b in blocks)}) kept their two halves at different widths, "
+        "which only edgeprune's split-free C2f class computes. `model.onnx` needs neither.",
         "",
     ]
 

@@ -26,7 +26,7 @@ from torch import nn
 from edgeprune.errors import UserError
 from edgeprune.progress import console
 from edgeprune.tasks.task import Task
-from edgeprune.tasks.yolo import YoloNet, checkpoint_bytes, require_ultralytics, ultralytics_form
+from edgeprune.tasks.yolo import YoloNet, checkpoint_bytes, edgeprune_blocks, require_ultralytics, ultralytics_form
 
 METRICS = {"mAP50-95": "metrics/mAP50-95(B)", "mAP50": "metrics/mAP50(B)"}
 CALIBRATION_IMAGES = 128
@@ -86,6 +86,7 @@ class Detection(Task):
         self.test_yaml = self._yaml("test", "test", names)
         self._calibration = None
         self._tunes = 0
+        self._checkpoint: dict | None = None  # what loading model.pt needs, once extra_files wrote it
 
     def _yaml(self, name: str, val_split: str, names: str) -> str:
         path = self.workdir / f"{name}.yaml"
@@ -192,14 +193,18 @@ class Detection(Task):
 
     def describe(self) -> dict:
         return {"kind": "detection", "metric": self.metric, "spec": self.data_yaml, "name": "detection (ultralytics YOLO)",
-                "test_split": True, "fine_tune": True}
+                "test_split": True, "fine_tune": True, **({"checkpoint": self._checkpoint} if self._checkpoint else {})}
 
     def describe_data(self, seed: int) -> dict:
         return {"name": "yolo", "source": self.data_yaml, "seed": seed, "sizes": dict(self.sizes), "holdout_from": "train",
                 "num_classes": self.num_classes, "class_names": list(self.names.values())}
 
     def extra_files(self, net: YoloNet) -> dict[str, tuple[str, bytes]]:
-        """role → (file, bytes): the pruned detector as an ultralytics checkpoint."""
+        """role → (file, bytes): the pruned detector as an ultralytics checkpoint. What loading it
+        needs goes into :meth:`describe` (report.json's ``task.checkpoint``, the model card):
+        ultralytics alone, or edgeprune too where a C2f's halves kept different widths."""
+        blocks = edgeprune_blocks(net.model)
+        self._checkpoint = {"file": "model.pt", "loads_with": ["ultralytics"] + (["edgeprune"] if blocks else []), "edgeprune_blocks": blocks}
         return {"ultralytics": ("model.pt", checkpoint_bytes(net, self.data_yaml, self.imgsz))}
 
     def close(self) -> None:

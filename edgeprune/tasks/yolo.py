@@ -22,7 +22,11 @@ What this module settles, each the cause of a common "YOLO pruning fails" report
 * **Loading back into ultralytics.** :func:`checkpoint_bytes` writes the checkpoint layout
   ``ultralytics.YOLO(path)`` reads, with the pruned module inside; ultralytics' own trainer and
   validator run on the pruned module in place (:func:`ultralytics_form`), never rebuilding it from
-  its yaml at the original width.
+  its yaml at the original width. Every :class:`SplitFreeC2f` whose halves kept the same width is
+  turned back into ultralytics' own class first (:func:`to_ultralytics`), so a checkpoint without
+  unequal halves loads with ultralytics alone; one with unequal halves (ultralytics' ``chunk(2)``
+  cannot express them) keeps edgeprune's class and needs edgeprune importable to load
+  (:func:`edgeprune_blocks` names them).
 * **Offline.** ultralytics checks fonts, AMP weights and package updates over the network; the
   environment set in :func:`require_ultralytics` and the arguments used here turn all of it off.
 """
@@ -69,11 +73,13 @@ def require_ultralytics():
 class SplitFreeC2f(nn.Module):
     """C2f (or C3k2) with ``cv1`` + ``chunk(2)`` replaced by two parallel 1×1 convs ``cv0``/``cv1``,
     so each half can be pruned on its own; ``cv2`` and the blocks ``m`` are the original modules.
-    Built by :meth:`of`, which copies the halves of the original ``cv1`` (outputs are identical)."""
+    Built by :meth:`of`, which copies the halves of the original ``cv1`` (outputs are identical);
+    :meth:`native` turns it back into ``origin``, the ultralytics class it replaced, where it can."""
 
-    def __init__(self, cv0: nn.Module, cv1: nn.Module, cv2: nn.Module, m: nn.ModuleList):
+    def __init__(self, cv0: nn.Module, cv1: nn.Module, cv2: nn.Module, m: nn.ModuleList, origin: type | None = None):
         super().__init__()
         self.cv0, self.cv1, self.cv2, self.m = cv0, cv1, cv2, m
+        self.origin = origin  # C2f, C3k2, ...: a class reference, pickled by name
 
     def forward(self, x):
         y = [self.cv0(x), self.cv1(x)]
@@ -94,11 +100,52 @@ class SplitFreeC2f(nn.Module):
                 getattr(new.bn, key).data.copy_(getattr(bn, key).data[part])
             new.bn.eps, new.bn.momentum = bn.eps, bn.momentum
             halves.append(new)
-        module = cls(halves[0], halves[1], old.cv2, old.m)
-        for attr in ("i", "f", "type", "np"):  # ultralytics' graph bookkeeping (BaseModel._predict_once)
-            if hasattr(old, attr):
-                setattr(module, attr, getattr(old, attr))
+        module = cls(halves[0], halves[1], old.cv2, old.m, type(old))
+        _copy_bookkeeping(old, module)
         return module.train(old.training)  # new convs start in train mode: BatchNorm would use batch statistics
+
+    @property
+    def equal_halves(self) -> bool:
+        """Whether ultralytics' forward (``cv1(x).chunk(2, 1)``, or ``split((c, c))``) can compute
+        this block: only when both halves kept the same width."""
+        return self.cv0.conv.out_channels == self.cv1.conv.out_channels
+
+    def native(self) -> nn.Module | None:
+        """The same block as an instance of ``origin`` (one ``cv1`` holding both halves' weights,
+        ``c`` its half width, the attributes ultralytics' forward reads), computing the same
+        outputs; None when the halves differ in width. A block unpickled from a file written
+        before ``origin`` was recorded becomes a C2f, whose forward it has."""
+        if not self.equal_halves:
+            return None
+        from ultralytics.nn.modules import C2f
+
+        origin = getattr(self, "origin", None) or C2f
+        block = origin.__new__(origin)
+        nn.Module.__init__(block)  # ultralytics' __init__ would build fresh convs at the yaml's width
+        block.c, block.cv1, block.cv2, block.m = self.cv0.conv.out_channels, _stacked(self.cv0, self.cv1), self.cv2, self.m
+        _copy_bookkeeping(self, block)
+        return block.train(self.training)
+
+
+def _copy_bookkeeping(old: nn.Module, new: nn.Module) -> None:
+    for attr in ("i", "f", "type", "np"):  # ultralytics' graph bookkeeping (BaseModel._predict_once)
+        if hasattr(old, attr):
+            setattr(new, attr, getattr(old, attr))
+
+
+def _stacked(first: nn.Module, second: nn.Module) -> nn.Module:
+    """One ultralytics ``Conv`` whose output channels are ``first``'s then ``second``'s (two
+    1×1 convs on the same input, each followed by its own BatchNorm channels)."""
+    conv = copy.deepcopy(first)
+    pairs = [("conv", "weight")] + [("bn", key) for key in ("weight", "bias", "running_mean", "running_var")]
+    for part, key in pairs:
+        a, b = getattr(getattr(first, part), key), getattr(getattr(second, part), key)
+        joined = torch.cat([a.detach(), b.detach()])
+        if isinstance(a, nn.Parameter):
+            joined = nn.Parameter(joined, requires_grad=a.requires_grad)
+        setattr(getattr(conv, part), key, joined)
+    conv.conv.out_channels = conv.bn.num_features = first.conv.out_channels + second.conv.out_channels
+    return conv
 
 
 def split_free(module: nn.Module) -> int:
@@ -113,6 +160,23 @@ def split_free(module: nn.Module) -> int:
         else:
             count += split_free(child)
     return count
+
+
+def to_ultralytics(module: nn.Module) -> list[str]:
+    """Turn every :class:`SplitFreeC2f` under ``module`` whose halves are equal back into
+    ultralytics' own class, in place (:meth:`SplitFreeC2f.native`); returns the names of the
+    blocks left as edgeprune's class (unequal halves), for which loading needs edgeprune."""
+    for name, child in list(module.named_modules()):
+        if isinstance(child, SplitFreeC2f) and (block := child.native()) is not None:
+            parent, _, leaf = name.rpartition(".")
+            setattr(module.get_submodule(parent), leaf, block)
+    return edgeprune_blocks(module)
+
+
+def edgeprune_blocks(module: nn.Module) -> list[str]:
+    """Names of the blocks of ``module`` ultralytics' classes cannot express (a C2f whose two
+    halves kept different widths): a checkpoint holding one needs edgeprune importable to load."""
+    return [name for name, m in module.named_modules() if isinstance(m, SplitFreeC2f) and not m.equal_halves]
 
 
 def _heads(model: nn.Module) -> list[nn.Module]:
@@ -280,13 +344,16 @@ def build(spec: str, num_classes: int | None, names: dict[int, str] | None = Non
 
 def checkpoint_bytes(net: YoloNet, data_yaml: str, imgsz: int) -> bytes:
     """The pruned detector as the checkpoint ``ultralytics.YOLO(path)`` loads (then ``.val()``,
-    ``.predict()``, ``.export()`` and ``.train()`` work on it). It pickles the module, so loading it
-    needs edgeprune importable (for :class:`SplitFreeC2f`)."""
+    ``.predict()``, ``.export()`` and ``.train()`` work on it). It pickles the module with every
+    C2f-style block whose halves are equal back in ultralytics' class (:func:`to_ultralytics`): the
+    file then loads with ultralytics alone; a block with unequal halves stays edgeprune's
+    :class:`SplitFreeC2f`, and loading needs edgeprune importable (:func:`edgeprune_blocks`)."""
     import ultralytics
     from ultralytics.utils import DEFAULT_CFG_DICT
 
     with ultralytics_form(net) as model:
         model = copy.deepcopy(model).eval()
+    to_ultralytics(model)
     model.criterion = None
     for p in model.parameters():
         p.requires_grad_(False)

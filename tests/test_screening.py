@@ -160,3 +160,5 @@ def test_a_candidate_enough_measured_ones_dominate_keeps_its_prediction_and_is_n
     assert profiler.measurements == 3 + len(second) - len(dominated)
     assert screen.dominated == screen.skips == len(dominated)
     assert all(c.accuracy > 0 for c in dominated)  # scored: the GA ranks it by its real accuracy
+    seed = problem.evaluate_widths((16, 32, 16))  # the seeds' bisection and the job ask for latencies
+    assert sum(r.accuracy > seed.accuracy for r in first) >= 3 and not seed.predicted and seed.latency.n > 0

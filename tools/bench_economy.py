@@ -13,9 +13,15 @@ times that cost (one device, measurements one after the other, as a local run ta
 Arms (both a full ``prune`` of the demo's MobileNetV2 on Fashion-MNIST, 3x32x32):
 
 * today: no screen on a device without per-layer times, widening one measurement per group per
-  pass with no budget (what main did before issue 32's economy);
-* economy: the whole-network MACs screen, learnt per generation, and widening within what the
-  search spent.
+  pass with no budget, every confirmation 5 fresh sessions (what main did before issue 32's
+  economy);
+* economy: the whole-network MACs screen, learnt per generation, skipping what it predicts far
+  over the limit and what enough measured candidates dominate; widening ranked by the screen,
+  steps predicted over not measured, within what the search spent; confirmations stopping at 3
+  sessions when they agree.
+
+Also printed: each arm's measurements by stage (baseline, seeds, search, shortlist,
+confirmation, widening).
 
 Printed: measurements, host seconds, modelled wall time, the pick's test accuracy after the same
 fine-tune, its latency on the device measured afresh against the budget (the simulated device is
@@ -27,9 +33,11 @@ through (predicted, then measured) and the ones it skipped (measured here after 
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import yaml
@@ -39,6 +47,7 @@ from edgeprune.exporters.onnx_bytes import export_onnx_bytes
 from edgeprune.jobs.demo import DEMO_MODEL, DEMO_SHAPE, demo_weights
 from edgeprune.jobs.prune import run_prune
 from edgeprune.problem import screening
+from edgeprune.profiling.profiler import Profiler
 from edgeprune.profiling.simulated import SimulatedBackend
 from edgeprune.profiling.targets import load_profile
 from edgeprune.select import selection
@@ -52,6 +61,38 @@ def device_profile(folder: Path, noise: float) -> Path:
     path = folder / "simulated-trt.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+# The stage a measurement belongs to: the innermost of these functions on the stack when it is made.
+STAGES = {
+    "_baseline": "baseline", "ratio_seeds": "seeds", "run_nsga2": "search", "shortlist": "shortlist",
+    "confirm": "confirmation", "five_sessions": "confirmation", "widen": "widening",
+}
+
+
+class StageCounts:
+    """Device measurements per stage of the run, counted where the profiler counts them."""
+
+    def __init__(self):
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def install(self):
+        """Make ``Profiler.measurements`` attribute each increment to a stage; returns the undo."""
+        counts = self.counts
+
+        def setter(profiler, value):
+            grown = value - profiler.__dict__.get("_counted", 0)
+            if grown > 0:
+                names = [frame.name for frame in traceback.extract_stack()]
+                counts[next((STAGES[n] for n in reversed(names) if n in STAGES), "other")] += grown
+            profiler.__dict__["_counted"] = value
+
+        Profiler.measurements = property(lambda profiler: profiler.__dict__.get("_counted", 0), setter)
+        return lambda: delattr(Profiler, "measurements")
+
+    def text(self) -> str:
+        order = [*STAGES.values(), "other"]
+        return ", ".join(f"{stage} {self.counts[stage]}" for stage in order if self.counts[stage])
 
 
 class Fidelity:
@@ -85,15 +126,24 @@ class Fidelity:
         return within(self.learned), within(skipped), len(self.learned), len(skipped)
 
 
+def five_sessions(problem, widths, budget_ms, policy, noise, sessions=selection.CONFIRM_SESSIONS):
+    """Today's confirmation: always all ``sessions`` fresh sessions (the economy stops at 3 when
+    they agree)."""
+    runs = [s.median_ms for s in problem.fresh_sessions(widths, sessions)]
+    noise.add(runs)
+    return selection.Confirmation(runs, noise.spread, selection._confirmation_limit(noise, [], sessions, budget_ms, policy))
+
+
 def run_arm(name: str, economy: bool, profile: Path, weights: str, args, work: Path) -> dict:
     """One prune; returns what the table shows."""
-    originals = (screening.Screen.learn, screening.Screen.skip, selection.WidenBudget.of_search)
-    fidelity = Fidelity()
+    originals = (screening.Screen.learn, screening.Screen.skip, selection.WidenBudget.of_search, selection.confirm)
+    fidelity, stages = Fidelity(), StageCounts()
     shape = (1, *DEMO_SHAPE)
     if economy:
         fidelity.install(shape)
-    else:  # today's widening: no budget
+    else:  # today's widening: no budget; today's confirmation: always 5 sessions
         selection.WidenBudget.of_search = classmethod(lambda cls, *a: cls())
+        selection.confirm = five_sessions
     try:
         cfg = prune_config(
             model=DEMO_MODEL, weights=weights, target=str(profile), data="fashion-mnist", input_shape="x".join(map(str, DEMO_SHAPE)),
@@ -101,11 +151,15 @@ def run_arm(name: str, economy: bool, profile: Path, weights: str, args, work: P
             finetune_epochs=args.finetune_epochs, refine_top=args.refine_top, refine_epochs=args.refine_epochs, seed=args.seed, out=str(work / name),
             no_cache=True, progress=False, screen=economy,
         )
+        undo = stages.install()
         start = time.perf_counter()
-        report = run_prune(cfg)
+        try:
+            report = run_prune(cfg)
+        finally:
+            undo()
         host_s = time.perf_counter() - start
     finally:
-        screening.Screen.learn, screening.Screen.skip, selection.WidenBudget.of_search = originals
+        screening.Screen.learn, screening.Screen.skip, selection.WidenBudget.of_search, selection.confirm = originals
     device = SimulatedBackend(load_profile(str(profile)))
     fresh = device.measure((work / name / "model.onnx").read_bytes(), shape).median_ms
     measurements = report["search"]["latency_measurements"]
@@ -113,7 +167,8 @@ def run_arm(name: str, economy: bool, profile: Path, weights: str, args, work: P
         "arm": name, "measurements": measurements, "host_s": host_s, "wall_s": host_s + measurements * args.device_seconds,
         "accuracy": report["pruned"]["accuracy"], "fresh_ms": fresh, "budget_ms": report["budget_ms"], "met": fresh <= report["budget_ms"],
         "skips": report["search"].get("surrogate_skips", 0), "widened": sum(len(r.get("widened", [])) for r in report["rounds"]),
-        "fidelity": fidelity.shares(device, shape) if economy else None,
+        "fidelity": fidelity.shares(device, shape) if economy else None, "stages": stages.text(),
+        "dominated": sum((r.get("screen") or {}).get("dominated", 0) for r in report["rounds"]),
     }
 
 
@@ -128,6 +183,9 @@ def table(rows: list[dict], device_seconds: float) -> str:
             f"{r['fresh_ms']:.4f} / {r['budget_ms']:.4f} | {'yes' if r['met'] else 'NO'} | {r['skips']} | {r['widened']} |"
         )
     today, economy = rows
+    lines.append("")
+    for r in rows:
+        lines.append(f"{r['arm']}: measurements by stage: {r['stages']}; screened {r['skips']} (of them dominated, scored but not timed: {r['dominated']})")
     lines.append("")
     lines.append(
         f"economy / today: {economy['measurements'] / today['measurements']:.0%} of the measurements, "

@@ -234,7 +234,7 @@ class PruningProblem:
         search (:class:`edgeprune.problem.streaming.CandidateStream`)."""
         return CandidateStream(self)
 
-    def evaluate_batch(self, choices: Sequence[Choice]) -> list[Candidate]:
+    def evaluate_batch(self, choices: Sequence[Choice], dominance: bool = True) -> list[Candidate]:
         """The candidates for ``choices``, in order; each choice is evaluated once.
 
         Latency first, for every choice: on this host's CPU it is measured there and then (on
@@ -243,7 +243,8 @@ class PruningProblem:
         candidate the screen predicts far over the limit is neither timed nor scored. Then
         accuracy after BN recalibration, on this host or on the problem's ``workers`` (Ray), in
         parallel. While the screen is trusted, accuracy comes first, and a candidate that
-        candidates measured before this batch dominate (:meth:`_dominated`) is not timed.
+        candidates measured before this batch dominate (:meth:`_dominated`) is not timed,
+        unless ``dominance`` is off.
         Candidates are journaled in the order given, so the result is the same whichever way
         the work was spread.
         """
@@ -251,7 +252,7 @@ class PruningProblem:
         fresh: dict[Choice, _Pending] = {}
         later = self.screen is not None and not self.screen.immediate
         lessons: list[tuple] = []  # (widths, model, candidate) a generation-wise screen learns from at the end
-        rivals = self._rivals()
+        rivals = self._rivals() if dominance else None
         for choice in order:
             if choice in self.results or choice in fresh:
                 continue
@@ -360,8 +361,9 @@ class PruningProblem:
     # --- what the job and the selection stage use -----------------------------------------------
 
     def evaluate_widths(self, widths) -> Candidate:
-        """Evaluate the most important ``widths`` channels of every group."""
-        return self.evaluate(self.space.choice(widths))
+        """Evaluate the most important ``widths`` channels of every group, timed even where
+        measured candidates dominate it: the seeds' bisection and the job need its latency."""
+        return self.evaluate_batch([self.space.choice(widths)], dominance=False)[0]
 
     def latency_of(self, widths: tuple[int, ...], fresh: bool = False) -> LatencyStats:
         """Measured latency of an architecture (the cache answers repeats unless ``fresh``)."""

@@ -82,6 +82,9 @@ _GENERATION = json_object(
     }
 )
 _VERSIONED = json_object({"format_version": rule(is_int, "a whole number")})
+# The steady-state search's evaluations in flight (edgeprune.search.steady); bounded like a farm.
+MAX_IN_FLIGHT = 256
+_STREAM = json_object({"in_flight": rule(lambda v: is_int(v) and 1 <= v <= MAX_IN_FLIGHT, f"a whole number from 1 to {MAX_IN_FLIGHT}")})
 # The anchor is the unit every latency of the run is scaled by: a zero would divide by zero.
 _RUN = json_object({"config": ANY_OBJECT, "budget_ms": POSITIVE, "anchor": _latency(POSITIVE)})
 _SUMMARY = json_object(
@@ -179,6 +182,7 @@ class SearchJournal:
         self.root = self.folder.parent  # the run's OUT.checkpoint: what the user deletes
         self.evaluations_path = self.folder / "evaluations.jsonl"
         self.generations_path = self.folder / "generations.jsonl"
+        self.stream_path = self.folder / "stream.json"
         _cut_torn_tail(self.evaluations_path)
         _cut_torn_tail(self.generations_path)
 
@@ -235,6 +239,26 @@ class SearchJournal:
 
     def record_generation(self, entry: dict) -> None:
         _append(self.generations_path, entry)
+
+    def in_flight(self, capacity: int) -> int:
+        """How many evaluations the steady-state search keeps in flight: the number the round's
+        first run recorded, else ``capacity`` (then recorded). What it asks for depends on that
+        number, so a resumed run replays its journal with the first run's, whatever the farm
+        has now (more in flight than agents only queue, fewer would ask for other candidates)."""
+        if self.stream_path.is_file():
+            with open(self.stream_path, "rb") as f:
+                raw = f.read(4097)
+            if len(raw) > 4096:
+                raise _error(self.stream_path, self.root, "larger than 4 KiB, far above what edgeprune writes")
+            record = _parse(raw, self.stream_path, self.root)
+            try:
+                _STREAM(record, "")
+            except Malformed as exc:
+                raise _error(self.stream_path, self.root, str(exc)) from None
+            return record["in_flight"]
+        in_flight = max(1, min(int(capacity), MAX_IN_FLIGHT))
+        _write_json_atomic(self.stream_path, {"in_flight": in_flight})
+        return in_flight
 
     def generations(self) -> list[dict]:
         def check(record):

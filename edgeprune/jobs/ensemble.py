@@ -337,7 +337,7 @@ def _check(cfg: EnsembleConfig, report: dict) -> None:
     search = report.get("search") if isinstance(report.get("search"), dict) else {}
     if search.get("rounds", 1) != 1:
         raise UserError("the Pareto front of a run with --rounds > 1 is on the last round's network, not the original: ensemble a one-round run")
-    if search.get("encoding", "width") != "width" or search.get("strategy", "nsga2") != "nsga2":
+    if search.get("encoding", "width") != "width" or search.get("strategy", "nsga2") == "coevolution":
         raise UserError("the front of a --encoding mask or --strategy coevolution run holds channel masks report.json does not keep: ensemble a run of the default search")
 
 

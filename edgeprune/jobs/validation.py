@@ -27,6 +27,7 @@ from edgeprune.space.sparsity import PATTERNS
 MAX_POPULATION = 1000
 MAX_GENERATIONS = 1000
 MAX_ROUNDS = 100
+STRATEGIES = ("nsga2", "steady-state", "coevolution")  # --strategy (commands/prune.py lists them too)
 MAX_CLASSES = 100_000  # a classifier head of more outputs is no CNN pruned for an edge device
 
 
@@ -103,8 +104,8 @@ def _check_task(cfg: PruneConfig) -> None:
 
 def _check_search(cfg: PruneConfig) -> None:
     s = cfg.search
-    if s.strategy not in ("nsga2", "coevolution"):
-        raise UserError(f"unknown --strategy {s.strategy!r}; choose nsga2 or coevolution")
+    if s.strategy not in STRATEGIES:
+        raise UserError(f"unknown --strategy {s.strategy!r}; choose {', '.join(STRATEGIES)}")
     if shared_attack(s.objectives) and not task_kind(cfg.task.name).classifies:
         raise UserError(f"the robustness objective attacks a classifier on classification data; --task {cfg.task.name} has neither: drop robustness from --objectives")
     if s.strategy == "coevolution" and set(s.objectives) not in (set(DEFAULT_OBJECTIVES), {*DEFAULT_OBJECTIVES, "robustness"}):

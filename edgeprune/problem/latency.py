@@ -26,6 +26,7 @@ _RECENT = 4
 class LatencySource(Protocol):
     shape: tuple[int, ...]  # what the target runs, batch included
     has_node_times: bool
+    capacity: int  # measurements under way at once: a farm's agents, else 1
 
     def measure(self, widths: tuple[int, ...], model: nn.Module | None = None, fresh: bool = False) -> tuple[LatencyStats, bool]:
         """``(stats, from_cache)`` of the architecture ``widths`` (``model``: its shrunk network,
@@ -60,6 +61,10 @@ class ProfiledLatency:
     @property
     def has_node_times(self) -> bool:
         return self.profiler.has_node_times
+
+    @property
+    def capacity(self) -> int:
+        return self.profiler.capacity
 
     def set_reference(self, widths: tuple[int, ...], anchor: LatencyStats | None = None) -> LatencyStats:
         """Time all later architectures next to ``widths`` (see Profiler.set_reference)."""

@@ -74,3 +74,7 @@ class AsyncBackend(Backend, Protocol):
     def summary(self) -> dict[str, Any]:
         """Which devices measured how much, and which were left out or removed (report.json's
         ``search.farm``)."""
+
+    def capacity(self) -> int:
+        """How many measurements run at once (a farm: its devices in rotation)."""
+        return 1

@@ -269,6 +269,10 @@ class FarmBackend(AsyncBackend):
     def fingerprint(self) -> dict[str, Any]:
         return dict(self.pool.fingerprint)
 
+    def capacity(self) -> int:
+        """The agents in rotation: one measurement each at a time."""
+        return max(1, len(self.pool.live))
+
     def submit(self, onnx_bytes: bytes, input_shape: tuple[int, ...], paired: bool, label: str) -> Future:
         """A measurement on the next free agent: ``LatencyStats`` or, ``paired``, the
         ``(candidate, reference)`` pair."""

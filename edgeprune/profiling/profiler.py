@@ -248,6 +248,12 @@ class Profiler:
         return stats
 
     @property
+    def capacity(self) -> int:
+        """How many measurements :meth:`start` can have under way at once: a farm's agents in
+        rotation, else 1 (this host measures one model at a time)."""
+        return self.backend.capacity() if isinstance(self.backend, AsyncBackend) else 1
+
+    @property
     def has_node_times(self) -> bool:
         """Whether :meth:`node_times` can be asked for (the search's surrogate needs it)."""
         return self.backend.supports_node_times

@@ -51,6 +51,10 @@ class SearchProblem(Protocol):
         changes and measure only the networks they combine (co-evolution). Quality is accuracy,
         or the mean of accuracy and robust accuracy where robustness is an objective."""
 
+    def stream(self) -> CandidateStream:
+        """Evaluations started one at a time and told back as they complete (the steady-state
+        search: :mod:`edgeprune.search.steady`)."""
+
     def evaluated(self) -> list[Candidate]:
         """Every candidate evaluated so far, in order."""
 
@@ -59,6 +63,23 @@ class SearchProblem(Protocol):
 
     def constraints(self, candidates: Sequence[Candidate]) -> np.ndarray:
         """One row per candidate, one column per constraint (feasible when <= 0)."""
+
+
+class CandidateStream(Protocol):
+    """Evaluations under way, answered one at a time in the order they complete."""
+
+    @property
+    def in_flight(self) -> int:
+        """Started and not yet answered by :meth:`next_done`."""
+
+    def start(self, choice: Choice) -> int:
+        """Begin evaluating ``choice`` (at most once per search); returns its ticket."""
+
+    def next_done(self) -> tuple[int, Candidate]:
+        """``(ticket, candidate)`` of the next evaluation to complete (waits for one)."""
+
+    def settle(self) -> None:
+        """A generation's end: whatever learns from completions in batches (the screen) learns now."""
 
 
 class GenerationLog(Protocol):

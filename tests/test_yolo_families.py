@@ -4,6 +4,8 @@ re-exports. YOLOv8's prune test is in test_detection.py."""
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +116,12 @@ def test_each_family_prunes_reloads_into_ultralytics_validates_and_reexports(fam
     shutil.copy(out / "model.pt", theirs)
     yolo = YOLO(str(theirs))
     assert sum(p.numel() for p in yolo.model.parameters()) == report["pruned"]["params"]
+    # What the report says loading model.pt needs holds: ultralytics alone loads it exactly when
+    # the report says so (in a process where edgeprune cannot be imported).
+    checkpoint = report["task"]["checkpoint"]
+    blocked = subprocess.run([sys.executable, "-c", "import sys; sys.modules['edgeprune'] = None; from ultralytics import YOLO; YOLO(sys.argv[1])",
+                              str(theirs)], capture_output=True, text=True, timeout=300)
+    assert (blocked.returncode == 0) == (checkpoint["loads_with"] == ["ultralytics"]), blocked.stderr[-1000:]
     metrics = yolo.val(data=str(tiny_set / "data.yaml"), imgsz=SIZE, batch=4, device="cpu", workers=0, plots=False, verbose=False)
     assert 0.0 <= metrics.box.map50 <= 1.0
     end2end = family.startswith("yolo26")

@@ -19,6 +19,11 @@ the same one.
 
     python tools/bench_evaluation.py                   # today's code only, 12 candidates
     python tools/bench_evaluation.py --n 12 --batch 2 --variants before,again,cached,proposed
+
+``--against REV`` instead compares whole searches: commit REV's code (installed into a throwaway
+venv) and this tree's, each through its own CLI, taking turns (tools/evaluation_against.py):
+
+    nice -n 5 python tools/bench_evaluation.py --against 21dfb85 --new HEAD --pairs 2
 """
 
 from __future__ import annotations
@@ -84,6 +89,11 @@ VARIANTS = {v.name: v for v in (
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
+    if args.against:
+        from evaluation_against import compare
+
+        compare(args.against, args.new, args.pairs, args.population, args.generations, args.here_first)
+        return
     if args.smoke:
         args.n, args.variants = 4, "before,proposed"
         print(SMOKE_NOTE)
@@ -104,6 +114,12 @@ def _parse(argv):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=4, help="choices per turn (variants alternate)")
     parser.add_argument("--variants", default="before", help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--against", metavar="REV", help="compare whole searches of the demo's model: commit REV's code against this tree's, alternately")
+    parser.add_argument("--new", metavar="REV", help="with --against: commit REV (installed likewise) instead of this tree as installed")
+    parser.add_argument("--pairs", type=int, default=2, help="with --against: runs of each code")
+    parser.add_argument("--population", type=int, default=8, help="with --against: the search's population (both codes)")
+    parser.add_argument("--generations", type=int, default=2, help="with --against: the search's generations (both codes)")
+    parser.add_argument("--here-first", action="store_true", help="with --against: each pair runs this code first")
     parser.add_argument("--smoke", action="store_true", help=f"a tiny residual net (random weights) on sklearn's digits at 3x16x16, 4 choices, before and proposed ({SMOKE_NOTE})")
     return parser.parse_args(argv)
 

@@ -27,6 +27,7 @@ from torch import nn
 from edgeprune.records import Candidate, Choice, widths_of
 from edgeprune.problem.latency import LatencySource
 from edgeprune.profiling.stats import LatencyStats
+from edgeprune.problem import skipping
 from edgeprune.problem.screening import Screen
 from edgeprune.problem.streaming import CandidateStream
 from edgeprune.space.channels import ChannelSpace, macs_and_params
@@ -241,18 +242,15 @@ class PruningProblem:
         an idle CPU: nothing else of ours runs while the profiler times); on a farm of agents
         every measurement is started at once and answered while accuracy is scored here. A
         candidate the screen predicts far over the limit is neither timed nor scored. Then
-        accuracy after BN recalibration, on this host or on the problem's ``workers`` (Ray), in
-        parallel. While the screen is trusted, accuracy comes first, and a candidate that
-        candidates measured before this batch dominate (:meth:`_dominated`) is not timed,
-        unless ``dominance`` is off.
-        Candidates are journaled in the order given, so the result is the same whichever way
-        the work was spread.
-        """
+        accuracy after BN recalibration, here or on the problem's ``workers`` (Ray). While the
+        screen is trusted, accuracy comes first and dominated candidates are not timed (unless
+        ``dominance`` is off; :mod:`~edgeprune.problem.skipping`). Candidates are journaled in
+        the order given, so the result is the same whichever way the work was spread."""
         order = [_normal(c) for c in choices]
         fresh: dict[Choice, _Pending] = {}
         later = self.screen is not None and not self.screen.immediate
         lessons: list[tuple] = []  # (widths, model, candidate) a generation-wise screen learns from at the end
-        rivals = self._rivals() if dominance else None
+        rivals = skipping.rivals(self) if dominance else None
         for choice in order:
             if choice in self.results or choice in fresh:
                 continue
@@ -267,7 +265,7 @@ class PruningProblem:
                     self._teach_screen(widths, model, restored)
                 self.results[choice] = restored
                 continue
-            pending = _Pending(widths, model, None, self._screened(choice, widths, model, start), 0.0)
+            pending = _Pending(widths, model, None, skipping.over_limit(self, choice, widths, model, start), 0.0)
             if pending.skipped is None and rivals is None:
                 self._start(pending, later)
             pending.seconds = time.perf_counter() - start
@@ -277,7 +275,7 @@ class PruningProblem:
         for choice in scored if rivals is not None else ():
             pending = fresh[choice]
             start = time.perf_counter()
-            pending.skipped = self._dominated(choice, pending, accuracies[choice], rivals)
+            pending.skipped = skipping.dominated(self, choice, pending, accuracies[choice], rivals)
             if pending.skipped is None:
                 self._start(pending, later)
             pending.seconds += time.perf_counter() - start
@@ -308,43 +306,6 @@ class PruningProblem:
             self.screen.learn(model, stats.median_ms, lambda: self.latency.node_times(widths, model))
         if self.memory is not None:
             pending.memory = self.memory.measure(widths, model).peak_mb
-
-    def _rivals(self) -> np.ndarray | None:
-        """Objective rows of the candidates measured within the limit so far, when the screen
-        may leave dominated candidates unmeasured: while it is trusted, and without a memory
-        limit or objective (a candidate's memory is measured with its latency)."""
-        if self.screen is None or self.memory is not None or self.screen.trusted_error() is None:
-            return None
-        pool = [c for c in self.results.values() if not c.predicted and c.latency.median_ms <= self.limit_ms]
-        return self.objectives(pool) if len(pool) >= self.screen.depth else None
-
-    def _dominated(self, choice: Choice, pending: _Pending, scored: tuple, rivals: np.ndarray) -> Candidate | None:
-        """The candidate with its predicted latency when at least ``screen.depth`` of ``rivals``
-        dominate it at its optimistic latency (no measurement could bring it onto the front or
-        into the shortlist), else None. A known latency is never left out: it costs nothing."""
-        estimate = None if self.latency.peek(pending.widths) is not None else self.screen.estimate(pending.model)
-        if estimate is None:
-            return None
-        (predicted, optimistic), (accuracy, scores, seconds) = estimate, scored
-        macs, params = macs_and_params(pending.model, self.space.input_shape)
-        at = lambda ms: LatencyStats(0, ms, ms, ms, ms, 0.0, 0.0)  # noqa: E731
-        row = self.objectives([Candidate(choice, accuracy, at(optimistic), macs, params, scores=scores)])[0]
-        if int(((rivals <= row).all(axis=1) & (rivals < row).any(axis=1)).sum()) < self.screen.depth:
-            return None
-        self.screen.skips += 1
-        self.screen.dominated += 1
-        return Candidate(choice, accuracy, at(predicted), macs, params, False, pending.seconds + seconds, True, scores)
-
-    def _screened(self, choice: Choice, widths, model: nn.Module, start: float) -> Candidate | None:
-        """The candidate the screen skips (predicted far over the limit, latency unknown), else None."""
-        if self.screen is None or self.latency.peek(widths) is not None:
-            return None
-        predicted = self.screen.skip(model)
-        if predicted is None:
-            return None
-        macs, params = macs_and_params(model, self.space.input_shape)
-        stats = LatencyStats(0, predicted, predicted, predicted, predicted, 0.0, 0.0)
-        return Candidate(choice, 0.0, stats, macs, params, False, time.perf_counter() - start, True)
 
     def _accuracies(self, choices: list[Choice], models: list[nn.Module]) -> dict[Choice, tuple[float, dict[str, float], float]]:
         """``{choice: (accuracy, model scores, seconds)}`` after BN recalibration."""

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from edgeprune.problem import skipping
 from edgeprune.records import Candidate, Choice, widths_of
 from edgeprune.space.channels import macs_and_params
 
@@ -88,7 +89,7 @@ class CandidateStream:
             self._flights[ticket] = _Flight(choice, widths, model, done=restored, journal_index=self._journal_order[choice])
             self._replays[ticket] = self._journal_order[choice]
             return ticket
-        skipped = problem._screened(choice, widths, model, t0)
+        skipped = skipping.over_limit(problem, choice, widths, model, t0)
         if skipped is not None:
             self._flights[ticket] = _Flight(choice, widths, model, done=skipped, fresh=True, lesson=False)
             self._arrivals.put(ticket)

@@ -372,7 +372,6 @@ def widen(
             break
     if grow.cut:
         console.print(f"  widening stopped at its budget: {grow.measured} new measurements in {grow.elapsed():.0f} s (what the search spent)")
-
     keep = _most_steps_that_pass(trail, check)
     if keep == 0:
         return picked, []

@@ -238,12 +238,12 @@ def _profiled_cli(stats_path: str, argv: list[str]) -> int:
             continue
     profile, depth, original = cProfile.Profile(), [0], problem_class.evaluate_batch
 
-    def evaluate_batch(self, choices):
+    def evaluate_batch(self, *args, **kwargs):
         if depth[0]:
-            return original(self, choices)
+            return original(self, *args, **kwargs)
         depth[0] += 1
         try:
-            return profile.runcall(original, self, choices)
+            return profile.runcall(original, self, *args, **kwargs)
         finally:
             depth[0] -= 1
 

@@ -91,7 +91,7 @@ class StageCounts:
         return lambda: delattr(Profiler, "measurements")
 
     def text(self) -> str:
-        order = [*STAGES.values(), "other"]
+        order = [*dict.fromkeys(STAGES.values()), "other"]
         return ", ".join(f"{stage} {self.counts[stage]}" for stage in order if self.counts[stage])
 
 

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from evaluation_against import cumulative  # noqa: E402
 from smoke import SMOKE_MODEL, SMOKE_NOTE, smoke_profile_file  # noqa: E402
 
 # (label, file suffix, function): cumulative seconds of each function of interest. Nested
@@ -264,28 +265,15 @@ def _choices(space, n: int, rng: np.random.Generator) -> list:
     return out
 
 
-def _cumulative(stats: pstats.Stats, suffix: str, name: str | None) -> tuple[float, int]:
-    """Seconds and calls of the outermost frames of ``name`` in a file ending with ``suffix``
-    (every function of that file when ``name`` is None)."""
-    seconds, calls = 0.0, 0
-    for (file, _line, func), (_cc, nc, _tt, ct, callers) in stats.stats.items():
-        if not file.endswith(suffix) or (name is not None and func != name):
-            continue
-        if name is None and any(c[0].endswith(suffix) for c in callers):
-            continue  # nested in the same file: counted by its caller
-        seconds, calls = seconds + ct, calls + nc
-    return seconds, calls
-
-
 def _print_breakdown(name: str, run: dict, n: int) -> None:
     stats = run["stats"]
-    total, _ = _cumulative(stats, *TOTAL)
+    total, _ = cumulative(stats, [TOTAL])
     print(f"\n[{name}] {n} evaluations, {total:.1f} s in evaluate_batch = {total / n:.2f} s per evaluation")
     print(f"  {'phase':46s} {'s/eval':>7s} {'share':>6s} {'calls':>6s}")
     for label, suffix, func in PHASES:
-        seconds, calls = _cumulative(stats, suffix, func)
+        seconds, calls = cumulative(stats, [(suffix, func)])
         if label.startswith("screen"):
-            seconds -= _cumulative(stats, "profiling/profiler.py", "node_times")[0]
+            seconds -= cumulative(stats, [("profiling/profiler.py", "node_times")])[0]
         print(f"  {label:46s} {seconds / n:7.3f} {seconds / total:6.1%} {calls:6d}")
 
 

@@ -123,16 +123,16 @@ def breakdown(run: dict) -> dict:
     import pstats
 
     stats = pstats.Stats(str(run["stats"]))
-    out = {"evaluate": _cumulative(stats, EVALUATE)[0]}
+    out = {"evaluate": cumulative(stats, EVALUATE)[0]}
     for label, where in PHASES:
-        seconds, calls = _cumulative(stats, where)
+        seconds, calls = cumulative(stats, where)
         if label.startswith("screen"):
-            seconds -= _cumulative(stats, [("profiling/profiler.py", "node_times")])[0]
+            seconds -= cumulative(stats, [("profiling/profiler.py", "node_times")])[0]
         out[label] = (seconds, calls)
     return out
 
 
-def _cumulative(stats, where: list) -> tuple[float, int]:
+def cumulative(stats, where: list) -> tuple[float, int]:
     """Seconds and calls of the outermost frames of each (file suffix, function) in ``where``
     (every function of the file when the function is None)."""
     seconds, calls = 0.0, 0

@@ -81,6 +81,7 @@ def _random(space: ChannelSpace) -> list[int]:
     return [rng.choice(g.options) for g in space.groups]
 
 
+@pytest.mark.slow  # three detectors built, shrunk and loaded in fresh processes: about two minutes
 @pytest.mark.parametrize("family", ["yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml"])
 def test_a_prune_with_equal_halves_loads_with_ultralytics_alone_and_computes_the_same(family, tmp_path):
     space, small = _pruned(family, _equal_halves)

@@ -386,6 +386,7 @@ class _Growth:
         self.problem, self.space, self.budget = problem, problem.space, budget
         self.measured, self.started, self.cut = 0, time.perf_counter(), False
         self._predictions: dict[Choice, float] = {}  # the screen's latency of each choice asked about
+        self._last: tuple = (None, None)  # (choice, its shrunk network): see _shrunk
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -412,13 +413,20 @@ class _Growth:
         screen = self.problem.screen
         if screen is None or screen.trusted_error() is None:
             return default
-        for c in (choice, base):
+        for c in (base, choice):  # ``choice`` last: its shrunk network is the one kept for macs()
             if c not in self._predictions:
-                self._predictions[c] = screen.estimate(self.space.shrink(self.space.plan_of(c)))[0]
+                self._predictions[c] = screen.estimate(self._shrunk(c))[0]
         return default if self._predictions[base] <= 0 else base_ms * self._predictions[choice] / self._predictions[base]
 
     def macs(self, choice: Choice) -> int:
-        return macs_and_params(self.space.shrink(self.space.plan_of(choice)), self.space.input_shape)[0]
+        return macs_and_params(self._shrunk(choice), self.space.input_shape)[0]
+
+    def _shrunk(self, choice: Choice):
+        """The shrunk network of ``choice``, kept for the one most recently asked: the ranking pass
+        predicts a step and then counts its MACs, and a shrink costs a deep copy and a graph."""
+        if self._last[0] != choice:
+            self._last = (choice, self.space.shrink(self.space.plan_of(choice)))
+        return self._last[1]
 
     def fits_memory(self, choice: Choice) -> bool:
         return self.problem.widths_fit_memory(tuple(len(k) for k in choice))

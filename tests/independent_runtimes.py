@@ -3,9 +3,15 @@ backends, for tests that judge a verdict on those targets (the ONNX Runtime one 
 :mod:`independent_timing`).
 
 Each file is loaded the way its runtime's own documentation loads it (one inference thread, as the
-shipped profiles), warmed up, and timed run by run; two files are timed in alternating fresh loads
-(A B A B ...) and judged as the median of the per-pair ratios, so that a burst of load on a shared
-machine hits both files of a pair alike.
+shipped profiles), warmed up, and timed run by run. A pair is both files loaded afresh and timed in
+alternating blocks (A B A B ...), its ratio the two medians'; two files are judged by the pairs'
+ratios, so that a burst of load on a shared machine hits both files of a pair alike.
+
+Why blocks inside a pair and not one file per load: on this 2-core VM a fresh OpenVINO load of a
+0.25 ms model lands in a fast or a slow state (0.24 or 0.34 ms, about 0.1 ms added per inference),
+so two files timed in separate loads gave ratios from 0.53 to 0.99 (30 pairs of wide_cnn pruned
+1.6x; median of 9 such pairs: 0.62 to 0.69 from call to call). Timed in 10 blocks of 100 runs
+inside each pair, both files share the state: 15 pairs' median was 0.648 to 0.658 in four calls.
 """
 
 from __future__ import annotations
@@ -55,24 +61,31 @@ def _executorch(path: Path, shape: tuple[int, ...]) -> Callable[[], object]:
 LOADERS = {"openvino": _openvino, "litert": _litert, "executorch": _executorch}
 
 
-def _session_median_ms(kind: str, path: Path, shape: tuple[int, ...], runs: int, warmup: int) -> float:
-    run = LOADERS[kind](path, shape)
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+def _blocks_median_ms(runs: list[Callable[[], object]], blocks: int, per_block: int) -> list[float]:
+    """Median per-run time of each of ``runs``, timed in ``blocks`` alternating blocks."""
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(blocks):
+        for run, kept in zip(runs, times):
+            for _ in range(per_block):
+                t = time.perf_counter()
+                run()
+                kept.append(time.perf_counter() - t)
+    return [1000 * statistics.median(kept) for kept in times]
 
 
-def paired_runtime_ratio(kind: str, model: Path, reference: Path, shape: tuple[int, ...], pairs: int = 9, runs: int = 200, warmup: int = 20) -> float:
-    """Median over ``pairs`` of (``model``'s session median / ``reference``'s) in runtime ``kind``."""
+def paired_runtime_ratios(
+    kind: str, model: Path, reference: Path, shape: tuple[int, ...], pairs: int = 15, blocks: int = 10, per_block: int = 100, warmup: int = 20
+) -> list[float]:
+    """``model``'s median / ``reference``'s in runtime ``kind``, for each of ``pairs`` fresh loads of
+    both files timed in alternating blocks (which file leads alternates from pair to pair)."""
     ratios = []
     for i in range(pairs):
-        first, second = (model, reference) if i % 2 == 0 else (reference, model)
-        a = _session_median_ms(kind, first, shape, runs, warmup)
-        b = _session_median_ms(kind, second, shape, runs, warmup)
-        ratios.append(a / b if first == model else b / a)
-    return statistics.median(ratios)
+        files = (model, reference) if i % 2 == 0 else (reference, model)
+        runs = [LOADERS[kind](path, shape) for path in files]
+        for run in runs:
+            for _ in range(warmup):
+                run()
+        first, second = _blocks_median_ms(runs, blocks, per_block)
+        ratios.append(first / second if files[0] == model else second / first)
+        del runs  # both sessions go before the next pair loads
+    return ratios

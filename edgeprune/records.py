@@ -131,13 +131,17 @@ class Candidate:
     from_cache: bool = False
     seconds: float = 0.0
     # Not measured: ``latency`` is the screen's prediction, because the candidate is predicted far
-    # over the limit (accuracy not scored: 0) or dominated by enough measured ones (accuracy
-    # scored). Such candidates steer the GA but are never a Pareto point, a pick or a reported number.
+    # over the limit (accuracy not scored: 0), outranked by enough measured ones or under the focus
+    # floor (both scored; edgeprune.problem.screening). Such candidates steer the GA but are never a
+    # Pareto point or a reported number; only a floored one may be shortlisted, once re-measured.
     predicted: bool = False
     # Values of the problem's further objectives, by name (higher is better), e.g. robustness.
     scores: dict[str, float] = field(default_factory=dict)
     # Peak memory of one inference in the target's runtime (MiB), where the run measures memory.
     memory_mb: float | None = None
+    # Of ``predicted``: predicted under the search's focus floor with a margin, so certainly within
+    # the limit; the shortlist may take it, and its re-measure is then its first measurement.
+    floored: bool = False
 
     @property
     def widths(self) -> tuple[int, ...]:

@@ -8,10 +8,14 @@ import torch
 from tiny_models import TinyResNet
 
 from edgeprune.exporters.onnx_bytes import export_onnx_bytes
+from edgeprune.jobs.checkpoint import SearchJournal
+from edgeprune.profiling.stats import LatencyStats
+from edgeprune.records import Candidate
 from edgeprune.profiling.ort import OrtBackend
 from edgeprune.profiling.macs_surrogate import MacsSurrogate, work
 from edgeprune.profiling.surrogate import Layer, LatencySurrogate
 from edgeprune.search.nsga import run_nsga2
+from edgeprune.select import selection
 from edgeprune.problem.screening import Screen
 from edgeprune.profiling.targets import load_profile
 
@@ -139,26 +143,75 @@ def test_a_generation_wise_screen_starts_a_whole_generation_before_it_learns(tin
     assert screen.surrogate.seen == ([1, 2, 3, 4] if immediate else [4, 4, 4, 4])
 
 
-def test_a_candidate_enough_measured_ones_dominate_keeps_its_prediction_and_is_never_timed(tiny_problem):
-    """Past the warm-up only what could reach the front or the shortlist is timed: a candidate
-    that ``depth`` measured feasible ones beat on every objective (here accuracy: every latency
-    is under the focus floor) keeps its predicted latency; the others are measured."""
+def test_a_candidate_enough_measured_ones_outrank_keeps_its_prediction_and_is_never_timed(tiny_problem):
+    """Past the warm-up only what the shortlist could take is timed: a candidate that ``depth``
+    measured feasible ones match or beat in accuracy keeps its predicted latency (here far under
+    every measured one: latency does not save it); the others are measured."""
     space, profiler = tiny_problem.space, tiny_problem.profiler
     screen = Screen(_Surrogate(0.0, tiny_problem.latency.shape), warmup=0, window=5, limit_ms=1e9, depth=3)
     screen.errors.extend([0.0] * 5)  # trusted, and kept so: this test is about the decision, not the learning
     screen.learn = lambda *a, **k: None
-    problem = tiny_problem.make(limit_ms=1e9, focus=0.9, screen=screen)
+    problem = tiny_problem.make(limit_ms=1e9, screen=screen)  # no focus floor: nothing is floored
     first = problem.evaluate_batch([space.choice(w) for w in [(32, 16, 16), (48, 16, 32), (16, 16, 16)]])
     assert not any(c.predicted for c in first) and profiler.measurements == 3  # too few rivals yet: all timed
     second = problem.evaluate_batch([space.choice(w) for w in [(32, 16, 32), (64, 32, 48), (48, 32, 32)]])
     for cand in second:
-        beaten_by = sum(r.accuracy > cand.accuracy for r in first)
-        assert cand.predicted == (beaten_by >= 3), (cand.accuracy, [r.accuracy for r in first])
+        outranked_by = sum(r.accuracy >= cand.accuracy for r in first)
+        assert cand.predicted == (outranked_by >= 3), (cand.accuracy, [r.accuracy for r in first])
         assert (cand.latency.n == 0) == cand.predicted  # a prediction, not a measurement
-    dominated = [c for c in second if c.predicted]
-    assert 0 < len(dominated) < len(second)  # this seed's accuracies give both kinds
-    assert profiler.measurements == 3 + len(second) - len(dominated)
-    assert screen.dominated == screen.skips == len(dominated)
-    assert all(c.accuracy > 0 for c in dominated)  # scored: the GA ranks it by its real accuracy
+    outranked = [c for c in second if c.predicted]
+    assert 0 < len(outranked) < len(second)  # this seed's accuracies give both kinds
+    assert profiler.measurements == 3 + len(second) - len(outranked)
+    assert screen.outranked == screen.skips == len(outranked)
+    assert all(c.accuracy > 0 and not c.floored for c in outranked)  # scored: the GA ranks it by its real accuracy
+    assert not [c for c in selection.shortlist(problem, problem.evaluated(), 1e9, size=3) if c.predicted]
     seed = problem.evaluate_widths((16, 32, 16))  # the seeds' bisection and the job ask for latencies
-    assert sum(r.accuracy > seed.accuracy for r in first) >= 3 and not seed.predicted and seed.latency.n > 0
+    assert sum(r.accuracy >= seed.accuracy for r in first) >= 3 and not seed.predicted and seed.latency.n > 0
+
+
+def test_the_screen_floors_only_what_is_under_the_floor_at_its_pessimistic_latency():
+    screen = Screen(_Surrogate(1.0), warmup=0, window=2, limit_ms=1000.0)
+    assert screen.under(_model(1), 100.0) is None  # not trusted yet: everything is timed
+    screen.errors.extend([0.1, 0.1])  # trusted at a 10 % error: pessimistic = 1.3 x the prediction
+    assert screen.under(_model(76), 100.0) == 76.0  # 98.8 <= 100
+    assert screen.under(_model(77), 100.0) is None  # 100.1 > 100
+    assert screen.floored == screen.skips == 1
+
+
+def test_a_candidate_predicted_under_the_focus_floor_is_scored_not_timed_and_the_shortlist_measures_it(tiny_problem):
+    """Every latency under ``focus x limit`` is one value of the search's latency objective, so a
+    candidate surely under it is not timed in the search; it is feasible for sure, so the
+    shortlist may take it, and its fresh re-measure is then its first measurement."""
+    space, profiler = tiny_problem.space, tiny_problem.profiler
+    screen = Screen(_Surrogate(0.0, tiny_problem.latency.shape), warmup=0, window=5, limit_ms=1e9, depth=100)
+    screen.errors.extend([0.0] * 5)
+    screen.learn = lambda *a, **k: None
+    choices = [space.choice(w) for w in [(32, 16, 16), (48, 16, 32), (16, 16, 16)]]
+    unfocused = tiny_problem.make(limit_ms=1e9, focus=0.0, screen=screen).evaluate_batch(choices)
+    assert not any(c.predicted for c in unfocused) and profiler.measurements == 3  # no floor: all timed
+    problem = tiny_problem.make(limit_ms=1e9, focus=0.9, screen=screen)
+    floored = problem.evaluate_batch([space.choice(w) for w in [(64, 32, 48), (48, 32, 32), (32, 16, 32)]])
+    assert profiler.measurements == 3 and screen.floored == 3
+    assert all(c.predicted and c.floored and c.latency.n == 0 and c.accuracy > 0 for c in floored)
+    assert not problem.evaluate_widths((16, 32, 16)).predicted  # the seeds' bisection is always timed
+    picked = selection.shortlist(problem, floored, 1e9, size=2)
+    assert profiler.measurements == 3 + 1 + 2  # the two most accurate, re-measured
+    best = sorted(floored, key=lambda c: -c.accuracy)[:2]
+    assert [c.choice for c in picked] == [c.choice for c in best]
+    assert all(not c.predicted and not c.floored and c.latency.n > 0 for c in picked)  # they carry the measurement
+
+
+def test_a_floored_candidate_survives_the_journal_and_its_replay_counts_as_floored(tiny_problem, tmp_path):
+    """A resumed run hands the journal's candidates to the replayed search: a floored one must
+    come back floored (or the shortlist would never take it) and be counted as such."""
+    space = tiny_problem.space
+    journal = SearchJournal(tmp_path / "round-1", space)
+    stats = LatencyStats(0, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0)
+    journal.record(Candidate(space.choice((32, 16, 16)), 0.5, stats, 1000, 100, False, 0.1, True, floored=True))
+    journal.record(Candidate(space.choice((48, 16, 16)), 0.4, stats, 1000, 100, False, 0.1, True))
+    floored, outranked = SearchJournal(tmp_path / "round-1", space).candidates()
+    assert floored.floored and floored.predicted and not outranked.floored
+    screen = Screen(_Surrogate(0.0))
+    for cand in (floored, outranked):
+        screen.replay_skip(True, cand.floored)
+    assert (screen.skips, screen.floored, screen.outranked) == (2, 1, 1)

@@ -2,6 +2,7 @@
 today's search against the economy (issue 32), same seed, same budget, same fine-tune.
 
     python tools/bench_economy.py                    # about 30 minutes on a 2-core VM
+    python tools/bench_economy.py --arms economy     # one arm, no ratios
     python tools/bench_economy.py --population 4 --generations 2 --finetune-epochs 0.02 --refine-epochs 0   # a smoke run
 
 The device is ``profiles/simulated.yaml`` with 3 % noise: latency is a fixed function of the
@@ -16,7 +17,8 @@ Arms (both a full ``prune`` of the demo's MobileNetV2 on Fashion-MNIST, 3x32x32)
   pass with no budget, every confirmation 5 fresh sessions (what main did before issue 32's
   economy);
 * economy: the whole-network MACs screen, learnt per generation, skipping what it predicts far
-  over the limit and what enough measured candidates dominate; widening ranked by the screen,
+  over the limit or surely under the focus floor and what enough measured candidates outrank in
+  accuracy; widening ranked by the screen,
   steps predicted over not measured, within what the search spent; confirmations stopping at 3
   sessions when they agree.
 
@@ -103,7 +105,7 @@ class Fidelity:
         self.skipped: list[tuple[float, bytes]] = []  # (predicted, the network's ONNX)
 
     def install(self, shape: tuple[int, ...]) -> None:
-        learn, skip = screening.Screen.learn, screening.Screen.skip
+        learn, skip, under = screening.Screen.learn, screening.Screen.skip, screening.Screen.under
 
         def learning(screen, model, measured_ms, node_times):
             if screen._with_nodes >= screen.warmup:  # past the warm-up the screen scores this very prediction
@@ -116,7 +118,13 @@ class Fidelity:
                 self.skipped.append((predicted, export_onnx_bytes(model, shape, 17)))
             return predicted
 
-        screening.Screen.learn, screening.Screen.skip = learning, skipping
+        def flooring(screen, model, floor_ms):
+            predicted = under(screen, model, floor_ms)
+            if predicted is not None:
+                self.skipped.append((predicted, export_onnx_bytes(model, shape, 17)))
+            return predicted
+
+        screening.Screen.learn, screening.Screen.skip, screening.Screen.under = learning, skipping, flooring
 
     def shares(self, device: SimulatedBackend, shape: tuple[int, ...]) -> tuple[float | None, float | None, int, int]:
         def within(pairs):
@@ -136,7 +144,7 @@ def five_sessions(problem, widths, budget_ms, policy, noise, sessions=selection.
 
 def run_arm(name: str, economy: bool, profile: Path, weights: str, args, work: Path) -> dict:
     """One prune; returns what the table shows."""
-    originals = (screening.Screen.learn, screening.Screen.skip, selection.WidenBudget.of_search, selection.confirm)
+    originals = (screening.Screen.learn, screening.Screen.skip, screening.Screen.under, selection.WidenBudget.of_search, selection.confirm)
     fidelity, stages = Fidelity(), StageCounts()
     shape = (1, *DEMO_SHAPE)
     if economy:
@@ -159,7 +167,7 @@ def run_arm(name: str, economy: bool, profile: Path, weights: str, args, work: P
             undo()
         host_s = time.perf_counter() - start
     finally:
-        screening.Screen.learn, screening.Screen.skip, selection.WidenBudget.of_search, selection.confirm = originals
+        screening.Screen.learn, screening.Screen.skip, screening.Screen.under, selection.WidenBudget.of_search, selection.confirm = originals
     device = SimulatedBackend(load_profile(str(profile)))
     fresh = device.measure((work / name / "model.onnx").read_bytes(), shape).median_ms
     measurements = report["search"]["latency_measurements"]
@@ -168,7 +176,8 @@ def run_arm(name: str, economy: bool, profile: Path, weights: str, args, work: P
         "accuracy": report["pruned"]["accuracy"], "fresh_ms": fresh, "budget_ms": report["budget_ms"], "met": fresh <= report["budget_ms"],
         "skips": report["search"].get("surrogate_skips", 0), "widened": sum(len(r.get("widened", [])) for r in report["rounds"]),
         "fidelity": fidelity.shares(device, shape) if economy else None, "stages": stages.text(),
-        "dominated": sum((r.get("screen") or {}).get("dominated", 0) for r in report["rounds"]),
+        "outranked": sum((r.get("screen") or {}).get("outranked", 0) for r in report["rounds"]),
+        "floored": sum((r.get("screen") or {}).get("floored", 0) for r in report["rounds"]),
     }
 
 
@@ -182,18 +191,28 @@ def table(rows: list[dict], device_seconds: float) -> str:
             f"| {r['arm']} | {r['measurements']} | {r['host_s']:.0f} | {r['wall_s']:.0f} | {r['accuracy']:.2%} | "
             f"{r['fresh_ms']:.4f} / {r['budget_ms']:.4f} | {'yes' if r['met'] else 'NO'} | {r['skips']} | {r['widened']} |"
         )
-    today, economy = rows
     lines.append("")
     for r in rows:
-        lines.append(f"{r['arm']}: measurements by stage: {r['stages']}; screened {r['skips']} (of them dominated, scored but not timed: {r['dominated']})")
-    lines.append("")
-    lines.append(
-        f"economy / today: {economy['measurements'] / today['measurements']:.0%} of the measurements, "
-        f"{economy['wall_s'] / today['wall_s']:.0%} of the wall time, accuracy {100 * (economy['accuracy'] - today['accuracy']):+.2f} pp"
-    )
+        lines.append(
+            f"{r['arm']}: measurements by stage: {r['stages']}; screened {r['skips']} (scored but not timed: "
+            f"{r['floored']} under the focus floor, {r['outranked']} outranked)"
+        )
+    by_arm = {r["arm"]: r for r in rows}
+    today, economy = by_arm.get("today"), by_arm.get("economy")
+    if today and economy:
+        lines.append("")
+        lines.append(
+            f"economy / today: {economy['measurements'] / today['measurements']:.0%} of the measurements, "
+            f"{economy['wall_s'] / today['wall_s']:.0%} of the wall time, accuracy {100 * (economy['accuracy'] - today['accuracy']):+.2f} pp"
+        )
+    if not economy:
+        return "\n".join(lines)
     learned, skipped, n_learned, n_skipped = economy["fidelity"]
     fmt = lambda v: "n/a" if v is None else f"{v:.0%}"  # noqa: E731
-    lines.append(f"screen fidelity (share within ±10 % of the device): {fmt(learned)} of {n_learned} predictions it let through, {fmt(skipped)} of {n_skipped} it skipped")
+    lines.append(
+        f"screen fidelity (share within ±10 % of the device): {fmt(learned)} of {n_learned} predictions it let through, "
+        f"{fmt(skipped)} of {n_skipped} it skipped as far over the limit or floored"
+    )
     return "\n".join(lines)
 
 
@@ -209,8 +228,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device-seconds", type=float, default=20.0, help="modelled device time per measurement (a TensorRT engine build + timing)")
     p.add_argument("--noise", type=float, default=0.03)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arms", default="today,economy", help="which arms to run, comma-separated (the ratios need both)")
     p.add_argument("--smoke", action="store_true", help="the code path at tiny sizes (population 4, one generation, no short tunes), not a result")
     args = p.parse_args(argv)
+    arms = [a for a in args.arms.split(",") if a]
+    if unknown := set(arms) - {"today", "economy"}:
+        p.error(f"--arms: unknown arm(s) {', '.join(sorted(unknown))}; choose from today, economy")
     if args.smoke:
         args.population, args.generations, args.finetune_epochs, args.refine_epochs, args.refine_top, args.holdout = 4, 1, 0.01, 0.0, 1, 500
     weights = str(demo_weights(args.seed, progress=False))
@@ -219,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
         profile = device_profile(work, args.noise)
         rows = []
         for name, economy in (("today", False), ("economy", True)):
+            if name not in arms:
+                continue
             print(f"arm {name}: pruning ...", file=sys.stderr, flush=True)
             rows.append(run_arm(name, economy, profile, weights, args, work))
             print(f"arm {name}: {rows[-1]['measurements']} measurements, {rows[-1]['host_s']:.0f} s", file=sys.stderr, flush=True)

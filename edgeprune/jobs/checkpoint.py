@@ -68,7 +68,7 @@ _EVALUATION = json_object(
         "from_cache": BOOL,
         "seconds": NONNEG,
     },
-    {"predicted": BOOL, "scores": values(rule(is_number, "a finite number")), "memory_mb": NONNEG},
+    {"predicted": BOOL, "floored": BOOL, "scores": values(rule(is_number, "a finite number")), "memory_mb": NONNEG},
 )
 _GENERATION = json_object(
     {
@@ -214,6 +214,7 @@ class SearchJournal:
                 "from_cache": cand.from_cache,
                 "seconds": cand.seconds,
                 "predicted": cand.predicted,
+                **({"floored": True} if cand.floored else {}),
                 "scores": cand.scores,
                 **({"memory_mb": cand.memory_mb} if cand.memory_mb is not None else {}),
             },
@@ -232,6 +233,7 @@ class SearchJournal:
             predicted=r.get("predicted", False),
             scores={k: float(v) for k, v in r.get("scores", {}).items()},
             memory_mb=float(r["memory_mb"]) if "memory_mb" in r else None,
+            floored=r.get("floored", False),
         )
 
     def candidates(self) -> list[Candidate]:

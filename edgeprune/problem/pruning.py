@@ -240,12 +240,11 @@ class PruningProblem:
 
         Latency first, for every choice: on this host's CPU it is measured there and then (on
         an idle CPU: nothing else of ours runs while the profiler times); on a farm of agents
-        every measurement is started at once and answered while accuracy is scored here. A
-        candidate the screen predicts far over the limit is neither timed nor scored. Then
+        every measurement is started at once and answered while accuracy is scored here. Then
         accuracy after BN recalibration, here or on the problem's ``workers`` (Ray). While the
-        screen is trusted, accuracy comes first and dominated candidates are not timed (unless
-        ``dominance`` is off; :mod:`~edgeprune.problem.skipping`). Candidates are journaled in
-        the order given, so the result is the same whichever way the work was spread."""
+        screen is trusted some candidates are not timed (:mod:`~edgeprune.problem.skipping`;
+        with ``dominance`` off only those predicted far over the limit). Candidates are journaled
+        in the order given, so the result is the same whichever way the work was spread."""
         order = [_normal(c) for c in choices]
         fresh: dict[Choice, _Pending] = {}
         later = self.screen is not None and not self.screen.immediate
@@ -265,17 +264,17 @@ class PruningProblem:
                     self._teach_screen(widths, model, restored)
                 self.results[choice] = restored
                 continue
-            pending = _Pending(widths, model, None, skipping.over_limit(self, choice, widths, model, start), 0.0)
-            if pending.skipped is None and rivals is None:
+            skipped, floor = skipping.before_scoring(self, choice, widths, model, start, dominance)
+            pending = _Pending(widths, model, None, skipped, 0.0, floor=floor)
+            if skipped is None and floor is None and rivals is None:
                 self._start(pending, later)
             pending.seconds = time.perf_counter() - start
             fresh[choice] = pending
         scored = [c for c, p in fresh.items() if p.skipped is None]
         accuracies = self._accuracies(scored, [fresh[c].model for c in scored])
-        for choice in scored if rivals is not None else ():
-            pending = fresh[choice]
-            start = time.perf_counter()
-            pending.skipped = skipping.dominated(self, choice, pending, accuracies[choice], rivals)
+        for choice in (c for c in scored if fresh[c].floor is not None or rivals is not None):
+            pending, start = fresh[choice], time.perf_counter()
+            pending.skipped = skipping.after_scoring(self, choice, pending, accuracies[choice], rivals)
             if pending.skipped is None:
                 self._start(pending, later)
             pending.seconds += time.perf_counter() - start
@@ -323,7 +322,7 @@ class PruningProblem:
 
     def evaluate_widths(self, widths) -> Candidate:
         """Evaluate the most important ``widths`` channels of every group, timed even where
-        measured candidates dominate it: the seeds' bisection and the job need its latency."""
+        measured candidates outrank it: the seeds' bisection and the job need its latency."""
         return self.evaluate_batch([self.space.choice(widths)], dominance=False)[0]
 
     def latency_of(self, widths: tuple[int, ...], fresh: bool = False) -> LatencyStats:
@@ -346,7 +345,7 @@ class PruningProblem:
 
     def _teach_screen(self, widths, model, restored: Candidate) -> None:
         if self.screen is not None and restored.predicted:
-            self.screen.replay_skip(restored.accuracy > 0 or bool(restored.scores))
+            self.screen.replay_skip(restored.accuracy > 0 or bool(restored.scores), restored.floored)
         elif self.screen is not None:
             self.screen.learn(model, restored.latency.median_ms, lambda: self.latency.node_times(widths, model))
 
@@ -368,6 +367,7 @@ class _Pending:
     skipped: Candidate | None
     seconds: float
     memory: float | None = None  # peak MiB, where the problem measures memory
+    floor: float | None = None  # the predicted latency, where it is under the focus floor (not timed)
 
 
 def _normal(choice) -> Choice:

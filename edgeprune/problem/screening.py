@@ -16,10 +16,16 @@ architecture family, a noisy machine) simply stops screening.
 
 A candidate the screen lets through is measured only where the measurement can change a
 decision. Its accuracy is scored first; when at least ``depth`` candidates already measured
-within the limit dominate it even at its *optimistic* latency (the prediction less 3 recent
-errors), it can reach neither the Pareto front nor the shortlist (its ``depth`` most accurate
-feasible candidates), so it too keeps its predicted latency. The GA still ranks it, by its real
-accuracy and that prediction.
+within the limit are at least as good (its quality: accuracy, or the mean with the robust
+accuracy), it cannot reach the shortlist (the ``depth`` best feasible candidates, ranked by
+quality alone), so it too keeps its predicted latency. The GA still ranks it, by its real
+accuracy and that prediction; the report's Pareto front is drawn from measured candidates.
+
+A candidate predicted under the search's focus floor even at its *pessimistic* latency (the
+prediction plus 3 recent errors) is scored and not timed either: every latency under ``focus ×
+limit`` is the same value of the latency objective, so no measurement could move it in the GA.
+It is certainly within the limit, so unlike the two kinds above it may be shortlisted, and the
+shortlist's fresh re-measure is then its first measurement (``Candidate.floored``).
 
 Where the target gives no per-node times (TensorRT through an agent, a farm, the simulated
 device) the surrogate is :class:`~edgeprune.profiling.macs_surrogate.MacsSurrogate`, and the
@@ -54,11 +60,12 @@ class Screen:
     # Learn from each measurement before deciding on the next candidate (True), or from a whole
     # generation's measurements once it is measured (False: see the module docstring).
     immediate: bool = True
-    # A candidate dominated by this many measured feasible ones is not measured (the job sets it
-    # to the shortlist's size).
+    # A candidate this many measured feasible ones outrank in quality is not measured (the job
+    # sets it to the shortlist's size).
     depth: int = 6
     skips: int = 0
-    dominated: int = 0  # of ``skips``: let through, scored, and dominated (see the module docstring)
+    outranked: int = 0  # of ``skips``: let through, scored, and outranked (see the module docstring)
+    floored: int = 0  # of ``skips``: scored, predicted under the focus floor (see the module docstring)
     _with_nodes: int = 0
 
     def __post_init__(self):
@@ -78,14 +85,22 @@ class Screen:
         error = self.trusted_error()
         return None if error is None else self.limit_ms * (1 + 3 * error)
 
-    def estimate(self, model: nn.Module) -> tuple[float, float] | None:
-        """``(predicted, optimistic)`` latency of ``model`` while the screen is trusted, else
-        None; optimistic is the prediction less 3 recent errors."""
+    def estimate(self, model: nn.Module) -> float | None:
+        """The predicted latency of ``model`` while the screen is trusted, else None."""
+        return None if self.trusted_error() is None else self.surrogate.predict(self._layers(model))
+
+    def under(self, model: nn.Module, floor_ms: float) -> float | None:
+        """The predicted latency when ``model`` is under ``floor_ms`` even at its pessimistic
+        latency (the prediction plus 3 recent errors), else None (also while not trusted)."""
         error = self.trusted_error()
         if error is None:
             return None
         predicted = self.surrogate.predict(self._layers(model))
-        return predicted, predicted * (1 - 3 * error)
+        if predicted * (1 + 3 * error) > floor_ms:
+            return None
+        self.skips += 1
+        self.floored += 1
+        return predicted
 
     def skip(self, model: nn.Module) -> float | None:
         """The predicted latency when ``model`` need not be measured, else None."""
@@ -117,15 +132,18 @@ class Screen:
         """What the surrogate reads: the model's layer descriptors at the shape it is fitted for."""
         return layer_descriptors(model, self.surrogate.input_shape)
 
-    def replay_skip(self, scored: bool) -> None:
-        """A skip of the interrupted run, replayed from its journal (``scored``: a dominated one)."""
+    def replay_skip(self, scored: bool, floored: bool) -> None:
+        """A skip of the interrupted run, replayed from its journal (``scored``: an outranked or a
+        floored one; ``floored``: predicted under the focus floor)."""
         self.skips += 1
-        self.dominated += scored
+        self.floored += floored
+        self.outranked += scored and not floored
 
     def to_dict(self) -> dict:
         return {
             "skips": self.skips,
-            "dominated": self.dominated,
+            "outranked": self.outranked,
+            "floored": self.floored,
             "observed": self.surrogate.observations,
             "recent_median_error": self.recent_error,
         }

@@ -81,7 +81,7 @@ class SearchSummary:
     evaluations: int  # distinct networks scored, a resumed run's included
     restored: int  # of them, answered from the interrupted run's checkpoint (--resume)
     latency_measurements: int
-    surrogate_skips: int  # not timed: predicted far over the limit, or dominated (edgeprune.problem.screening)
+    surrogate_skips: int  # not timed: predicted far over the limit or under the focus floor, or outranked (edgeprune.problem.skipping)
     cache_hits: int
     workers: dict  # where candidates were scored: this process, or Ray workers
     farm: dict | None  # the agents' share of the timing (--agents), else None

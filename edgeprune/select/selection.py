@@ -45,30 +45,35 @@ def shortlist(
     stands in only when its widest one fails the re-measure. A fresh session guards against a
     lucky measurement sneaking a candidate under the limit. The re-measure is held to the
     search's limit, not to the budget: held to the budget, a pick that re-measured within it by
-    a hair then measured 0.3 % over it in the benchmark's independent check on a noisy VM.
+    a hair then measured 0.3 % over it in the benchmark's independent check on a noisy VM. A
+    candidate the screen floored (:mod:`edgeprune.problem.screening`) competes too: the
+    re-measure is its first measurement, and the candidate returned carries it.
     """
     def fits(c: Candidate) -> bool:
-        return not c.predicted and c.latency.median_ms <= limit_ms and problem.fits_memory(c)
+        return (c.floored or not c.predicted) and c.latency.median_ms <= limit_ms and problem.fits_memory(c)
 
-    def passes(c: Candidate) -> bool:
+    def passed(c: Candidate) -> Candidate | None:
+        """``c`` when its fresh re-measure is within the limit (a floored one, never timed in
+        the search, carrying that measurement from now on), else None."""
         fresh = problem.latency_of(c.widths, fresh=True)
         if fresh.median_ms > limit_ms:
             console.print(f"  re-measure of a candidate: {fresh.median_ms:.4f} ms > the search limit {limit_ms:.4f} ms; trying the next one")
-        return fresh.median_ms <= limit_ms
+            return None
+        return dataclasses.replace(c, latency=fresh, predicted=False, floored=False) if c.floored else c
 
     chosen: list[Candidate] = []
     for cand in (c for c in seeds if fits(c)):
         covered = any(all(x <= y for x, y in zip(cand.widths, taken.widths)) for taken in chosen)
-        if not covered and passes(cand):
-            chosen.append(cand)
+        if not covered and (kept := passed(cand)):
+            chosen.append(kept)
     seeded = {c.choice for c in seeds}
     ranked = sorted((c for c in candidates if fits(c) and c.choice not in seeded), key=lambda c: (-problem.quality(c), c.latency.median_ms))
     taken = 0
     for tries, cand in enumerate(ranked):
         if taken == size or (tries >= size + _PICK_TRIES and taken):
             break
-        if passes(cand):
-            chosen.append(cand)
+        if kept := passed(cand):
+            chosen.append(kept)
             taken += 1
     return chosen or [min((c for c in candidates if not c.predicted), key=lambda c: (not problem.fits_memory(c), c.latency.median_ms))]
 
@@ -415,7 +420,7 @@ class _Growth:
             return default
         for c in (base, choice):  # ``choice`` last: its shrunk network is the one kept for macs()
             if c not in self._predictions:
-                self._predictions[c] = screen.estimate(self._shrunk(c))[0]
+                self._predictions[c] = screen.estimate(self._shrunk(c))
         return default if self._predictions[base] <= 0 else base_ms * self._predictions[choice] / self._predictions[base]
 
     def macs(self, choice: Choice) -> int:

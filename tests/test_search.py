@@ -435,3 +435,22 @@ def test_a_search_with_patience_stops_when_the_front_settles_and_not_before(setu
     assert (last["best_accuracy"], last["hypervolume"]) == (before["best_accuracy"], before["hypervolume"])
     for prev, gen in zip(history[:-2], history[1:-1]):  # every earlier generation improved something
         assert gen["best_accuracy"] > prev["best_accuracy"] or gen["hypervolume"] > prev["hypervolume"]
+
+
+def test_the_seeds_probe_where_the_measured_latencies_reach_the_budget(setup):
+    """Each probe of the seeds' search goes where the bracket's two latencies, interpolated in
+    ratio², reach the budget: on a network whose latency is that curve, the widest ratio within
+    the budget is found in 2 probes after the full ratio's, where a bisection of the 20-ratio grid
+    took 4 (here the smallest network, which a run has measured before the seeds, is one more)."""
+    fine = ChannelSpace(TinyResNet().eval(), (1, 8, 8), step=4)  # 16 widths per group: the ratios differ
+    latency = lambda w: 1.0 + sum(x * x for x in w) / 1000  # noqa: E731
+    widths = lambda r: fine.widths_from_indices(fine.scaled_indices(r, 0.0))  # noqa: E731
+    grid = [round(0.05 * k, 2) for k in range(1, 21)]
+    budget = (latency(widths(0.55)) + latency(widths(0.6))) / 2
+    clock = Clock(latency)
+    problem = PruningProblem(fine, Classification(setup[0], RECIPE), clock)
+    (seed, narrower), = [ratio_seeds(problem, budget, alphas=(0.0,))]
+    widest = max((r for r in grid if latency(widths(r)) <= budget), key=widths)
+    assert fine.widths_from_indices(seed) == widths(widest) == widths(0.55)
+    assert fine.widths_from_indices(narrower) == widths(0.5)
+    assert len(clock.asked) <= 4, clock.asked  # the smallest network, the full ratio, 0.55 and 0.6

@@ -269,26 +269,45 @@ def ratio_seeds(problem: PruningProblem, budget_ms: float, alphas: tuple[float, 
 
 
 def _widest_scaled(problem: PruningProblem, budget_ms: float, alpha: float) -> list[list[int]] | None:
-    """The widest ratio's indices meeting the budget and the next narrower one's (found by
-    bisection: latency grows with the ratio, so a handful of measurements), or None when even
-    full width meets it."""
+    """The widest ratio's indices meeting the budget and the next narrower one's, or None when
+    even full width meets it.
+
+    Latency grows with the ratio, so the crossing is bracketed and narrowed: each probe is where
+    the two bracketing latencies, interpolated in ratio² (a convolution's work grows with the
+    product of its input and output widths), reach the budget, and a bisection whenever a probe
+    left more than half of the bracket. The bracket starts at the smallest network (evaluated
+    already) and the profile's full ratio. Every probe is measured, so the answer is what a plain
+    bisection's is: a ratio measured within the budget whose next ratio measured over it. Where
+    the interpolation is close it takes 2 probes after the full ratio's instead of about 4 (each
+    an engine build on a TensorRT target)."""
     space = problem.space
     ratios = [round(0.05 * k, 2) for k in range(1, math.ceil(space.full_ratio(alpha) / 0.05 - 1e-9) + 1)]
+    ms = {-1: problem.evaluate_widths(space.widths_from_indices(space.min_indices())).latency.median_ms}
 
     def meets(i: int) -> bool:
-        widths = space.widths_from_indices(space.scaled_indices(ratios[i], alpha))
-        return problem.evaluate_widths(widths).latency.median_ms <= budget_ms
+        ms[i] = problem.evaluate_widths(space.widths_from_indices(space.scaled_indices(ratios[i], alpha))).latency.median_ms
+        return ms[i] <= budget_ms
 
     if meets(len(ratios) - 1):
         return None
     lo, hi = -1, len(ratios) - 1  # invariant: ratios[hi] misses the budget, ratios[lo] (if any) meets it
+    halved = True
     while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if meets(mid):
-            lo = mid
-        else:
-            hi = mid
+        probe = _interpolated(ratios, lo, hi, ms, budget_ms) if halved else (lo + hi) // 2
+        width = hi - lo
+        lo, hi = (probe, hi) if meets(probe) else (lo, probe)
+        halved = hi - lo <= width // 2
     return [space.scaled_indices(ratios[i], alpha) for i in (lo, lo - 1) if i >= 0]
+
+
+def _interpolated(ratios: list[float], lo: int, hi: int, ms: dict[int, float], budget_ms: float) -> int:
+    """The index strictly between ``lo`` and ``hi`` nearest below where the latencies measured at
+    both ends, linear in ratio² (index -1: ratio 0), reach the budget."""
+    x = lambda i: 0.0 if i < 0 else ratios[i] ** 2  # noqa: E731
+    share = (budget_ms - ms[lo]) / (ms[hi] - ms[lo]) if ms[hi] > ms[lo] else 0.5
+    target = x(lo) + min(max(share, 0.0), 1.0) * (x(hi) - x(lo))
+    below = [i for i in range(lo + 1, hi) if x(i) <= target]
+    return below[-1] if below else lo + 1
 
 
 def _wider(group: Group, kept: tuple[int, ...]) -> tuple[int, ...] | None:

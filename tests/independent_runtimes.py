@@ -11,7 +11,8 @@ Why blocks inside a pair and not one file per load: on this 2-core VM a fresh Op
 0.25 ms model lands in a fast or a slow state (0.24 or 0.34 ms, about 0.1 ms added per inference),
 so two files timed in separate loads gave ratios from 0.53 to 0.99 (30 pairs of wide_cnn pruned
 1.6x; median of 9 such pairs: 0.62 to 0.69 from call to call). Timed in 10 blocks of 100 runs
-inside each pair, both files share the state: 15 pairs' median was 0.648 to 0.658 in four calls.
+inside each pair, both files share the state: 15 pairs' median was 0.648 to 0.658 in four calls
+(with the input still passed to every call; set once, as now, 0.624 twice).
 """
 
 from __future__ import annotations

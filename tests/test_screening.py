@@ -189,13 +189,15 @@ def test_a_candidate_predicted_under_the_focus_floor_is_scored_not_timed_and_the
     choices = [space.choice(w) for w in [(32, 16, 16), (48, 16, 32), (16, 16, 16)]]
     unfocused = tiny_problem.make(limit_ms=1e9, focus=0.0, screen=screen).evaluate_batch(choices)
     assert not any(c.predicted for c in unfocused) and profiler.measurements == 3  # no floor: all timed
+    unlimited = tiny_problem.make(focus=0.9, screen=screen).evaluate_batch([space.choice((16, 32, 32))])
+    assert not unlimited[0].predicted and profiler.measurements == 4  # no finite limit, no floor
     problem = tiny_problem.make(limit_ms=1e9, focus=0.9, screen=screen)
     floored = problem.evaluate_batch([space.choice(w) for w in [(64, 32, 48), (48, 32, 32), (32, 16, 32)]])
-    assert profiler.measurements == 3 and screen.floored == 3
+    assert profiler.measurements == 4 and screen.floored == 3
     assert all(c.predicted and c.floored and c.latency.n == 0 and c.accuracy > 0 for c in floored)
     assert not problem.evaluate_widths((16, 32, 16)).predicted  # the seeds' bisection is always timed
     picked = selection.shortlist(problem, floored, 1e9, size=2)
-    assert profiler.measurements == 3 + 1 + 2  # the two most accurate, re-measured
+    assert profiler.measurements == 4 + 1 + 2  # the two most accurate, re-measured
     best = sorted(floored, key=lambda c: -c.accuracy)[:2]
     assert [c.choice for c in picked] == [c.choice for c in best]
     assert all(not c.predicted and not c.floored and c.latency.n > 0 for c in picked)  # they carry the measurement

@@ -14,6 +14,7 @@ latency).
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -59,9 +60,11 @@ def after_scoring(problem, choice: Choice, pending, scored: tuple, qualities: np
 
 def under_floor(problem, widths, model: nn.Module) -> float | None:
     """The predicted latency of a candidate predicted under the focus floor with a margin (it is
-    scored and not timed), else None."""
+    scored and not timed), else None. Without a finite limit there is no floor."""
     screen = problem.screen
-    if screen is None or problem.memory is not None or problem.focus <= 0 or problem.latency.peek(widths) is not None:
+    if screen is None or problem.memory is not None or problem.focus <= 0 or not math.isfinite(problem.limit_ms):
+        return None
+    if problem.latency.peek(widths) is not None:
         return None
     return screen.under(model, problem.focus * problem.limit_ms)
 

@@ -112,19 +112,18 @@ class Fidelity:
                 self.learned.append((screen.surrogate.predict(screen._layers(model)), measured_ms))
             learn(screen, model, measured_ms, node_times)
 
-        def skipping(screen, model):
-            predicted = skip(screen, model)
-            if predicted is not None:
-                self.skipped.append((predicted, export_onnx_bytes(model, shape, 17)))
-            return predicted
+        def recording(decide):
+            """``decide`` (the screen's skip or under), also keeping each network it leaves untimed."""
 
-        def flooring(screen, model, floor_ms):
-            predicted = under(screen, model, floor_ms)
-            if predicted is not None:
-                self.skipped.append((predicted, export_onnx_bytes(model, shape, 17)))
-            return predicted
+            def decided(screen, model, *args):
+                predicted = decide(screen, model, *args)
+                if predicted is not None:
+                    self.skipped.append((predicted, export_onnx_bytes(model, shape, 17)))
+                return predicted
 
-        screening.Screen.learn, screening.Screen.skip, screening.Screen.under = learning, skipping, flooring
+            return decided
+
+        screening.Screen.learn, screening.Screen.skip, screening.Screen.under = learning, recording(skip), recording(under)
 
     def shares(self, device: SimulatedBackend, shape: tuple[int, ...]) -> tuple[float | None, float | None, int, int]:
         def within(pairs):

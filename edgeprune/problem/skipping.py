@@ -69,11 +69,16 @@ def under_floor(problem, widths, model: nn.Module) -> float | None:
     return screen.under(model, problem.focus * problem.limit_ms)
 
 
-def floored(choice: Choice, pending, predicted: float, scored: tuple, input_shape) -> Candidate:
-    """The candidate :func:`under_floor` let go untimed, with its accuracy and its prediction."""
+def _untimed(choice: Choice, pending, predicted: float, scored: tuple, input_shape, floored: bool = False) -> Candidate:
+    """A scored candidate left untimed: its accuracy and scores, its predicted latency."""
     accuracy, scores, seconds = scored
     macs, params = macs_and_params(pending.model, input_shape)
-    return Candidate(choice, accuracy, _at(predicted), macs, params, False, pending.seconds + seconds, True, scores, floored=True)
+    return Candidate(choice, accuracy, _at(predicted), macs, params, False, pending.seconds + seconds, True, scores, floored=floored)
+
+
+def floored(choice: Choice, pending, predicted: float, scored: tuple, input_shape) -> Candidate:
+    """The candidate :func:`under_floor` let go untimed, with its accuracy and its prediction."""
+    return _untimed(choice, pending, predicted, scored, input_shape, floored=True)
 
 
 def rivals(problem) -> np.ndarray | None:
@@ -98,9 +103,7 @@ def outranked(problem, choice: Choice, pending, scored: tuple, qualities: np.nda
     predicted = None if problem.latency.peek(pending.widths) is not None else screen.estimate(pending.model)
     if predicted is None:
         return None
-    accuracy, scores, seconds = scored
-    macs, params = macs_and_params(pending.model, problem.space.input_shape)
-    cand = Candidate(choice, accuracy, _at(predicted), macs, params, False, pending.seconds + seconds, True, scores)
+    cand = _untimed(choice, pending, predicted, scored, problem.space.input_shape)
     if int((qualities >= problem.quality(cand)).sum()) < screen.depth:
         return None
     screen.skips += 1
